@@ -1,0 +1,13 @@
+"""Attacks: one module each, one crafting loop (:mod:`raypoison.attacks.crafting`), one registry."""
+
+from raypoison.attacks import controls as _controls  # noqa: F401  (registers none, noop)
+from raypoison.attacks import feature_collision as _fc  # noqa: F401
+from raypoison.attacks.base import Attack, CraftResult, Poisons
+from raypoison.attacks.registry import ATTACKS
+
+
+def create_attack(component) -> Attack:
+    return ATTACKS.get(component.name)(component.params)
+
+
+__all__ = ["ATTACKS", "Attack", "CraftResult", "Poisons", "create_attack"]

@@ -1,0 +1,45 @@
+"""Controls: ``none`` (the bases unchanged, so training and evaluation measure the baseline)
+and ``noop`` (nothing at all: exercises the runner in scale tests and benchmarks)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from raypoison.attacks.base import Attack, CraftResult, base_poisons
+from raypoison.attacks.registry import ATTACKS
+from raypoison.errors import ConfigError
+
+
+@ATTACKS.register("none")
+class NoAttack(Attack):
+    """The no-attack control: victims train on the clean bases; success is the base rate at which
+    the target is classified as the base class anyway."""
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def craft(self, ctx, setup, seed) -> CraftResult:
+        return CraftResult(base_poisons(ctx, setup))
+
+
+@ATTACKS.register("noop")
+class Noop(Attack):
+    """No poisons, no training, no evaluation; ``seconds`` simulates work. Rows carry the setup and
+    timings, ``success`` stays empty. For measuring the runner, not for results."""
+
+    needs_models = False
+
+    @dataclass(frozen=True)
+    class Params:
+        seconds: float = 0.0
+
+        def validate(self, path: str) -> None:
+            if self.seconds < 0:
+                raise ConfigError(f"{path}.seconds", f"must be ≥ 0, got {self.seconds}")
+
+    def craft(self, ctx, setup, seed) -> CraftResult:
+        if self.params.seconds:
+            time.sleep(self.params.seconds)
+        return CraftResult(None)

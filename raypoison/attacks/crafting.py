@@ -1,0 +1,83 @@
+"""The one crafting loop: projected optimization of a batch of images inside an L∞ ε ball.
+
+An attack supplies the starting images and a per-image objective; the loop owns iteration, the
+step rule, projection onto the ε ball around each anchor (its base image) and onto [0, 1], early
+stopping, and quantization to the uint8 images that are stored and trained on. Per-image step
+sizes keep every image's path independent of the others in its batch, so crafting several trials
+in one batch gives what crafting them one by one gives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Objective = Callable[[torch.Tensor], torch.Tensor]  # images [B, C, H, W] -> losses [B]
+
+
+def eps_pixels(epsilon: float) -> int:
+    """ε in uint8 steps: the largest whole pixel change inside the ball."""
+    return math.floor(epsilon * 255 + 1e-6)
+
+
+def project(x: torch.Tensor, anchor: torch.Tensor, epsilon: float) -> torch.Tensor:
+    return torch.minimum(torch.maximum(x, anchor - epsilon), anchor + epsilon).clamp_(0, 1)
+
+
+def quantize(x: torch.Tensor, anchor_u8: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Round to uint8 and stay inside the ε ball after rounding."""
+    bound = eps_pixels(epsilon)
+    q = (x * 255).round()
+    anchor = anchor_u8.to(q.dtype)
+    return torch.minimum(torch.maximum(q, anchor - bound), anchor + bound).clamp_(0, 255).to(
+        torch.uint8
+    )
+
+
+@dataclass
+class CraftOutcome:
+    images: torch.Tensor  # float in [0, 1], inside the ball
+    iterations: int
+    loss_initial: torch.Tensor  # per image
+    loss_final: torch.Tensor
+
+
+def descend(
+    objective: Objective,
+    start: torch.Tensor,
+    anchor: torch.Tensor,
+    epsilon: float,
+    *,
+    iterations: int,
+    step: float,
+    decay: float,
+    min_step: float = 1e-12,
+) -> CraftOutcome:
+    """Projected gradient descent with Feature Collision's adaptive rule.
+
+    Each image takes a plain gradient step; a step that would raise its loss is refused and that
+    image's step size is multiplied by ``decay``. Stops early once every step size is negligible.
+    """
+    x = project(start.detach().clone(), anchor, epsilon)
+    steps = torch.full((len(x),), step, device=x.device)
+    with torch.no_grad():
+        loss = objective(x)
+    initial = loss.detach().clone()
+    done = 0
+    for done in range(1, iterations + 1):  # noqa: B007  (the count is part of the outcome)
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(x).sum(), x)
+        x = x.detach()
+        with torch.no_grad():
+            candidate = project(x - steps.view(-1, 1, 1, 1) * grad, anchor, epsilon)
+            candidate_loss = objective(candidate)
+            worse = candidate_loss > loss
+            steps = torch.where(worse, steps * decay, steps)
+            x = torch.where(worse.view(-1, 1, 1, 1), x, candidate)
+            loss = torch.where(worse, loss, candidate_loss)
+        if bool((steps < min_step).all()):
+            break
+    return CraftOutcome(x.detach(), done, initial, loss.detach())

@@ -1,0 +1,128 @@
+"""``raypoison run | validate | bench``.
+
+Exit codes: 0 done (failed trials are data, counted in the summary), 1 an unexpected error,
+2 bad input (config, filters, data, checkpoints; nothing is written), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from raypoison.errors import ConfigError, RaypoisonError
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raypoison", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a benchmark config (resumes into an existing output)")
+    run.add_argument("config", help="benchmark YAML file")
+    run.add_argument("--output", "-o", required=True,
+                     help="output folder or URI; results land in OUTPUT/results/")
+    run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a "
+                                       "local Ray instance)")
+    run.add_argument("--attacks", type=_csv, help="only these attack labels, comma separated")
+    run.add_argument("--scenarios", type=_csv, help="only these scenarios, comma separated")
+    run.add_argument("--trials", help="trial indices START:STOP (e.g. 0:20) or one index")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="also recompute trials whose rows are failed or rejected")
+    run.add_argument("--workers", type=int, help="number of worker actors (default: config)")
+    run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
+    run.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance")
+    run.add_argument("--dashboard", action="store_true",
+                     help="start Ray's dashboard with the local instance (on 127.0.0.1)")
+
+    validate = sub.add_parser("validate", help="check a config and count its trials")
+    validate.add_argument("config")
+
+    bench = sub.add_parser("bench", help="print performance figures")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    sched = bench_sub.add_parser("scheduler", help="scheduler overhead on trivial trials")
+    sched.add_argument("--trials", type=int, default=10_000)
+    sched.add_argument("--workers", type=int, default=16)
+    sched.add_argument("--gpus", type=float, default=4, help="logical GPUs of the local instance")
+    sched.add_argument("--output", help="where to write the rows (default: a temporary folder)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from raypoison.config import load_suite
+    from raypoison.execution.runner import RunOptions, run_suite
+    from raypoison.spec import parse_trial_range
+
+    suite = load_suite(args.config)
+    options = RunOptions(
+        output=args.output, address=args.address, attacks=args.attacks,
+        scenarios=args.scenarios, trials=parse_trial_range(args.trials),
+        retry_failed=args.retry_failed, workers=args.workers, num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus, dashboard=args.dashboard, config_path=str(Path(args.config)),
+    )
+    summary = run_suite(suite, options, Path(args.config).read_text())
+    print(f"run {summary.run_id} {summary.status}: {summary.planned} trials planned, "
+          f"{summary.skipped} already done, {summary.computed} computed "
+          f"({summary.failed} with failures), {summary.rows_written} rows in "
+          f"{summary.files_written} files, {summary.seconds:.1f} s")
+    print(f"results: {args.output.rstrip('/')}/results   manifest: {summary.manifest}")
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from raypoison.config import load_suite
+    from raypoison.spec import count
+
+    suite = load_suite(args.config)
+    for scenario in suite.scenarios:
+        print(f"scenario {scenario.name}: {scenario.trials} trials x {len(suite.attacks)} attacks"
+              f" x {len(scenario.victims)} victims")
+    print(f"{suite.name}: valid, {count(suite)} trials")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+
+    def terminate(signum, frame):  # a polite kill flushes what is done, like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "bench":
+            from raypoison.bench import scheduler_overhead
+
+            scheduler_overhead(trials=args.trials, workers=args.workers, gpus=args.gpus,
+                               output=args.output)
+            return EXIT_OK
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RaypoisonError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are saved; run the same command to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

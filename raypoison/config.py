@@ -1,0 +1,474 @@
+"""YAML benchmark file -> validated, frozen config objects.
+
+Every check runs before anything is computed or written. An error names the path of the offending
+key, e.g. ``scenarios[1].models.victim.arch: unknown model 'resnet81' (known: convnet)``.
+
+The shape of a file (see ``configs/smoke.yaml`` for a complete one)::
+
+    name: smoke
+    scenarios:
+      - name: synthetic-transfer
+        dataset: {name: synthetic, params: {...}}
+        mode: transfer
+        models: {convnet-a: {arch: convnet, pretrain: {...}}, convnet-b: {...}}
+        attacker: convnet-a           # the model the attacks craft on
+        victims: [convnet-a, convnet-b]  # white-box iff it is the attacker
+        budget: 5
+        epsilon: 8/255
+        trials: 10
+    attacks:
+      - {name: none}
+      - {name: feature_collision, params: {iterations: 60}}
+    execution: {workers: 2}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from raypoison.errors import ConfigError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def parse_fraction(value: Any, path: str) -> float:
+    """Accept a number or a fraction written as ``"8/255"``."""
+    if isinstance(value, bool):
+        raise ConfigError(path, f"expected a number or a fraction like '8/255', got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9.]+)\s*/\s*([0-9.]+)\s*", value)
+        try:
+            if match:
+                return float(match.group(1)) / float(match.group(2))
+            return float(value)
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ConfigError(path, f"expected a number or a fraction like '8/255', got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (dict, Mapping):
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as err:
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        (item_tp, *_rest) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(path, f"expected a list, got {value!r}")
+        return tuple(_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping):
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {value!r}")
+        return types.MappingProxyType(
+            {str(k): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+        )
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(path, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config type {tp!r} at {path} is not supported")  # a bug, not user input
+
+
+def build(cls: type, raw: Any, path: str) -> Any:
+    """Build the frozen dataclass ``cls`` from a YAML mapping, checking keys, types and values.
+
+    A field's ``metadata["parse"]`` may convert a raw value; a class's ``validate(path)`` method
+    checks values once all fields are converted.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, f"expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    prefix = f"{path}." if path else ""
+    for key in raw:
+        if key not in fields:
+            known = ", ".join(fields)
+            raise ConfigError(f"{prefix}{key}", f"unknown key (expected one of: {known})")
+    values = {}
+    for name, f in fields.items():
+        key_path = f"{prefix}{name}"
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(key_path, "required key is missing")
+            continue
+        parse = f.metadata.get("parse")
+        if parse is not None:
+            values[name] = parse(raw[name], key_path)
+        else:
+            values[name] = _convert(raw[name], hints[name], key_path)
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(path)
+    return obj
+
+
+def to_plain(obj: Any) -> Any:
+    """Config object -> JSON-able value (for hashing, manifests and rows)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"))
+
+
+def digest(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def _positive(path: str, name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise ConfigError(f"{path}.{name}", f"must be {bound}, got {value}")
+
+
+def _check_name(path: str, value: str) -> None:
+    if not NAME_PATTERN.match(value):
+        raise ConfigError(path, f"{value!r} is not a valid name (letters, digits, '_', '.', '-')")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registry entry chosen by name, with its validated ``Params`` instance.
+
+    ``label`` tells two entries of the same name apart (e.g. an attack at two strengths); it
+    defaults to the name and names the results partition.
+    """
+
+    name: str
+    params: Any = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
+
+
+def build_component(raw: Any, path: str, registry: Any) -> Component:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, f"expected a mapping with a 'name', got {raw!r}")
+    for key in raw:
+        if key not in ("name", "params", "label"):
+            raise ConfigError(f"{path}.{key}", "unknown key (expected one of: name, params, label)")
+    if "name" not in raw:
+        raise ConfigError(f"{path}.name", "required key is missing")
+    name = _convert(raw["name"], str, f"{path}.name")
+    cls = registry.get(name, f"{path}.name")
+    params = build(cls.Params, raw.get("params"), f"{path}.params")
+    label = _convert(raw.get("label", name), str, f"{path}.label")
+    _check_name(f"{path}.label", label)
+    return Component(name=name, params=params, label=label)
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """A training recipe. Defaults are the transfer recipe of the benchmark (PROTOCOL.md §1)."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 2e-4
+    epochs: int = 40
+    batch_size: int = 128
+    milestones: tuple[int, ...] = (30,)
+    gamma: float = 0.1
+    augment: bool = True
+
+    def validate(self, path: str) -> None:
+        _positive(path, "lr", self.lr)
+        _positive(path, "epochs", self.epochs)
+        _positive(path, "batch_size", self.batch_size)
+        _positive(path, "weight_decay", self.weight_decay, allow_zero=True)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{path}.momentum", f"must be in [0, 1), got {self.momentum}")
+        for i, m in enumerate(self.milestones):
+            if not 0 < m < self.epochs:
+                raise ConfigError(
+                    f"{path}.milestones[{i}]", f"must lie in (0, epochs={self.epochs}), got {m}"
+                )
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How to train a model from scratch on its data set when no checkpoint is given."""
+
+    recipe: RecipeConfig = field(
+        default_factory=lambda: RecipeConfig(lr=0.05, epochs=10, milestones=(7,))
+    )
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model of a scenario: an architecture and either a checkpoint file or a pretraining."""
+
+    arch: str
+    checkpoint: str | None = None
+    pretrain: PretrainConfig | None = None
+
+    def validate(self, path: str) -> None:
+        from raypoison.models import MODELS
+
+        MODELS.get(self.arch, f"{path}.arch")
+        if (self.checkpoint is None) == (self.pretrain is None):
+            raise ConfigError(path, "give exactly one of 'checkpoint' and 'pretrain'")
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    name: str
+    dataset: Component = field(metadata={"parse": lambda v, p: _dataset_component(v, p)})
+    models: Mapping[str, ModelConfig]
+    attacker: str
+    victims: tuple[str, ...]
+    budget: int
+    epsilon: float = field(metadata={"parse": parse_fraction})
+    trials: int
+    mode: Literal["transfer"] = "transfer"
+    train_per_class: int | None = None
+    patch_size: int = 5
+    seed: int = 0
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+
+    def validate(self, path: str) -> None:
+        _check_name(f"{path}.name", self.name)
+        if not self.models:
+            raise ConfigError(f"{path}.models", "at least one model is required")
+        for name in self.models:
+            _check_name(f"{path}.models.{name}", name)
+        if self.attacker not in self.models:
+            raise ConfigError(
+                f"{path}.attacker", f"unknown model {self.attacker!r} (defined: {list(self.models)})"
+            )
+        if not self.victims:
+            raise ConfigError(f"{path}.victims", "at least one victim is required")
+        for i, victim in enumerate(self.victims):
+            if victim not in self.models:
+                raise ConfigError(
+                    f"{path}.victims[{i}]", f"unknown model {victim!r} (defined: {list(self.models)})"
+                )
+        if len(set(self.victims)) != len(self.victims):
+            raise ConfigError(f"{path}.victims", "a victim is listed twice")
+        _positive(path, "budget", self.budget)
+        _positive(path, "trials", self.trials)
+        _positive(path, "patch_size", self.patch_size)
+        if not 0 < self.epsilon <= 1:
+            raise ConfigError(f"{path}.epsilon", f"must be in (0, 1], got {self.epsilon}")
+        if self.train_per_class is not None:
+            _positive(path, "train_per_class", self.train_per_class)
+            if self.train_per_class < self.budget:
+                raise ConfigError(
+                    f"{path}.train_per_class",
+                    f"must be at least the budget ({self.budget}), got {self.train_per_class}",
+                )
+        from raypoison.data import DATASETS
+
+        info = DATASETS.get(self.dataset.name).describe(self.dataset.params)
+        if info is not None:
+            if info.num_classes < 2:
+                raise ConfigError(f"{path}.dataset", "needs at least 2 classes")
+            if self.budget > info.min_train_per_class:
+                raise ConfigError(
+                    f"{path}.budget",
+                    f"{self.budget} poisons exceed the {info.min_train_per_class} training images "
+                    "of the smallest class",
+                )
+
+    def role(self, victim: str) -> str:
+        return "white-box" if victim == self.attacker else "black-box"
+
+    def identity(self) -> dict[str, Any]:
+        """What defines a trial of this scenario: everything but the trial count."""
+        plain = to_plain(self)
+        plain.pop("trials")
+        return plain
+
+
+def _dataset_component(raw: Any, path: str) -> Component:
+    from raypoison.data import DATASETS
+
+    return build_component(raw, path, DATASETS)
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How a run uses Ray. None of it changes a trial's result, so none of it is in trial ids."""
+
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.25
+    max_in_flight: int | None = None
+    max_attempts: int = 3
+    max_restarts: int = 3
+    rows_per_file: int = 2000
+    flush_seconds: float = 10.0
+    progress_seconds: float = 10.0
+
+    def validate(self, path: str) -> None:
+        _positive(path, "workers", self.workers)
+        _positive(path, "cpus_per_worker", self.cpus_per_worker, allow_zero=True)
+        _positive(path, "gpus_per_worker", self.gpus_per_worker, allow_zero=True)
+        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            raise ConfigError(
+                f"{path}.gpus_per_worker", "above 1 it must be a whole number of GPUs"
+            )
+        if self.max_in_flight is not None:
+            _positive(path, "max_in_flight", self.max_in_flight)
+        _positive(path, "max_attempts", self.max_attempts)
+        _positive(path, "max_restarts", self.max_restarts, allow_zero=True)
+        _positive(path, "rows_per_file", self.rows_per_file)
+        _positive(path, "flush_seconds", self.flush_seconds)
+        _positive(path, "progress_seconds", self.progress_seconds)
+
+    def in_flight_limit(self, workers: int) -> int:
+        return self.max_in_flight or 2 * workers
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """A whole benchmark file."""
+
+    name: str
+    scenarios: tuple[ScenarioConfig, ...]
+    attacks: tuple[Component, ...] = field(metadata={"parse": lambda v, p: _attack_list(v, p)})
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    description: str = ""
+
+    def validate(self, path: str) -> None:
+        _check_name("name", self.name)
+        if not self.scenarios:
+            raise ConfigError("scenarios", "at least one scenario is required")
+        seen: set[str] = set()
+        for i, s in enumerate(self.scenarios):
+            if s.name in seen:
+                raise ConfigError(f"scenarios[{i}].name", f"scenario {s.name!r} is defined twice")
+            seen.add(s.name)
+
+    def scenario(self, name: str) -> ScenarioConfig:
+        for s in self.scenarios:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def _attack_list(raw: Any, path: str) -> tuple[Component, ...]:
+    from raypoison.attacks import ATTACKS
+
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(path, "expected a non-empty list of attacks")
+    attacks = tuple(build_component(a, f"{path}[{i}]", ATTACKS) for i, a in enumerate(raw))
+    labels = [a.label for a in attacks]
+    for i, label in enumerate(labels):
+        if labels.index(label) != i:
+            raise ConfigError(
+                f"{path}[{i}].label", f"attack label {label!r} is used twice; give each a label"
+            )
+    return attacks
+
+
+def _resolve_paths(suite_raw: dict, base: Path) -> None:
+    """Make checkpoint paths relative to the config file absolute, and check they exist."""
+    for i, scenario in enumerate(suite_raw.get("scenarios") or []):
+        if not isinstance(scenario, dict) or not isinstance(scenario.get("models"), dict):
+            continue
+        for name, model in scenario["models"].items():
+            if isinstance(model, dict) and isinstance(model.get("checkpoint"), str):
+                path = Path(model["checkpoint"]).expanduser()
+                if not path.is_absolute():
+                    path = (base / path).resolve()
+                if not path.is_file():
+                    raise ConfigError(
+                        f"scenarios[{i}].models.{name}.checkpoint", f"file not found: {path}"
+                    )
+                model["checkpoint"] = str(path)
+
+
+def parse_suite(raw: Any, base_dir: Path | None = None) -> SuiteConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("", "the config file must hold a mapping at its top level")
+    _resolve_paths(raw, base_dir or Path.cwd())
+    return build(SuiteConfig, raw, "")
+
+
+def load_suite(path: str | Path) -> SuiteConfig:
+    """Read and validate a benchmark file; raises ConfigError naming the bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
+    return parse_suite(raw, path.parent.resolve())

@@ -1,0 +1,13 @@
+"""Data sets: every source loads into an in-memory :class:`ImageData` of uint8 tensors."""
+
+from raypoison.data import synthetic as _synthetic  # noqa: F401  (registers the source)
+from raypoison.data.base import DatasetInfo, DataSource, ImageData
+from raypoison.data.registry import DATASETS
+
+
+def load_dataset(component) -> ImageData:
+    """Load the data set a config ``Component`` names."""
+    return DATASETS.get(component.name).load(component.params)
+
+
+__all__ = ["DATASETS", "DataSource", "DatasetInfo", "ImageData", "load_dataset"]

@@ -1,0 +1,1 @@
+"""The execution layer: the only part of raypoison that imports Ray."""

@@ -1,0 +1,85 @@
+"""The models a run needs, ready before any trial: read from checkpoint files, or pre-trained
+once per model as Ray tasks and cached under ``<output>/models/`` so a resumed run reuses them.
+
+Workers receive checkpoints as object references, so they need no shared file system.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import ray
+
+from raypoison.config import ModelConfig, ScenarioConfig, digest, to_plain
+from raypoison.errors import DataError
+from raypoison.models import load_checkpoint
+from raypoison.storage import Location
+
+log = logging.getLogger("raypoison")
+
+
+def _pretrain_task(model_cfg: ModelConfig, dataset) -> bytes:
+    import torch
+
+    from raypoison.pretrain import pretrain_checkpoint
+
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources()
+                                     .get("CPU", 1))))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return pretrain_checkpoint(model_cfg, dataset, device)
+
+
+def models_of(scenario: ScenarioConfig) -> list[str]:
+    return list(dict.fromkeys([scenario.attacker, *scenario.victims]))
+
+
+def check_checkpoint_files(scenarios: list[ScenarioConfig]) -> None:
+    """Load every checkpoint file a scenario names, so a bad file stops the run before it starts."""
+    for scenario in scenarios:
+        for name in models_of(scenario):
+            cfg = scenario.models[name]
+            if cfg.checkpoint is not None:
+                model, _ = load_checkpoint(
+                    Path(cfg.checkpoint), where=f"scenario {scenario.name}, model {name}"
+                )
+                if model.name != cfg.arch:
+                    raise DataError(f"scenario {scenario.name}, model {name}: {cfg.checkpoint} "
+                                    f"holds a {model.name}, the config says {cfg.arch}")
+
+
+def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, num_cpus: float,
+                        num_gpus: float) -> dict[str, dict[str, ray.ObjectRef]]:
+    """Object refs of checkpoint bytes, per scenario and model name."""
+    refs: dict[str, ray.ObjectRef] = {}
+    to_cache: dict[str, str] = {}
+    task = ray.remote(_pretrain_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2)
+    out: dict[str, dict[str, ray.ObjectRef]] = {}
+    for scenario in scenarios:
+        out[scenario.name] = {}
+        for name in models_of(scenario):
+            cfg = scenario.models[name]
+            if cfg.checkpoint is not None:
+                key = f"file:{cfg.checkpoint}"
+                if key not in refs:
+                    refs[key] = ray.put(Path(cfg.checkpoint).read_bytes())
+            else:
+                key = digest({"arch": cfg.arch, "pretrain": to_plain(cfg.pretrain),
+                              "dataset": to_plain(scenario.dataset)})
+                path = location.join("models", f"{cfg.arch}-{key}.pt")
+                if key not in refs:
+                    if location.exists(path):
+                        refs[key] = ray.put(location.read_bytes(path))
+                    else:
+                        log.info("pre-training %s (%s) for scenario %s", name, cfg.arch,
+                                 scenario.name)
+                        refs[key] = task.remote(cfg, scenario.dataset)
+                        to_cache[key] = path
+            out[scenario.name][name] = refs[key]
+    for key, path in to_cache.items():
+        blob = ray.get(refs[key])
+        _model, meta = load_checkpoint(blob, where=path)
+        log.info("pre-trained %s: clean test accuracy %.3f", path.rsplit("/", 1)[-1],
+                 meta.get("clean_accuracy", float("nan")))
+        location.write_bytes(path, blob)
+    return out

@@ -1,0 +1,52 @@
+"""Connecting to Ray: the embedded local instance by default, or an existing cluster.
+
+- ``address`` given, or ``RAY_ADDRESS`` set (as it is inside ``ray job submit``): join that cluster.
+  Its token, if the cluster uses token authentication, comes from Ray's usual places
+  (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``).
+- Otherwise: start a new local instance with ``address="local"`` (never attach to a stale one
+  named in ``/tmp/ray/ray_current_cluster``), dashboard off unless asked for and then bound to
+  127.0.0.1, Ray's default authentication left as it is.
+- If Ray is already initialized (a notebook, a test), use it and leave it running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import ray
+
+log = logging.getLogger("raypoison")
+
+
+@dataclass(frozen=True)
+class RaySession:
+    mode: str  # "embedded", "cluster" or "existing"
+    address: str | None
+    resources: dict[str, float]
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None,
+                num_gpus: float | None = None, dashboard: bool = False) -> Iterator[RaySession]:
+    if ray.is_initialized():
+        yield RaySession("existing", None, dict(ray.cluster_resources()))
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        mode = "cluster"
+    else:
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                 include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
+        mode = "embedded"
+    try:
+        session = RaySession(mode, address, dict(ray.cluster_resources()))
+        log.info("ray: %s instance, resources %s", mode,
+                 {k: v for k, v in session.resources.items() if k in ("CPU", "GPU")})
+        yield session
+    finally:
+        ray.shutdown()

@@ -1,0 +1,245 @@
+"""One run of a benchmark: config -> pending trial specs -> workers -> rows -> Parquet + manifest.
+
+A run is resumable by construction: trials whose id already has rows in the output are skipped
+(``--retry-failed`` also recomputes trials with failed or rejected rows), and every invocation
+writes its own manifest under ``<output>/manifests/``, saying how many trials it planned, skipped
+and computed. A trial is durable once its part file is written (at most ``flush_seconds`` after it
+finishes); a driver killed before then loses those trials and the next run computes them again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import ray
+
+from raypoison import PROTOCOL_VERSION, __version__
+from raypoison.attacks import ATTACKS
+from raypoison.config import SuiteConfig, to_plain
+from raypoison.execution.checkpoints import check_checkpoint_files, prepare_checkpoints
+from raypoison.execution.cluster import RaySession, ray_session
+from raypoison.execution.progress import Progress
+from raypoison.execution.scheduler import Scheduler
+from raypoison.execution.sink import ParquetSink
+from raypoison.execution.worker import TrialTask, start_worker
+from raypoison.results import committed_trials
+from raypoison.spec import TrialSpec, expand
+from raypoison.storage import Location
+
+log = logging.getLogger("raypoison")
+
+
+@dataclass
+class RunOptions:
+    output: str
+    address: str | None = None
+    attacks: list[str] | None = None
+    scenarios: list[str] | None = None
+    trials: range | None = None
+    retry_failed: bool = False
+    workers: int | None = None
+    num_cpus: int | None = None  # embedded instance only
+    num_gpus: float | None = None  # embedded instance only (logical GPUs are fine for tests)
+    dashboard: bool = False
+    config_path: str | None = None
+    progress_stream: Any = None
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    status: str
+    planned: int = 0
+    skipped: int = 0
+    computed: int = 0
+    failed: int = 0
+    rows_written: int = 0
+    files_written: int = 0
+    seconds: float = 0.0
+    manifest: str = ""
+    scheduler: dict[str, Any] = field(default_factory=dict)
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import pyarrow
+    import torch
+
+    return {"raypoison": __version__, "protocol": PROTOCOL_VERSION, "ray": ray.__version__,
+            "torch": torch.__version__, "pyarrow": pyarrow.__version__,
+            "python": platform.python_version()}
+
+
+def _pending(suite: SuiteConfig, options: RunOptions, done: set[str]) -> Iterator[TrialSpec]:
+    filters = {"attacks": options.attacks, "scenarios": options.scenarios,
+               "trials": options.trials}
+    return (s for s in expand(suite, **filters) if s.trial_id not in done)
+
+
+def _worker_plan(suite: SuiteConfig, options: RunOptions,
+                 session: RaySession) -> tuple[int, float, float]:
+    """How many workers, with how many CPUs and GPUs each, for this cluster."""
+    ex = suite.execution
+    workers = options.workers or ex.workers
+    cpus, gpus = ex.cpus_per_worker, ex.gpus_per_worker
+    have_cpu = session.resources.get("CPU", 0.0)
+    have_gpu = session.resources.get("GPU", 0.0)
+    if session.mode == "cluster":
+        return workers, cpus, gpus  # what cannot be placed yet is demand for the autoscaler
+    if gpus > 0 and have_gpu == 0:
+        log.info("no GPUs in the local Ray instance: workers run on the CPU")
+        gpus = 0.0
+    fits = [workers]
+    if cpus > 0:
+        fits.append(int(have_cpu // cpus))
+    if gpus > 0:
+        fits.append(int(have_gpu // gpus))
+    return max(1, min(fits)), cpus, gpus
+
+
+class _Manifest:
+    def __init__(self, location: Location, run_id: str, content: dict[str, Any]):
+        self.location = location
+        self.path = location.join("manifests", f"run-{run_id}.json")
+        self.content = content
+
+    def write(self, **updates: Any) -> None:
+        self.content.update(updates)
+        self.location.write_bytes(self.path, json.dumps(self.content, indent=2,
+                                                        default=str).encode())
+
+
+def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None = None
+              ) -> RunSummary:
+    """Run every pending trial of ``suite`` into ``options.output``."""
+    start = time.monotonic()
+    filters = {"attacks": options.attacks, "scenarios": options.scenarios,
+               "trials": options.trials}
+    location = Location.parse(options.output)
+    done = committed_trials(options.output, include_failed=not options.retry_failed)
+    planned = skipped = 0
+    needing_models: dict[str, Any] = {}  # scenarios with pending trials that load models
+    for spec in expand(suite, **filters):  # one lazy pass; also validates the filters
+        planned += 1
+        if spec.trial_id in done:
+            skipped += 1
+        elif ATTACKS.get(spec.attack.name).needs_models:
+            needing_models[spec.scenario.name] = spec.scenario
+    scenarios_needing_models = list(needing_models.values())
+    check_checkpoint_files(scenarios_needing_models)  # before anything is written
+    run_id = new_run_id()
+    summary = RunSummary(run_id=run_id, status="running", planned=planned, skipped=skipped)
+    manifest = _Manifest(location, run_id, {
+        "run_id": run_id, "suite": suite.name, "status": "running",
+        "started_at": datetime.now(UTC).isoformat(), "finished_at": None,
+        "config_path": options.config_path, "config": to_plain(suite), "config_text": config_text,
+        "filters": {"attacks": options.attacks, "scenarios": options.scenarios,
+                    "trials": None if options.trials is None else
+                    [options.trials.start, options.trials.stop],
+                    "retry_failed": options.retry_failed},
+        "trials": {"planned": planned, "skipped_already_done": skipped},
+        "versions": _versions(), "git_revision": _git_revision(),
+        "host": socket.gethostname(), "pid": os.getpid(), "argv": sys.argv,
+    })
+    manifest.write()
+    summary.manifest = manifest.path
+    log.info("run %s: %d trials planned, %d already in %s, %d to compute", run_id, planned,
+             skipped, options.output, planned - skipped)
+
+    sink = ParquetSink(location, run_id, rows_per_file=suite.execution.rows_per_file,
+                       flush_seconds=suite.execution.flush_seconds)
+    progress: Progress | None = None
+    scheduler: Scheduler | None = None
+    try:
+        if planned == skipped:
+            summary.status = "completed"
+            return summary
+        with ray_session(options.address, num_cpus=options.num_cpus, num_gpus=options.num_gpus,
+                         dashboard=options.dashboard) as session:
+            workers, cpus, gpus = _worker_plan(suite, options, session)
+            manifest.write(ray={"mode": session.mode, "address": session.address,
+                                "resources": session.resources, "workers": workers,
+                                "cpus_per_worker": cpus, "gpus_per_worker": gpus})
+            checkpoints = prepare_checkpoints(scenarios_needing_models, location,
+                                              num_cpus=cpus or 1, num_gpus=gpus)
+
+            progress = Progress(planned - skipped, interval=suite.execution.progress_seconds,
+                                stream=options.progress_stream)
+
+            def tasks() -> Iterator[TrialTask]:
+                for spec in _pending(suite, options, done):
+                    yield TrialTask(spec, run_id, checkpoints.get(spec.scenario.name, {}))
+
+            def on_rows(rows: list[dict]) -> None:
+                sink.add(rows)
+
+            def on_tick(stats, in_flight: int) -> None:
+                sink.flush_due()
+                progress.update(done=stats.trials_done, failed=stats.trials_failed,
+                                in_flight=in_flight)
+
+            scheduler = Scheduler(
+                lambda: start_worker(num_cpus=cpus, num_gpus=gpus,
+                                     max_restarts=suite.execution.max_restarts,
+                                     cpu_threads=max(1, math.floor(cpus))),
+                workers=workers, max_in_flight=suite.execution.in_flight_limit(workers),
+                max_attempts=suite.execution.max_attempts, on_rows=on_rows, on_tick=on_tick,
+                tick_seconds=min(1.0, suite.execution.flush_seconds),
+            )
+            try:
+                stats = scheduler.run(tasks())
+            finally:
+                for handle in scheduler.handles:  # free their resources for the autoscaler
+                    ray.kill(handle, no_restart=True)
+            summary.status = "completed"
+            summary.scheduler = {k: v for k, v in vars(stats).items() if k != "extra"}
+    except KeyboardInterrupt:
+        summary.status = "interrupted"
+        raise
+    except BaseException:
+        summary.status = "failed"
+        raise
+    finally:
+        sink.flush()
+        if progress is not None:
+            progress.close()
+        if scheduler is not None:
+            summary.computed = scheduler.stats.trials_done
+            summary.failed = scheduler.stats.trials_failed
+            summary.scheduler = summary.scheduler or {
+                k: v for k, v in vars(scheduler.stats).items() if k != "extra"}
+        summary.rows_written, summary.files_written = sink.rows_written, sink.files_written
+        summary.seconds = time.monotonic() - start
+        manifest.write(
+            status=summary.status, finished_at=datetime.now(UTC).isoformat(),
+            trials={"planned": planned, "skipped_already_done": skipped,
+                    "computed": summary.computed, "with_failures": summary.failed},
+            output={"rows_written": summary.rows_written, "files_written": summary.files_written},
+            scheduler=summary.scheduler, seconds=summary.seconds,
+        )
+    return summary

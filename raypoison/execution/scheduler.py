@@ -1,0 +1,226 @@
+"""The driver's scheduler: a bounded ``ray.wait`` loop over long-lived worker actors.
+
+- At most ``max_in_flight`` trials are submitted at once, spread over the workers (at most
+  ``ceil(max_in_flight / workers)`` queued per worker), and tasks are pulled lazily from the spec
+  stream, so driver memory does not grow with the number of trials.
+- A worker whose process dies (``RayActorError``) is marked down; its trials go back to the queue
+  with one more attempt, up to ``max_attempts``, after which they become failure rows. The worker
+  is pinged until it answers again (Ray restarts it, up to its ``max_restarts``); one that stays
+  down for ``replace_after`` seconds is killed and replaced by a new worker.
+- Any other error of a trial task becomes failure rows at once: application errors are not
+  retried blindly (inside a trial they are already failure rows, made by the trial itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayError
+
+from raypoison.execution.worker import TrialTask
+from raypoison.rows import STATUS_OK, describe_error, failure_rows
+
+log = logging.getLogger("raypoison")
+
+
+@dataclass
+class _Item:
+    task: TrialTask
+    attempt: int = 1
+
+
+@dataclass
+class _Worker:
+    handle: Any
+    load: int = 0
+    healthy: bool = True
+    down_since: float | None = None
+    next_ping: float = 0.0
+    ping_ref: Any = None
+
+
+@dataclass
+class SchedulerStats:
+    submitted: int = 0
+    trials_done: int = 0
+    trials_failed: int = 0  # done, but with failed or rejected rows
+    requeued: int = 0
+    worker_failures: int = 0
+    workers_replaced: int = 0
+    peak_in_flight: int = 0
+    loop_seconds: float = 0.0  # driver time spent in the loop, outside ray.wait
+    wait_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        start_worker: Callable[[], Any],
+        *,
+        workers: int,
+        max_in_flight: int,
+        max_attempts: int,
+        on_rows: Callable[[list[dict]], None],
+        on_tick: Callable[[SchedulerStats, int], None] | None = None,
+        tick_seconds: float = 1.0,
+        ping_seconds: float = 0.5,
+        replace_after: float = 30.0,
+        max_replacements: int | None = None,
+    ):
+        self.start_worker = start_worker
+        self.workers = [_Worker(start_worker()) for _ in range(workers)]
+        self.max_in_flight = max_in_flight
+        self.per_worker = max(1, math.ceil(max_in_flight / workers))
+        self.max_attempts = max_attempts
+        self.on_rows = on_rows
+        self.on_tick = on_tick
+        self.tick_seconds = tick_seconds
+        self.ping_seconds = ping_seconds
+        self.replace_after = replace_after
+        self.max_replacements = 2 * workers if max_replacements is None else max_replacements
+        self.stats = SchedulerStats()
+        self._in_flight: dict[Any, tuple[_Item, _Worker]] = {}
+        self._pings: dict[Any, _Worker] = {}
+        self._retry: deque[_Item] = deque()
+
+    @property
+    def handles(self) -> list[Any]:
+        return [w.handle for w in self.workers]
+
+    def run(self, tasks: Iterator[TrialTask]) -> SchedulerStats:
+        tasks = iter(tasks)
+        exhausted = False
+        while True:
+            loop_start = time.perf_counter()
+            exhausted = self._dispatch(tasks, exhausted)
+            self._tend_workers()
+            if not self._in_flight and not self._retry and exhausted:
+                break
+            waitables = list(self._in_flight) + list(self._pings)
+            self.stats.loop_seconds += time.perf_counter() - loop_start
+            wait_start = time.perf_counter()
+            if waitables:
+                timeout = self._wait_timeout()
+                ready, _ = ray.wait(waitables, num_returns=1, timeout=timeout)
+                if ready and len(waitables) > 1:
+                    ready, _ = ray.wait(waitables, num_returns=len(waitables), timeout=0)
+            else:  # every worker is down and waiting for its next ping
+                ready = []
+                time.sleep(self._wait_timeout())
+            self.stats.wait_seconds += time.perf_counter() - wait_start
+            handle_start = time.perf_counter()
+            for ref in ready:
+                if ref in self._in_flight:
+                    self._finish_trial(ref)
+                else:
+                    self._finish_ping(ref)
+            if self.on_tick is not None:
+                self.on_tick(self.stats, len(self._in_flight))
+            self.stats.loop_seconds += time.perf_counter() - handle_start
+        return self.stats
+
+    def _dispatch(self, tasks: Iterator[TrialTask], exhausted: bool) -> bool:
+        while len(self._in_flight) < self.max_in_flight:
+            worker = min((w for w in self.workers if w.healthy and w.load < self.per_worker),
+                         key=lambda w: w.load, default=None)
+            if worker is None:
+                break
+            if self._retry:
+                item = self._retry.popleft()
+            elif exhausted:
+                break
+            else:
+                try:
+                    item = _Item(next(tasks))
+                except StopIteration:
+                    return True
+            ref = worker.handle.run.remote(item.task, item.attempt)
+            self._in_flight[ref] = (item, worker)
+            worker.load += 1
+            self.stats.submitted += 1
+            self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self._in_flight))
+        return exhausted
+
+    def _finish_trial(self, ref: Any) -> None:
+        item, worker = self._in_flight.pop(ref)
+        worker.load -= 1
+        try:
+            rows = ray.get(ref)
+        except RayActorError as err:
+            self.stats.worker_failures += 1
+            self._mark_down(worker)
+            if item.attempt < self.max_attempts:
+                self.stats.requeued += 1
+                log.warning("worker lost during trial %s (attempt %d); requeued",
+                            item.task.spec.trial_id, item.attempt)
+                self._retry.append(replace(item, attempt=item.attempt + 1))
+                return
+            rows = failure_rows(item.task.spec,
+                                f"worker: lost in {item.attempt} attempts; last: {err}",
+                                run_id=item.task.run_id, attempt=item.attempt)
+        except RayError as err:
+            rows = failure_rows(item.task.spec, describe_error(err, "worker"),
+                                run_id=item.task.run_id, attempt=item.attempt)
+        self.stats.trials_done += 1
+        if any(r.get("status") != STATUS_OK for r in rows):
+            self.stats.trials_failed += 1
+        self.on_rows(rows)
+
+    def _mark_down(self, worker: _Worker) -> None:
+        if worker.healthy:
+            worker.healthy = False
+            worker.down_since = time.monotonic()
+            worker.next_ping = time.monotonic() + self.ping_seconds
+
+    def _tend_workers(self) -> None:
+        now = time.monotonic()
+        for i, worker in enumerate(self.workers):
+            if worker.healthy or worker.ping_ref is not None:
+                continue
+            if (worker.down_since is not None and now - worker.down_since > self.replace_after
+                    and worker.load == 0):
+                self._replace(i)
+            elif now >= worker.next_ping:
+                worker.ping_ref = worker.handle.ping.remote()
+                self._pings[worker.ping_ref] = worker
+
+    def _replace(self, index: int) -> None:
+        if self.stats.workers_replaced >= self.max_replacements:
+            if not any(w.healthy for w in self.workers):
+                raise RuntimeError(
+                    f"every worker is down and {self.max_replacements} replacements are used up"
+                )
+            return
+        old = self.workers[index]
+        with contextlib.suppress(Exception):  # it may be gone already
+            ray.kill(old.handle, no_restart=True)
+        log.warning("worker %d did not come back in %.0f s; starting a new one", index,
+                    self.replace_after)
+        self.workers[index] = _Worker(self.start_worker())
+        self.stats.workers_replaced += 1
+
+    def _finish_ping(self, ref: Any) -> None:
+        worker = self._pings.pop(ref)
+        worker.ping_ref = None
+        try:
+            ray.get(ref)
+        except RayError:
+            worker.next_ping = time.monotonic() + self.ping_seconds
+            return
+        log.info("worker is back after %.1f s", time.monotonic() - (worker.down_since or 0))
+        worker.healthy, worker.down_since = True, None
+
+    def _wait_timeout(self) -> float:
+        pending = [w.next_ping for w in self.workers if not w.healthy and w.ping_ref is None]
+        if not pending:
+            return self.tick_seconds
+        return max(0.01, min(self.tick_seconds, min(pending) - time.monotonic()))

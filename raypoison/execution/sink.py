@@ -1,0 +1,71 @@
+"""ParquetSink: rows from the workers -> immutable part files, written atomically by the driver.
+
+Rows are buffered per partition (``scenario=…/attack=…``) and a partition is written as one part
+file when it holds ``rows_per_file`` rows, when its oldest row has waited ``flush_seconds``, or at
+the end. A trial's rows always land in the same file, so a trial is either wholly on disk or not.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import defaultdict
+
+import pyarrow.parquet as pq
+
+from raypoison.results import PART_PREFIX, RESULTS_DIR
+from raypoison.rows import to_table
+from raypoison.storage import Location
+
+
+class ParquetSink:
+    def __init__(self, location: Location, run_id: str, *, rows_per_file: int = 2000,
+                 flush_seconds: float = 10.0):
+        self.location = location
+        self.run_id = run_id
+        self.rows_per_file = rows_per_file
+        self.flush_seconds = flush_seconds
+        self._buffers: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        self._oldest: dict[tuple[str, str], float] = {}
+        self._sequence = 0
+        self.files_written = 0
+        self.rows_written = 0
+
+    def add(self, rows: list[dict]) -> None:
+        """Buffer the rows of one trial (they share a partition)."""
+        if not rows:
+            return
+        key = (rows[0]["scenario"], rows[0]["attack"])
+        self._buffers[key].extend(rows)
+        self._oldest.setdefault(key, time.monotonic())
+        if len(self._buffers[key]) >= self.rows_per_file:
+            self._write(key)
+
+    def flush_due(self) -> None:
+        """Write every partition whose oldest buffered row has waited long enough."""
+        limit = time.monotonic() - self.flush_seconds
+        for key in [k for k, t in self._oldest.items() if t <= limit]:
+            self._write(key)
+
+    def flush(self) -> None:
+        for key in list(self._buffers):
+            self._write(key)
+
+    @property
+    def buffered_rows(self) -> int:
+        return sum(len(b) for b in self._buffers.values())
+
+    def _write(self, key: tuple[str, str]) -> None:
+        rows = self._buffers.pop(key, [])
+        self._oldest.pop(key, None)
+        if not rows:
+            return
+        scenario, attack = key
+        self._sequence += 1
+        name = f"{PART_PREFIX}{self.run_id}-{self._sequence:06d}.parquet"
+        path = self.location.join(RESULTS_DIR, f"scenario={scenario}", f"attack={attack}", name)
+        buffer = io.BytesIO()
+        pq.write_table(to_table(rows), buffer, compression="zstd")
+        self.location.write_bytes(path, buffer.getvalue())
+        self.files_written += 1
+        self.rows_written += len(rows)

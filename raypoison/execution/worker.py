@@ -1,0 +1,81 @@
+"""TrialWorker: a long-lived actor that loads a scenario's data and models once and runs trials.
+
+Workers ask Ray for a fraction of a GPU; Ray does not split GPU memory, so each worker caps its own
+share with ``torch.cuda.set_per_process_memory_fraction``. An error inside a trial comes back as
+failure rows; only the death of the worker process itself reaches the scheduler as an error.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from raypoison.rows import describe_error, failure_rows
+from raypoison.spec import TrialSpec
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    spec: TrialSpec
+    run_id: str
+    checkpoints: Mapping[str, Any]  # model name -> ObjectRef of checkpoint bytes
+
+
+class TrialWorker:
+    def __init__(self, gpu_fraction: float = 0.0, cpu_threads: int = 1, max_contexts: int = 1):
+        import torch
+
+        torch.set_num_threads(max(1, cpu_threads))
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and 0 < gpu_fraction < 1:
+            torch.cuda.set_per_process_memory_fraction(gpu_fraction)
+        self.max_contexts = max_contexts
+        self._contexts: dict[str, Any] = {}
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.node = ray.get_runtime_context().get_node_id()[:12]
+        self.trials_run = 0
+
+    def ping(self) -> dict[str, Any]:
+        return {"worker": self.identity, "node": self.node, "device": self.device,
+                "pid": os.getpid(), "trials_run": self.trials_run}
+
+    def _context(self, task: TrialTask):
+        from raypoison.trial import TrialContext
+
+        key = task.spec.scenario.name
+        if key not in self._contexts:
+            while len(self._contexts) >= self.max_contexts:
+                self._contexts.pop(next(iter(self._contexts)))  # drop the oldest scenario
+            names = list(task.checkpoints)
+            blobs = ray.get([task.checkpoints[n] for n in names]) if names else []
+            self._contexts[key] = TrialContext.create(
+                task.spec.scenario, dict(zip(names, blobs, strict=True)), self.device
+            )
+        return self._contexts[key]
+
+    def run(self, task: TrialTask, attempt: int = 1) -> list[dict]:
+        from raypoison.trial import run_trial
+
+        try:
+            rows = run_trial(task.spec, self._context(task))
+        except Exception as err:  # loading the scenario failed: every trial of it says why
+            rows = failure_rows(task.spec, describe_error(err, "load"))
+        self.trials_run += 1
+        stamp = {"run_id": task.run_id, "worker": self.identity, "node": self.node,
+                 "attempt": attempt, "ray_version": ray.__version__}
+        for row in rows:
+            row.update(stamp)
+        return rows
+
+
+def start_worker(*, num_cpus: float, num_gpus: float, max_restarts: int,
+                 cpu_threads: int) -> ray.actor.ActorHandle:
+    remote = ray.remote(TrialWorker).options(
+        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0,
+    )
+    return remote.remote(gpu_fraction=num_gpus, cpu_threads=cpu_threads)

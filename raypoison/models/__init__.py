@@ -1,0 +1,8 @@
+"""Model zoo: every model is an :class:`ImageClassifier` with ``features()`` and ``head``."""
+
+from raypoison.models import convnet as _convnet  # noqa: F401  (registers the model)
+from raypoison.models.base import ImageClassifier
+from raypoison.models.checkpoint import build_model, checkpoint_bytes, load_checkpoint
+from raypoison.models.registry import MODELS
+
+__all__ = ["MODELS", "ImageClassifier", "build_model", "checkpoint_bytes", "load_checkpoint"]

@@ -1,0 +1,45 @@
+"""The shape every model has: normalization inside, a feature extractor, and a linear head.
+
+Models take images in ``[0, 1]`` and normalize them themselves, so attacks, checks and training all
+work in pixel space and the ε ball means what it says.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+class ImageClassifier(nn.Module):
+    name: ClassVar[str]
+
+    def __init__(
+        self, extractor: nn.Module, feature_dim: int, num_classes: int,
+        mean: tuple[float, ...], std: tuple[float, ...],
+    ):
+        super().__init__()
+        self.extractor = extractor
+        self.feature_dim = feature_dim
+        self.head = nn.Linear(feature_dim, num_classes)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features of images in ``[0, 1]``."""
+        return self.extractor((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def reset_head(self, seed: int) -> None:
+        """A fresh head drawn from ``seed`` (PyTorch's default Linear init, without global RNG)."""
+        g = torch.Generator().manual_seed(seed)
+        bound = 1 / math.sqrt(self.feature_dim)
+        with torch.no_grad():
+            w = torch.empty_like(self.head.weight, device="cpu").uniform_(-bound, bound, generator=g)
+            b = torch.empty_like(self.head.bias, device="cpu").uniform_(-bound, bound, generator=g)
+            self.head.weight.copy_(w)
+            self.head.bias.copy_(b)

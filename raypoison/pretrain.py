@@ -1,0 +1,43 @@
+"""Pre-training a model of a scenario from scratch on its data set (no Ray here).
+
+Used when a scenario names no checkpoint; the execution layer runs it once per model as a Ray task
+and caches the checkpoint under the run's output. The full victim zoo (CIFAR-100 pre-training and
+the adversarially trained model) builds on this in ``raypoison pretrain``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from raypoison.config import Component, ModelConfig, to_plain
+from raypoison.data import ImageData, load_dataset
+from raypoison.models import build_model, checkpoint_bytes
+from raypoison.training import accuracy, train
+
+
+def pretrain(model_cfg: ModelConfig, data: ImageData, device: str = "cpu"):
+    """Train ``model_cfg`` on ``data`` from its seed; returns ``(model, meta)``."""
+    assert model_cfg.pretrain is not None
+    with torch.random.fork_rng(devices=[]):  # seeded weight init without touching global state
+        torch.manual_seed(model_cfg.pretrain.seed)
+        model = build_model(model_cfg.arch, data.num_classes, data.mean, data.std).to(device)
+    data = data.to(device)
+    result = train(
+        model, data.train_x, data.train_y, recipe=model_cfg.pretrain.recipe,
+        seed=model_cfg.pretrain.seed, trainable="all",
+    )
+    meta = {
+        "arch": model_cfg.arch,
+        "recipe": to_plain(model_cfg.pretrain.recipe),
+        "seed": model_cfg.pretrain.seed,
+        "clean_accuracy": accuracy(model, data.test_x, data.test_y),
+        "train_seconds": result.seconds,
+    }
+    return model, meta
+
+
+def pretrain_checkpoint(model_cfg: ModelConfig, dataset: Component, device: str = "cpu") -> bytes:
+    data = load_dataset(dataset)
+    model, meta = pretrain(model_cfg, data, device)
+    meta["dataset"] = to_plain(dataset)
+    return checkpoint_bytes(model.cpu(), meta)

@@ -1,0 +1,129 @@
+"""Reading a results dataset: every part file, skipping what is not one, deduplicated by key.
+
+Rows are written at least once (a resumed or retried trial may write its key again) and read
+exactly once: :func:`load` keeps one row per ``(trial_id, victim)``, preferring a successful row to
+a failed one and then the latest. Hidden and temporary files are never read; a foreign file or a
+truncated part is skipped with a warning, so one bad file never hides the rest.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import warnings
+from collections.abc import Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raypoison.rows import KEY, SCHEMA, STATUS_OK
+from raypoison.storage import Location
+
+RESULTS_DIR = "results"
+PART_PREFIX = "part-"
+
+
+class SkippedFileWarning(UserWarning):
+    """A file in a results folder was not read (foreign, truncated or of another schema)."""
+
+
+def part_files(location: Location) -> list[str]:
+    """The paths of the visible part files; everything else is warned about or ignored."""
+    root = location.join(RESULTS_DIR)
+    paths = []
+    for info in location.list_files(root):
+        name = posixpath.basename(info.path)
+        if name.startswith((".", "_")):
+            continue  # temporary or hidden: never read
+        if not (name.startswith(PART_PREFIX) and name.endswith(".parquet")):
+            warnings.warn(f"skipping foreign file in results: {info.path}",
+                          SkippedFileWarning, stacklevel=2)
+            continue
+        paths.append(info.path)
+    return sorted(paths)
+
+
+def _read_part(location: Location, path: str, columns: list[str] | None) -> pa.Table | None:
+    try:
+        data = location.read_bytes(path)
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        missing = [c for c in KEY + ("status",) if c not in parquet.schema_arrow.names]
+        if missing:
+            warnings.warn(f"skipping {path}: not a raypoison part (no {missing})",
+                          SkippedFileWarning, stacklevel=3)
+            return None
+        wanted = [c for c in columns if c in parquet.schema_arrow.names] if columns else None
+        return parquet.read(columns=wanted)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        warnings.warn(f"skipping unreadable part {path}: {err}", SkippedFileWarning, stacklevel=3)
+        return None
+
+
+def read_table(uri: str, columns: Iterable[str] | None = None) -> pa.Table:
+    """Every row of every readable part, not deduplicated, cast to the current schema."""
+    location = Location.parse(uri)
+    columns = list(columns) if columns is not None else None
+    tables = []
+    for path in part_files(location):
+        table = _read_part(location, path, columns)
+        if table is not None:
+            tables.append(table)
+    fields = [SCHEMA.field(c) for c in (columns or SCHEMA.names)]
+    schema = pa.schema(fields)
+    if not tables:
+        return schema.empty_table()
+    unified = [_conform(t, schema) for t in tables]
+    return pa.concat_tables(unified)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    arrays = []
+    for field in schema:
+        if field.name in table.column_names:
+            arrays.append(table[field.name].cast(field.type))
+        else:
+            arrays.append(pa.nulls(len(table), field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def deduplicate(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per key: an ``ok`` row wins over a failed one, then the latest ``finished_at``."""
+    if df.empty:
+        return df
+    order = df.assign(_ok=df["status"].eq(STATUS_OK))
+    sort_by, ascending = ["_ok"], [False]
+    if "finished_at" in df.columns:
+        sort_by.append("finished_at")
+        ascending.append(False)
+    order = order.sort_values(sort_by, ascending=ascending, kind="stable")
+    order = order.drop_duplicates(list(KEY), keep="first").drop(columns="_ok")
+    return order.sort_values(["scenario", "attack", "trial", "victim"]
+                             if "scenario" in df.columns else list(KEY)).reset_index(drop=True)
+
+
+def load(uri: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """The deduplicated results of a dataset at ``uri`` (a run's output folder or URI)."""
+    if columns is not None:
+        columns = list(dict.fromkeys([*KEY, "status", "finished_at", *columns]))
+    return deduplicate(read_table(uri, columns).to_pandas())
+
+
+def load_arrow(uri: str, columns: Iterable[str] | None = None) -> pa.Table:
+    return pa.Table.from_pandas(load(uri, columns), preserve_index=False)
+
+
+def committed_trials(uri: str, *, include_failed: bool = True) -> set[str]:
+    """Trial ids that already have rows. A trial's rows are written together, so any row counts.
+
+    With ``include_failed=False`` a trial counts only if it has no failed or rejected rows, so a
+    resumed run computes failed trials again.
+    """
+    df = read_table(uri, ["trial_id", "victim", "status"]).to_pandas()
+    if df.empty:
+        return set()
+    if include_failed:
+        return set(df["trial_id"])
+    key_ok = df["status"].eq(STATUS_OK).groupby([df["trial_id"], df["victim"]]).any()
+    trial_ok = key_ok.groupby(level="trial_id").all()
+    return set(trial_ok[trial_ok].index)

@@ -1,0 +1,133 @@
+"""The result row: one per (trial, victim). Its schema is versioned and documented in the README.
+
+Rows are plain dicts while they travel from a worker to the driver; the sink turns them into Arrow
+tables with :data:`SCHEMA`. ``(trial_id, victim)`` is the key: readers keep one row per key.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from raypoison import PROTOCOL_VERSION, __version__
+from raypoison.config import to_plain
+
+SCHEMA_VERSION = 1
+KEY = ("trial_id", "victim")
+
+STATUS_OK = "ok"  # the trial ran; for attacks that evaluate, success is set
+STATUS_FAILED = "failed"  # an error in the trial or its worker; ``error`` says which phase
+STATUS_REJECTED = "rejected"  # the poisons broke a check; ``poison_check`` says which
+
+SCHEMA = pa.schema(
+    [
+        ("schema_version", pa.int16()),
+        ("protocol_version", pa.string()),
+        ("run_id", pa.string()),
+        ("suite", pa.string()),
+        ("trial_id", pa.string()),
+        ("scenario", pa.string()),
+        ("attack", pa.string()),
+        ("attack_name", pa.string()),
+        ("attack_params", pa.string()),
+        ("trial", pa.int32()),
+        ("victim", pa.string()),
+        ("victim_arch", pa.string()),
+        ("role", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("target_class", pa.int32()),
+        ("target_index", pa.int64()),
+        ("base_class", pa.int32()),
+        ("base_indices", pa.list_(pa.int64())),
+        ("success", pa.bool_()),
+        ("target_pred", pa.int32()),
+        ("clean_accuracy", pa.float64()),
+        ("poisons_valid", pa.bool_()),
+        ("poison_check", pa.string()),
+        ("poison_linf", pa.float64()),
+        ("attack_iterations", pa.int32()),
+        ("attack_loss_initial", pa.float64()),
+        ("attack_loss_final", pa.float64()),
+        ("seed_setup", pa.int64()),
+        ("seed_craft", pa.int64()),
+        ("seed_train", pa.int64()),
+        ("seconds_setup", pa.float64()),
+        ("seconds_craft", pa.float64()),
+        ("seconds_check", pa.float64()),
+        ("seconds_train", pa.float64()),
+        ("seconds_eval", pa.float64()),
+        ("seconds_total", pa.float64()),
+        ("worker", pa.string()),
+        ("node", pa.string()),
+        ("device", pa.string()),
+        ("attempt", pa.int16()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("raypoison_version", pa.string()),
+        ("torch_version", pa.string()),
+        ("ray_version", pa.string()),
+    ],
+    metadata={b"raypoison_schema_version": str(SCHEMA_VERSION).encode()},
+)
+COLUMNS = frozenset(SCHEMA.names)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def trial_fields(spec) -> dict[str, Any]:
+    """The fields every row of a trial shares, known before it runs."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "protocol_version": PROTOCOL_VERSION,
+        "suite": spec.suite,
+        "trial_id": spec.trial_id,
+        "scenario": spec.scenario.name,
+        "attack": spec.attack.label,
+        "attack_name": spec.attack.name,
+        "attack_params": json.dumps(to_plain(spec.attack.params), sort_keys=True),
+        "trial": spec.index,
+        "seed_setup": spec.scenario.seed,
+        "raypoison_version": __version__,
+    }
+
+
+def per_victim(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | None = None):
+    """One row per victim of the scenario: ``common`` fields plus that victim's own."""
+    scenario = spec.scenario
+    out = []
+    for victim in scenario.victims:
+        row = dict(common)
+        row.update(victim=victim, victim_arch=scenario.models[victim].arch,
+                   role=scenario.role(victim))
+        row.update((per or {}).get(victim, {}))
+        out.append(row)
+    return out
+
+
+def describe_error(err: BaseException, phase: str | None = None) -> str:
+    where = f"{phase}: " if phase else ""
+    tail = "".join(traceback.format_exception(err)[-3:]).strip()
+    return f"{where}{type(err).__name__}: {err}\n{tail}"
+
+
+def failure_rows(spec, error: str, *, started_at: datetime | None = None,
+                 status: str = STATUS_FAILED, **extra: Any) -> list[dict[str, Any]]:
+    """Rows that record a trial which could not run, with the reason."""
+    common = trial_fields(spec)
+    common.update(status=status, error=error, started_at=started_at or now(), finished_at=now())
+    common.update(extra)
+    return per_victim(spec, common)
+
+
+def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    unknown = set().union(*(r.keys() for r in rows)) - COLUMNS if rows else set()
+    if unknown:
+        raise ValueError(f"row fields not in the schema: {sorted(unknown)}")
+    return pa.Table.from_pylist(rows, schema=SCHEMA)

@@ -1,0 +1,147 @@
+"""Suite expansion: a config becomes a lazy, deterministic stream of trial specs.
+
+A trial is one (scenario, attack, trial index). Its id is a hash of everything that defines what
+it computes: the scenario (all but its trial count, so growing a benchmark from 20 to 100 trials
+keeps the first 20), the attack with its parameters, the index and the protocol version. Execution
+settings are not part of it. Same config => same ids; any change to a parameter => new ids.
+
+A trial's setup (target, classes, bases) depends only on the scenario seed, the trial index and
+the data set's labels, never on the attack, so attacks are compared on identical targets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from raypoison import PROTOCOL_VERSION
+from raypoison.config import Component, ScenarioConfig, SuiteConfig, digest, to_plain
+from raypoison.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    trial_id: str
+    suite: str
+    scenario: ScenarioConfig
+    attack: Component
+    index: int
+
+
+@dataclass(frozen=True)
+class Setup:
+    target_class: int
+    target_index: int
+    base_class: int
+    base_indices: tuple[int, ...]
+
+
+def trial_id(scenario: ScenarioConfig, attack: Component, index: int) -> str:
+    return digest(
+        {
+            "protocol": PROTOCOL_VERSION,
+            "scenario": scenario.identity(),
+            "attack": {"name": attack.name, "label": attack.label, "params": to_plain(attack.params)},
+            "trial": index,
+        }
+    )
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (same parts => same seed, in every process)."""
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def parse_trial_range(text: str | None) -> range | None:
+    """``"0:20"`` -> trials 0..19; ``"7"`` -> trial 7; ``":50"`` and ``"10:"`` as in Python."""
+    if text is None:
+        return None
+    try:
+        if ":" in text:
+            start, stop = text.split(":", 1)
+            return range(int(start) if start else 0, int(stop) if stop else 2**62)
+        return range(int(text), int(text) + 1)
+    except ValueError:
+        raise ConfigError("--trials", f"expected START:STOP or an index, got {text!r}") from None
+
+
+def expand(
+    suite: SuiteConfig,
+    *,
+    attacks: Iterable[str] | None = None,
+    scenarios: Iterable[str] | None = None,
+    trials: range | None = None,
+) -> Iterator[TrialSpec]:
+    """Every trial of the suite, lazily, scenario by scenario, then trial, then attack.
+
+    The order keeps one scenario's trials together (a worker loads its data and models once) and
+    an index's attacks side by side (they share a target).
+    """
+    chosen_attacks = _select(suite.attacks, attacks, "--attacks", lambda a: a.label)
+    chosen_scenarios = _select(suite.scenarios, scenarios, "--scenarios", lambda s: s.name)
+    for scenario in chosen_scenarios:
+        indices = range(scenario.trials)
+        if trials is not None:
+            indices = range(max(trials.start, 0), min(trials.stop, scenario.trials))
+        for index in indices:
+            for attack in chosen_attacks:
+                yield TrialSpec(
+                    trial_id(scenario, attack, index), suite.name, scenario, attack, index
+                )
+
+
+def count(suite: SuiteConfig, **filters) -> int:
+    return sum(1 for _ in expand(suite, **filters))
+
+
+def _select(items, wanted, option: str, key):
+    if wanted is None:
+        return list(items)
+    wanted = list(wanted)
+    known = [key(i) for i in items]
+    for w in wanted:
+        if w not in known:
+            raise ConfigError(option, f"unknown name {w!r} (known: {', '.join(known)})")
+    return [i for i in items if key(i) in wanted]
+
+
+def sample_setup(
+    train_labels: np.ndarray, test_labels: np.ndarray, *, budget: int, seed: int, index: int
+) -> Setup:
+    """The seeded setup sampler: target class != base class, a test target, ``budget`` bases."""
+    rng = np.random.default_rng([seed & (2**63 - 1), index])
+    classes = np.unique(train_labels)
+    target_class = int(rng.choice(classes))
+    others = classes[classes != target_class]
+    base_class = int(rng.choice(others))
+    target_index = int(rng.choice(np.flatnonzero(test_labels == target_class)))
+    pool = np.flatnonzero(train_labels == base_class)
+    if len(pool) < budget:
+        raise ValueError(f"class {base_class} has {len(pool)} training images, budget is {budget}")
+    bases = np.sort(rng.choice(pool, size=budget, replace=False))
+    return Setup(target_class, target_index, base_class, tuple(int(i) for i in bases))
+
+
+def clean_training_indices(
+    train_labels: np.ndarray, setup: Setup, per_class: int | None
+) -> np.ndarray:
+    """The clean part of the victim's training set, in data set order.
+
+    As in the benchmark: the first ``per_class`` non-base images of each class, and for the base
+    class ``per_class - budget`` of them, so that with the poisons every class has ``per_class``.
+    With ``per_class`` None: every non-base training image (the from-scratch construction).
+    """
+    is_base = np.zeros(len(train_labels), dtype=bool)
+    is_base[list(setup.base_indices)] = True
+    keep = []
+    for c in np.unique(train_labels):
+        candidates = np.flatnonzero((train_labels == c) & ~is_base)
+        if per_class is not None:
+            n = per_class - (len(setup.base_indices) if c == setup.base_class else 0)
+            candidates = candidates[:n]
+        keep.append(candidates)
+    return np.sort(np.concatenate(keep))

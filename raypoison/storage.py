@@ -1,0 +1,61 @@
+"""Where results live: a local folder or an object-store URI, through pyarrow file systems.
+
+Writes are atomic for readers: on a local file system a file is written under a hidden temporary
+name (``.name.tmp``) and renamed; object stores make an object visible only once it is complete.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+
+@dataclass(frozen=True)
+class Location:
+    fs: pafs.FileSystem
+    root: str  # path inside ``fs``
+    uri: str
+
+    @classmethod
+    def parse(cls, uri: str) -> Location:
+        if "://" in uri:
+            fs, root = pafs.FileSystem.from_uri(uri)
+        else:
+            fs, root = pafs.LocalFileSystem(), posixpath.abspath(uri)
+        return cls(fs, root.rstrip("/") or "/", uri)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def join(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write ``data`` so that no reader ever sees a partial file."""
+        folder, name = posixpath.split(path)
+        self.fs.create_dir(folder, recursive=True)
+        if not self.is_local:
+            with self.fs.open_output_stream(path) as f:
+                f.write(data)
+            return
+        tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, path)
+
+    def list_files(self, path: str) -> list[pafs.FileInfo]:
+        if not self.exists(path):
+            return []
+        selector = pafs.FileSelector(path, recursive=True)
+        return [i for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File]

@@ -1,0 +1,99 @@
+"""The one training loop: pre-training, transfer (a fresh head on a frozen extractor) and,
+later, fine-tuning and training from scratch all go through :func:`train`.
+
+Randomness (shuffling and augmentation) comes from one seeded CPU generator, so a run is
+reproducible on a given device and library build.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from raypoison.config import RecipeConfig
+from raypoison.data.augment import random_crop_flip
+from raypoison.models.base import ImageClassifier
+
+Trainable = Literal["head", "all"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    epochs: int
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+def _optimizer(params, recipe: RecipeConfig) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(
+        params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+        weight_decay=recipe.weight_decay,
+    )
+
+
+def train(
+    model: ImageClassifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    recipe: RecipeConfig,
+    seed: int,
+    trainable: Trainable = "all",
+) -> TrainResult:
+    """Train ``model`` in place on uint8 ``images`` (on the model's device) and int64 ``labels``.
+
+    ``trainable="head"`` is the transfer setting: the extractor is frozen and its BatchNorm layers
+    stay in eval mode; only the linear head learns.
+    """
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    if trainable == "head":
+        model.eval()
+        for p in model.extractor.parameters():
+            p.requires_grad_(False)
+        params = list(model.head.parameters())
+    else:
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, recipe)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(recipe.milestones), gamma=recipe.gamma
+    )
+    n, steps, loss_value = len(labels), 0, float("nan")
+    for _ in range(recipe.epochs):
+        order = torch.randperm(n, generator=generator).to(images.device)
+        for start_i in range(0, n, recipe.batch_size):
+            idx = order[start_i:start_i + recipe.batch_size]
+            x = images[idx].float().div_(255)
+            if recipe.augment:
+                x = random_crop_flip(x, generator)
+            loss = F.cross_entropy(model(x), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            loss_value = loss.item() if steps % 20 == 0 else loss_value
+        schedule.step()
+    loss_value = loss.item() if steps else loss_value
+    model.eval()
+    return TrainResult(recipe.epochs, steps, float(loss_value), time.perf_counter() - start)
+
+
+@torch.no_grad()
+def predict(model: ImageClassifier, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Predicted classes of uint8 images, in eval mode."""
+    model.eval()
+    out = [model(images[i:i + batch_size].float().div_(255)).argmax(1)
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=images.device)
+
+
+def accuracy(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((predict(model, images) == labels).float().mean().item())

@@ -1,0 +1,153 @@
+"""The whole life of one trial, in plain PyTorch: setup, craft, check, train victims, evaluate.
+
+:func:`run_trial` has no Ray in it: it runs the same in a test, a notebook and a worker actor.
+Every outcome is rows, one per victim; an error becomes rows with ``status="failed"`` that name the
+phase and carry the message, so one broken trial never stops a run.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raypoison.attacks import create_attack
+from raypoison.config import ScenarioConfig
+from raypoison.data import ImageData, load_dataset
+from raypoison.evaluate import check_poisons, evaluate_victim
+from raypoison.models import ImageClassifier, load_checkpoint
+from raypoison.rows import (
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_REJECTED,
+    describe_error,
+    now,
+    per_victim,
+    trial_fields,
+)
+from raypoison.spec import Setup, TrialSpec, clean_training_indices, derive_seed, sample_setup
+from raypoison.training import train
+
+
+class TrialContext:
+    """What the trials of one scenario share: the data set on the device and the pretrained models.
+
+    A worker builds it once per scenario. Models are loaded on first use; callers get frozen shared
+    copies (:meth:`model`) or fresh trainable ones (:meth:`fresh_victim`).
+    """
+
+    def __init__(self, scenario: ScenarioConfig, data: ImageData,
+                 checkpoints: Mapping[str, bytes | str | Path], device: str = "cpu"):
+        self.scenario = scenario
+        self.device = device
+        self.data = data.to(device)
+        self.train_labels = data.train_y.cpu().numpy()
+        self.test_labels = data.test_y.cpu().numpy()
+        self._checkpoints = dict(checkpoints)
+        self._models: dict[str, ImageClassifier] = {}
+
+    @classmethod
+    def create(cls, scenario: ScenarioConfig, checkpoints: Mapping[str, bytes | str | Path],
+               device: str = "cpu") -> TrialContext:
+        return cls(scenario, load_dataset(scenario.dataset), checkpoints, device)
+
+    def model(self, name: str) -> ImageClassifier:
+        """The pretrained model ``name``, frozen and in eval mode; do not train it."""
+        if name not in self._models:
+            if name not in self._checkpoints:
+                raise KeyError(f"no checkpoint was given for model {name!r}")
+            model, _meta = load_checkpoint(self._checkpoints[name], where=f"model {name!r}")
+            expected = self.scenario.models[name].arch
+            if model.name != expected:
+                raise ValueError(f"model {name!r}: checkpoint holds {model.name}, "
+                                 f"the scenario says {expected}")
+            model = model.to(self.device).eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._models[name] = model
+        return self._models[name]
+
+    def fresh_victim(self, name: str, seed: int) -> ImageClassifier:
+        """A trainable copy of model ``name`` with a new head for this data set's classes."""
+        model = copy.deepcopy(self.model(name))
+        if model.head.out_features != self.data.num_classes:
+            model.head = torch.nn.Linear(model.feature_dim, self.data.num_classes).to(self.device)
+        model.reset_head(seed)
+        for p in model.head.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def setup(self, index: int) -> Setup:
+        return sample_setup(self.train_labels, self.test_labels, budget=self.scenario.budget,
+                            seed=self.scenario.seed, index=index)
+
+
+def run_trial(spec: TrialSpec, ctx: TrialContext) -> list[dict]:
+    """Run one trial and return its rows (one per victim)."""
+    scenario = spec.scenario
+    started, clock = now(), time.perf_counter()
+    common = trial_fields(spec)
+    common.update(started_at=started, device=str(ctx.device), torch_version=torch.__version__)
+    phase = "setup"
+    try:
+        setup = ctx.setup(spec.index)
+        common.update(target_class=setup.target_class, target_index=setup.target_index,
+                      base_class=setup.base_class, base_indices=list(setup.base_indices),
+                      seconds_setup=time.perf_counter() - clock)
+        phase = "craft"
+        attack = create_attack(spec.attack)
+        seed_craft = derive_seed(scenario.seed, spec.index, spec.attack.label, "craft")
+        tick = time.perf_counter()
+        crafted = attack.craft(ctx, setup, seed_craft)
+        common.update(seed_craft=seed_craft, seconds_craft=time.perf_counter() - tick,
+                      attack_iterations=crafted.iterations,
+                      attack_loss_initial=crafted.loss_initial,
+                      attack_loss_final=crafted.loss_final)
+        if crafted.poisons is None:
+            return _finish(spec, common, clock, STATUS_OK)
+        phase = "check"
+        tick = time.perf_counter()
+        check = check_poisons(crafted.poisons, setup, ctx.data, scenario.epsilon, scenario.budget)
+        common.update(poisons_valid=check.valid, poison_check=check.reason,
+                      poison_linf=check.linf, seconds_check=time.perf_counter() - tick)
+        if not check.valid:
+            return _finish(spec, common, clock, STATUS_REJECTED, error=f"check: {check.reason}")
+        phase = "train"
+        per = _train_and_evaluate(spec, ctx, setup, crafted.poisons)
+        return _finish(spec, common, clock, STATUS_OK, per)
+    except Exception as err:  # a trial's error is data, not a crash of the run
+        return _finish(spec, common, clock, STATUS_FAILED, error=describe_error(err, phase))
+
+
+def _train_and_evaluate(spec, ctx, setup, poisons) -> dict[str, dict]:
+    scenario, data = spec.scenario, ctx.data
+    clean = torch.as_tensor(
+        clean_training_indices(ctx.train_labels, setup, scenario.train_per_class), device=ctx.device
+    )
+    images = torch.cat([data.train_x[clean], poisons.images.to(ctx.device)])
+    labels = torch.cat([data.train_y[clean],
+                        torch.as_tensor(np.asarray(poisons.labels), device=ctx.device)])
+    per = {}
+    for victim in scenario.victims:
+        seed_train = derive_seed(scenario.seed, spec.index, victim, "train")
+        model = ctx.fresh_victim(victim, seed_train)
+        fit = train(model, images, labels, recipe=scenario.recipe, seed=seed_train,
+                    trainable="head")
+        tick = time.perf_counter()
+        outcome = evaluate_victim(model, data, setup)
+        per[victim] = {
+            "seed_train": seed_train, "seconds_train": fit.seconds,
+            "seconds_eval": time.perf_counter() - tick, "success": outcome.success,
+            "target_pred": outcome.target_pred, "clean_accuracy": outcome.clean_accuracy,
+        }
+    return per
+
+
+def _finish(spec, common, clock, status, per=None, error=None) -> list[dict]:
+    common.update(status=status, error=error, finished_at=now(),
+                  seconds_total=time.perf_counter() - clock)
+    return per_victim(spec, common, per if status == STATUS_OK else None)
