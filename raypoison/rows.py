@@ -99,11 +99,12 @@ def trial_fields(spec) -> dict[str, Any]:
 
 
 def per_victim(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | None = None):
-    """One row per victim of the scenario: ``common`` fields plus that victim's own."""
+    """One complete row per victim: every schema field, ``common`` ones plus the victim's own."""
     scenario = spec.scenario
     out = []
     for victim in scenario.victims:
-        row = dict(common)
+        row = dict.fromkeys(SCHEMA.names)
+        row.update(common)
         row.update(victim=victim, victim_arch=scenario.models[victim].arch,
                    role=scenario.role(victim))
         row.update((per or {}).get(victim, {}))

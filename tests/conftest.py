@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny configs on synthetic data, and one real local Ray instance per session."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token files from test clusters
+
+PRETRAIN = {"seed": 1, "recipe": {"lr": 0.05, "epochs": 8, "milestones": [6], "batch_size": 32}}
+
+TINY = {
+    "name": "tiny",
+    "scenarios": [
+        {
+            "name": "tiny-transfer",
+            "dataset": {"name": "synthetic", "params": {
+                "classes": 4, "image_size": 12, "train_per_class": 40, "test_per_class": 10,
+                "noise": 0.2, "seed": 3}},
+            "models": {"net-a": {"arch": "convnet", "pretrain": PRETRAIN}},
+            "attacker": "net-a",
+            "victims": ["net-a"],
+            "budget": 3,
+            "epsilon": "16/255",
+            "train_per_class": 12,
+            "trials": 4,
+            "recipe": {"lr": 0.01, "epochs": 3, "milestones": [2], "batch_size": 16},
+        }
+    ],
+    "attacks": [{"name": "none"}, {"name": "feature_collision",
+                                   "params": {"iterations": 10, "step": 0.01}}],
+    "execution": {"workers": 2, "flush_seconds": 0.5, "progress_seconds": 60},
+}
+
+
+@pytest.fixture
+def tiny_raw() -> dict:
+    return copy.deepcopy(TINY)
+
+
+def write_config(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def noop_raw(trials: int, seconds: float, victims: int = 1) -> dict:
+    """A config of trivial trials: exercises the runner, trains nothing."""
+    raw = copy.deepcopy(TINY)
+    scenario = raw["scenarios"][0]
+    scenario["trials"] = trials
+    scenario["models"] = {f"net-{i}": {"arch": "convnet", "pretrain": PRETRAIN}
+                          for i in range(victims)}
+    scenario["attacker"] = "net-0"
+    scenario["victims"] = list(scenario["models"])
+    raw["attacks"] = [{"name": "noop", "params": {"seconds": seconds}}]
+    return raw
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray instance: 2 CPUs and 4 logical GPUs (there is no GPU; actors asking for
+    a fraction of one get CUDA_VISIBLE_DEVICES and run on the CPU)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> bytes:
+    from raypoison.config import parse_suite
+    from raypoison.pretrain import pretrain_checkpoint
+
+    suite = parse_suite(copy.deepcopy(TINY))
+    scenario = suite.scenarios[0]
+    return pretrain_checkpoint(scenario.models["net-a"], scenario.dataset)

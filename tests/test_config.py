@@ -1,0 +1,81 @@
+import pytest
+
+from raypoison.config import load_suite, parse_suite
+from raypoison.errors import ConfigError
+from tests.conftest import write_config
+
+
+def error_of(raw) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_suite(raw)
+    return info.value
+
+
+def test_valid_config_is_frozen_and_typed(tiny_raw):
+    suite = parse_suite(tiny_raw)
+    scenario = suite.scenarios[0]
+    assert scenario.epsilon == pytest.approx(16 / 255)
+    assert scenario.victims == ("net-a",)
+    assert scenario.role("net-a") == "white-box"
+    assert suite.attacks[1].params.iterations == 10
+    assert suite.attacks[1].params.decay == 0.2  # the declared default
+    with pytest.raises(AttributeError):
+        scenario.budget = 7  # frozen
+
+
+def test_smoke_config_in_the_repository_is_valid():
+    suite = load_suite("configs/smoke.yaml")
+    assert [a.label for a in suite.attacks] == ["none", "feature_collision"]
+
+
+@pytest.mark.parametrize("mutate, path, words", [
+    (lambda r: r["scenarios"][0].update(colour="red"), "scenarios[0].colour", "unknown key"),
+    (lambda r: r["scenarios"][0].update(budget="five"), "scenarios[0].budget", "integer"),
+    (lambda r: r["scenarios"][0].update(trials=-3), "scenarios[0].trials", "> 0"),
+    (lambda r: r["attacks"].append({"name": "frog"}), "attacks[2].name", "unknown attack 'frog'"),
+    (lambda r: r["scenarios"][0]["models"]["net-a"].update(arch="resnet81"),
+     "scenarios[0].models.net-a.arch", "unknown model 'resnet81'"),
+    (lambda r: r["scenarios"][0]["dataset"].update(name="cifar11"),
+     "scenarios[0].dataset.name", "unknown data set"),
+    (lambda r: r["scenarios"][0].update(epsilon="8/0"), "scenarios[0].epsilon", "fraction"),
+    (lambda r: r["scenarios"][0].update(attacker="net-z"), "scenarios[0].attacker", "unknown model"),
+    (lambda r: r["scenarios"][0].update(budget=100, train_per_class=None),
+     "scenarios[0].budget", "exceed"),
+    (lambda r: r["attacks"][1]["params"].update(step=-1), "attacks[1].params.step", "> 0"),
+    (lambda r: r["execution"].update(workers=0), "execution.workers", "> 0"),
+    (lambda r: r["scenarios"][0]["models"]["net-a"].update(checkpoint="nowhere.pt"),
+     "scenarios[0].models.net-a.checkpoint", "file not found"),
+])
+def test_bad_configs_name_the_key(tiny_raw, mutate, path, words):
+    mutate(tiny_raw)
+    err = error_of(tiny_raw)
+    assert err.path == path
+    assert words in str(err)
+
+
+def test_missing_required_key(tiny_raw):
+    del tiny_raw["scenarios"][0]["budget"]
+    assert error_of(tiny_raw).path == "scenarios[0].budget"
+
+
+def test_duplicate_attack_labels_are_rejected(tiny_raw):
+    tiny_raw["attacks"].append({"name": "none"})
+    err = error_of(tiny_raw)
+    assert err.path == "attacks[2].label" and "used twice" in str(err)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scenarios: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_suite(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_suite(tmp_path / "absent.yaml")
+
+
+def test_checkpoint_paths_resolve_against_the_config_folder(tmp_path, tiny_raw, tiny_checkpoint):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "a.pt").write_bytes(tiny_checkpoint)
+    tiny_raw["scenarios"][0]["models"]["net-a"] = {"arch": "convnet", "checkpoint": "models/a.pt"}
+    suite = load_suite(write_config(tmp_path / "c.yaml", tiny_raw))
+    assert suite.scenarios[0].models["net-a"].checkpoint == str(tmp_path / "models" / "a.pt")

@@ -1,0 +1,98 @@
+import warnings
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raypoison import results
+from raypoison.execution.sink import ParquetSink
+from raypoison.rows import SCHEMA_VERSION
+from raypoison.storage import Location
+
+
+def row(trial, victim="v", status="ok", minutes=0, scenario="s", attack="a"):
+    return {"schema_version": SCHEMA_VERSION, "trial_id": trial, "victim": victim,
+            "scenario": scenario, "attack": attack, "trial": int(trial[1:]), "status": status,
+            "success": status == "ok",
+            "finished_at": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)}
+
+
+def test_sink_batches_into_partitioned_parts(tmp_path):
+    sink = ParquetSink(Location.parse(str(tmp_path)), "run1", rows_per_file=4, flush_seconds=60)
+    for i in range(10):
+        sink.add([row(f"t{i}", "v1"), row(f"t{i}", "v2")])
+    sink.add([row("t99", attack="b")])
+    assert sink.files_written == 5  # 20 rows of attack a in parts of 4
+    sink.flush()
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files[0] == "results/scenario=s/attack=a/part-run1-000001.parquet"
+    assert any(f.startswith("results/scenario=s/attack=b/part-run1-") for f in files)
+    assert not [f for f in files if ".tmp" in f]
+    assert len(results.load(str(tmp_path))) == 21
+
+
+def test_readers_skip_truncated_foreign_and_temporary_files(tmp_path):
+    location = Location.parse(str(tmp_path))
+    sink = ParquetSink(location, "r", rows_per_file=100)
+    sink.add([row("t1")])
+    sink.add([row("t2")])
+    sink.flush()
+    folder = tmp_path / "results" / "scenario=s" / "attack=a"
+    good = next(folder.glob("part-*.parquet")).read_bytes()
+    (folder / "part-r-999999.parquet").write_bytes(good[: len(good) // 2])  # truncated
+    (folder / "notes.txt").write_text("hello")  # foreign
+    pq.write_table(pa.table({"x": [1]}), folder / "part-other-000001.parquet")  # foreign schema
+    (folder / ".part-r-000009.parquet.1234.tmp").write_bytes(b"half a file")  # in progress
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = results.load(str(tmp_path))
+        done = results.committed_trials(str(tmp_path))
+    messages = [str(w.message) for w in caught if issubclass(w.category,
+                                                             results.SkippedFileWarning)]
+    assert sorted(df["trial_id"]) == ["t1", "t2"] and done == {"t1", "t2"}
+    assert any("notes.txt" in m for m in messages)
+    assert any("part-r-999999" in m for m in messages)
+    assert any("part-other-000001" in m for m in messages)
+    assert not any(".tmp" in m for m in messages)  # temporary files are silently never read
+
+
+def test_dedup_keeps_one_row_per_key_preferring_ok_then_latest(tmp_path):
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    sink.add([row("t1", status="failed", minutes=5)])
+    sink.add([row("t1", status="ok", minutes=1)])
+    sink.add([row("t2", status="ok", minutes=1)])
+    sink.add([row("t2", status="ok", minutes=3)])
+    sink.add([row("t3", status="failed", minutes=1), row("t3", "w", status="failed")])
+    sink.flush()
+    df = results.load(str(tmp_path))
+    assert len(df) == 4
+    by_key = df.set_index(["trial_id", "victim"])
+    assert by_key.loc[("t1", "v"), "status"] == "ok"
+    assert by_key.loc[("t2", "v"), "finished_at"].minute == 3
+    assert results.committed_trials(str(tmp_path)) == {"t1", "t2", "t3"}
+    assert results.committed_trials(str(tmp_path), include_failed=False) == {"t1", "t2"}
+
+
+def test_empty_or_missing_dataset_reads_as_empty(tmp_path):
+    assert results.load(str(tmp_path / "nothing")).empty
+    assert results.committed_trials(str(tmp_path)) == set()
+
+
+def test_duckdb_reads_the_dataset_with_hive_partitions(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    for i in range(6):
+        sink.add([row(f"t{i}", status="ok" if i % 3 else "failed")])
+    sink.add([row("t1", minutes=9)])  # a duplicate key, as a retried trial leaves
+    sink.flush()
+    query = f"""
+        SELECT scenario, attack, count(*) AS n, avg(success::INT) AS success_rate
+        FROM (SELECT *, row_number() OVER (PARTITION BY trial_id, victim
+                       ORDER BY (status = 'ok') DESC, finished_at DESC) AS k
+              FROM read_parquet('{tmp_path}/results/*/*/part-*.parquet', hive_partitioning=true))
+        WHERE k = 1 GROUP BY ALL"""
+    [(scenario, attack, n, rate)] = duckdb.sql(query).fetchall()
+    df = results.load(str(tmp_path))
+    assert (scenario, attack, n) == ("s", "a", 6)
+    assert rate == pytest.approx(df["success"].mean())

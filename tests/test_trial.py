@@ -1,0 +1,111 @@
+import dataclasses
+
+import pytest
+import torch
+
+from raypoison.attacks.base import Poisons
+from raypoison.attacks.crafting import descend, quantize
+from raypoison.config import parse_suite
+from raypoison.data import load_dataset
+from raypoison.data.augment import random_crop_flip
+from raypoison.evaluate import check_poisons
+from raypoison.models import load_checkpoint
+from raypoison.spec import expand
+from raypoison.trial import TrialContext, run_trial
+
+
+@pytest.fixture
+def ctx(tiny_raw, tiny_checkpoint):
+    suite = parse_suite(tiny_raw)
+    return suite, TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
+
+
+def test_synthetic_data_is_deterministic_and_learnable(tiny_raw, tiny_checkpoint):
+    component = parse_suite(tiny_raw).scenarios[0].dataset
+    a, b = load_dataset(component), load_dataset(component)
+    assert a.train_x.dtype == torch.uint8 and a.train_x.shape == (160, 3, 12, 12)
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    _, meta = load_checkpoint(tiny_checkpoint)
+    assert meta["clean_accuracy"] > 0.5  # 4 classes: chance is 0.25
+
+
+def test_augmentation_crops_and_flips_per_image():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    out = random_crop_flip(x, g)
+    assert out.shape == x.shape
+    assert torch.equal(out, random_crop_flip(x, torch.Generator().manual_seed(0)))
+    flips = random_crop_flip(x, torch.Generator().manual_seed(0), padding=0)
+    for i in range(2):  # without padding, each image is itself or its mirror
+        assert torch.equal(flips[i], x[i]) or torch.equal(flips[i], x[i].flip(-1))
+
+
+def test_control_and_feature_collision_trials(ctx):
+    suite, context = ctx
+    specs = {(s.attack.label, s.index): s for s in expand(suite)}
+    control = run_trial(specs[("none", 0)], context)
+    fc = run_trial(specs[("feature_collision", 0)], context)
+    for rows in (control, fc):
+        assert len(rows) == 1
+        row = rows[0]
+        assert row["status"] == "ok", row["error"]
+        assert row["poisons_valid"] and row["victim"] == "net-a" and row["role"] == "white-box"
+        assert row["success"] == (row["target_pred"] == row["base_class"])
+        assert 0 <= row["clean_accuracy"] <= 1
+    assert control[0]["poison_linf"] == 0
+    assert 0 < fc[0]["poison_linf"] <= 16 / 255 + 1e-9
+    assert fc[0]["attack_loss_final"] < fc[0]["attack_loss_initial"]
+    # the setup is the same for every attack
+    assert control[0]["target_index"] == fc[0]["target_index"]
+    assert control[0]["base_indices"] == fc[0]["base_indices"]
+
+
+def test_crafting_loop_stays_in_the_ball_and_descends():
+    torch.manual_seed(0)
+    anchor = torch.rand(4, 3, 8, 8)
+    goal = torch.rand(4, 3, 8, 8)
+
+    def objective(x):
+        return (x - goal).pow(2).flatten(1).sum(1)
+
+    out = descend(objective, anchor, anchor, 8 / 255, iterations=30, step=0.5, decay=0.2)
+    assert (out.loss_final < out.loss_initial).all()
+    assert (out.images - anchor).abs().max() <= 8 / 255 + 1e-6
+    stored = quantize(out.images, (anchor * 255).round().to(torch.uint8), 8 / 255)
+    assert (stored.int() - (anchor * 255).round().int()).abs().max() <= 8
+
+
+def test_poison_checks_name_the_reason(ctx):
+    suite, context = ctx
+    setup = context.setup(0)
+    bases = context.data.train_x[list(setup.base_indices)]
+    good = Poisons(bases.clone(), setup.base_indices, (setup.base_class,) * 3, setup.target_index)
+
+    def check(p):
+        return check_poisons(p, setup, context.data, 16 / 255, 3)
+
+    assert check(good).valid
+    far = bases.clone()
+    far[0, 0, 0, 0] = 255 if far[0, 0, 0, 0] < 128 else 0
+    cases = {
+        "epsilon": dataclasses.replace(good, images=far),
+        "count": dataclasses.replace(good, images=bases[:2], base_indices=setup.base_indices[:2]),
+        "labels": dataclasses.replace(good, labels=(setup.target_class,) * 3),
+        "indices": dataclasses.replace(good, base_indices=tuple(reversed(setup.base_indices))),
+        "target": dataclasses.replace(good, target_index=setup.target_index + 1),
+        "dtype": dataclasses.replace(good, images=bases.float()),
+    }
+    for reason, poisons in cases.items():
+        result = check(poisons)
+        assert not result.valid and result.reason.startswith(reason), (reason, result.reason)
+
+
+def test_an_error_inside_a_trial_becomes_failure_rows(tiny_raw):
+    suite = parse_suite(tiny_raw)
+    context = TrialContext.create(suite.scenarios[0], {"net-a": b"not a checkpoint"})
+    spec = next(s for s in expand(suite) if s.attack.label == "feature_collision")
+    (row,) = run_trial(spec, context)
+    assert row["status"] == "failed"
+    assert row["error"].startswith("craft: DataError") and "not a readable checkpoint" in row["error"]
+    assert row["target_index"] is not None  # the setup was known before the failure
+    assert row["success"] is None
