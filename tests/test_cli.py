@@ -1,0 +1,49 @@
+"""The command line: bad input exits with code 2, one message naming the key, and no output."""
+
+import pytest
+
+from raypoison.cli import main
+from tests.conftest import write_config
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r.update(colour="red"), "colour: unknown key"),
+    (lambda r: r["scenarios"][0].update(budget=[5]), "scenarios[0].budget: expected an integer"),
+    (lambda r: r["attacks"].append({"name": "frog"}), "attacks[2].name: unknown attack 'frog'"),
+    (lambda r: r["scenarios"][0].update(trials=-1), "scenarios[0].trials: must be > 0"),
+    (lambda r: r["scenarios"][0]["models"]["net-a"].update(checkpoint="gone.pt", pretrain=None),
+     "scenarios[0].models.net-a.checkpoint: file not found"),
+])
+def test_malformed_configs_exit_2_and_write_nothing(tmp_path, tiny_raw, capsys, mutate, expected):
+    mutate(tiny_raw)
+    config = write_config(tmp_path / "bad.yaml", tiny_raw)
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not out.exists()
+
+
+def test_missing_config_and_bad_filters_exit_2(tmp_path, tiny_raw, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "absent.yaml"), "--output", str(out)]) == 2
+    config = write_config(tmp_path / "ok.yaml", tiny_raw)
+    assert main(["run", str(config), "--output", str(out), "--attacks", "frog"]) == 2
+    assert main(["run", str(config), "--output", str(out), "--trials", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "config file not found" in err and "--attacks" in err and "--trials" in err
+    assert not out.exists()
+
+
+def test_corrupt_checkpoint_exits_2_before_writing(tmp_path, tiny_raw, capsys):
+    (tmp_path / "bad.pt").write_bytes(b"\x80\x04garbage")
+    tiny_raw["scenarios"][0]["models"]["net-a"] = {"arch": "convnet", "checkpoint": "bad.pt"}
+    config = write_config(tmp_path / "c.yaml", tiny_raw)
+    assert main(["run", str(config), "--output", str(tmp_path / "out")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_validate_counts_trials(tmp_path, tiny_raw, capsys):
+    assert main(["validate", str(write_config(tmp_path / "c.yaml", tiny_raw))]) == 0
+    assert "tiny: valid, 8 trials" in capsys.readouterr().out

@@ -1,0 +1,65 @@
+"""Whole runs on a real local Ray instance: results, resume, manifests, failure rows, bounds."""
+
+import json
+
+import ray
+
+from raypoison import results
+from raypoison.config import parse_suite
+from raypoison.execution.runner import RunOptions, run_suite
+from raypoison.execution.worker import TrialTask, TrialWorker
+from raypoison.spec import expand
+from tests.conftest import noop_raw
+
+
+def test_run_writes_one_row_per_trial_and_victim_and_resumes(ray_cluster, tmp_path, tiny_raw):
+    tiny_raw["scenarios"][0]["models"]["net-b"] = {"arch": "convnet",
+                                                   "pretrain": {"seed": 2, "recipe": {"epochs": 3, "milestones": []}}}
+    tiny_raw["scenarios"][0]["victims"] = ["net-a", "net-b"]
+    suite = parse_suite(tiny_raw)
+    out = str(tmp_path / "out")
+    first = run_suite(suite, RunOptions(output=out))
+    assert (first.status, first.planned, first.skipped, first.computed) == ("completed", 8, 0, 8)
+    df = results.load(out)
+    assert len(df) == 16 and not df.duplicated(["trial_id", "victim"]).any()
+    assert set(df["status"]) == {"ok"}
+    assert set(zip(df["victim"], df["role"])) == {("net-a", "white-box"), ("net-b", "black-box")}
+    assert df["success"].notna().all() and df["worker"].notna().all()
+    assert set(df["trial_id"]) == {s.trial_id for s in expand(suite)}
+    assert len(list((tmp_path / "out" / "models").glob("*.pt"))) == 2  # pre-trained once, cached
+
+    second = run_suite(suite, RunOptions(output=out))
+    assert (second.planned, second.skipped, second.computed, second.rows_written) == (8, 8, 0, 0)
+    assert len(results.load(out)) == 16
+    manifest = json.loads((tmp_path / "out" / "manifests" / f"run-{second.run_id}.json").read_text())
+    assert manifest["status"] == "completed"
+    assert manifest["trials"]["skipped_already_done"] == 8
+    assert manifest["config"]["name"] == "tiny" and manifest["versions"]["ray"] == ray.__version__
+
+    grown = dict(tiny_raw, scenarios=[dict(tiny_raw["scenarios"][0], trials=5)])
+    third = run_suite(parse_suite(grown), RunOptions(output=out, attacks=["none"]))
+    assert (third.planned, third.skipped, third.computed) == (5, 4, 1)
+
+
+def test_an_error_in_a_worker_trial_becomes_failure_rows(ray_cluster, tiny_raw):
+    suite = parse_suite(tiny_raw)
+    spec = next(s for s in expand(suite) if s.attack.label == "feature_collision")
+    worker = ray.remote(TrialWorker).options(num_cpus=0).remote()
+    task = TrialTask(spec, "run-x", {"net-a": ray.put(b"corrupt bytes")})
+    (row,) = ray.get(worker.run.remote(task, 1))
+    assert row["status"] == "failed" and "not a readable checkpoint" in row["error"]
+    assert row["run_id"] == "run-x" and row["attempt"] == 1
+    assert ray.get(worker.ping.remote())["trials_run"] == 1  # the worker lives on
+    ray.kill(worker)
+
+
+def test_many_trivial_trials_stay_bounded(ray_cluster, tmp_path):
+    raw = noop_raw(trials=400, seconds=0.0, victims=2)
+    raw["execution"] = {"workers": 4, "cpus_per_worker": 0, "gpus_per_worker": 0.25,
+                        "max_in_flight": 6, "rows_per_file": 500, "flush_seconds": 30}
+    summary = run_suite(parse_suite(raw), RunOptions(output=str(tmp_path)))
+    assert summary.computed == 400
+    assert summary.scheduler["peak_in_flight"] <= 6
+    assert summary.files_written <= 2
+    df = results.load(str(tmp_path))
+    assert len(df) == 800 and df["worker"].nunique() == 4
