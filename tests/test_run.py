@@ -13,8 +13,8 @@ from tests.conftest import noop_raw
 
 
 def test_run_writes_one_row_per_trial_and_victim_and_resumes(ray_cluster, tmp_path, tiny_raw):
-    tiny_raw["scenarios"][0]["models"]["net-b"] = {"arch": "convnet",
-                                                   "pretrain": {"seed": 2, "recipe": {"epochs": 3, "milestones": []}}}
+    tiny_raw["scenarios"][0]["models"]["net-b"] = {
+        "arch": "convnet", "pretrain": {"seed": 2, "recipe": {"epochs": 3, "milestones": []}}}
     tiny_raw["scenarios"][0]["victims"] = ["net-a", "net-b"]
     suite = parse_suite(tiny_raw)
     out = str(tmp_path / "out")
@@ -23,7 +23,7 @@ def test_run_writes_one_row_per_trial_and_victim_and_resumes(ray_cluster, tmp_pa
     df = results.load(out)
     assert len(df) == 16 and not df.duplicated(["trial_id", "victim"]).any()
     assert set(df["status"]) == {"ok"}
-    assert set(zip(df["victim"], df["role"])) == {("net-a", "white-box"), ("net-b", "black-box")}
+    assert set(zip(df["victim"], df["role"], strict=True)) == {("net-a", "white-box"), ("net-b", "black-box")}
     assert df["success"].notna().all() and df["worker"].notna().all()
     assert set(df["trial_id"]) == {s.trial_id for s in expand(suite)}
     assert len(list((tmp_path / "out" / "models").glob("*.pt"))) == 2  # pre-trained once, cached
