@@ -58,6 +58,8 @@ class SchedulerStats:
     peak_in_flight: int = 0
     loop_seconds: float = 0.0  # driver time spent in the loop, outside ray.wait
     wait_seconds: float = 0.0
+    first_done_seconds: float | None = None  # from the start of run() to the first trial done
+    run_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,6 +101,7 @@ class Scheduler:
     def run(self, tasks: Iterator[TrialTask]) -> SchedulerStats:
         tasks = iter(tasks)
         exhausted = False
+        started = time.perf_counter()
         while True:
             loop_start = time.perf_counter()
             exhausted = self._dispatch(tasks, exhausted)
@@ -126,6 +129,9 @@ class Scheduler:
             if self.on_tick is not None:
                 self.on_tick(self.stats, len(self._in_flight))
             self.stats.loop_seconds += time.perf_counter() - handle_start
+            if self.stats.first_done_seconds is None and self.stats.trials_done:
+                self.stats.first_done_seconds = time.perf_counter() - started
+        self.stats.run_seconds = time.perf_counter() - started
         return self.stats
 
     def _dispatch(self, tasks: Iterator[TrialTask], exhausted: bool) -> bool:

@@ -1,0 +1,72 @@
+"""``raypoison bench``: performance figures printed, never asserted.
+
+``scheduler``: many trivial trials (the ``noop`` attack) on a local Ray instance with logical
+GPUs and fractional-GPU workers, to measure what the runner itself costs per trial.
+"""
+
+from __future__ import annotations
+
+import io
+import resource
+import tempfile
+import time
+
+import psutil
+
+from raypoison.config import parse_suite
+
+
+def _suite(trials: int, workers: int):
+    return parse_suite({
+        "name": "bench-scheduler",
+        "scenarios": [{
+            "name": "noop",
+            "dataset": {"name": "synthetic", "params": {"classes": 10, "image_size": 8,
+                                                        "train_per_class": 10,
+                                                        "test_per_class": 10}},
+            "models": {"net": {"arch": "convnet", "pretrain": {}}},
+            "attacker": "net", "victims": ["net"], "budget": 1, "epsilon": "8/255",
+            "trials": trials,
+        }],
+        "attacks": [{"name": "noop"}],
+        "execution": {"workers": workers, "cpus_per_worker": 0, "gpus_per_worker": 0.25,
+                      "rows_per_file": 5000, "flush_seconds": 30, "progress_seconds": 3600},
+    })
+
+
+def scheduler_overhead(trials: int = 10_000, workers: int = 16, gpus: float = 4,
+                       output: str | None = None) -> dict:
+    from raypoison.execution.runner import RunOptions, run_suite
+    from raypoison.results import read_table
+
+    folder = output or tempfile.mkdtemp(prefix="raypoison-bench-")
+    rss_start = psutil.Process().memory_info().rss
+    cpu_start = time.process_time()
+    summary = run_suite(_suite(trials, workers),
+                        RunOptions(output=folder, num_cpus=2, num_gpus=gpus,
+                                   progress_stream=io.StringIO()))
+    driver_cpu = time.process_time() - cpu_start
+    stats = summary.scheduler
+    steady = stats["run_seconds"] - (stats["first_done_seconds"] or 0)
+    rows = read_table(folder, ["trial_id"]).num_rows
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    figures = {
+        "trials": summary.computed,
+        "rows": rows,
+        "result_files": summary.files_written,
+        "workers": workers,
+        "peak_in_flight": stats["peak_in_flight"],
+        "wall_seconds_total": round(summary.seconds, 2),
+        "seconds_to_first_trial": round(stats["first_done_seconds"] or 0, 2),
+        "steady_trials_per_second": round((summary.computed - 1) / steady, 1) if steady else None,
+        "steady_wall_ms_per_trial": round(1000 * steady / max(1, summary.computed - 1), 3),
+        "scheduler_loop_ms_per_trial": round(1000 * stats["loop_seconds"] / summary.computed, 3),
+        "driver_cpu_ms_per_trial": round(1000 * driver_cpu / summary.computed, 3),
+        "driver_rss_mb_before": round(rss_start / 2**20, 1),
+        "driver_peak_rss_mb": round(peak_rss / 2**20, 1),
+        "output": folder,
+    }
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    return figures
