@@ -20,8 +20,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -78,9 +80,10 @@ def new_run_id() -> str:
 
 
 def _git_revision() -> str | None:
+    """The revision of the raypoison checkout in use, if it is one."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=False)
+                             timeout=5, check=False, cwd=Path(__file__).resolve().parent)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -215,7 +218,8 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
                 stats = scheduler.run(tasks())
             finally:
                 for handle in scheduler.handles:  # free their resources for the autoscaler
-                    ray.kill(handle, no_restart=True)
+                    with suppress(Exception):
+                        ray.kill(handle, no_restart=True)
             summary.status = "completed"
             summary.scheduler = {k: v for k, v in vars(stats).items() if k != "extra"}
     except KeyboardInterrupt:
