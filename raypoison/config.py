@@ -24,9 +24,12 @@ The shape of a file (see ``configs/smoke.yaml`` for a complete one)::
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 import hashlib
 import json
+import os
 import re
 import types
 import typing
@@ -57,6 +60,39 @@ def parse_fraction(value: Any, path: str) -> float:
         except (ValueError, ZeroDivisionError):
             pass
     raise ConfigError(path, f"expected a number or a fraction like '8/255', got {value!r}")
+
+
+_CONFIG_DIR: contextvars.ContextVar[Path] = contextvars.ContextVar("config_dir")
+
+
+def parse_path(value: Any, path: str) -> str:
+    """A file or folder that must exist: ``$VARS`` expanded, relative to the config file's folder.
+
+    Data and checkpoints are never found through paths built into the code; a config names them,
+    typically through an environment variable such as ``$RAYPOISON_DATA_ROOT``.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, f"expected a path, got {value!r}")
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
+    if unset:
+        raise ConfigError(path, f"environment variable {unset[0]} is not set (in {value!r})")
+    resolved = Path(expanded)
+    if not resolved.is_absolute():
+        resolved = (_CONFIG_DIR.get(Path.cwd()) / resolved).resolve()
+    if not resolved.exists():
+        raise ConfigError(path, f"not found: {resolved}")
+    return str(resolved)
+
+
+def optional_path(value: Any, path: str) -> str | None:
+    return None if value is None else parse_path(value, path)
+
+
+@functools.lru_cache(maxsize=256)
+def file_digest(path: str) -> str:
+    """Content hash of a file, so that trial ids follow a file's content, not its location."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _type_name(tp: Any) -> str:
@@ -275,15 +311,19 @@ class ModelConfig:
     """One model of a scenario: an architecture and either a checkpoint file or a pretraining."""
 
     arch: str
-    checkpoint: str | None = None
+    checkpoint: str | None = field(default=None, metadata={"parse": optional_path})
     pretrain: PretrainConfig | None = None
 
     def validate(self, path: str) -> None:
         from raypoison.models import MODELS
 
         MODELS.get(self.arch, f"{path}.arch")
-        if (self.checkpoint is None) == (self.pretrain is None):
-            raise ConfigError(path, "give exactly one of 'checkpoint' and 'pretrain'")
+        if self.checkpoint is not None and self.pretrain is not None:
+            raise ConfigError(path, "give at most one of 'checkpoint' and 'pretrain'")
+
+    @property
+    def has_weights(self) -> bool:
+        return self.checkpoint is not None or self.pretrain is not None
 
 
 @dataclass(frozen=True)
@@ -296,7 +336,8 @@ class ScenarioConfig:
     budget: int
     epsilon: float = field(metadata={"parse": parse_fraction})
     trials: int
-    mode: Literal["transfer"] = "transfer"
+    mode: Literal["transfer", "finetune", "scratch"] = "transfer"
+    setups: str | None = field(default=None, metadata={"parse": optional_path})
     train_per_class: int | None = None
     patch_size: int = 5
     seed: int = 0
@@ -321,6 +362,13 @@ class ScenarioConfig:
                 )
         if len(set(self.victims)) != len(self.victims):
             raise ConfigError(f"{path}.victims", "a victim is listed twice")
+        needs_weights = [self.attacker] + ([] if self.mode == "scratch" else list(self.victims))
+        for name in needs_weights:
+            if not self.models[name].has_weights:
+                why = "the attacks craft on it" if name == self.attacker else (
+                    f"{self.mode} victims start from trained weights")
+                raise ConfigError(f"{path}.models.{name}",
+                                  f"needs a 'checkpoint' or a 'pretrain' ({why})")
         _positive(path, "budget", self.budget)
         _positive(path, "trials", self.trials)
         _positive(path, "patch_size", self.patch_size)
@@ -333,6 +381,20 @@ class ScenarioConfig:
                     f"{path}.train_per_class",
                     f"must be at least the budget ({self.budget}), got {self.train_per_class}",
                 )
+        if self.setups is not None:
+            from raypoison.setups import load_setups
+
+            try:
+                setups = load_setups(self.setups)
+            except Exception as err:
+                raise ConfigError(f"{path}.setups", str(err)) from None
+            if len(setups) < self.trials:
+                raise ConfigError(f"{path}.trials", f"{self.trials} trials, but the setups file "
+                                  f"holds {len(setups)}")
+            sizes = {len(s.base_indices) for s in setups[: self.trials]}
+            if sizes != {self.budget}:
+                raise ConfigError(f"{path}.budget", f"is {self.budget}, the setups file has "
+                                  f"{sorted(sizes)} bases per trial")
         from raypoison.data import DATASETS
 
         info = DATASETS.get(self.dataset.name).describe(self.dataset.params)
@@ -353,6 +415,11 @@ class ScenarioConfig:
         """What defines a trial of this scenario: everything but the trial count."""
         plain = to_plain(self)
         plain.pop("trials")
+        if self.setups is not None:  # the file's content defines the trials, not its location
+            plain["setups"] = file_digest(self.setups)
+        for model in plain["models"].values():
+            if model.get("checkpoint"):
+                model["checkpoint"] = file_digest(model["checkpoint"])
         return plain
 
 
@@ -438,28 +505,14 @@ def _attack_list(raw: Any, path: str) -> tuple[Component, ...]:
     return attacks
 
 
-def _resolve_paths(suite_raw: dict, base: Path) -> None:
-    """Make checkpoint paths relative to the config file absolute, and check they exist."""
-    for i, scenario in enumerate(suite_raw.get("scenarios") or []):
-        if not isinstance(scenario, dict) or not isinstance(scenario.get("models"), dict):
-            continue
-        for name, model in scenario["models"].items():
-            if isinstance(model, dict) and isinstance(model.get("checkpoint"), str):
-                path = Path(model["checkpoint"]).expanduser()
-                if not path.is_absolute():
-                    path = (base / path).resolve()
-                if not path.is_file():
-                    raise ConfigError(
-                        f"scenarios[{i}].models.{name}.checkpoint", f"file not found: {path}"
-                    )
-                model["checkpoint"] = str(path)
-
-
 def parse_suite(raw: Any, base_dir: Path | None = None) -> SuiteConfig:
     if not isinstance(raw, dict):
         raise ConfigError("", "the config file must hold a mapping at its top level")
-    _resolve_paths(raw, base_dir or Path.cwd())
-    return build(SuiteConfig, raw, "")
+    token = _CONFIG_DIR.set(base_dir or Path.cwd())
+    try:
+        return build(SuiteConfig, raw, "")
+    finally:
+        _CONFIG_DIR.reset(token)
 
 
 def load_suite(path: str | Path) -> SuiteConfig:

@@ -10,7 +10,7 @@ from raypoison.attacks.base import Poisons
 from raypoison.attacks.crafting import eps_pixels
 from raypoison.data import ImageData
 from raypoison.models import ImageClassifier
-from raypoison.spec import Setup
+from raypoison.setups import Setup
 from raypoison.training import accuracy, predict
 
 

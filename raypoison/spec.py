@@ -5,8 +5,8 @@ it computes: the scenario (all but its trial count, so growing a benchmark from 
 keeps the first 20), the attack with its parameters, the index and the protocol version. Execution
 settings are not part of it. Same config => same ids; any change to a parameter => new ids.
 
-A trial's setup (target, classes, bases) depends only on the scenario seed, the trial index and
-the data set's labels, never on the attack, so attacks are compared on identical targets.
+A trial's setup (:mod:`raypoison.setups`) never depends on the attack, so attacks are compared
+on identical targets.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-
-import numpy as np
 
 from raypoison import PROTOCOL_VERSION
 from raypoison.config import Component, ScenarioConfig, SuiteConfig, digest, to_plain
@@ -29,14 +27,6 @@ class TrialSpec:
     scenario: ScenarioConfig
     attack: Component
     index: int
-
-
-@dataclass(frozen=True)
-class Setup:
-    target_class: int
-    target_index: int
-    base_class: int
-    base_indices: tuple[int, ...]
 
 
 def trial_id(scenario: ScenarioConfig, attack: Component, index: int) -> str:
@@ -107,41 +97,3 @@ def _select(items, wanted, option: str, key):
         if w not in known:
             raise ConfigError(option, f"unknown name {w!r} (known: {', '.join(known)})")
     return [i for i in items if key(i) in wanted]
-
-
-def sample_setup(
-    train_labels: np.ndarray, test_labels: np.ndarray, *, budget: int, seed: int, index: int
-) -> Setup:
-    """The seeded setup sampler: target class != base class, a test target, ``budget`` bases."""
-    rng = np.random.default_rng([seed & (2**63 - 1), index])
-    classes = np.unique(train_labels)
-    target_class = int(rng.choice(classes))
-    others = classes[classes != target_class]
-    base_class = int(rng.choice(others))
-    target_index = int(rng.choice(np.flatnonzero(test_labels == target_class)))
-    pool = np.flatnonzero(train_labels == base_class)
-    if len(pool) < budget:
-        raise ValueError(f"class {base_class} has {len(pool)} training images, budget is {budget}")
-    bases = np.sort(rng.choice(pool, size=budget, replace=False))
-    return Setup(target_class, target_index, base_class, tuple(int(i) for i in bases))
-
-
-def clean_training_indices(
-    train_labels: np.ndarray, setup: Setup, per_class: int | None
-) -> np.ndarray:
-    """The clean part of the victim's training set, in data set order.
-
-    As in the benchmark: the first ``per_class`` non-base images of each class, and for the base
-    class ``per_class - budget`` of them, so that with the poisons every class has ``per_class``.
-    With ``per_class`` None: every non-base training image (the from-scratch construction).
-    """
-    is_base = np.zeros(len(train_labels), dtype=bool)
-    is_base[list(setup.base_indices)] = True
-    keep = []
-    for c in np.unique(train_labels):
-        candidates = np.flatnonzero((train_labels == c) & ~is_base)
-        if per_class is not None:
-            n = per_class - (len(setup.base_indices) if c == setup.base_class else 0)
-            candidates = candidates[:n]
-        keep.append(candidates)
-    return np.sort(np.concatenate(keep))

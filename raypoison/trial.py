@@ -29,7 +29,8 @@ from raypoison.rows import (
     per_victim,
     trial_fields,
 )
-from raypoison.spec import Setup, TrialSpec, clean_training_indices, derive_seed, sample_setup
+from raypoison.setups import Setup, clean_training_indices, load_setups, sample_setup
+from raypoison.spec import TrialSpec, derive_seed
 from raypoison.training import train
 
 
@@ -49,6 +50,7 @@ class TrialContext:
         self.test_labels = data.test_y.cpu().numpy()
         self._checkpoints = dict(checkpoints)
         self._models: dict[str, ImageClassifier] = {}
+        self._setups = load_setups(scenario.setups) if scenario.setups else None
 
     @classmethod
     def create(cls, scenario: ScenarioConfig, checkpoints: Mapping[str, bytes | str | Path],
@@ -82,8 +84,24 @@ class TrialContext:
         return model
 
     def setup(self, index: int) -> Setup:
-        return sample_setup(self.train_labels, self.test_labels, budget=self.scenario.budget,
-                            seed=self.scenario.seed, index=index)
+        """Trial ``index``'s setup: from the scenario's setups file, or the seeded sampler."""
+        if self._setups is None:
+            return sample_setup(self.train_labels, self.test_labels, budget=self.scenario.budget,
+                                seed=self.scenario.seed, index=index)
+        setup = self._setups[index]
+        exact = self.data.test_exact if self.data.test_exact is not None else len(self.test_labels)
+        if not 0 <= setup.target_index < exact:
+            raise ValueError(
+                f"target index {setup.target_index} cannot be resolved: this copy of the data set "
+                f"has the first {exact} test images in their original order")
+        if self.test_labels[setup.target_index] != setup.target_class:
+            raise ValueError(f"test image {setup.target_index} is not of the setup's target "
+                             f"class {setup.target_class}: is the test set in its original order?")
+        wrong = [i for i in setup.base_indices if self.train_labels[i] != setup.base_class]
+        if wrong:
+            raise ValueError(f"base indices {wrong[:5]} are not of the base class "
+                             f"{setup.base_class}: is the training set in its original order?")
+        return setup
 
 
 def run_trial(spec: TrialSpec, ctx: TrialContext) -> list[dict]:

@@ -12,7 +12,7 @@ from tests.conftest import write_config
     (lambda r: r["attacks"].append({"name": "frog"}), "attacks[2].name: unknown attack 'frog'"),
     (lambda r: r["scenarios"][0].update(trials=-1), "scenarios[0].trials: must be > 0"),
     (lambda r: r["scenarios"][0]["models"]["net-a"].update(checkpoint="gone.pt", pretrain=None),
-     "scenarios[0].models.net-a.checkpoint: file not found"),
+     "scenarios[0].models.net-a.checkpoint: not found"),
 ])
 def test_malformed_configs_exit_2_and_write_nothing(tmp_path, tiny_raw, capsys, mutate, expected):
     mutate(tiny_raw)

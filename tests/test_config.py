@@ -44,7 +44,7 @@ def test_smoke_config_in_the_repository_is_valid():
     (lambda r: r["attacks"][1]["params"].update(step=-1), "attacks[1].params.step", "> 0"),
     (lambda r: r["execution"].update(workers=0), "execution.workers", "> 0"),
     (lambda r: r["scenarios"][0]["models"]["net-a"].update(checkpoint="nowhere.pt"),
-     "scenarios[0].models.net-a.checkpoint", "file not found"),
+     "scenarios[0].models.net-a.checkpoint", "not found"),
 ])
 def test_bad_configs_name_the_key(tiny_raw, mutate, path, words):
     mutate(tiny_raw)

@@ -3,13 +3,8 @@ import pytest
 
 from raypoison.config import parse_suite
 from raypoison.errors import ConfigError
-from raypoison.spec import (
-    clean_training_indices,
-    count,
-    expand,
-    parse_trial_range,
-    sample_setup,
-)
+from raypoison.setups import clean_training_indices, sample_setup
+from raypoison.spec import count, expand, parse_trial_range
 
 
 def test_ids_are_deterministic_and_unique(tiny_raw):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 if TYPE_CHECKING:
-    from raypoison.spec import Setup
+    from raypoison.setups import Setup
     from raypoison.trial import TrialContext
 
 

@@ -31,6 +31,7 @@ class ImageData:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    test_exact: int | None = None  # only the first N test images are in the original order
 
     @property
     def num_classes(self) -> int:
@@ -49,6 +50,7 @@ class ImageData:
             self.classes,
             self.mean,
             self.std,
+            self.test_exact,
         )
 
 

@@ -1,0 +1,54 @@
+"""A restricted unpickler for third-party pickles (reference setup files, CIFAR batches).
+
+Plain ``pickle.load`` runs whatever a file names. This one admits only plain containers and the
+numpy types needed to rebuild arrays and scalars; any other global is refused with an error that
+names it. numpy 1.x files name ``numpy.core``, which numpy 2 calls ``numpy._core``; both resolve.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raypoison.errors import DataError
+
+_NUMPY_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _NUMPY_GLOBALS[(_module, "_reconstruct")] = np._core.multiarray._reconstruct
+    _NUMPY_GLOBALS[(_module, "scalar")] = np._core.multiarray.scalar
+for _module in ("numpy.core.numeric", "numpy._core.numeric"):
+    _NUMPY_GLOBALS[(_module, "_frombuffer")] = np._core.numeric._frombuffer
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _NUMPY_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refused to load {module}.{name}: only numpy arrays, scalars and plain Python "
+                "containers are allowed in this file"
+            ) from None
+
+
+def restricted_loads(data: bytes, *, encoding: str = "ASCII") -> Any:
+    return RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
+
+
+def restricted_load_file(path: str | Path, *, encoding: str = "ASCII") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return restricted_loads(path.read_bytes(), encoding=encoding)
+    except pickle.UnpicklingError as err:
+        raise DataError(f"{path}: {err}") from None
+    except Exception as err:  # truncated or not a pickle at all
+        raise DataError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None

@@ -1,0 +1,101 @@
+"""Trial setups: which target, which classes, which bases.
+
+A setup comes either from the seeded sampler (a pure function of the scenario seed, the trial
+index and the data set's labels) or from a setups file: the reference pickles published with the
+benchmark (read through the restricted unpickler) or this project's JSON export.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from raypoison.errors import DataError
+from raypoison.safe_pickle import restricted_load_file
+
+REFERENCE_KEYS = ("target class", "target index", "base class", "base indices")
+
+
+@dataclass(frozen=True)
+class Setup:
+    target_class: int
+    target_index: int
+    base_class: int
+    base_indices: tuple[int, ...]
+
+
+def sample_setup(
+    train_labels: np.ndarray, test_labels: np.ndarray, *, budget: int, seed: int, index: int
+) -> Setup:
+    """The seeded sampler: target class != base class, a test target, ``budget`` distinct bases."""
+    rng = np.random.default_rng([seed & (2**63 - 1), index])
+    classes = np.unique(train_labels)
+    target_class = int(rng.choice(classes))
+    base_class = int(rng.choice(classes[classes != target_class]))
+    target_index = int(rng.choice(np.flatnonzero(test_labels == target_class)))
+    pool = np.flatnonzero(train_labels == base_class)
+    if len(pool) < budget:
+        raise ValueError(f"class {base_class} has {len(pool)} training images, budget is {budget}")
+    bases = np.sort(rng.choice(pool, size=budget, replace=False))
+    return Setup(target_class, target_index, base_class, tuple(int(i) for i in bases))
+
+
+def clean_training_indices(
+    train_labels: np.ndarray, setup: Setup, per_class: int | None
+) -> np.ndarray:
+    """The clean part of the victim's training set, in data set order.
+
+    As in the benchmark: the first ``per_class`` non-base images of each class, and for the base
+    class ``per_class - budget`` of them, so that with the poisons every class has ``per_class``.
+    With ``per_class`` None: every non-base training image (the from-scratch construction).
+    """
+    is_base = np.zeros(len(train_labels), dtype=bool)
+    is_base[list(setup.base_indices)] = True
+    keep = []
+    for c in np.unique(train_labels):
+        candidates = np.flatnonzero((train_labels == c) & ~is_base)
+        if per_class is not None:
+            n = per_class - (len(setup.base_indices) if c == setup.base_class else 0)
+            candidates = candidates[:n]
+        keep.append(candidates)
+    return np.sort(np.concatenate(keep))
+
+
+def _from_reference(entry: object, where: str) -> Setup:
+    if not isinstance(entry, dict) or any(k not in entry for k in REFERENCE_KEYS):
+        raise DataError(f"{where}: expected a dict with keys {list(REFERENCE_KEYS)}")
+    bases = np.asarray(entry["base indices"]).astype(np.int64).ravel()
+    return Setup(int(entry["target class"]), int(entry["target index"]),
+                 int(entry["base class"]), tuple(int(i) for i in bases))
+
+
+def load_setups(path: str | Path) -> list[Setup]:
+    """Read a setups file: a reference ``.pickle`` (restricted unpickler) or a ``.json`` export."""
+    path = Path(path)
+    if path.suffix == ".json":
+        try:
+            entries = json.loads(path.read_text())
+            return [Setup(e["target_class"], e["target_index"], e["base_class"],
+                          tuple(e["base_indices"])) for e in entries]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{path}: not a setups JSON file ({err})") from None
+    entries = restricted_load_file(path)
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: expected a list of setups, got {type(entries).__name__}")
+    return [_from_reference(e, f"{path}[{i}]") for i, e in enumerate(entries)]
+
+
+def save_setups(setups: list[Setup], path: str | Path) -> None:
+    """Write ``.json`` (this project's format) or ``.pickle`` (the reference format)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        path.write_text(json.dumps([asdict(s) for s in setups], indent=1))
+        return
+    entries = [{"target class": s.target_class, "target index": np.int64(s.target_index),
+                "base class": s.base_class,
+                "base indices": np.asarray(s.base_indices, dtype=np.int64)} for s in setups]
+    path.write_bytes(pickle.dumps(entries, protocol=4))
