@@ -296,6 +296,16 @@ class RecipeConfig:
                 )
 
 
+DEFAULT_RECIPES = {
+    # PROTOCOL.md §1: a linear head on a frozen extractor, 40 epochs, lr 0.01 -> 0.001 at 30
+    "transfer": RecipeConfig(),
+    # not fixed by the protocol: the transfer recipe with every layer trainable
+    "finetune": RecipeConfig(),
+    # PROTOCOL.md §1: 200 epochs, lr 0.1, x0.1 at epochs 100 and 150
+    "scratch": RecipeConfig(lr=0.1, epochs=200, milestones=(100, 150)),
+}
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """How to train a model from scratch on its data set when no checkpoint is given."""
@@ -341,7 +351,11 @@ class ScenarioConfig:
     train_per_class: int | None = None
     patch_size: int = 5
     seed: int = 0
-    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    recipe: RecipeConfig | None = None  # default: the protocol's recipe for the mode
+
+    @property
+    def training_recipe(self) -> RecipeConfig:
+        return self.recipe or DEFAULT_RECIPES[self.mode]
 
     def validate(self, path: str) -> None:
         _check_name(f"{path}.name", self.name)

@@ -20,7 +20,8 @@ def pretrain(model_cfg: ModelConfig, data: ImageData, device: str = "cpu"):
     assert model_cfg.pretrain is not None
     with torch.random.fork_rng(devices=[]):  # seeded weight init without touching global state
         torch.manual_seed(model_cfg.pretrain.seed)
-        model = build_model(model_cfg.arch, data.num_classes, data.mean, data.std).to(device)
+        model = build_model(model_cfg.arch, data.num_classes, data.mean, data.std,
+                            data.image_shape[1]).to(device)
     data = data.to(device)
     result = train(
         model, data.train_x, data.train_y, recipe=model_cfg.pretrain.recipe,
@@ -30,6 +31,7 @@ def pretrain(model_cfg: ModelConfig, data: ImageData, device: str = "cpu"):
         "arch": model_cfg.arch,
         "recipe": to_plain(model_cfg.pretrain.recipe),
         "seed": model_cfg.pretrain.seed,
+        "image_size": data.image_shape[1],
         "clean_accuracy": accuracy(model, data.test_x, data.test_y),
         "train_seconds": result.seconds,
     }

@@ -19,7 +19,7 @@ from raypoison.attacks import create_attack
 from raypoison.config import ScenarioConfig
 from raypoison.data import ImageData, load_dataset
 from raypoison.evaluate import check_poisons, evaluate_victim
-from raypoison.models import ImageClassifier, load_checkpoint
+from raypoison.models import ImageClassifier, build_model, load_checkpoint
 from raypoison.rows import (
     STATUS_FAILED,
     STATUS_OK,
@@ -62,7 +62,9 @@ class TrialContext:
         if name not in self._models:
             if name not in self._checkpoints:
                 raise KeyError(f"no checkpoint was given for model {name!r}")
-            model, _meta = load_checkpoint(self._checkpoints[name], where=f"model {name!r}")
+            model, _meta = load_checkpoint(
+                self._checkpoints[name], where=f"model {name!r}", arch=self.scenario.models[name].arch,
+                mean=self.data.mean, std=self.data.std, image_size=self.data.image_shape[1])
             expected = self.scenario.models[name].arch
             if model.name != expected:
                 raise ValueError(f"model {name!r}: checkpoint holds {model.name}, "
@@ -74,12 +76,21 @@ class TrialContext:
         return self._models[name]
 
     def fresh_victim(self, name: str, seed: int) -> ImageClassifier:
-        """A trainable copy of model ``name`` with a new head for this data set's classes."""
+        """The victim ``name`` ready to train: in transfer and fine-tune modes a copy of the
+        pretrained model with a new head for this data set's classes; from scratch, a new network
+        initialized from ``seed``."""
+        if self.scenario.mode == "scratch":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return build_model(self.scenario.models[name].arch, self.data.num_classes,
+                                   self.data.mean, self.data.std, self.data.image_shape[1]
+                                   ).to(self.device)
         model = copy.deepcopy(self.model(name))
         if model.head.out_features != self.data.num_classes:
             model.head = torch.nn.Linear(model.feature_dim, self.data.num_classes).to(self.device)
         model.reset_head(seed)
-        for p in model.head.parameters():
+        trainable = model.parameters() if self.scenario.mode == "finetune" else model.head.parameters()
+        for p in trainable:
             p.requires_grad_(True)
         return model
 
@@ -153,8 +164,8 @@ def _train_and_evaluate(spec, ctx, setup, poisons) -> dict[str, dict]:
     for victim in scenario.victims:
         seed_train = derive_seed(scenario.seed, spec.index, victim, "train")
         model = ctx.fresh_victim(victim, seed_train)
-        fit = train(model, images, labels, recipe=scenario.recipe, seed=seed_train,
-                    trainable="head")
+        fit = train(model, images, labels, recipe=scenario.training_recipe, seed=seed_train,
+                    trainable="head" if scenario.mode == "transfer" else "all")
         tick = time.perf_counter()
         outcome = evaluate_victim(model, data, setup)
         per[victim] = {

@@ -1,6 +1,7 @@
 """Data sets: every source loads into an in-memory :class:`ImageData` of uint8 tensors."""
 
-from raypoison.data import synthetic as _synthetic  # noqa: F401  (registers the source)
+from raypoison.data import imagefolder as _imagefolder  # noqa: F401  (registers sources)
+from raypoison.data import synthetic as _synthetic  # noqa: F401
 from raypoison.data.base import DatasetInfo, DataSource, ImageData
 from raypoison.data.registry import DATASETS
 

@@ -31,7 +31,9 @@ def _pretrain_task(model_cfg: ModelConfig, dataset) -> bytes:
 
 
 def models_of(scenario: ScenarioConfig) -> list[str]:
-    return list(dict.fromkeys([scenario.attacker, *scenario.victims]))
+    """The models whose weights a scenario's trials load (scratch victims start from seeds)."""
+    victims = [] if scenario.mode == "scratch" else list(scenario.victims)
+    return list(dict.fromkeys([scenario.attacker, *victims]))
 
 
 def check_checkpoint_files(scenarios: list[ScenarioConfig]) -> None:
@@ -40,8 +42,9 @@ def check_checkpoint_files(scenarios: list[ScenarioConfig]) -> None:
         for name in models_of(scenario):
             cfg = scenario.models[name]
             if cfg.checkpoint is not None:
-                model, _ = load_checkpoint(
-                    Path(cfg.checkpoint), where=f"scenario {scenario.name}, model {name}"
+                model, _ = load_checkpoint(  # normalization is irrelevant to this check
+                    Path(cfg.checkpoint), where=f"scenario {scenario.name}, model {name}",
+                    arch=cfg.arch, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                 )
                 if model.name != cfg.arch:
                     raise DataError(f"scenario {scenario.name}, model {name}: {cfg.checkpoint} "

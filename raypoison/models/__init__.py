@@ -1,6 +1,9 @@
 """Model zoo: every model is an :class:`ImageClassifier` with ``features()`` and ``head``."""
 
-from raypoison.models import convnet as _convnet  # noqa: F401  (registers the model)
+from raypoison.models import convnet as _convnet  # noqa: F401  (registers the models)
+from raypoison.models import mobilenet as _mobilenet  # noqa: F401
+from raypoison.models import resnet as _resnet  # noqa: F401
+from raypoison.models import vgg as _vgg  # noqa: F401
 from raypoison.models.base import ImageClassifier
 from raypoison.models.checkpoint import build_model, checkpoint_bytes, load_checkpoint
 from raypoison.models.registry import MODELS

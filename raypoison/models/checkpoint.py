@@ -1,8 +1,11 @@
 """Checkpoints: weights plus the metadata needed to rebuild the model.
 
-The project's format is ``{"format": "raypoison/1", "arch", "num_classes", "mean", "std",
-"state_dict", "meta"}``. Files are read with ``torch.load(weights_only=True)``, so a checkpoint can
-hold tensors and plain values only and loading one never runs code.
+The project's format is ``{"format": "raypoison/1", "arch", "num_classes", "image_size", "mean",
+"std", "state_dict", "meta"}``. The reference format of the benchmark's code, ``{"net":
+state_dict}`` in the common CIFAR layouts (``linear`` or ``classifier`` as the last layer, an
+optional ``module.`` prefix), is imported too; it names no architecture, so the config must.
+Files are read with ``torch.load(weights_only=True)``: a checkpoint can hold tensors and plain
+values only, and loading one never runs code.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from raypoison.models.registry import MODELS
 FORMAT = "raypoison/1"
 
 
-def build_model(arch: str, num_classes: int, mean, std) -> ImageClassifier:
-    return MODELS.get(arch)(num_classes=num_classes, mean=tuple(mean), std=tuple(std))
+HEAD_NAMES = ("linear", "classifier", "fc")
+
+
+def build_model(arch: str, num_classes: int, mean, std, image_size: int = 32) -> ImageClassifier:
+    return MODELS.get(arch)(num_classes=num_classes, mean=tuple(mean), std=tuple(std),
+                            image_size=image_size)
 
 
 def checkpoint_bytes(model: ImageClassifier, meta: dict[str, Any]) -> bytes:
@@ -29,6 +36,7 @@ def checkpoint_bytes(model: ImageClassifier, meta: dict[str, Any]) -> bytes:
         "format": FORMAT,
         "arch": model.name,
         "num_classes": model.head.out_features,
+        "image_size": int(meta.get("image_size", 32)),
         "mean": model.mean.flatten().tolist(),
         "std": model.std.flatten().tolist(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -39,8 +47,30 @@ def checkpoint_bytes(model: ImageClassifier, meta: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def load_checkpoint(source: bytes | str | Path, where: str = "") -> tuple[ImageClassifier, dict]:
-    """Rebuild a model from checkpoint bytes or a file; returns ``(model, meta)``."""
+def _from_reference(state: dict, arch: str, mean, std, image_size: int, where: str):
+    mapped = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        first, _, rest = key.partition(".")
+        mapped[f"head.{rest}" if first in HEAD_NAMES else f"extractor.{key}"] = value
+    if "head.weight" not in mapped:
+        raise DataError(f"{where}: no last layer named {' or '.join(HEAD_NAMES)} in the checkpoint")
+    model = build_model(arch, mapped["head.weight"].shape[0], mean, std, image_size)
+    mapped["mean"], mapped["std"] = model.mean, model.std
+    try:
+        model.load_state_dict(mapped)
+    except RuntimeError as err:
+        raise DataError(f"{where}: reference weights do not fit {arch}: {err}") from None
+    return model, {"arch": arch, "imported_from": "reference"}
+
+
+def load_checkpoint(source: bytes | str | Path, where: str = "", *, arch: str | None = None,
+                    mean=None, std=None, image_size: int = 32) -> tuple[ImageClassifier, dict]:
+    """Rebuild a model from checkpoint bytes or a file; returns ``(model, meta)``.
+
+    ``arch``, ``mean``, ``std`` and ``image_size`` are needed only for reference checkpoints,
+    which do not record them (normally the scenario's model and data set).
+    """
     where = where or (str(source) if not isinstance(source, bytes) else "checkpoint")
     try:
         stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
@@ -50,9 +80,16 @@ def load_checkpoint(source: bytes | str | Path, where: str = "") -> tuple[ImageC
         raise DataError(f"{where}: checkpoint file not found") from None
     except Exception as err:  # torch raises many kinds for a corrupt or unsafe file
         raise DataError(f"{where}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if isinstance(payload, dict) and "net" in payload and "format" not in payload:
+        if arch is None or mean is None or std is None:
+            raise DataError(f"{where}: a reference checkpoint needs its architecture and "
+                            "normalization from the config")
+        return _from_reference(payload["net"], arch, mean, std, image_size, where)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise DataError(f"{where}: not a raypoison checkpoint (expected format {FORMAT!r})")
-    model = build_model(payload["arch"], payload["num_classes"], payload["mean"], payload["std"])
+        raise DataError(f"{where}: not a raypoison checkpoint (expected format {FORMAT!r}) "
+                        "nor a reference one ({'net': state_dict})")
+    model = build_model(payload["arch"], payload["num_classes"], payload["mean"], payload["std"],
+                        payload.get("image_size", 32))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:

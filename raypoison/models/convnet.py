@@ -19,7 +19,7 @@ class ConvNet(ImageClassifier):
     """Three conv blocks (32-64-128 channels) with pooling, global average pool: 128 features."""
 
     def __init__(self, num_classes: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 width: int = 32):
+                 image_size: int = 32, width: int = 32):
         extractor = nn.Sequential(
             _block(3, width), nn.MaxPool2d(2),
             _block(width, 2 * width), nn.MaxPool2d(2),

@@ -1,0 +1,117 @@
+"""An ImageFolder layout: ``train/<class>/<file>`` and ``test/<class>/<file>``, in a folder or a
+tar archive (such as the CIFAR-10 JPEG copy). Classes are the sorted folder names; within a class,
+files are in sorted order.
+
+Class-major order is not the original order of a data set such as CIFAR-10, and setups index
+the original order. ``train_order``, a ``.npy`` of the training labels in original order,
+restores it: with files numbered in original within-class order, original image ``i`` is the
+``k``-th file of class ``labels[i]``, where ``k`` is the rank of ``i`` among the indices of that
+class. ``test_order`` does the same for a prefix of the test set (the labels of its first ``N``
+original images). Beyond that prefix the test order stays class-major, and ``test_exact`` tells
+trials that only the first ``N`` test indices are exact.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raypoison.config import optional_path, parse_path
+from raypoison.data.base import DataSource, ImageData
+from raypoison.data.files import decode, iter_files, stack
+from raypoison.data.registry import DATASETS
+from raypoison.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class ImageFolderParams:
+    root: str = field(metadata={"parse": parse_path})
+    train_order: str | None = field(default=None, metadata={"parse": optional_path})
+    test_order: str | None = field(default=None, metadata={"parse": optional_path})
+    mean: tuple[float, ...] | None = None  # default: measured on the training images
+    std: tuple[float, ...] | None = None
+
+    def validate(self, path: str) -> None:
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 3:
+                raise ConfigError(f"{path}.{key}", f"needs 3 values, got {len(value)}")
+
+
+def original_order(class_major_labels: np.ndarray, original_labels: np.ndarray,
+                   where: str) -> np.ndarray:
+    """Permutation ``p`` with ``class_major[p]`` in original order (see module docstring)."""
+    counts = np.bincount(class_major_labels, minlength=original_labels.max() + 1)
+    wanted = np.bincount(original_labels, minlength=len(counts))
+    if len(wanted) != len(counts) or np.any(wanted > counts):
+        raise DataError(f"{where}: the order file's class counts {wanted.tolist()} do not fit "
+                        f"the files' {counts.tolist()}")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.zeros(len(original_labels), dtype=np.int64)
+    seen: dict[int, int] = defaultdict(int)
+    for i, label in enumerate(original_labels):
+        rank[i] = seen[int(label)]
+        seen[int(label)] += 1
+    return starts[original_labels] + rank
+
+
+def _load_split(files: dict[str, list[tuple[str, bytes]]], classes: list[str], split: str,
+                root: Path) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        entries = sorted(files.get(f"{split}/{name}", []))
+        for rel, data in entries:
+            images.append(decode(data, f"{root}:{rel}"))
+            labels.append(label)
+    if not images:
+        raise DataError(f"{root}: no images under {split}/<class>/")
+    return stack(images, f"{root}:{split}"), np.asarray(labels, dtype=np.int64)
+
+
+@DATASETS.register("imagefolder")
+class ImageFolder(DataSource):
+    Params = ImageFolderParams
+
+    @classmethod
+    def load(cls, params: ImageFolderParams) -> ImageData:
+        root = Path(params.root)
+        files: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        for rel, data in iter_files(root):
+            parts = rel.split("/")
+            for i in range(len(parts) - 2):  # tolerate a top folder inside an archive
+                if parts[i] in ("train", "test"):
+                    files[f"{parts[i]}/{parts[i + 1]}"].append(("/".join(parts[i + 2:]), data))
+                    break
+        classes = sorted({key.split("/", 1)[1] for key in files if key.startswith("train/")})
+        if not classes:
+            raise DataError(f"{root}: expected train/<class>/<image> and test/<class>/<image>")
+        missing = sorted({k.split("/", 1)[1] for k in files if k.startswith("test/")} - set(classes))
+        if missing:
+            raise DataError(f"{root}: test classes {missing} have no training folder")
+        train_x, train_y = _load_split(files, classes, "train", root)
+        test_x, test_y = _load_split(files, classes, "test", root)
+        test_exact = None
+        if params.train_order:
+            order = np.load(params.train_order, allow_pickle=False).astype(np.int64)
+            if len(order) != len(train_y):
+                raise DataError(f"{params.train_order}: {len(order)} labels for "
+                                f"{len(train_y)} training images")
+            perm = original_order(train_y, order, params.train_order)
+            train_x, train_y = train_x[perm], train_y[perm]
+        if params.test_order:
+            prefix = np.load(params.test_order, allow_pickle=False).astype(np.int64)
+            head = original_order(test_y, prefix, params.test_order)
+            rest = np.setdiff1d(np.arange(len(test_y)), head)
+            perm = np.concatenate([head, rest])
+            test_x, test_y = test_x[perm], test_y[perm]
+            test_exact = len(prefix)
+        x = torch.from_numpy(train_x)
+        mean = params.mean or tuple((x.float() / 255).mean(dim=(0, 2, 3)).tolist())
+        std = params.std or tuple((x.float() / 255).std(dim=(0, 2, 3)).tolist())
+        return ImageData(x, torch.from_numpy(train_y), torch.from_numpy(test_x),
+                         torch.from_numpy(test_y), tuple(classes), tuple(mean), tuple(std),
+                         test_exact)
