@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 
 from raypoison.config import RecipeConfig
-from raypoison.data.augment import random_crop_flip
+from raypoison.data.augment import draw_crop_flip, identity_view, random_crop_flip, view_index
 from raypoison.models.base import ImageClassifier
+
+if TYPE_CHECKING:
+    from raypoison.feature_bank import TrainingFeatures
 
 Trainable = Literal["head", "all"]
 
@@ -46,12 +49,17 @@ def train(
     recipe: RecipeConfig,
     seed: int,
     trainable: Trainable = "all",
+    features: TrainingFeatures | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on uint8 ``images`` (on the model's device) and int64 ``labels``.
 
     ``trainable="head"`` is the transfer setting: the extractor is frozen and its BatchNorm layers
-    stay in eval mode; only the linear head learns.
+    stay in eval mode; only the linear head learns. There, ``features`` (a bank of the frozen
+    extractor's features under every augmentation view) replaces running the extractor: the same
+    random draws pick the same views, so the head sees the same inputs either way.
     """
+    if features is not None and trainable != "head":
+        raise ValueError("precomputed features need a frozen extractor (trainable='head')")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     if trainable == "head":
@@ -67,14 +75,23 @@ def train(
         optimizer, milestones=list(recipe.milestones), gamma=recipe.gamma
     )
     n, steps, loss_value = len(labels), 0, float("nan")
+    loss = torch.tensor(float("nan"))
     for _ in range(recipe.epochs):
         order = torch.randperm(n, generator=generator).to(images.device)
         for start_i in range(0, n, recipe.batch_size):
             idx = order[start_i:start_i + recipe.batch_size]
-            x = images[idx].float().div_(255)
-            if recipe.augment:
-                x = random_crop_flip(x, generator)
-            loss = F.cross_entropy(model(x), labels[idx])
+            if features is not None:
+                if recipe.augment:
+                    views = view_index(*draw_crop_flip(len(idx), generator)).to(idx.device)
+                else:
+                    views = torch.full_like(idx, identity_view())
+                logits = model.head(features.lookup(idx, views))
+            else:
+                x = images[idx].float().div_(255)
+                if recipe.augment:
+                    x = random_crop_flip(x, generator)
+                logits = model(x)
+            loss = F.cross_entropy(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -19,6 +19,7 @@ from raypoison.attacks import create_attack
 from raypoison.config import ScenarioConfig
 from raypoison.data import ImageData, load_dataset
 from raypoison.evaluate import check_poisons, evaluate_victim
+from raypoison.feature_bank import TrainingFeatures, view_features
 from raypoison.models import ImageClassifier, build_model, load_checkpoint
 from raypoison.rows import (
     STATUS_FAILED,
@@ -32,6 +33,9 @@ from raypoison.rows import (
 from raypoison.setups import Setup, clean_training_indices, load_setups, sample_setup
 from raypoison.spec import TrialSpec, derive_seed
 from raypoison.training import train
+
+VIEWS = 162  # crop offsets (9 x 9) x flips, for the protocol's 4-pixel padding
+MAX_BANK_BYTES = 4 * 2**30  # a larger bank would not fit beside the models on a shared GPU
 
 
 class TrialContext:
@@ -51,6 +55,7 @@ class TrialContext:
         self._checkpoints = dict(checkpoints)
         self._models: dict[str, ImageClassifier] = {}
         self._setups = load_setups(scenario.setups) if scenario.setups else None
+        self._banks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def create(cls, scenario: ScenarioConfig, checkpoints: Mapping[str, bytes | str | Path],
@@ -93,6 +98,30 @@ class TrialContext:
         for p in trainable:
             p.requires_grad_(True)
         return model
+
+    @property
+    def uses_feature_bank(self) -> bool:
+        """Transfer trials on a fixed-size training set train heads on banked features."""
+        s = self.scenario
+        if s.mode != "transfer" or s.train_per_class is None:
+            return False
+        pool = (s.train_per_class + s.budget) * self.data.num_classes
+        widest = max(self.model(v).feature_dim for v in s.victims)
+        return VIEWS * pool * widest * 4 <= MAX_BANK_BYTES
+
+    def feature_pool(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Victim ``name``'s bank over the pool of clean images every trial draws from (the first
+        ``train_per_class + budget`` of each class), and the pool row of each training index."""
+        if name not in self._banks:
+            s = self.scenario
+            per_class = s.train_per_class + s.budget
+            pool = np.sort(np.concatenate([np.flatnonzero(self.train_labels == c)[:per_class]
+                                           for c in np.unique(self.train_labels)]))
+            row_of = torch.full((len(self.train_labels),), -1, dtype=torch.long)
+            row_of[torch.as_tensor(pool)] = torch.arange(len(pool))
+            bank = view_features(self.model(name), self.data.train_x[torch.as_tensor(pool)])
+            self._banks[name] = (bank, row_of.to(self.device))
+        return self._banks[name]
 
     def setup(self, index: int) -> Setup:
         """Trial ``index``'s setup: from the scenario's setups file, or the seeded sampler."""
@@ -161,11 +190,18 @@ def _train_and_evaluate(spec, ctx, setup, poisons) -> dict[str, dict]:
     labels = torch.cat([data.train_y[clean],
                         torch.as_tensor(np.asarray(poisons.labels), device=ctx.device)])
     per = {}
+    banked = ctx.uses_feature_bank
     for victim in scenario.victims:
         seed_train = derive_seed(scenario.seed, spec.index, victim, "train")
         model = ctx.fresh_victim(victim, seed_train)
+        features = None
+        if banked:
+            pool, row_of = ctx.feature_pool(victim)
+            extra = view_features(ctx.model(victim), poisons.images.to(ctx.device))
+            features = TrainingFeatures(pool, row_of[clean], extra)
         fit = train(model, images, labels, recipe=scenario.training_recipe, seed=seed_train,
-                    trainable="head" if scenario.mode == "transfer" else "all")
+                    trainable="head" if scenario.mode == "transfer" else "all",
+                    features=features)
         tick = time.perf_counter()
         outcome = evaluate_victim(model, data, setup)
         per[victim] = {

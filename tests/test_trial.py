@@ -109,3 +109,27 @@ def test_an_error_inside_a_trial_becomes_failure_rows(tiny_raw):
     assert row["error"].startswith("craft: DataError") and "not a readable checkpoint" in row["error"]
     assert row["target_index"] is not None  # the setup was known before the failure
     assert row["success"] is None
+
+
+def test_banked_features_train_the_same_head_as_running_the_extractor(ctx):
+    from raypoison.feature_bank import TrainingFeatures, view_features
+    from raypoison.setups import clean_training_indices
+    from raypoison.training import train
+
+    suite, context = ctx
+    assert context.uses_feature_bank
+    setup = context.setup(1)
+    clean = torch.as_tensor(clean_training_indices(context.train_labels, setup, 12))
+    poisons = context.data.train_x[list(setup.base_indices)]
+    images = torch.cat([context.data.train_x[clean], poisons])
+    labels = torch.cat([context.data.train_y[clean], torch.full((3,), setup.base_class)])
+    recipe = suite.scenarios[0].training_recipe
+    plain = context.fresh_victim("net-a", 5)
+    train(plain, images, labels, recipe=recipe, seed=9, trainable="head")
+    pool, row_of = context.feature_pool("net-a")
+    assert pool.shape[:2] == (162, 4 * (12 + 3))
+    banked = context.fresh_victim("net-a", 5)
+    features = TrainingFeatures(pool, row_of[clean], view_features(context.model("net-a"), poisons))
+    train(banked, images, labels, recipe=recipe, seed=9, trainable="head", features=features)
+    assert torch.allclose(plain.head.weight, banked.head.weight, atol=1e-4)
+    assert not torch.allclose(plain.head.weight, context.fresh_victim("net-a", 5).head.weight)

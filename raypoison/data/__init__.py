@@ -1,7 +1,9 @@
 """Data sets: every source loads into an in-memory :class:`ImageData` of uint8 tensors."""
 
-from raypoison.data import imagefolder as _imagefolder  # noqa: F401  (registers sources)
+from raypoison.data import cifar as _cifar  # noqa: F401  (registers the sources)
+from raypoison.data import imagefolder as _imagefolder  # noqa: F401
 from raypoison.data import synthetic as _synthetic  # noqa: F401
+from raypoison.data import tinyimagenet as _tinyimagenet  # noqa: F401
 from raypoison.data.base import DatasetInfo, DataSource, ImageData
 from raypoison.data.registry import DATASETS
 

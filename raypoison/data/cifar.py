@@ -1,0 +1,97 @@
+"""CIFAR-10 and CIFAR-100 in torchvision's format (``cifar-10-batches-py/``,
+``cifar-100-python/`` under ``root``), with the protocol's normalization.
+
+The batches are pickles, read through the restricted unpickler. ``download: true`` asks
+torchvision to fetch them first, which needs the internet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raypoison.config import parse_path
+from raypoison.data.base import DatasetInfo, DataSource, ImageData
+from raypoison.data.registry import DATASETS
+from raypoison.errors import DataError
+from raypoison.safe_pickle import restricted_load_file
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # PROTOCOL.md §1, also used for CIFAR-100 pre-training
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+@dataclass(frozen=True)
+class CifarParams:
+    root: str = field(metadata={"parse": parse_path})
+    download: bool = False
+
+
+def _read_batches(folder: Path, names: list[str], label_key: bytes):
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        batch = restricted_load_file(path, encoding="bytes")
+        if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+            raise DataError(f"{path}: not a CIFAR batch (expected keys b'data', {label_key!r})")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+class _Cifar(DataSource):
+    Params = CifarParams
+    folder: str
+    train_files: list[str]
+    test_files: list[str]
+    meta_file: str
+    label_key: bytes
+    names_key: bytes
+    classes: int
+
+    @classmethod
+    def describe(cls, params) -> DatasetInfo:
+        return DatasetInfo(cls.classes, 50_000 // cls.classes)
+
+    @classmethod
+    def load(cls, params: CifarParams) -> ImageData:
+        root = Path(params.root)
+        if params.download:
+            import torchvision
+
+            getattr(torchvision.datasets, cls.name.upper())(str(root), download=True)
+        folder = root / cls.folder
+        if not folder.is_dir():
+            raise DataError(f"{root}: expected the folder {cls.folder}/ of torchvision's "
+                            f"{cls.name.upper()} (or set download: true where the internet is "
+                            "reachable)")
+        train_x, train_y = _read_batches(folder, cls.train_files, cls.label_key)
+        test_x, test_y = _read_batches(folder, cls.test_files, cls.label_key)
+        meta = restricted_load_file(folder / cls.meta_file, encoding="bytes")
+        names = tuple(n.decode() for n in meta.get(cls.names_key, []))
+        return ImageData(train_x, train_y, test_x, test_y,
+                         names or tuple(str(i) for i in range(cls.classes)), CIFAR_MEAN, CIFAR_STD)
+
+
+@DATASETS.register("cifar10")
+class Cifar10(_Cifar):
+    folder = "cifar-10-batches-py"
+    train_files = [f"data_batch_{i}" for i in range(1, 6)]
+    test_files = ["test_batch"]
+    meta_file = "batches.meta"
+    label_key = b"labels"
+    names_key = b"label_names"
+    classes = 10
+
+
+@DATASETS.register("cifar100")
+class Cifar100(_Cifar):
+    folder = "cifar-100-python"
+    train_files = ["train"]
+    test_files = ["test"]
+    meta_file = "meta"
+    label_key = b"fine_labels"
+    names_key = b"fine_label_names"
+    classes = 100

@@ -1,0 +1,59 @@
+"""Features of a frozen extractor under every augmentation view, computed once and looked up.
+
+In transfer mode the extractor never changes, so the features of a clean image under each of the
+162 crop-and-flip views are the same in every epoch of every trial. A bank holds them for the
+pool of clean images a scenario's trials draw from; a trial adds its poisons' views and trains the
+head on looked-up features with the same random draws as on-the-fly augmentation. The result is
+the same computation (up to floating-point), at a fraction of the cost: the extractor sees the pool
+once per worker instead of every image in every epoch of every trial.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from raypoison.data.augment import all_views, apply_crop_flip
+from raypoison.models import ImageClassifier
+
+
+@torch.no_grad()
+def view_features(model: ImageClassifier, images: torch.Tensor, padding: int = 4,
+                  batch_size: int = 1024, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[views, N, D]`` features of uint8 ``images`` under every view, in view order."""
+    model.eval()
+    n = len(images)
+    views = list(all_views(padding))
+    out = torch.empty(len(views), n, model.feature_dim, dtype=dtype, device=images.device)
+    for v, (dy, dx, flip) in enumerate(views):
+        for start in range(0, n, batch_size):
+            x = images[start:start + batch_size].float().div_(255)
+            m = len(x)
+            x = apply_crop_flip(x, torch.full((m,), dy), torch.full((m,), dx),
+                                torch.full((m,), flip), padding)
+            out[v, start:start + m] = model.features(x).to(dtype)
+    return out
+
+
+class TrainingFeatures:
+    """The features of one trial's training set: rows of a shared pool bank, then its poisons."""
+
+    def __init__(self, pool: torch.Tensor, pool_rows: torch.Tensor, extra: torch.Tensor):
+        self.pool = pool  # [V, P, D], shared by trials; never copied
+        self.pool_rows = pool_rows  # [n_clean] rows of the pool, in training-set order
+        self.extra = extra  # [V, n_extra, D]
+
+    def __len__(self) -> int:
+        return len(self.pool_rows) + self.extra.shape[1]
+
+    def lookup(self, index: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Features ``[B, D]`` of training-set items ``index`` under ``views``."""
+        n_clean = len(self.pool_rows)
+        is_extra = index >= n_clean
+        out = torch.empty(len(index), self.pool.shape[2], dtype=torch.float32,
+                          device=self.pool.device)
+        clean = ~is_extra
+        if clean.any():
+            out[clean] = self.pool[views[clean], self.pool_rows[index[clean]]].float()
+        if is_extra.any():
+            out[is_extra] = self.extra[views[is_extra], index[is_extra] - n_clean].float()
+        return out

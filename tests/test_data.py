@@ -1,0 +1,156 @@
+"""Data sources on small files written by the tests, and on the shared CIFAR-10 JPEG copy."""
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raypoison.config import build_component
+from raypoison.data import DATASETS, load_dataset
+from raypoison.errors import ConfigError, DataError
+from raypoison.setups import load_setups, sample_setup, save_setups
+
+DATA_ROOT = os.environ.get("RAYPOISON_DATA_ROOT")
+needs_shared = pytest.mark.skipif(not DATA_ROOT, reason="set RAYPOISON_DATA_ROOT to ../shared/data")
+
+
+def source(name, **params):
+    return load_dataset(build_component({"name": name, "params": params}, "dataset", DATASETS))
+
+
+def test_cifar_batches_load_through_the_restricted_unpickler(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+                 b"labels": [i % 10, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"plane"] * 10}))
+    data = source("cifar10", root=str(tmp_path))
+    assert data.train_x.shape == (20, 3, 32, 32) and data.test_x.shape == (4, 3, 32, 32)
+    assert data.train_y[:4].tolist() == [0, 1, 2, 3] and data.mean[0] == 0.4914
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    (folder / "test_batch").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(DataError, match="refused to load posix.system"):
+        source("cifar10", root=str(tmp_path))
+
+
+def test_cifar_folder_missing_says_what_is_expected(tmp_path):
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        source("cifar10", root=str(tmp_path))
+    with pytest.raises(ConfigError, match="dataset.params.root: not found"):
+        source("cifar10", root=str(tmp_path / "absent"))
+
+
+def _write_png(path: Path, array: np.ndarray, mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path)
+
+
+def test_imagefolder_restores_the_original_order(tmp_path):
+    rng = np.random.default_rng(1)
+    original_labels = np.array([2, 0, 1, 0, 2, 2, 1, 0])
+    originals = rng.integers(0, 256, (8, 6, 6, 3), dtype=np.uint8)
+    rank = {c: 0 for c in range(3)}
+    for i, label in enumerate(original_labels):
+        _write_png(tmp_path / "train" / f"c{label}" / f"{rank[label]:04d}.png", originals[i])
+        rank[label] += 1
+    for c in range(3):
+        _write_png(tmp_path / "test" / f"c{c}" / "0000.png", originals[c])
+    np.save(tmp_path / "order.npy", original_labels)
+    plain = source("imagefolder", root=str(tmp_path))
+    assert plain.train_y.tolist() == sorted(original_labels.tolist())  # class-major
+    data = source("imagefolder", root=str(tmp_path), train_order=str(tmp_path / "order.npy"))
+    assert data.classes == ("c0", "c1", "c2")
+    assert data.train_y.tolist() == original_labels.tolist()
+    assert torch.equal(data.train_x, torch.from_numpy(originals).permute(0, 3, 1, 2))
+    np.save(tmp_path / "bad.npy", np.array([0, 0, 0, 0, 1, 1, 2, 2]))
+    with pytest.raises(DataError, match="class counts"):
+        source("imagefolder", root=str(tmp_path), train_order=str(tmp_path / "bad.npy"))
+
+
+def test_tinyimagenet_layout_sorting_grayscale_and_label_shift(tmp_path):
+    wnids = [f"n{i:08d}" for i in range(102)]
+    (tmp_path / "wnids.txt").write_text("\n".join(reversed(wnids)))  # order in the file is moot
+    lines = []
+    for i, w in enumerate(wnids):
+        pixels = np.full((8, 8), i, dtype=np.uint8)
+        _write_png(tmp_path / "train" / w / "images" / f"{w}_0.JPEG", pixels, "L")
+        _write_png(tmp_path / "val" / "images" / f"val_{i}.JPEG", np.stack([pixels] * 3, -1))
+        lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t8\t8")
+    (tmp_path / "val" / "val_annotations.txt").write_text("\n".join(lines))
+    everything = source("tinyimagenet", root=str(tmp_path))
+    assert everything.train_x.shape == (102, 3, 8, 8) and everything.num_classes == 102
+    assert everything.train_y.tolist() == list(range(102))
+    last = source("tinyimagenet", root=str(tmp_path), classes="last100")
+    assert last.num_classes == 2 and last.train_y.tolist() == [0, 1]
+    assert last.classes == (wnids[100], wnids[101])
+    assert int(last.train_x[1, 0, 0, 0]) == pytest.approx(101, abs=2)  # JPEG is lossy
+    with pytest.raises(DataError, match="wnids.txt"):
+        source("tinyimagenet", root=str(tmp_path / "train"))
+
+
+def test_setups_round_trip_and_refuse_code(tmp_path):
+    train = np.repeat(np.arange(4), 10)
+    setups = [sample_setup(train, train, budget=3, seed=0, index=i) for i in range(5)]
+    for name in ("s.json", "s.pickle"):
+        save_setups(setups, tmp_path / name)
+        assert load_setups(tmp_path / name) == setups
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    (tmp_path / "evil.pickle").write_bytes(pickle.dumps([Exploit()]))
+    with pytest.raises(DataError, match="refused"):
+        load_setups(tmp_path / "evil.pickle")
+
+
+@pytest.fixture(scope="module")
+def cifar10_jpeg():
+    root = Path(DATA_ROOT) / "cifar10-jpeg"
+    return source("imagefolder", root=str(root / "cifar10-jpg-q75.tar.gz"),
+                  train_order=str(root / "train_labels_original_order.npy"),
+                  test_order=str(root / "test_labels_first512.npy"))
+
+
+@needs_shared
+def test_reference_setups_point_at_their_base_class_in_the_jpeg_copy(cifar10_jpeg):
+    root = Path(DATA_ROOT)
+    labels = cifar10_jpeg.train_y.numpy()
+    assert (labels == np.load(root / "cifar10-jpeg" / "train_labels_original_order.npy")).all()
+    test_labels = cifar10_jpeg.test_y.numpy()
+    assert (test_labels[:512] == np.load(root / "cifar10-jpeg" / "test_labels_first512.npy")).all()
+    for name, budget in (("cifar10_transfer_learning", 25), ("cifar10_from_scratch", 500)):
+        setups = load_setups(root / "reference-setups" / f"{name}.pickle")
+        assert len(setups) == 100
+        for s in setups:
+            assert len(s.base_indices) == budget and s.target_class != s.base_class
+            assert (labels[list(s.base_indices)] == s.base_class).all(), (name, s)
+            if s.target_index < 512:
+                assert test_labels[s.target_index] == s.target_class
+
+
+@needs_shared
+def test_restored_images_are_the_files_the_order_names(cifar10_jpeg):
+    import tarfile
+
+    from raypoison.data.files import decode
+
+    labels = cifar10_jpeg.train_y.numpy()
+    archive = Path(DATA_ROOT) / "cifar10-jpeg" / "cifar10-jpg-q75.tar.gz"
+    with tarfile.open(archive) as tar:
+        for i in (0, 1, 4999, 30330, 49999):
+            rank = int((labels[:i] == labels[i]).sum())
+            name = f"train/{cifar10_jpeg.classes[labels[i]]}/{rank:04d}.jpg"
+            expected = decode(tar.extractfile(name).read(), name)
+            assert torch.equal(cifar10_jpeg.train_x[i], torch.from_numpy(expected).permute(2, 0, 1))

@@ -1,0 +1,72 @@
+"""The model zoo: shapes, parameter counts of the standard CIFAR variants, features, checkpoints."""
+
+import io
+
+import pytest
+import torch
+
+from raypoison.errors import DataError
+from raypoison.models import MODELS, build_model, checkpoint_bytes, load_checkpoint
+
+MEAN, STD = (0.49, 0.48, 0.45), (0.2, 0.2, 0.2)
+# (arch, image size, parameters with 10 classes, feature size)
+ZOO = [
+    ("resnet18", 32, 11_173_962, 512),
+    ("resnet34", 32, 21_282_122, 512),
+    ("resnet34", 64, 21_289_802, 512),  # the 7x7 stride-2 stem for 64x64 inputs
+    ("vgg11", 32, 9_231_114, 512),
+    ("vgg16", 64, 14_728_266, 512),
+    ("mobilenetv2", 32, 2_296_922, 1280),
+    ("convnet", 32, 94_762, 128),
+]
+
+
+@pytest.mark.parametrize("arch, size, params, feature_dim", ZOO)
+def test_architecture(arch, size, params, feature_dim):
+    model = build_model(arch, 10, MEAN, STD, size).eval()
+    assert sum(p.numel() for p in model.parameters()) == params
+    x = torch.rand(2, 3, size, size)
+    assert model(x).shape == (2, 10)
+    assert model.features(x).shape == (2, feature_dim) == (2, model.feature_dim)
+    blob = checkpoint_bytes(model, {"image_size": size, "seed": 3})
+    loaded, meta = load_checkpoint(blob)
+    assert meta["seed"] == 3 and loaded.name == arch
+    assert torch.equal(loaded.eval()(x), model(x))
+
+
+def test_every_registered_model_is_covered():
+    assert {arch for arch, *_ in ZOO} == set(MODELS.names())
+
+
+@pytest.mark.parametrize("arch, head", [("resnet18", "linear"), ("vgg11", "classifier")])
+def test_reference_checkpoints_import(tmp_path, arch, head):
+    model = build_model(arch, 100, MEAN, STD).eval()
+    state = {}
+    for key, value in model.state_dict().items():
+        if key in ("mean", "std"):
+            continue  # the reference format has no normalization inside the model
+        name = key.replace("head.", f"{head}.", 1) if key.startswith("head.") else key[10:]
+        state[f"module.{name}"] = value  # as saved from DataParallel
+    torch.save({"net": state}, tmp_path / "ref.pth")
+    loaded, meta = load_checkpoint(tmp_path / "ref.pth", arch=arch, mean=MEAN, std=STD)
+    x = torch.rand(2, 3, 32, 32)
+    assert meta["imported_from"] == "reference" and loaded.head.out_features == 100
+    assert torch.allclose(loaded.eval()(x), model(x))
+    with pytest.raises(DataError, match="needs its architecture"):
+        load_checkpoint(tmp_path / "ref.pth")
+
+
+class NotAWeight:
+    pass
+
+
+def test_unsafe_or_corrupt_checkpoints_are_refused(tmp_path):
+    buffer = io.BytesIO()
+    torch.save({"format": "raypoison/1", "payload": NotAWeight()}, buffer)
+    with pytest.raises(DataError, match="not a readable checkpoint"):
+        load_checkpoint(buffer.getvalue())  # weights_only refuses the custom class
+    good = checkpoint_bytes(build_model("convnet", 10, MEAN, STD), {})
+    with pytest.raises(DataError, match="not a readable checkpoint"):
+        load_checkpoint(good[: len(good) // 2])
+    with pytest.raises(DataError, match="checkpoint file not found"):
+        load_checkpoint(tmp_path / "absent.pt")
