@@ -1,4 +1,4 @@
-"""``raypoison run | validate | bench``.
+"""``raypoison run | report | pretrain | validate | bench``.
 
 Exit codes: 0 done (failed trials are data, counted in the summary), 1 an unexpected error,
 2 bad input (config, filters, data, checkpoints; nothing is written), 130 interrupted.
@@ -43,6 +43,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dashboard", action="store_true",
                      help="start Ray's dashboard with the local instance (on 127.0.0.1)")
 
+    report = sub.add_parser("report", help="success rates with intervals from a results dataset")
+    report.add_argument("output", help="the run's output folder or URI")
+    report.add_argument("--interval", choices=["wilson", "clopper-pearson"], default="wilson")
+    report.add_argument("--per-victim", action="store_true", help="one row per victim")
+    report.add_argument("--csv", help="also write the table as CSV to this file")
+
+    pre = sub.add_parser("pretrain", help="train the victim zoo of a zoo config as Ray tasks")
+    pre.add_argument("config", help="zoo YAML file")
+    pre.add_argument("--output", "-o", required=True, help="folder or URI for the checkpoints")
+    pre.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else local)")
+    pre.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
+    pre.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance")
+
     validate = sub.add_parser("validate", help="check a config and count its trials")
     validate.add_argument("config")
 
@@ -77,6 +90,37 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    from raypoison import results
+    from raypoison.report import status_table, success_table, to_markdown
+
+    df = results.load(args.output)
+    if df.empty:
+        print(f"no results in {args.output}")
+        return EXIT_OK
+    table = success_table(df, interval=args.interval, per_victim=args.per_victim)
+    print(to_markdown(table, args.interval))
+    print()
+    print(status_table(df).to_string(index=False))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    return EXIT_OK
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from raypoison.config import load_zoo
+    from raypoison.execution.zoo import pretrain_zoo
+
+    entries = pretrain_zoo(load_zoo(args.config), args.output, address=args.address,
+                           num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    for e in entries:
+        robust = e.get("robust_accuracy")
+        print(f"{e['name']} seed {e['seed']} ({e['arch']}): clean accuracy "
+              f"{e['clean_accuracy']:.3f}" + (f", robust {robust:.3f}" if robust is not None
+                                              else ""))
+    return EXIT_OK
+
+
 def _validate(args: argparse.Namespace) -> int:
     from raypoison.config import load_suite
     from raypoison.spec import count
@@ -103,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "validate":
             return _validate(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "pretrain":
+            return _pretrain(args)
         if args.command == "bench":
             from raypoison.bench import scheduler_overhead
 

@@ -281,6 +281,7 @@ class RecipeConfig:
     milestones: tuple[int, ...] = (30,)
     gamma: float = 0.1
     augment: bool = True
+    adversarial: AdversarialConfig | None = None
 
     def validate(self, path: str) -> None:
         _positive(path, "lr", self.lr)
@@ -294,6 +295,21 @@ class RecipeConfig:
                 raise ConfigError(
                     f"{path}.milestones[{i}]", f"must lie in (0, epochs={self.epochs}), got {m}"
                 )
+
+
+@dataclass(frozen=True)
+class AdversarialConfig:
+    """PGD adversarial training: each batch is replaced by its PGD examples (Madry et al.)."""
+
+    epsilon: float = field(default=8 / 255, metadata={"parse": parse_fraction})
+    step: float = field(default=2 / 255, metadata={"parse": parse_fraction})
+    steps: int = 7
+
+    def validate(self, path: str) -> None:
+        if not 0 < self.epsilon <= 1:
+            raise ConfigError(f"{path}.epsilon", f"must be in (0, 1], got {self.epsilon}")
+        _positive(path, "step", self.step)
+        _positive(path, "steps", self.steps)
 
 
 DEFAULT_RECIPES = {
@@ -321,13 +337,15 @@ class ModelConfig:
     """One model of a scenario: an architecture and either a checkpoint file or a pretraining."""
 
     arch: str
+    params: Any = None  # the architecture's own parameters, e.g. {width: 24} for convnet
     checkpoint: str | None = field(default=None, metadata={"parse": optional_path})
     pretrain: PretrainConfig | None = None
 
     def validate(self, path: str) -> None:
         from raypoison.models import MODELS
 
-        MODELS.get(self.arch, f"{path}.arch")
+        cls = MODELS.get(self.arch, f"{path}.arch")
+        object.__setattr__(self, "params", build(cls.Params, self.params, f"{path}.params"))
         if self.checkpoint is not None and self.pretrain is not None:
             raise ConfigError(path, "give at most one of 'checkpoint' and 'pretrain'")
 
@@ -450,6 +468,7 @@ class ExecutionConfig:
     workers: int = 2
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.25
+    pretrain_cpus: float | None = None  # CPUs of a pre-training task (default: cpus_per_worker)
     max_in_flight: int | None = None
     max_attempts: int = 3
     max_restarts: int = 3
@@ -461,6 +480,8 @@ class ExecutionConfig:
         _positive(path, "workers", self.workers)
         _positive(path, "cpus_per_worker", self.cpus_per_worker, allow_zero=True)
         _positive(path, "gpus_per_worker", self.gpus_per_worker, allow_zero=True)
+        if self.pretrain_cpus is not None:
+            _positive(path, "pretrain_cpus", self.pretrain_cpus)
         if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
             raise ConfigError(
                 f"{path}.gpus_per_worker", "above 1 it must be a whole number of GPUs"
@@ -539,3 +560,64 @@ def load_suite(path: str | Path) -> SuiteConfig:
     except yaml.YAMLError as err:
         raise ConfigError("", f"{path} is not valid YAML: {err}") from None
     return parse_suite(raw, path.parent.resolve())
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One architecture trained on one data set, once per seed, by ``raypoison pretrain``."""
+
+    name: str
+    arch: str
+    dataset: Component = field(metadata={"parse": lambda v, p: _dataset_component(v, p)})
+    params: Any = None
+    recipe: RecipeConfig = field(default_factory=lambda: DEFAULT_RECIPES["scratch"])
+    seeds: tuple[int, ...] = (0,)
+
+    def validate(self, path: str) -> None:
+        from raypoison.models import MODELS
+
+        _check_name(f"{path}.name", self.name)
+        cls = MODELS.get(self.arch, f"{path}.arch")
+        object.__setattr__(self, "params", build(cls.Params, self.params, f"{path}.params"))
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"{path}.seeds", "give one or more distinct seeds")
+
+    def model_config(self, seed: int) -> ModelConfig:
+        return ModelConfig(self.arch, self.params, None, PretrainConfig(self.recipe, seed))
+
+    def file_name(self, seed: int) -> str:
+        return f"{self.name}-s{seed}.pt"
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """A victim zoo: every entry x seed becomes a checkpoint that scenarios name by file."""
+
+    name: str
+    models: tuple[ZooEntry, ...]
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+
+    def validate(self, path: str) -> None:
+        _check_name("name", self.name)
+        names = [m.name for m in self.models]
+        for i, n in enumerate(names):
+            if names.index(n) != i:
+                raise ConfigError(f"models[{i}].name", f"{n!r} is used twice")
+        _positive(path or "zoo", "cpus_per_task", self.cpus_per_task, allow_zero=True)
+        _positive(path or "zoo", "gpus_per_task", self.gpus_per_task, allow_zero=True)
+
+
+def load_zoo(path: str | Path) -> ZooConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
+    token = _CONFIG_DIR.set(path.parent.resolve())
+    try:
+        return build(ZooConfig, raw, "")
+    finally:
+        _CONFIG_DIR.reset(token)

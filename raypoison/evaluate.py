@@ -45,6 +45,9 @@ def check_poisons(poisons: Poisons, setup: Setup, data: ImageData, epsilon: floa
     if poisons.target_index != setup.target_index:
         return fail(f"target: poisons were made for target {poisons.target_index}, "
                     f"the setup's is {setup.target_index}")
+    if poisons.target_image is not None and not torch.equal(
+            poisons.target_image.cpu(), data.test_x[setup.target_index].cpu()):
+        return fail(f"target: the poisons' target image is not test image {setup.target_index}")
     bases = data.train_x[list(setup.base_indices)].to(images.device)
     change = int((images.int() - bases.int()).abs().max().item())
     linf = change / 255
@@ -61,8 +64,19 @@ class VictimOutcome:
     clean_accuracy: float
 
 
-def evaluate_victim(model: ImageClassifier, data: ImageData, setup: Setup) -> VictimOutcome:
-    """Success: the target image is classified as the base class (the poisons' label)."""
+def evaluate_victim(model: ImageClassifier, data: ImageData, setup: Setup,
+                    test_features: torch.Tensor | None = None) -> VictimOutcome:
+    """Success: the target image is classified as the base class (the poisons' label).
+
+    ``test_features``: the test set's features under a frozen extractor (transfer mode), so that
+    only the head runs; the predictions are the same as running the whole model.
+    """
+    if test_features is not None:
+        with torch.no_grad():
+            preds = model.head(test_features).argmax(1)
+        pred = int(preds[setup.target_index])
+        clean = float((preds == data.test_y).float().mean())
+        return VictimOutcome(pred, pred == setup.base_class, clean)
     target = data.test_x[setup.target_index : setup.target_index + 1]
     pred = int(predict(model, target)[0])
     return VictimOutcome(pred, pred == setup.base_class, accuracy(model, data.test_x, data.test_y))

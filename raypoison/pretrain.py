@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from raypoison.adversarial import robust_accuracy
 from raypoison.config import Component, ModelConfig, to_plain
 from raypoison.data import ImageData, load_dataset
 from raypoison.models import build_model, checkpoint_bytes
@@ -21,7 +22,7 @@ def pretrain(model_cfg: ModelConfig, data: ImageData, device: str = "cpu"):
     with torch.random.fork_rng(devices=[]):  # seeded weight init without touching global state
         torch.manual_seed(model_cfg.pretrain.seed)
         model = build_model(model_cfg.arch, data.num_classes, data.mean, data.std,
-                            data.image_shape[1]).to(device)
+                            data.image_shape[1], model_cfg.params).to(device)
     data = data.to(device)
     result = train(
         model, data.train_x, data.train_y, recipe=model_cfg.pretrain.recipe,
@@ -29,12 +30,18 @@ def pretrain(model_cfg: ModelConfig, data: ImageData, device: str = "cpu"):
     )
     meta = {
         "arch": model_cfg.arch,
+        "params": to_plain(model_cfg.params),
         "recipe": to_plain(model_cfg.pretrain.recipe),
         "seed": model_cfg.pretrain.seed,
         "image_size": data.image_shape[1],
         "clean_accuracy": accuracy(model, data.test_x, data.test_y),
         "train_seconds": result.seconds,
     }
+    adv = model_cfg.pretrain.recipe.adversarial
+    if adv is not None:  # how robust the adversarial training made it, on up to 1,000 test images
+        meta["robust_accuracy"] = robust_accuracy(
+            model, data.test_x[:1000], data.test_y[:1000], epsilon=adv.epsilon, step=adv.step,
+            steps=adv.steps)
     return model, meta
 
 

@@ -27,8 +27,23 @@ for _module in ("numpy.core.numeric", "numpy._core.numeric"):
     _NUMPY_GLOBALS[(_module, "_frombuffer")] = np._core.numeric._frombuffer
 
 
+def _pil_image() -> Any:
+    from PIL import Image
+
+    return Image.Image
+
+
 class RestrictedUnpickler(pickle.Unpickler):
+    """Admits numpy arrays and scalars; with ``allow_images``, also Pillow images, which rebuild
+    from their mode, size and pixel bytes (the reference trial-folder format stores them)."""
+
+    def __init__(self, file, *, encoding: str = "ASCII", allow_images: bool = False):
+        super().__init__(file, encoding=encoding)
+        self.allow_images = allow_images
+
     def find_class(self, module: str, name: str) -> Any:
+        if self.allow_images and (module, name) == ("PIL.Image", "Image"):
+            return _pil_image()
         try:
             return _NUMPY_GLOBALS[(module, name)]
         except KeyError:
@@ -38,16 +53,18 @@ class RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
-def restricted_loads(data: bytes, *, encoding: str = "ASCII") -> Any:
-    return RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
+def restricted_loads(data: bytes, *, encoding: str = "ASCII", allow_images: bool = False) -> Any:
+    return RestrictedUnpickler(io.BytesIO(data), encoding=encoding,
+                               allow_images=allow_images).load()
 
 
-def restricted_load_file(path: str | Path, *, encoding: str = "ASCII") -> Any:
+def restricted_load_file(path: str | Path, *, encoding: str = "ASCII",
+                         allow_images: bool = False) -> Any:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return restricted_loads(path.read_bytes(), encoding=encoding)
+        return restricted_loads(path.read_bytes(), encoding=encoding, allow_images=allow_images)
     except pickle.UnpicklingError as err:
         raise DataError(f"{path}: {err}") from None
     except Exception as err:  # truncated or not a pickle at all

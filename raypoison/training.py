@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 
+from raypoison.adversarial import pgd
 from raypoison.config import RecipeConfig
 from raypoison.data.augment import draw_crop_flip, identity_view, random_crop_flip, view_index
 from raypoison.models.base import ImageClassifier
@@ -90,6 +91,8 @@ def train(
                 x = images[idx].float().div_(255)
                 if recipe.augment:
                     x = random_crop_flip(x, generator)
+                if recipe.adversarial is not None:
+                    x = _adversarial_batch(model, x, labels[idx], recipe, generator, trainable)
                 logits = model(x)
             loss = F.cross_entropy(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -101,6 +104,16 @@ def train(
     loss_value = loss.item() if steps else loss_value
     model.eval()
     return TrainResult(recipe.epochs, steps, float(loss_value), time.perf_counter() - start)
+
+
+def _adversarial_batch(model, x, y, recipe: RecipeConfig, generator, trainable) -> torch.Tensor:
+    """PGD examples of the batch, made in eval mode so they do not touch BatchNorm statistics."""
+    adv = recipe.adversarial
+    model.eval()
+    x = pgd(model, x, y, epsilon=adv.epsilon, step=adv.step, steps=adv.steps, generator=generator)
+    if trainable == "all":
+        model.train()
+    return x
 
 
 @torch.no_grad()

@@ -56,6 +56,7 @@ class TrialContext:
         self._models: dict[str, ImageClassifier] = {}
         self._setups = load_setups(scenario.setups) if scenario.setups else None
         self._banks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._test_features: dict[str, torch.Tensor] = {}
 
     @classmethod
     def create(cls, scenario: ScenarioConfig, checkpoints: Mapping[str, bytes | str | Path],
@@ -69,7 +70,8 @@ class TrialContext:
                 raise KeyError(f"no checkpoint was given for model {name!r}")
             model, _meta = load_checkpoint(
                 self._checkpoints[name], where=f"model {name!r}", arch=self.scenario.models[name].arch,
-                mean=self.data.mean, std=self.data.std, image_size=self.data.image_shape[1])
+                mean=self.data.mean, std=self.data.std, image_size=self.data.image_shape[1],
+                params=self.scenario.models[name].params)
             expected = self.scenario.models[name].arch
             if model.name != expected:
                 raise ValueError(f"model {name!r}: checkpoint holds {model.name}, "
@@ -87,8 +89,9 @@ class TrialContext:
         if self.scenario.mode == "scratch":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return build_model(self.scenario.models[name].arch, self.data.num_classes,
-                                   self.data.mean, self.data.std, self.data.image_shape[1]
+                cfg = self.scenario.models[name]
+                return build_model(cfg.arch, self.data.num_classes, self.data.mean,
+                                   self.data.std, self.data.image_shape[1], cfg.params
                                    ).to(self.device)
         model = copy.deepcopy(self.model(name))
         if model.head.out_features != self.data.num_classes:
@@ -122,6 +125,18 @@ class TrialContext:
             bank = view_features(self.model(name), self.data.train_x[torch.as_tensor(pool)])
             self._banks[name] = (bank, row_of.to(self.device))
         return self._banks[name]
+
+    def test_features(self, name: str) -> torch.Tensor | None:
+        """Features of the test set under victim ``name``'s frozen extractor (transfer mode only)."""
+        if self.scenario.mode != "transfer":
+            return None
+        if name not in self._test_features:
+            model = self.model(name)
+            with torch.no_grad():
+                self._test_features[name] = torch.cat([
+                    model.features(self.data.test_x[i:i + 1024].float().div_(255))
+                    for i in range(0, len(self.data.test_x), 1024)])
+        return self._test_features[name]
 
     def setup(self, index: int) -> Setup:
         """Trial ``index``'s setup: from the scenario's setups file, or the seeded sampler."""
@@ -160,7 +175,7 @@ def run_trial(spec: TrialSpec, ctx: TrialContext) -> list[dict]:
         attack = create_attack(spec.attack)
         seed_craft = derive_seed(scenario.seed, spec.index, spec.attack.label, "craft")
         tick = time.perf_counter()
-        crafted = attack.craft(ctx, setup, seed_craft)
+        crafted = attack.craft(ctx, setup, seed_craft, spec.index)
         common.update(seed_craft=seed_craft, seconds_craft=time.perf_counter() - tick,
                       attack_iterations=crafted.iterations,
                       attack_loss_initial=crafted.loss_initial,
@@ -203,7 +218,7 @@ def _train_and_evaluate(spec, ctx, setup, poisons) -> dict[str, dict]:
                     trainable="head" if scenario.mode == "transfer" else "all",
                     features=features)
         tick = time.perf_counter()
-        outcome = evaluate_victim(model, data, setup)
+        outcome = evaluate_victim(model, data, setup, ctx.test_features(victim))
         per[victim] = {
             "seed_train": seed_train, "seconds_train": fit.seconds,
             "seconds_eval": time.perf_counter() - tick, "success": outcome.success,

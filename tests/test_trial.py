@@ -133,3 +133,34 @@ def test_banked_features_train_the_same_head_as_running_the_extractor(ctx):
     train(banked, images, labels, recipe=recipe, seed=9, trainable="head", features=features)
     assert torch.allclose(plain.head.weight, banked.head.weight, atol=1e-4)
     assert not torch.allclose(plain.head.weight, context.fresh_victim("net-a", 5).head.weight)
+
+
+def test_reference_trial_folders_are_imported_checked_and_evaluated(tmp_path, tiny_raw,
+                                                                     tiny_checkpoint):
+    from raypoison.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
+
+    tiny_raw["attacks"] = [{"name": "external", "params": {"root": str(tmp_path)}}]
+    suite = parse_suite(tiny_raw)
+    context = TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
+    specs = list(expand(suite))
+    written = {}
+    for spec in specs[:3]:
+        setup = context.setup(spec.index)
+        bases = context.data.train_x[list(setup.base_indices)]
+        shifted = (bases.int() + 4).clamp(0, 255).to(torch.uint8)  # inside 16/255
+        written[spec.index] = shifted
+        folder = TrialFolder(shifted, (setup.base_class,) * 3, setup.base_indices,
+                             context.data.test_x[setup.target_index], setup.target_class)
+        if spec.index == 1:
+            folder.labels = (setup.target_class,) * 3  # poisoned labels: not clean-label
+        if spec.index == 2:
+            folder.target_image = context.data.test_x[(setup.target_index + 1) % 40]
+        write_trial_folder(tmp_path / str(spec.index), folder)
+    assert torch.equal(read_trial_folder(tmp_path / "0").images, written[0])
+    (ok,), (labels,), (target,) = (run_trial(s, context) for s in specs[:3])
+    assert ok["status"] == "ok" and ok["poisons_valid"] and ok["poison_linf"] == 4 / 255
+    assert ok["success"] is not None
+    assert labels["status"] == "rejected" and labels["poison_check"].startswith("labels")
+    assert target["status"] == "rejected" and target["poison_check"].startswith("target")
+    (missing,) = run_trial(specs[3], context)
+    assert missing["status"] == "failed" and "not a trial folder" in missing["error"]

@@ -20,6 +20,7 @@ class Poisons:
     base_indices: tuple[int, ...]
     labels: tuple[int, ...]
     target_index: int
+    target_image: torch.Tensor | None = None  # uint8 [C, H, W], when the poisons carry it
 
 
 @dataclass
@@ -41,7 +42,8 @@ class Attack:
     def __init__(self, params: Any):
         self.params = params
 
-    def craft(self, ctx: TrialContext, setup: Setup, seed: int) -> CraftResult:
+    def craft(self, ctx: TrialContext, setup: Setup, seed: int, index: int) -> CraftResult:
+        """Poisons for trial ``index`` with ``setup``; ``seed`` drives any randomness."""
         raise NotImplementedError
 
 

@@ -20,7 +20,7 @@ class NoAttack(Attack):
     class Params:
         pass
 
-    def craft(self, ctx, setup, seed) -> CraftResult:
+    def craft(self, ctx, setup, seed, index) -> CraftResult:
         return CraftResult(base_poisons(ctx, setup))
 
 
@@ -39,7 +39,7 @@ class Noop(Attack):
             if self.seconds < 0:
                 raise ConfigError(f"{path}.seconds", f"must be ≥ 0, got {self.seconds}")
 
-    def craft(self, ctx, setup, seed) -> CraftResult:
+    def craft(self, ctx, setup, seed, index) -> CraftResult:
         if self.params.seconds:
             time.sleep(self.params.seconds)
         return CraftResult(None)

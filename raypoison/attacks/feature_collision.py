@@ -36,7 +36,7 @@ class FeatureCollision(Attack):
             if not 0 <= self.blend <= 1:
                 raise ConfigError(f"{path}.blend", f"must be in [0, 1], got {self.blend}")
 
-    def craft(self, ctx, setup, seed) -> CraftResult:
+    def craft(self, ctx, setup, seed, index) -> CraftResult:
         p = self.params
         model = ctx.model(ctx.scenario.attacker)
         bases_u8 = ctx.data.train_x[list(setup.base_indices)]

@@ -19,7 +19,7 @@ from raypoison.storage import Location
 log = logging.getLogger("raypoison")
 
 
-def _pretrain_task(model_cfg: ModelConfig, dataset) -> bytes:
+def pretrain_task(model_cfg: ModelConfig, dataset) -> bytes:
     import torch
 
     from raypoison.pretrain import pretrain_checkpoint
@@ -56,7 +56,7 @@ def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, 
     """Object refs of checkpoint bytes, per scenario and model name."""
     refs: dict[str, ray.ObjectRef] = {}
     to_cache: dict[str, str] = {}
-    task = ray.remote(_pretrain_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2)
+    task = ray.remote(pretrain_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2)
     out: dict[str, dict[str, ray.ObjectRef]] = {}
     for scenario in scenarios:
         out[scenario.name] = {}
@@ -67,7 +67,8 @@ def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, 
                 if key not in refs:
                     refs[key] = ray.put(Path(cfg.checkpoint).read_bytes())
             else:
-                key = digest({"arch": cfg.arch, "pretrain": to_plain(cfg.pretrain),
+                key = digest({"arch": cfg.arch, "params": to_plain(cfg.params),
+                              "pretrain": to_plain(cfg.pretrain),
                               "dataset": to_plain(scenario.dataset)})
                 path = location.join("models", f"{cfg.arch}-{key}.pt")
                 if key not in refs:

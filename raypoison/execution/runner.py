@@ -188,8 +188,9 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
             manifest.write(ray={"mode": session.mode, "address": session.address,
                                 "resources": session.resources, "workers": workers,
                                 "cpus_per_worker": cpus, "gpus_per_worker": gpus})
-            checkpoints = prepare_checkpoints(scenarios_needing_models, location,
-                                              num_cpus=cpus or 1, num_gpus=gpus)
+            checkpoints = prepare_checkpoints(
+                scenarios_needing_models, location,
+                num_cpus=suite.execution.pretrain_cpus or cpus or 1, num_gpus=gpus)
 
             progress = Progress(planned - skipped, interval=suite.execution.progress_seconds,
                                 stream=options.progress_stream)

@@ -7,6 +7,7 @@ work in pixel space and the ε ball means what it says.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -15,6 +16,10 @@ from torch import nn
 
 class ImageClassifier(nn.Module):
     name: ClassVar[str]
+
+    @dataclass(frozen=True)
+    class Params:
+        """Architecture parameters a config may set (none by default)."""
 
     def __init__(
         self, extractor: nn.Module, feature_dim: int, num_classes: int,

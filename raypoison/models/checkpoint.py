@@ -10,6 +10,7 @@ values only, and loading one never runs code.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,18 @@ FORMAT = "raypoison/1"
 HEAD_NAMES = ("linear", "classifier", "fc")
 
 
-def build_model(arch: str, num_classes: int, mean, std, image_size: int = 32) -> ImageClassifier:
-    return MODELS.get(arch)(num_classes=num_classes, mean=tuple(mean), std=tuple(std),
-                            image_size=image_size)
+def build_model(arch: str, num_classes: int, mean, std, image_size: int = 32,
+                params: Any = None) -> ImageClassifier:
+    """A new ``arch``; ``params`` is its ``Params`` instance or a mapping of its fields."""
+    cls = MODELS.get(arch)
+    if params is None:
+        params = cls.Params()
+    elif not dataclasses.is_dataclass(params):
+        params = cls.Params(**dict(params))
+    model = cls(num_classes=num_classes, mean=tuple(mean), std=tuple(std), image_size=image_size,
+                **dataclasses.asdict(params))
+    model.arch_params = params
+    return model
 
 
 def checkpoint_bytes(model: ImageClassifier, meta: dict[str, Any]) -> bytes:
@@ -37,6 +47,7 @@ def checkpoint_bytes(model: ImageClassifier, meta: dict[str, Any]) -> bytes:
         "arch": model.name,
         "num_classes": model.head.out_features,
         "image_size": int(meta.get("image_size", 32)),
+        "params": dataclasses.asdict(getattr(model, "arch_params", None) or model.Params()),
         "mean": model.mean.flatten().tolist(),
         "std": model.std.flatten().tolist(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -47,7 +58,8 @@ def checkpoint_bytes(model: ImageClassifier, meta: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def _from_reference(state: dict, arch: str, mean, std, image_size: int, where: str):
+def _from_reference(state: dict, arch: str, mean, std, image_size: int, where: str,
+                    params: Any = None):
     mapped = {}
     for key, value in state.items():
         key = key.removeprefix("module.")
@@ -55,7 +67,7 @@ def _from_reference(state: dict, arch: str, mean, std, image_size: int, where: s
         mapped[f"head.{rest}" if first in HEAD_NAMES else f"extractor.{key}"] = value
     if "head.weight" not in mapped:
         raise DataError(f"{where}: no last layer named {' or '.join(HEAD_NAMES)} in the checkpoint")
-    model = build_model(arch, mapped["head.weight"].shape[0], mean, std, image_size)
+    model = build_model(arch, mapped["head.weight"].shape[0], mean, std, image_size, params)
     mapped["mean"], mapped["std"] = model.mean, model.std
     try:
         model.load_state_dict(mapped)
@@ -65,7 +77,8 @@ def _from_reference(state: dict, arch: str, mean, std, image_size: int, where: s
 
 
 def load_checkpoint(source: bytes | str | Path, where: str = "", *, arch: str | None = None,
-                    mean=None, std=None, image_size: int = 32) -> tuple[ImageClassifier, dict]:
+                    mean=None, std=None, image_size: int = 32,
+                    params: Any = None) -> tuple[ImageClassifier, dict]:
     """Rebuild a model from checkpoint bytes or a file; returns ``(model, meta)``.
 
     ``arch``, ``mean``, ``std`` and ``image_size`` are needed only for reference checkpoints,
@@ -84,12 +97,15 @@ def load_checkpoint(source: bytes | str | Path, where: str = "", *, arch: str | 
         if arch is None or mean is None or std is None:
             raise DataError(f"{where}: a reference checkpoint needs its architecture and "
                             "normalization from the config")
-        return _from_reference(payload["net"], arch, mean, std, image_size, where)
+        return _from_reference(payload["net"], arch, mean, std, image_size, where, params)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(f"{where}: not a raypoison checkpoint (expected format {FORMAT!r}) "
                         "nor a reference one ({'net': state_dict})")
-    model = build_model(payload["arch"], payload["num_classes"], payload["mean"], payload["std"],
-                        payload.get("image_size", 32))
+    try:
+        model = build_model(payload["arch"], payload["num_classes"], payload["mean"],
+                            payload["std"], payload.get("image_size", 32), payload.get("params"))
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: cannot rebuild {payload.get('arch')}: {err}") from None
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from raypoison.models.base import ImageClassifier
@@ -16,7 +18,18 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 @MODELS.register("convnet")
 class ConvNet(ImageClassifier):
-    """Three conv blocks (32-64-128 channels) with pooling, global average pool: 128 features."""
+    """Three conv blocks (w, 2w, 4w channels; w = ``width``, 32 by default) with pooling and a
+    global average pool: 4w features."""
+
+    @dataclass(frozen=True)
+    class Params:
+        width: int = 32
+
+        def validate(self, path: str) -> None:
+            from raypoison.errors import ConfigError
+
+            if not 4 <= self.width <= 512:
+                raise ConfigError(f"{path}.width", f"must be in [4, 512], got {self.width}")
 
     def __init__(self, num_classes: int, mean: tuple[float, ...], std: tuple[float, ...],
                  image_size: int = 32, width: int = 32):

@@ -1,0 +1,26 @@
+"""Poisons crafted elsewhere: trial ``i`` reads ``<root>/<i>/`` in the reference trial-folder
+format. They go through the same checks as the project's own poisons (count, labels, indices,
+target image, ε), so a folder made for another setup or outside the budget is rejected with the
+reason, never trained on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from raypoison.attacks.base import Attack, CraftResult, Poisons
+from raypoison.attacks.registry import ATTACKS
+from raypoison.config import parse_path
+from raypoison.trial_folder import read_trial_folder
+
+
+@ATTACKS.register("external")
+class External(Attack):
+    @dataclass(frozen=True)
+    class Params:
+        root: str = field(metadata={"parse": parse_path})
+
+    def craft(self, ctx, setup, seed, index) -> CraftResult:
+        folder = read_trial_folder(f"{self.params.root}/{index}")
+        poisons = Poisons(folder.images.to(ctx.device), folder.base_indices, folder.labels,
+                          setup.target_index, target_image=folder.target_image.to(ctx.device))
+        return CraftResult(poisons)
