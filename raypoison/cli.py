@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", help="trial indices START:STOP (e.g. 0:20) or one index")
     run.add_argument("--retry-failed", action="store_true",
                      help="also recompute trials whose rows are failed or rejected")
+    run.add_argument("--save-poisons", action="store_true",
+                     help="export each trial's poisons to OUTPUT/poisons/ in the reference "
+                          "trial-folder format (an 'external' attack can evaluate them again)")
     run.add_argument("--workers", type=int, help="number of worker actors (default: config)")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
     run.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance")
@@ -78,7 +81,8 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(
         output=args.output, address=args.address, attacks=args.attacks,
         scenarios=args.scenarios, trials=parse_trial_range(args.trials),
-        retry_failed=args.retry_failed, workers=args.workers, num_cpus=args.num_cpus,
+        retry_failed=args.retry_failed, save_poisons=args.save_poisons, workers=args.workers,
+        num_cpus=args.num_cpus,
         num_gpus=args.num_gpus, dashboard=args.dashboard, config_path=str(Path(args.config)),
     )
     summary = run_suite(suite, options, Path(args.config).read_text())

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from raypoison.attacks import create_attack
+from raypoison.attacks import Poisons, create_attack
 from raypoison.config import ScenarioConfig
 from raypoison.data import ImageData, load_dataset
 from raypoison.evaluate import check_poisons, evaluate_victim
@@ -159,8 +159,16 @@ class TrialContext:
         return setup
 
 
-def run_trial(spec: TrialSpec, ctx: TrialContext) -> list[dict]:
-    """Run one trial and return its rows (one per victim)."""
+PoisonSink = Callable[[TrialSpec, Setup, Poisons, ImageData], None]
+
+
+def run_trial(spec: TrialSpec, ctx: TrialContext, save_poisons: PoisonSink | None = None
+              ) -> list[dict]:
+    """Run one trial and return its rows (one per victim).
+
+    ``save_poisons``, if given, receives the poisons once they pass the checks (the execution
+    layer uses it to export them in the reference trial-folder format).
+    """
     scenario = spec.scenario
     started, clock = now(), time.perf_counter()
     common = trial_fields(spec)
@@ -189,6 +197,9 @@ def run_trial(spec: TrialSpec, ctx: TrialContext) -> list[dict]:
                       poison_linf=check.linf, seconds_check=time.perf_counter() - tick)
         if not check.valid:
             return _finish(spec, common, clock, STATUS_REJECTED, error=f"check: {check.reason}")
+        if save_poisons is not None:
+            phase = "save"
+            save_poisons(spec, setup, crafted.poisons, ctx.data)
         phase = "train"
         per = _train_and_evaluate(spec, ctx, setup, crafted.poisons)
         return _finish(spec, common, clock, STATUS_OK, per)

@@ -41,15 +41,23 @@ def _from_pil(image: object, where: str) -> torch.Tensor:
     return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
 
 
+def trial_folder_files(trial: TrialFolder) -> dict[str, bytes]:
+    """The three files of a trial folder, as bytes (to write anywhere, atomically)."""
+    poisons = [(_to_pil(im), int(lbl)) for im, lbl in zip(trial.images, trial.labels, strict=True)]
+    return {
+        "poisons.pickle": pickle.dumps(poisons, protocol=4),
+        "base_indices.pickle": pickle.dumps(np.asarray(trial.base_indices, dtype=np.int64),
+                                            protocol=4),
+        "target.pickle": pickle.dumps((_to_pil(trial.target_image), int(trial.target_label)),
+                                      protocol=4),
+    }
+
+
 def write_trial_folder(folder: str | Path, trial: TrialFolder) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    poisons = [(_to_pil(im), int(lbl)) for im, lbl in zip(trial.images, trial.labels, strict=True)]
-    (folder / "poisons.pickle").write_bytes(pickle.dumps(poisons, protocol=4))
-    (folder / "base_indices.pickle").write_bytes(
-        pickle.dumps(np.asarray(trial.base_indices, dtype=np.int64), protocol=4))
-    (folder / "target.pickle").write_bytes(
-        pickle.dumps((_to_pil(trial.target_image), int(trial.target_label)), protocol=4))
+    for name, data in trial_folder_files(trial).items():
+        (folder / name).write_bytes(data)
 
 
 def read_trial_folder(folder: str | Path) -> TrialFolder:

@@ -63,3 +63,22 @@ def test_many_trivial_trials_stay_bounded(ray_cluster, tmp_path):
     assert summary.files_written <= 2
     df = results.load(str(tmp_path))
     assert len(df) == 800 and df["worker"].nunique() == 4
+
+
+def test_exported_poisons_evaluate_the_same_through_the_external_attack(ray_cluster, tmp_path,
+                                                                         tiny_raw):
+    suite = parse_suite(tiny_raw)
+    out = tmp_path / "out"
+    run_suite(suite, RunOptions(output=str(out), attacks=["feature_collision"], save_poisons=True))
+    folders = out / "poisons" / "scenario=tiny-transfer" / "attack=feature_collision"
+    assert sorted(p.name for p in folders.iterdir()) == ["0", "1", "2", "3"]
+    assert {p.name for p in (folders / "0").iterdir()} == {"poisons.pickle", "base_indices.pickle",
+                                                            "target.pickle"}
+    again = dict(tiny_raw, attacks=[{"name": "external", "params": {"root": str(folders)}}])
+    run_suite(parse_suite(again), RunOptions(output=str(tmp_path / "again")))
+    crafted = results.load(str(out)).set_index("trial")
+    imported = results.load(str(tmp_path / "again")).set_index("trial")
+    assert (imported["status"] == "ok").all() and imported["poisons_valid"].all()
+    # same setups, same training seeds, same poisons: the same outcomes
+    for column in ("target_index", "poison_linf", "target_pred", "success", "clean_accuracy"):
+        assert imported[column].tolist() == crafted[column].tolist(), column

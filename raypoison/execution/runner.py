@@ -52,6 +52,7 @@ class RunOptions:
     scenarios: list[str] | None = None
     trials: range | None = None
     retry_failed: bool = False
+    save_poisons: bool = False  # export poisons to OUTPUT/poisons/ in the reference folder format
     workers: int | None = None
     num_cpus: int | None = None  # embedded instance only
     num_gpus: float | None = None  # embedded instance only (logical GPUs are fine for tests)
@@ -192,12 +193,17 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
                 scenarios_needing_models, location,
                 num_cpus=suite.execution.pretrain_cpus or cpus or 1, num_gpus=gpus)
 
+            poisons_uri = None
+            if options.save_poisons:  # absolute, so workers find it whatever their folder
+                poisons_uri = (location.join("poisons") if location.is_local
+                               else f"{options.output.rstrip('/')}/poisons")
             progress = Progress(planned - skipped, interval=suite.execution.progress_seconds,
                                 stream=options.progress_stream)
 
             def tasks() -> Iterator[TrialTask]:
                 for spec in _pending(suite, options, done):
-                    yield TrialTask(spec, run_id, checkpoints.get(spec.scenario.name, {}))
+                    yield TrialTask(spec, run_id, checkpoints.get(spec.scenario.name, {}),
+                                    poisons_uri)
 
             def on_rows(rows: list[dict]) -> None:
                 sink.add(rows)

@@ -24,6 +24,27 @@ class TrialTask:
     spec: TrialSpec
     run_id: str
     checkpoints: Mapping[str, Any]  # model name -> ObjectRef of checkpoint bytes
+    poisons_uri: str | None = None  # export poisons under here, one trial folder per trial
+
+
+def poisons_folder(uri: str, spec: TrialSpec) -> str:
+    """``<uri>/scenario=…/attack=…/<trial index>``: the folder an ``external`` attack reads."""
+    return f"{uri.rstrip('/')}/scenario={spec.scenario.name}/attack={spec.attack.label}/{spec.index}"
+
+
+def _exporter(uri: str):
+    from raypoison.storage import Location
+    from raypoison.trial_folder import TrialFolder, trial_folder_files
+
+    def save(spec, setup, poisons, data) -> None:
+        folder = Location.parse(poisons_folder(uri, spec))
+        trial = TrialFolder(poisons.images.cpu(), tuple(poisons.labels),
+                            tuple(poisons.base_indices), data.test_x[setup.target_index].cpu(),
+                            setup.target_class)
+        for name, blob in trial_folder_files(trial).items():
+            folder.write_bytes(folder.join(name), blob)
+
+    return save
 
 
 class TrialWorker:
@@ -62,7 +83,8 @@ class TrialWorker:
         from raypoison.trial import run_trial
 
         try:
-            rows = run_trial(task.spec, self._context(task))
+            exporter = _exporter(task.poisons_uri) if task.poisons_uri else None
+            rows = run_trial(task.spec, self._context(task), exporter)
         except Exception as err:  # loading the scenario failed: every trial of it says why
             rows = failure_rows(task.spec, describe_error(err, "load"))
         self.trials_run += 1
