@@ -540,26 +540,34 @@ def _attack_list(raw: Any, path: str) -> tuple[Component, ...]:
     return attacks
 
 
-def parse_suite(raw: Any, base_dir: Path | None = None) -> SuiteConfig:
+def _build_in(cls: type, raw: Any, base_dir: Path | None) -> Any:
+    """Build a top-level config, resolving relative paths against ``base_dir``."""
     if not isinstance(raw, dict):
         raise ConfigError("", "the config file must hold a mapping at its top level")
     token = _CONFIG_DIR.set(base_dir or Path.cwd())
     try:
-        return build(SuiteConfig, raw, "")
+        return build(cls, raw, "")
     finally:
         _CONFIG_DIR.reset(token)
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError("", f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
+
+
+def parse_suite(raw: Any, base_dir: Path | None = None) -> SuiteConfig:
+    return _build_in(SuiteConfig, raw, base_dir)
 
 
 def load_suite(path: str | Path) -> SuiteConfig:
     """Read and validate a benchmark file; raises ConfigError naming the bad key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("", f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
-    return parse_suite(raw, path.parent.resolve())
+    return parse_suite(_read_yaml(path), path.parent.resolve())
 
 
 @dataclass(frozen=True)
@@ -609,15 +617,6 @@ class ZooConfig:
 
 
 def load_zoo(path: str | Path) -> ZooConfig:
+    """Read and validate a zoo file for ``raypoison pretrain``."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("", f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
-    token = _CONFIG_DIR.set(path.parent.resolve())
-    try:
-        return build(ZooConfig, raw, "")
-    finally:
-        _CONFIG_DIR.reset(token)
+    return _build_in(ZooConfig, _read_yaml(path), path.parent.resolve())
