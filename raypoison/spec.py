@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from raypoison import PROTOCOL_VERSION
-from raypoison.config import Component, ScenarioConfig, SuiteConfig, digest, to_plain
+from raypoison.config import Component, ScenarioConfig, SuiteConfig, canonical_json, digest, to_plain
 from raypoison.errors import ConfigError
 
 
@@ -29,15 +29,28 @@ class TrialSpec:
     index: int
 
 
+def _identity(scenario: ScenarioConfig, attack: Component) -> dict:
+    return {
+        "protocol": PROTOCOL_VERSION,
+        "scenario": scenario.identity(),
+        "attack": {"name": attack.name, "label": attack.label, "params": to_plain(attack.params)},
+    }
+
+
 def trial_id(scenario: ScenarioConfig, attack: Component, index: int) -> str:
-    return digest(
-        {
-            "protocol": PROTOCOL_VERSION,
-            "scenario": scenario.identity(),
-            "attack": {"name": attack.name, "label": attack.label, "params": to_plain(attack.params)},
-            "trial": index,
-        }
-    )
+    """The id of trial ``index``: a hash of the canonical JSON of its identity and index."""
+    return digest({**_identity(scenario, attack), "trial": index})
+
+
+def _id_maker(scenario: ScenarioConfig, attack: Component):
+    """:func:`trial_id` for many indices, serializing the identity once: in canonical JSON the
+    key ``trial`` sorts last, so the text is the identity's text with the index appended."""
+    prefix = canonical_json(_identity(scenario, attack))[:-1] + ',"trial":'
+
+    def make(index: int) -> str:
+        return hashlib.sha256(f"{prefix}{index}}}".encode()).hexdigest()[:16]
+
+    return make
 
 
 def derive_seed(*parts: object) -> int:
@@ -77,11 +90,10 @@ def expand(
         indices = range(scenario.trials)
         if trials is not None:
             indices = range(max(trials.start, 0), min(trials.stop, scenario.trials))
+        makers = [_id_maker(scenario, attack) for attack in chosen_attacks]
         for index in indices:
-            for attack in chosen_attacks:
-                yield TrialSpec(
-                    trial_id(scenario, attack, index), suite.name, scenario, attack, index
-                )
+            for attack, make_id in zip(chosen_attacks, makers, strict=True):
+                yield TrialSpec(make_id(index), suite.name, scenario, attack, index)
 
 
 def count(suite: SuiteConfig, **filters) -> int:
