@@ -81,3 +81,45 @@ def descend(
         if bool((steps < min_step).all()):
             break
     return CraftOutcome(x.detach(), done, initial, loss.detach())
+
+
+def adam_descend(
+    objective: Objective,
+    start: torch.Tensor,
+    anchor: torch.Tensor,
+    epsilon: float,
+    *,
+    iterations: int,
+    lr: float,
+    signed: bool = False,
+) -> CraftOutcome:
+    """Projected Adam on the images themselves (pixel units in [0, 1]); ``signed`` feeds Adam the
+    sign of the gradient (signed Adam). The objective returns one loss per independent group of
+    images (a trial's poisons); their sum is minimized, so groups never influence each other."""
+    x = project(start.detach().clone(), anchor, epsilon).requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=lr)
+    with torch.no_grad():
+        initial = objective(x).detach().clone()
+    for _ in range(iterations):
+        loss = objective(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        if signed:
+            x.grad.sign_()
+        optimizer.step()
+        with torch.no_grad():
+            x.copy_(project(x, anchor, epsilon))
+    with torch.no_grad():
+        final = objective(x).detach()
+    return CraftOutcome(x.detach(), iterations, initial, final)
+
+
+def project_simplex(v: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row of ``v`` onto the probability simplex."""
+    k = v.shape[-1]
+    u, _ = torch.sort(v, dim=-1, descending=True)
+    cumulative = u.cumsum(-1) - 1
+    steps = torch.arange(1, k + 1, device=v.device, dtype=v.dtype)
+    rho = ((u - cumulative / steps) > 0).sum(-1, keepdim=True)
+    theta = cumulative.gather(-1, rho - 1) / rho.to(v.dtype)
+    return (v - theta).clamp_min(0)
