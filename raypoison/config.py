@@ -213,6 +213,34 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def identity_of(obj: Any) -> Any:
+    """Like :func:`to_plain`, without fields left at their defaults.
+
+    Identities (trial ids, cache keys) are built from this form, so adding a new option with a
+    default to a config class keeps every existing id, and with it every result already computed.
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value != _default_of(f):
+                out[f.name] = identity_of(value)
+        return out
+    if isinstance(obj, Mapping):
+        return {str(k): identity_of(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [identity_of(v) for v in obj]
+    return obj
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"))
 
@@ -444,8 +472,9 @@ class ScenarioConfig:
         return "white-box" if victim == self.attacker else "black-box"
 
     def identity(self) -> dict[str, Any]:
-        """What defines a trial of this scenario: everything but the trial count."""
-        plain = to_plain(self)
+        """What defines a trial of this scenario: everything but the trial count (in the
+        default-free form of :func:`identity_of`)."""
+        plain = identity_of(self)
         plain.pop("trials")
         if self.setups is not None:  # the file's content defines the trials, not its location
             plain["setups"] = file_digest(self.setups)

@@ -16,7 +16,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from raypoison import PROTOCOL_VERSION
-from raypoison.config import Component, ScenarioConfig, SuiteConfig, canonical_json, digest, to_plain
+from raypoison.config import (
+    Component,
+    ScenarioConfig,
+    SuiteConfig,
+    canonical_json,
+    digest,
+    identity_of,
+)
 from raypoison.errors import ConfigError
 
 
@@ -33,7 +40,8 @@ def _identity(scenario: ScenarioConfig, attack: Component) -> dict:
     return {
         "protocol": PROTOCOL_VERSION,
         "scenario": scenario.identity(),
-        "attack": {"name": attack.name, "label": attack.label, "params": to_plain(attack.params)},
+        "attack": {"name": attack.name, "label": attack.label,
+                   "params": identity_of(attack.params)},
     }
 
 

@@ -28,6 +28,13 @@ def test_parameter_change_changes_ids_but_trial_count_does_not(tiny_raw):
     assert {s.trial_id for s in expand(parse_suite(tiny_raw))}.isdisjoint(before.values())
 
 
+def test_options_left_at_their_defaults_do_not_change_ids(tiny_raw):
+    before = [s.trial_id for s in expand(parse_suite(tiny_raw))]
+    tiny_raw["scenarios"][0]["recipe"]["gamma"] = 0.1  # the default, now written out
+    tiny_raw["attacks"][1]["params"]["decay"] = 0.2  # likewise
+    assert [s.trial_id for s in expand(parse_suite(tiny_raw))] == before
+
+
 def test_expansion_is_lazy_and_filters(tiny_raw):
     suite = parse_suite(tiny_raw)
     stream = expand(suite)

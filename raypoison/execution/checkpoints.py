@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ray
 
-from raypoison.config import ModelConfig, ScenarioConfig, digest, to_plain
+from raypoison.config import ModelConfig, ScenarioConfig, digest, identity_of
 from raypoison.errors import DataError
 from raypoison.models import load_checkpoint
 from raypoison.storage import Location
@@ -67,9 +67,9 @@ def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, 
                 if key not in refs:
                     refs[key] = ray.put(Path(cfg.checkpoint).read_bytes())
             else:
-                key = digest({"arch": cfg.arch, "params": to_plain(cfg.params),
-                              "pretrain": to_plain(cfg.pretrain),
-                              "dataset": to_plain(scenario.dataset)})
+                key = digest({"arch": cfg.arch, "params": identity_of(cfg.params),
+                              "pretrain": identity_of(cfg.pretrain),
+                              "dataset": identity_of(scenario.dataset)})
                 path = location.join("models", f"{cfg.arch}-{key}.pt")
                 if key not in refs:
                     if location.exists(path):
