@@ -14,6 +14,7 @@ ATTACKS = [
     {"name": "feature_collision", "params": {"iterations": 30, "step": 0.01}},
     {"name": "convex_polytope", "params": {"iterations": 40, "lr": 0.01}},
     {"name": "bullseye_polytope", "params": {"iterations": 40, "lr": 0.01}},
+    {"name": "witches_brew", "params": {"iterations": 15, "restarts": 2, "lr": 0.01}},
 ]
 
 

@@ -4,6 +4,7 @@ from raypoison.attacks import controls as _controls  # noqa: F401  (registers no
 from raypoison.attacks import external as _external  # noqa: F401
 from raypoison.attacks import feature_collision as _fc  # noqa: F401
 from raypoison.attacks import polytope as _polytope  # noqa: F401
+from raypoison.attacks import witches_brew as _witches_brew  # noqa: F401
 from raypoison.attacks.base import Attack, CraftResult, Poisons
 from raypoison.attacks.registry import ATTACKS
 

@@ -98,8 +98,7 @@ def adam_descend(
     images (a trial's poisons); their sum is minimized, so groups never influence each other."""
     x = project(start.detach().clone(), anchor, epsilon).requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=lr)
-    with torch.no_grad():
-        initial = objective(x).detach().clone()
+    initial = objective(x).detach().clone()  # with autograd on: some objectives need it
     for _ in range(iterations):
         loss = objective(x)
         optimizer.zero_grad(set_to_none=True)
@@ -109,8 +108,7 @@ def adam_descend(
         optimizer.step()
         with torch.no_grad():
             x.copy_(project(x, anchor, epsilon))
-    with torch.no_grad():
-        final = objective(x).detach()
+    final = objective(x).detach()
     return CraftOutcome(x.detach(), iterations, initial, final)
 
 
