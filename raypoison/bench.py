@@ -70,3 +70,57 @@ def scheduler_overhead(trials: int = 10_000, workers: int = 16, gpus: float = 4,
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")
     return figures
+
+
+def crafting_seconds(config: str, *, trials: int = 3, attacks: list[str] | None = None,
+                     models_dir: str | None = None) -> list[dict]:
+    """Seconds to craft one trial's poisons, per attack, on this machine's device (no Ray).
+
+    Pre-trained models come from ``models_dir`` (a run's ``models/`` cache) when present there,
+    otherwise they are pre-trained here first.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from raypoison.attacks import ATTACKS, create_attack
+    from raypoison.config import load_suite
+    from raypoison.execution.checkpoints import models_of, pretrained_name
+    from raypoison.pretrain import pretrain_checkpoint
+    from raypoison.spec import derive_seed
+    from raypoison.trial import TrialContext
+
+    suite = load_suite(config)
+    scenario = suite.scenarios[0]
+    blobs = {}
+    for name in models_of(scenario):
+        cfg = scenario.models[name]
+        cached = Path(models_dir or "", pretrained_name(cfg, scenario)) if cfg.pretrain else None
+        if cfg.checkpoint:
+            blobs[name] = Path(cfg.checkpoint).read_bytes()
+        elif models_dir and cached.is_file():
+            blobs[name] = cached.read_bytes()
+        else:
+            blobs[name] = pretrain_checkpoint(cfg, scenario.dataset)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ctx = TrialContext.create(scenario, blobs, device)
+    chosen = [a for a in suite.attacks if ATTACKS.get(a.name).needs_models
+              and (attacks is None or a.label in attacks)]
+    figures = []
+    for component in chosen:
+        attack = create_attack(component)
+        seconds = []
+        for index in range(trials):
+            setup = ctx.setup(index)
+            start = time.perf_counter()
+            attack.craft(ctx, setup, derive_seed(scenario.seed, index, component.label, "craft"),
+                         index)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+        figures.append({"attack": component.label, "trials": trials, "device": device,
+                        "threads": torch.get_num_threads(),
+                        "mean_s": round(sum(seconds) / len(seconds), 3),
+                        "min_s": round(min(seconds), 3), "max_s": round(max(seconds), 3)})
+        print("  ".join(f"{k}={v}" for k, v in figures[-1].items()), flush=True)
+    return figures

@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     sched.add_argument("--workers", type=int, default=16)
     sched.add_argument("--gpus", type=float, default=4, help="logical GPUs of the local instance")
     sched.add_argument("--output", help="where to write the rows (default: a temporary folder)")
+    craft = bench_sub.add_parser("crafting", help="seconds to craft one trial, per attack")
+    craft.add_argument("config", help="benchmark YAML; its first scenario is used")
+    craft.add_argument("--trials", type=int, default=3)
+    craft.add_argument("--attacks", type=_csv, help="attack labels (default: all that craft)")
+    craft.add_argument("--models", help="a run's models/ folder with pre-trained checkpoints")
     return parser
 
 
@@ -156,10 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "pretrain":
             return _pretrain(args)
         if args.command == "bench":
-            from raypoison.bench import scheduler_overhead
+            from raypoison.bench import crafting_seconds, scheduler_overhead
 
-            scheduler_overhead(trials=args.trials, workers=args.workers, gpus=args.gpus,
-                               output=args.output)
+            if args.bench == "crafting":
+                crafting_seconds(args.config, trials=args.trials, attacks=args.attacks,
+                                 models_dir=args.models)
+            else:
+                scheduler_overhead(trials=args.trials, workers=args.workers, gpus=args.gpus,
+                                   output=args.output)
             return EXIT_OK
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -36,6 +36,14 @@ def models_of(scenario: ScenarioConfig) -> list[str]:
     return list(dict.fromkeys([scenario.attacker, *victims]))
 
 
+def pretrained_name(cfg: ModelConfig, scenario: ScenarioConfig) -> str:
+    """File name of a pre-trained model in a run's ``models/`` cache: arch plus a hash of what
+    defines it (architecture parameters, pre-training recipe and seed, data set)."""
+    key = digest({"arch": cfg.arch, "params": identity_of(cfg.params),
+                  "pretrain": identity_of(cfg.pretrain), "dataset": identity_of(scenario.dataset)})
+    return f"{cfg.arch}-{key}.pt"
+
+
 def check_checkpoint_files(scenarios: list[ScenarioConfig]) -> None:
     """Load every checkpoint file a scenario names, so a bad file stops the run before it starts."""
     for scenario in scenarios:
@@ -67,10 +75,8 @@ def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, 
                 if key not in refs:
                     refs[key] = ray.put(Path(cfg.checkpoint).read_bytes())
             else:
-                key = digest({"arch": cfg.arch, "params": identity_of(cfg.params),
-                              "pretrain": identity_of(cfg.pretrain),
-                              "dataset": identity_of(scenario.dataset)})
-                path = location.join("models", f"{cfg.arch}-{key}.pt")
+                key = pretrained_name(cfg, scenario)
+                path = location.join("models", key)
                 if key not in refs:
                     if location.exists(path):
                         refs[key] = ray.put(location.read_bytes(path))
