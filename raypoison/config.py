@@ -498,7 +498,8 @@ class ExecutionConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.25
     pretrain_cpus: float | None = None  # CPUs of a pre-training task (default: cpus_per_worker)
-    max_in_flight: int | None = None
+    max_in_flight: int | None = None  # tasks submitted at once (default: 2 per worker)
+    craft_batch: int = 1  # trials of one attack per task, their poisons crafted in one batch
     max_attempts: int = 3
     max_restarts: int = 3
     rows_per_file: int = 2000
@@ -517,6 +518,7 @@ class ExecutionConfig:
             )
         if self.max_in_flight is not None:
             _positive(path, "max_in_flight", self.max_in_flight)
+        _positive(path, "craft_batch", self.craft_batch)
         _positive(path, "max_attempts", self.max_attempts)
         _positive(path, "max_restarts", self.max_restarts, allow_zero=True)
         _positive(path, "rows_per_file", self.rows_per_file)

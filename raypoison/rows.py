@@ -53,6 +53,7 @@ SCHEMA = pa.schema(
         ("attack_iterations", pa.int32()),
         ("attack_loss_initial", pa.float64()),
         ("attack_loss_final", pa.float64()),
+        ("craft_batch", pa.int16()),
         ("seed_setup", pa.int64()),
         ("seed_craft", pa.int64()),
         ("seed_train", pa.int64()),

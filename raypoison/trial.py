@@ -169,42 +169,91 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, save_poisons: PoisonSink | Non
     ``save_poisons``, if given, receives the poisons once they pass the checks (the execution
     layer uses it to export them in the reference trial-folder format).
     """
-    scenario = spec.scenario
-    started, clock = now(), time.perf_counter()
-    common = trial_fields(spec)
-    common.update(started_at=started, device=str(ctx.device), torch_version=torch.__version__)
-    phase = "setup"
+    return run_trials([spec], ctx, save_poisons)[0]
+
+
+class _Trial:
+    """The state of one trial while it runs: its shared row fields, clock and current phase."""
+
+    def __init__(self, spec: TrialSpec, ctx: TrialContext):
+        self.spec = spec
+        self.clock = time.perf_counter()
+        self.common = trial_fields(spec)
+        self.common.update(started_at=now(), device=str(ctx.device),
+                           torch_version=torch.__version__)
+        self.phase = "setup"
+        self.setup: Setup | None = None
+        self.rows: list[dict] | None = None
+
+    def finish(self, status: str, per: dict | None = None, error: str | None = None) -> None:
+        self.rows = _finish(self.spec, self.common, self.clock, status, per, error)
+
+    def fail(self, err: Exception) -> None:
+        self.finish(STATUS_FAILED, error=describe_error(err, self.phase))
+
+
+def run_trials(specs: list[TrialSpec], ctx: TrialContext,
+               save_poisons: PoisonSink | None = None) -> list[list[dict]]:
+    """Run trials of one scenario and one attack, crafting their poisons in one batch.
+
+    Returns each trial's rows, in order. Crafting time is shared evenly among the batch's trials;
+    ``craft_batch`` in each row says how many were crafted together.
+    """
+    trials = [_Trial(spec, ctx) for spec in specs]
+    for trial in trials:
+        try:
+            trial.setup = setup = ctx.setup(trial.spec.index)
+            trial.common.update(
+                target_class=setup.target_class, target_index=setup.target_index,
+                base_class=setup.base_class, base_indices=list(setup.base_indices),
+                seconds_setup=time.perf_counter() - trial.clock)
+            trial.phase = "craft"
+        except Exception as err:  # a trial's error is data, not a crash of the run
+            trial.fail(err)
+    ready = [t for t in trials if t.rows is None]
+    if not ready:
+        return [t.rows for t in trials]
+    scenario, attack_cfg = ready[0].spec.scenario, ready[0].spec.attack
+    seeds = [derive_seed(scenario.seed, t.spec.index, attack_cfg.label, "craft") for t in ready]
+    tick = time.perf_counter()
     try:
-        setup = ctx.setup(spec.index)
-        common.update(target_class=setup.target_class, target_index=setup.target_index,
-                      base_class=setup.base_class, base_indices=list(setup.base_indices),
-                      seconds_setup=time.perf_counter() - clock)
-        phase = "craft"
-        attack = create_attack(spec.attack)
-        seed_craft = derive_seed(scenario.seed, spec.index, spec.attack.label, "craft")
-        tick = time.perf_counter()
-        crafted = attack.craft(ctx, setup, seed_craft, spec.index)
-        common.update(seed_craft=seed_craft, seconds_craft=time.perf_counter() - tick,
-                      attack_iterations=crafted.iterations,
-                      attack_loss_initial=crafted.loss_initial,
-                      attack_loss_final=crafted.loss_final)
-        if crafted.poisons is None:
-            return _finish(spec, common, clock, STATUS_OK)
-        phase = "check"
-        tick = time.perf_counter()
-        check = check_poisons(crafted.poisons, setup, ctx.data, scenario.epsilon, scenario.budget)
-        common.update(poisons_valid=check.valid, poison_check=check.reason,
-                      poison_linf=check.linf, seconds_check=time.perf_counter() - tick)
-        if not check.valid:
-            return _finish(spec, common, clock, STATUS_REJECTED, error=f"check: {check.reason}")
-        if save_poisons is not None:
-            phase = "save"
-            save_poisons(spec, setup, crafted.poisons, ctx.data)
-        phase = "train"
-        per = _train_and_evaluate(spec, ctx, setup, crafted.poisons)
-        return _finish(spec, common, clock, STATUS_OK, per)
-    except Exception as err:  # a trial's error is data, not a crash of the run
-        return _finish(spec, common, clock, STATUS_FAILED, error=describe_error(err, phase))
+        crafted = create_attack(attack_cfg).craft_batch(
+            ctx, [t.setup for t in ready], seeds, [t.spec.index for t in ready])
+    except Exception as err:
+        for trial in ready:
+            trial.fail(err)
+        return [t.rows for t in trials]
+    share = (time.perf_counter() - tick) / len(ready)
+    for trial, seed, result in zip(ready, seeds, crafted, strict=True):
+        trial.common.update(seed_craft=seed, seconds_craft=share, craft_batch=len(ready),
+                            attack_iterations=result.iterations,
+                            attack_loss_initial=result.loss_initial,
+                            attack_loss_final=result.loss_final)
+        try:
+            _after_crafting(trial, result, ctx, save_poisons)
+        except Exception as err:
+            trial.fail(err)
+    return [t.rows for t in trials]
+
+
+def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons) -> None:
+    spec, setup, scenario = trial.spec, trial.setup, trial.spec.scenario
+    if crafted.poisons is None:
+        trial.finish(STATUS_OK)
+        return
+    trial.phase = "check"
+    tick = time.perf_counter()
+    check = check_poisons(crafted.poisons, setup, ctx.data, scenario.epsilon, scenario.budget)
+    trial.common.update(poisons_valid=check.valid, poison_check=check.reason,
+                        poison_linf=check.linf, seconds_check=time.perf_counter() - tick)
+    if not check.valid:
+        trial.finish(STATUS_REJECTED, error=f"check: {check.reason}")
+        return
+    if save_poisons is not None:
+        trial.phase = "save"
+        save_poisons(spec, setup, crafted.poisons, ctx.data)
+    trial.phase = "train"
+    trial.finish(STATUS_OK, _train_and_evaluate(spec, ctx, setup, crafted.poisons))
 
 
 def _train_and_evaluate(spec, ctx, setup, poisons) -> dict[str, dict]:

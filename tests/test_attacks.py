@@ -50,3 +50,17 @@ def test_simplex_projection_and_coefficient_refit():
     target = torch.tensor([0.2, 0.3, 0.5])  # inside the polytope: exactly recoverable
     c = refit_coefficients(torch.full((3,), 1 / 3), features, target, steps=200)
     assert torch.allclose(c, target, atol=1e-4)
+
+
+@pytest.mark.parametrize("which", range(3), ids=[a["name"] for a in ATTACKS[:3]])
+def test_crafting_in_a_batch_matches_crafting_one_by_one(context, which):
+    suite, ctx = context
+    attack = create_attack(suite.attacks[which])
+    setups = [ctx.setup(i) for i in range(3)]
+    together = attack.craft_batch(ctx, setups, [1, 2, 3], [0, 1, 2])
+    for i, setup in enumerate(setups):
+        alone = attack.craft(ctx, setup, seed=i + 1, index=i)
+        difference = (together[i].poisons.images.int() - alone.poisons.images.int()).abs()
+        assert difference.max() <= 1, difference.max()  # a rounding step at most
+        assert (difference > 0).float().mean() < 0.01  # and rarely
+        assert together[i].loss_final == pytest.approx(alone.loss_final, rel=1e-3, abs=1e-6)

@@ -45,7 +45,7 @@ def test_an_error_in_a_worker_trial_becomes_failure_rows(ray_cluster, tiny_raw):
     suite = parse_suite(tiny_raw)
     spec = next(s for s in expand(suite) if s.attack.label == "feature_collision")
     worker = ray.remote(TrialWorker).options(num_cpus=0).remote()
-    task = TrialTask(spec, "run-x", {"net-a": ray.put(b"corrupt bytes")})
+    task = TrialTask((spec,), "run-x", {"net-a": ray.put(b"corrupt bytes")})
     (row,) = ray.get(worker.run.remote(task, 1))
     assert row["status"] == "failed" and "not a readable checkpoint" in row["error"]
     assert row["run_id"] == "run-x" and row["attempt"] == 1
@@ -82,3 +82,23 @@ def test_exported_poisons_evaluate_the_same_through_the_external_attack(ray_clus
     # same setups, same training seeds, same poisons: the same outcomes
     for column in ("target_index", "poison_linf", "target_pred", "success", "clean_accuracy"):
         assert imported[column].tolist() == crafted[column].tolist(), column
+
+
+def test_batched_crafting_gives_the_same_outcomes(ray_cluster, tmp_path, tiny_raw):
+    from raypoison.execution.runner import batches
+
+    suite = parse_suite(tiny_raw)
+    grouped = list(batches(expand(suite), 3))
+    assert [(b[0].attack.label, len(b)) for b in grouped] == [
+        ("none", 3), ("feature_collision", 3), ("none", 1), ("feature_collision", 1)]
+    single = run_suite(suite, RunOptions(output=str(tmp_path / "one")))
+    batched_raw = dict(tiny_raw, execution=dict(tiny_raw["execution"], craft_batch=3))
+    batched = run_suite(parse_suite(batched_raw), RunOptions(output=str(tmp_path / "three")))
+    assert single.computed == batched.computed == 8
+    one = results.load(str(tmp_path / "one")).set_index(["attack", "trial"]).sort_index()
+    three = results.load(str(tmp_path / "three")).set_index(["attack", "trial"]).sort_index()
+    assert set(one["craft_batch"]) == {1} and set(three["craft_batch"]) == {1, 3}
+    assert one["trial_id"].tolist() == three["trial_id"].tolist()  # execution is not identity
+    for column in ("target_pred", "success", "poisons_valid"):
+        assert one[column].tolist() == three[column].tolist(), column
+    assert (one["clean_accuracy"] - three["clean_accuracy"]).abs().max() < 0.02

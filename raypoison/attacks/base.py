@@ -44,7 +44,15 @@ class Attack:
 
     def craft(self, ctx: TrialContext, setup: Setup, seed: int, index: int) -> CraftResult:
         """Poisons for trial ``index`` with ``setup``; ``seed`` drives any randomness."""
-        raise NotImplementedError
+        return self.craft_batch(ctx, [setup], [seed], [index])[0]
+
+    def craft_batch(self, ctx: TrialContext, setups: list[Setup], seeds: list[int],
+                    indices: list[int]) -> list[CraftResult]:
+        """Several trials at once. Attacks that can optimize many trials' poisons in one batch
+        against the same frozen model override this (the results match crafting one by one, up
+        to floating-point noise); others craft one by one."""
+        return [self.craft(ctx, s, seed, i) for s, seed, i in zip(setups, seeds, indices,
+                                                                  strict=True)]
 
 
 def base_poisons(ctx: TrialContext, setup: Setup) -> Poisons:
@@ -52,3 +60,41 @@ def base_poisons(ctx: TrialContext, setup: Setup) -> Poisons:
     images = ctx.data.train_x[list(setup.base_indices)].clone()
     labels = (setup.base_class,) * len(setup.base_indices)
     return Poisons(images, setup.base_indices, labels, setup.target_index)
+
+
+@dataclass
+class TrialBatch:
+    """The bases and targets of several trials stacked for one crafting batch."""
+
+    bases_u8: torch.Tensor  # [sum of budgets, C, H, W]
+    targets: torch.Tensor  # float [trials, C, H, W]
+    counts: list[int]  # poisons per trial
+
+    @classmethod
+    def stack(cls, ctx: TrialContext, setups: list[Setup]) -> TrialBatch:
+        bases = torch.cat([ctx.data.train_x[list(s.base_indices)] for s in setups])
+        targets = ctx.data.test_x[[s.target_index for s in setups]].float() / 255
+        return cls(bases, targets, [len(s.base_indices) for s in setups])
+
+    @property
+    def bases(self) -> torch.Tensor:
+        return self.bases_u8.float() / 255
+
+    @property
+    def group(self) -> torch.Tensor:
+        """Trial number of each poison."""
+        return torch.repeat_interleave(torch.arange(len(self.counts), device=self.bases_u8.device),
+                                       torch.as_tensor(self.counts, device=self.bases_u8.device))
+
+    def split(self, images: torch.Tensor, setups: list[Setup], *, iterations: int,
+              loss_initial: torch.Tensor, loss_final: torch.Tensor) -> list[CraftResult]:
+        """Per-trial results from the batch's uint8 images and per-trial losses."""
+        out, start = [], 0
+        for i, (setup, n) in enumerate(zip(setups, self.counts, strict=True)):
+            out.append(CraftResult(
+                Poisons(images[start:start + n], setup.base_indices,
+                        (setup.base_class,) * n, setup.target_index),
+                iterations=iterations, loss_initial=float(loss_initial[i]),
+                loss_final=float(loss_final[i])))
+            start += n
+        return out

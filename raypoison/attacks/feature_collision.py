@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from raypoison.attacks.base import Attack, CraftResult, Poisons
+from raypoison.attacks.base import Attack, CraftResult, TrialBatch
 from raypoison.attacks.crafting import descend, quantize
 from raypoison.attacks.registry import ATTACKS
 from raypoison.errors import ConfigError
@@ -36,28 +36,26 @@ class FeatureCollision(Attack):
             if not 0 <= self.blend <= 1:
                 raise ConfigError(f"{path}.blend", f"must be in [0, 1], got {self.blend}")
 
-    def craft(self, ctx, setup, seed, index) -> CraftResult:
+    def craft_batch(self, ctx, setups, seeds, indices) -> list[CraftResult]:
+        """Every poison descends on its own, so trials batch exactly."""
         p = self.params
         model = ctx.model(ctx.scenario.attacker)
-        bases_u8 = ctx.data.train_x[list(setup.base_indices)]
-        bases = bases_u8.float() / 255
-        target = ctx.data.test_x[setup.target_index : setup.target_index + 1].float() / 255
+        batch = TrialBatch.stack(ctx, setups)
+        bases, group = batch.bases, batch.group
         with torch.no_grad():
-            target_features = model.features(target)
+            target_features = model.features(batch.targets)[group]
 
         def objective(x: torch.Tensor) -> torch.Tensor:
             return (model.features(x) - target_features).pow(2).sum(dim=1)
 
-        start = (1 - p.blend) * bases + p.blend * target
-        out = descend(
-            objective, start, bases, ctx.scenario.epsilon,
-            iterations=p.iterations, step=p.step, decay=p.decay,
-        )
-        images = quantize(out.images, bases_u8, ctx.scenario.epsilon)
-        labels = (setup.base_class,) * len(setup.base_indices)
-        return CraftResult(
-            Poisons(images, setup.base_indices, labels, setup.target_index),
-            iterations=out.iterations,
-            loss_initial=float(out.loss_initial.mean()),
-            loss_final=float(out.loss_final.mean()),
-        )
+        start = (1 - p.blend) * bases + p.blend * batch.targets[group]
+        out = descend(objective, start, bases, ctx.scenario.epsilon,
+                      iterations=p.iterations, step=p.step, decay=p.decay)
+        images = quantize(out.images, batch.bases_u8, ctx.scenario.epsilon)
+        per_trial = torch.zeros(len(setups), device=bases.device)
+        initial = per_trial.index_add(0, group, out.loss_initial) / torch.as_tensor(
+            batch.counts, device=bases.device)
+        final = per_trial.index_add(0, group, out.loss_final) / torch.as_tensor(
+            batch.counts, device=bases.device)
+        return batch.split(images, setups, iterations=out.iterations, loss_initial=initial,
+                           loss_final=final)

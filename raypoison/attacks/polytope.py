@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from raypoison.attacks.base import Attack, CraftResult, Poisons
+from raypoison.attacks.base import Attack, CraftResult, TrialBatch
 from raypoison.attacks.crafting import adam_descend, project_simplex, quantize
 from raypoison.attacks.registry import ATTACKS
 from raypoison.errors import ConfigError
@@ -48,50 +48,50 @@ def refit_coefficients(coefficients: torch.Tensor, features: torch.Tensor, targe
 class _Polytope(Attack):
     Params = PolytopeParams
 
-    def objective(self, model, target_features):
+    def objective(self, model, target_features, counts):
+        """Per-trial losses [trials] of a batch whose poisons come in groups of ``counts``."""
         raise NotImplementedError
 
-    def craft(self, ctx, setup, seed, index) -> CraftResult:
+    def craft_batch(self, ctx, setups, seeds, indices) -> list[CraftResult]:
         model = ctx.model(ctx.scenario.attacker)
-        bases_u8 = ctx.data.train_x[list(setup.base_indices)]
-        bases = bases_u8.float() / 255
-        target = ctx.data.test_x[setup.target_index : setup.target_index + 1].float() / 255
+        batch = TrialBatch.stack(ctx, setups)
         with torch.no_grad():
-            target_features = model.features(target)[0]
-        out = adam_descend(self.objective(model, target_features), bases, bases,
+            target_features = model.features(batch.targets)
+        bases = batch.bases
+        out = adam_descend(self.objective(model, target_features, batch.counts), bases, bases,
                            ctx.scenario.epsilon, iterations=self.params.iterations,
                            lr=self.params.lr)
-        images = quantize(out.images, bases_u8, ctx.scenario.epsilon)
-        labels = (setup.base_class,) * len(setup.base_indices)
-        return CraftResult(Poisons(images, setup.base_indices, labels, setup.target_index),
-                           iterations=out.iterations, loss_initial=float(out.loss_initial.sum()),
-                           loss_final=float(out.loss_final.sum()))
+        images = quantize(out.images, batch.bases_u8, ctx.scenario.epsilon)
+        return batch.split(images, setups, iterations=out.iterations,
+                           loss_initial=out.loss_initial, loss_final=out.loss_final)
 
 
 @ATTACKS.register("convex_polytope")
 class ConvexPolytope(_Polytope):
-    def objective(self, model, target_features):
-        norm = target_features.pow(2).sum()
-        state = {"c": None}
+    def objective(self, model, target_features, counts):
+        norms = target_features.pow(2).sum(1)
+        coefficients = [torch.full((n,), 1 / n, device=target_features.device) for n in counts]
 
         def loss(x: torch.Tensor) -> torch.Tensor:
-            features = model.features(x)
-            if state["c"] is None:
-                state["c"] = torch.full((len(x),), 1 / len(x), device=x.device)
-            with torch.no_grad():
-                state["c"] = refit_coefficients(state["c"], features.detach(), target_features)
-            residual = target_features - state["c"] @ features
-            return (0.5 * residual.pow(2).sum() / norm).reshape(1)
+            losses = []
+            for t, features in enumerate(model.features(x).split(counts)):
+                with torch.no_grad():
+                    coefficients[t] = refit_coefficients(coefficients[t], features.detach(),
+                                                         target_features[t])
+                residual = target_features[t] - coefficients[t] @ features
+                losses.append(0.5 * residual.pow(2).sum() / norms[t])
+            return torch.stack(losses)
 
         return loss
 
 
 @ATTACKS.register("bullseye_polytope")
 class BullseyePolytope(_Polytope):
-    def objective(self, model, target_features):
-        norm = target_features.norm()
+    def objective(self, model, target_features, counts):
+        norms = target_features.norm(dim=1)
 
         def loss(x: torch.Tensor) -> torch.Tensor:
-            return ((model.features(x).mean(0) - target_features).norm() / norm).reshape(1)
+            means = torch.stack([f.mean(0) for f in model.features(x).split(counts)])
+            return (means - target_features).norm(dim=1) / norms
 
         return loss

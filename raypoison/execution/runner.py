@@ -105,6 +105,26 @@ def _pending(suite: SuiteConfig, options: RunOptions, done: set[str]) -> Iterato
     return (s for s in expand(suite, **filters) if s.trial_id not in done)
 
 
+def batches(specs: Iterator[TrialSpec], size: int) -> Iterator[tuple[TrialSpec, ...]]:
+    """Group a spec stream into batches of up to ``size`` trials of one scenario and attack.
+
+    The stream interleaves attacks (trial 0 of each, then trial 1 …), so one buffer per attack
+    fills up; buffers are emitted when full and whenever the scenario changes or the stream ends.
+    """
+    buffers: dict[str, list[TrialSpec]] = {}
+    scenario = None
+    for spec in specs:
+        if spec.scenario.name != scenario:
+            yield from (tuple(b) for b in buffers.values() if b)
+            buffers, scenario = {}, spec.scenario.name
+        buffer = buffers.setdefault(spec.attack.label, [])
+        buffer.append(spec)
+        if len(buffer) == size:
+            yield tuple(buffer)
+            buffer.clear()
+    yield from (tuple(b) for b in buffers.values() if b)
+
+
 def _worker_plan(suite: SuiteConfig, options: RunOptions,
                  session: RaySession) -> tuple[int, float, float]:
     """How many workers, with how many CPUs and GPUs each, for this cluster."""
@@ -201,8 +221,8 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
                                 stream=options.progress_stream)
 
             def tasks() -> Iterator[TrialTask]:
-                for spec in _pending(suite, options, done):
-                    yield TrialTask(spec, run_id, checkpoints.get(spec.scenario.name, {}),
+                for specs in batches(_pending(suite, options, done), suite.execution.craft_batch):
+                    yield TrialTask(specs, run_id, checkpoints.get(specs[0].scenario.name, {}),
                                     poisons_uri)
 
             def on_rows(rows: list[dict]) -> None:

@@ -167,19 +167,21 @@ class Scheduler:
             if item.attempt < self.max_attempts:
                 self.stats.requeued += 1
                 log.warning("worker lost during trial %s (attempt %d); requeued",
-                            item.task.spec.trial_id, item.attempt)
+                            item.task.specs[0].trial_id, item.attempt)
                 self._retry.append(replace(item, attempt=item.attempt + 1))
                 return
-            rows = failure_rows(item.task.spec,
-                                f"worker: lost in {item.attempt} attempts; last: {err}",
-                                run_id=item.task.run_id, attempt=item.attempt)
+            rows = self._failures(item, f"worker: lost in {item.attempt} attempts; last: {err}")
         except RayError as err:
-            rows = failure_rows(item.task.spec, describe_error(err, "worker"),
-                                run_id=item.task.run_id, attempt=item.attempt)
-        self.stats.trials_done += 1
-        if any(r.get("status") != STATUS_OK for r in rows):
-            self.stats.trials_failed += 1
+            rows = self._failures(item, describe_error(err, "worker"))
+        self.stats.trials_done += len(item.task.specs)
+        self.stats.trials_failed += len({r["trial_id"] for r in rows
+                                         if r.get("status") != STATUS_OK})
         self.on_rows(rows)
+
+    @staticmethod
+    def _failures(item: _Item, error: str) -> list[dict]:
+        return [row for spec in item.task.specs for row in failure_rows(
+            spec, error, run_id=item.task.run_id, attempt=item.attempt)]
 
     def _mark_down(self, worker: _Worker) -> None:
         if worker.healthy:

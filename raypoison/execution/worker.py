@@ -21,7 +21,9 @@ from raypoison.spec import TrialSpec
 
 @dataclass(frozen=True)
 class TrialTask:
-    spec: TrialSpec
+    """Trials of one scenario and attack for one call: their poisons are crafted in one batch."""
+
+    specs: tuple[TrialSpec, ...]
     run_id: str
     checkpoints: Mapping[str, Any]  # model name -> ObjectRef of checkpoint bytes
     poisons_uri: str | None = None  # export poisons under here, one trial folder per trial
@@ -68,26 +70,29 @@ class TrialWorker:
     def _context(self, task: TrialTask):
         from raypoison.trial import TrialContext
 
-        key = task.spec.scenario.name
+        scenario = task.specs[0].scenario
+        key = scenario.name
         if key not in self._contexts:
             while len(self._contexts) >= self.max_contexts:
                 self._contexts.pop(next(iter(self._contexts)))  # drop the oldest scenario
             names = list(task.checkpoints)
             blobs = ray.get([task.checkpoints[n] for n in names]) if names else []
             self._contexts[key] = TrialContext.create(
-                task.spec.scenario, dict(zip(names, blobs, strict=True)), self.device
+                scenario, dict(zip(names, blobs, strict=True)), self.device
             )
         return self._contexts[key]
 
     def run(self, task: TrialTask, attempt: int = 1) -> list[dict]:
-        from raypoison.trial import run_trial
+        """The rows of every trial of the task."""
+        from raypoison.trial import run_trials
 
         try:
             exporter = _exporter(task.poisons_uri) if task.poisons_uri else None
-            rows = run_trial(task.spec, self._context(task), exporter)
+            per_trial = run_trials(list(task.specs), self._context(task), exporter)
         except Exception as err:  # loading the scenario failed: every trial of it says why
-            rows = failure_rows(task.spec, describe_error(err, "load"))
-        self.trials_run += 1
+            per_trial = [failure_rows(spec, describe_error(err, "load")) for spec in task.specs]
+        rows = [row for trial_rows in per_trial for row in trial_rows]
+        self.trials_run += len(task.specs)
         stamp = {"run_id": task.run_id, "worker": self.identity, "node": self.node,
                  "attempt": attempt, "ray_version": ray.__version__}
         for row in rows:
