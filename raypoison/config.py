@@ -395,6 +395,7 @@ class ScenarioConfig:
     mode: Literal["transfer", "finetune", "scratch"] = "transfer"
     setups: str | None = field(default=None, metadata={"parse": optional_path})
     train_per_class: int | None = None
+    train_subset: Literal["first", "random"] = "first"  # which clean images per class
     patch_size: int = 5
     seed: int = 0
     recipe: RecipeConfig | None = None  # default: the protocol's recipe for the mode
@@ -434,6 +435,8 @@ class ScenarioConfig:
         _positive(path, "patch_size", self.patch_size)
         if not 0 < self.epsilon <= 1:
             raise ConfigError(f"{path}.epsilon", f"must be in (0, 1], got {self.epsilon}")
+        if self.train_subset == "random" and self.train_per_class is None:
+            raise ConfigError(f"{path}.train_subset", "'random' needs train_per_class")
         if self.train_per_class is not None:
             _positive(path, "train_per_class", self.train_per_class)
             if self.train_per_class < self.budget:

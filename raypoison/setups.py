@@ -45,14 +45,17 @@ def sample_setup(
 
 
 def clean_training_indices(
-    train_labels: np.ndarray, setup: Setup, per_class: int | None
+    train_labels: np.ndarray, setup: Setup, per_class: int | None, *,
+    random_seed: int | None = None,
 ) -> np.ndarray:
     """The clean part of the victim's training set, in data set order.
 
     As in the benchmark: the first ``per_class`` non-base images of each class, and for the base
     class ``per_class - budget`` of them, so that with the poisons every class has ``per_class``.
+    With ``random_seed``: that many images drawn at random instead (the seeded-subset option).
     With ``per_class`` None: every non-base training image (the from-scratch construction).
     """
+    rng = np.random.default_rng(random_seed) if random_seed is not None else None
     is_base = np.zeros(len(train_labels), dtype=bool)
     is_base[list(setup.base_indices)] = True
     keep = []
@@ -60,7 +63,10 @@ def clean_training_indices(
         candidates = np.flatnonzero((train_labels == c) & ~is_base)
         if per_class is not None:
             n = per_class - (len(setup.base_indices) if c == setup.base_class else 0)
-            candidates = candidates[:n]
+            if rng is not None:
+                candidates = np.sort(rng.choice(candidates, size=n, replace=False))
+            else:
+                candidates = candidates[:n]
         keep.append(candidates)
     return np.sort(np.concatenate(keep))
 

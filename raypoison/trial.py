@@ -106,8 +106,8 @@ class TrialContext:
     def uses_feature_bank(self) -> bool:
         """Transfer trials on a fixed-size training set train heads on banked features."""
         s = self.scenario
-        if s.mode != "transfer" or s.train_per_class is None:
-            return False
+        if s.mode != "transfer" or s.train_per_class is None or s.train_subset != "first":
+            return False  # a bank covers the fixed pool of first images only
         pool = (s.train_per_class + s.budget) * self.data.num_classes
         widest = max(self.model(v).feature_dim for v in s.victims)
         return VIEWS * pool * widest * 4 <= MAX_BANK_BYTES
@@ -258,9 +258,11 @@ def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons) -> 
 
 def _train_and_evaluate(spec, ctx, setup, poisons) -> dict[str, dict]:
     scenario, data = spec.scenario, ctx.data
+    subset_seed = (derive_seed(scenario.seed, spec.index, "subset")
+                   if scenario.train_subset == "random" else None)
     clean = torch.as_tensor(
-        clean_training_indices(ctx.train_labels, setup, scenario.train_per_class), device=ctx.device
-    )
+        clean_training_indices(ctx.train_labels, setup, scenario.train_per_class,
+                               random_seed=subset_seed), device=ctx.device)
     images = torch.cat([data.train_x[clean], poisons.images.to(ctx.device)])
     labels = torch.cat([data.train_y[clean],
                         torch.as_tensor(np.asarray(poisons.labels), device=ctx.device)])

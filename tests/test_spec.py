@@ -72,3 +72,13 @@ def test_clean_training_set_is_first_n_per_class_without_bases():
     assert not set(clean) & set(setup.base_indices)
     others = [c for c in range(3) if c != setup.base_class]
     assert list(clean[train[clean] == others[0]]) == list(np.flatnonzero(train == others[0])[:10])
+
+
+def test_seeded_random_subset_keeps_sizes_and_varies_with_the_seed():
+    train = np.repeat(np.arange(3), 30)
+    setup = sample_setup(train, np.repeat(np.arange(3), 5), budget=4, seed=0, index=0)
+    a = clean_training_indices(train, setup, per_class=10, random_seed=1)
+    assert np.array_equal(a, clean_training_indices(train, setup, per_class=10, random_seed=1))
+    assert not np.array_equal(a, clean_training_indices(train, setup, per_class=10, random_seed=2))
+    assert np.bincount(train[a], minlength=3)[setup.base_class] == 6 and len(a) == 26
+    assert not set(a) & set(setup.base_indices)
