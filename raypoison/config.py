@@ -551,6 +551,15 @@ class SuiteConfig:
             if s.name in seen:
                 raise ConfigError(f"scenarios[{i}].name", f"scenario {s.name!r} is defined twice")
             seen.add(s.name)
+        from raypoison.attacks import ATTACKS
+
+        for j, attack in enumerate(self.attacks):
+            for s in self.scenarios:
+                for name in ATTACKS.get(attack.name).required_models(attack.params, s):
+                    if name not in s.models or not s.models[name].has_weights:
+                        raise ConfigError(
+                            f"attacks[{j}].params.model",
+                            f"scenario {s.name!r} has no trained model {name!r}")
 
     def scenario(self, name: str) -> ScenarioConfig:
         for s in self.scenarios:

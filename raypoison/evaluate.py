@@ -11,7 +11,8 @@ from raypoison.attacks.crafting import eps_pixels
 from raypoison.data import ImageData
 from raypoison.models import ImageClassifier
 from raypoison.setups import Setup
-from raypoison.training import accuracy, predict
+from raypoison.training import predict
+from raypoison.triggers import Trigger, paste
 
 
 @dataclass(frozen=True)
@@ -62,21 +63,34 @@ class VictimOutcome:
     target_pred: int
     success: bool
     clean_accuracy: float
+    attack_success_rate: float | None = None  # backdoors: triggered target-class test images
 
 
-def evaluate_victim(model: ImageClassifier, data: ImageData, setup: Setup,
-                    test_features: torch.Tensor | None = None) -> VictimOutcome:
-    """Success: the target image is classified as the base class (the poisons' label).
+def evaluate_victim(model: ImageClassifier, data: ImageData, setup: Setup, *,
+                    test_features: torch.Tensor | None = None, trigger: Trigger | None = None,
+                    triggered_features: torch.Tensor | None = None) -> VictimOutcome:
+    """Success: the target image (with the trigger pasted, for backdoors) is classified as the
+    base class, the poisons' label. For backdoors, the attack success rate is the fraction of
+    the target class's test images, trigger pasted, classified as the base class.
 
-    ``test_features``: the test set's features under a frozen extractor (transfer mode), so that
-    only the head runs; the predictions are the same as running the whole model.
+    ``test_features`` and ``triggered_features`` are features under a frozen extractor (transfer
+    mode): then only the head runs, and the predictions are the same as running the whole model.
     """
-    if test_features is not None:
-        with torch.no_grad():
+    with torch.no_grad():
+        if test_features is not None:
             preds = model.head(test_features).argmax(1)
+        else:
+            preds = predict(model, data.test_x)
+    clean = float((preds == data.test_y).float().mean())
+    if trigger is None:
         pred = int(preds[setup.target_index])
-        clean = float((preds == data.test_y).float().mean())
         return VictimOutcome(pred, pred == setup.base_class, clean)
-    target = data.test_x[setup.target_index : setup.target_index + 1]
-    pred = int(predict(model, target)[0])
-    return VictimOutcome(pred, pred == setup.base_class, accuracy(model, data.test_x, data.test_y))
+    members = torch.nonzero(data.test_y == setup.target_class).flatten()
+    with torch.no_grad():
+        if triggered_features is not None:
+            triggered = model.head(triggered_features).argmax(1)
+        else:
+            triggered = predict(model, paste(data.test_x[members], trigger))
+    pred = int(triggered[int((members == setup.target_index).nonzero()[0, 0])])
+    asr = float((triggered == setup.base_class).float().mean())
+    return VictimOutcome(pred, pred == setup.base_class, clean, asr)

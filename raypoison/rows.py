@@ -47,6 +47,8 @@ SCHEMA = pa.schema(
         ("success", pa.bool_()),
         ("target_pred", pa.int32()),
         ("clean_accuracy", pa.float64()),
+        ("attack_success_rate", pa.float64()),
+        ("trigger", pa.string()),
         ("poisons_valid", pa.bool_()),
         ("poison_check", pa.string()),
         ("poison_linf", pa.float64()),

@@ -33,6 +33,7 @@ from raypoison.rows import (
 from raypoison.setups import Setup, clean_training_indices, load_setups, sample_setup
 from raypoison.spec import TrialSpec, derive_seed
 from raypoison.training import train
+from raypoison.triggers import paste
 
 VIEWS = 162  # crop offsets (9 x 9) x flips, for the protocol's 4-pixel padding
 MAX_BANK_BYTES = 4 * 2**30  # a larger bank would not fit beside the models on a shared GPU
@@ -57,6 +58,7 @@ class TrialContext:
         self._setups = load_setups(scenario.setups) if scenario.setups else None
         self._banks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._test_features: dict[str, torch.Tensor] = {}
+        self._triggered: dict[tuple, torch.Tensor] = {}
 
     @classmethod
     def create(cls, scenario: ScenarioConfig, checkpoints: Mapping[str, bytes | str | Path],
@@ -137,6 +139,21 @@ class TrialContext:
                     model.features(self.data.test_x[i:i + 1024].float().div_(255))
                     for i in range(0, len(self.data.test_x), 1024)])
         return self._test_features[name]
+
+    def triggered_features(self, name: str, target_class: int, trigger) -> torch.Tensor | None:
+        """Features of the target class's test images with ``trigger`` pasted, under victim
+        ``name``'s frozen extractor (transfer mode only); cached per class and trigger."""
+        if self.scenario.mode != "transfer":
+            return None
+        key = (name, target_class, trigger.description)
+        if key not in self._triggered:
+            members = torch.nonzero(self.data.test_y == target_class).flatten()
+            images = paste(self.data.test_x[members], trigger)
+            with torch.no_grad():
+                self._triggered[key] = torch.cat([
+                    self.model(name).features(images[i:i + 1024].float().div_(255))
+                    for i in range(0, len(images), 1024)])
+        return self._triggered[key]
 
     def setup(self, index: int) -> Setup:
         """Trial ``index``'s setup: from the scenario's setups file, or the seeded sampler."""
@@ -253,10 +270,13 @@ def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons) -> 
         trial.phase = "save"
         save_poisons(spec, setup, crafted.poisons, ctx.data)
     trial.phase = "train"
-    trial.finish(STATUS_OK, _train_and_evaluate(spec, ctx, setup, crafted.poisons))
+    if crafted.trigger is not None:
+        trial.common["trigger"] = crafted.trigger.description
+    trial.finish(STATUS_OK, _train_and_evaluate(spec, ctx, setup, crafted.poisons,
+                                                crafted.trigger))
 
 
-def _train_and_evaluate(spec, ctx, setup, poisons) -> dict[str, dict]:
+def _train_and_evaluate(spec, ctx, setup, poisons, trigger=None) -> dict[str, dict]:
     scenario, data = spec.scenario, ctx.data
     subset_seed = (derive_seed(scenario.seed, spec.index, "subset")
                    if scenario.train_subset == "random" else None)
@@ -280,11 +300,15 @@ def _train_and_evaluate(spec, ctx, setup, poisons) -> dict[str, dict]:
                     trainable="head" if scenario.mode == "transfer" else "all",
                     features=features)
         tick = time.perf_counter()
-        outcome = evaluate_victim(model, data, setup, ctx.test_features(victim))
+        outcome = evaluate_victim(
+            model, data, setup, test_features=ctx.test_features(victim), trigger=trigger,
+            triggered_features=(ctx.triggered_features(victim, setup.target_class, trigger)
+                                if trigger is not None else None))
         per[victim] = {
             "seed_train": seed_train, "seconds_train": fit.seconds,
             "seconds_eval": time.perf_counter() - tick, "success": outcome.success,
             "target_pred": outcome.target_pred, "clean_accuracy": outcome.clean_accuracy,
+            "attack_success_rate": outcome.attack_success_rate,
         }
     return per
 

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 if TYPE_CHECKING:
+    from raypoison.config import ScenarioConfig
     from raypoison.setups import Setup
     from raypoison.trial import TrialContext
+    from raypoison.triggers import Trigger
 
 
 @dataclass
@@ -29,6 +31,7 @@ class CraftResult:
     iterations: int = 0
     loss_initial: float | None = None
     loss_final: float | None = None
+    trigger: Trigger | None = None  # backdoors: pasted on the target (and ASR images) at test
 
 
 class Attack:
@@ -41,6 +44,11 @@ class Attack:
 
     def __init__(self, params: Any):
         self.params = params
+
+    @classmethod
+    def required_models(cls, params: Any, scenario: ScenarioConfig) -> list[str]:
+        """Models of the scenario the attack crafts on, beyond its attacker (checked up front)."""
+        return []
 
     def craft(self, ctx: TrialContext, setup: Setup, seed: int, index: int) -> CraftResult:
         """Poisons for trial ``index`` with ``setup``; ``seed`` drives any randomness."""

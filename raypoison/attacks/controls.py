@@ -9,19 +9,25 @@ from dataclasses import dataclass
 from raypoison.attacks.base import Attack, CraftResult, base_poisons
 from raypoison.attacks.registry import ATTACKS
 from raypoison.errors import ConfigError
+from raypoison.triggers import TriggerConfig, make_trigger
 
 
 @ATTACKS.register("none")
 class NoAttack(Attack):
     """The no-attack control: victims train on the clean bases; success is the base rate at which
-    the target is classified as the base class anyway."""
+    the target is classified as the base class anyway. With a ``trigger``, the trigger is pasted
+    at test time as for a backdoor, so the control measures how often a trigger alone flips the
+    prediction."""
 
     @dataclass(frozen=True)
     class Params:
-        pass
+        trigger: TriggerConfig | None = None
 
     def craft(self, ctx, setup, seed, index) -> CraftResult:
-        return CraftResult(base_poisons(ctx, setup))
+        trigger = None
+        if self.params.trigger is not None:
+            trigger = make_trigger(self.params.trigger, ctx.scenario.patch_size)
+        return CraftResult(base_poisons(ctx, setup), trigger=trigger)
 
 
 @ATTACKS.register("noop")

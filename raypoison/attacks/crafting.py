@@ -121,3 +121,35 @@ def project_simplex(v: torch.Tensor) -> torch.Tensor:
     rho = ((u - cumulative / steps) > 0).sum(-1, keepdim=True)
     theta = cumulative.gather(-1, rho - 1) / rho.to(v.dtype)
     return (v - theta).clamp_min(0)
+
+
+def scheduled_descend(
+    objective: Objective,
+    start: torch.Tensor,
+    anchor: torch.Tensor,
+    epsilon: float,
+    *,
+    iterations: int,
+    lr: float,
+    decay: float,
+    decay_every: int,
+    stop_below: float | None = None,
+) -> CraftOutcome:
+    """Projected plain gradient descent on the summed loss, the step size multiplied by ``decay``
+    every ``decay_every`` iterations; stops once the summed loss falls below ``stop_below``."""
+    x = project(start.detach().clone(), anchor, epsilon)
+    with torch.no_grad():
+        initial = objective(x)
+    loss, done = initial, 0
+    for done in range(1, iterations + 1):  # noqa: B007  (the count is part of the outcome)
+        step = lr * decay ** ((done - 1) // decay_every)
+        x.requires_grad_(True)
+        loss = objective(x)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        with torch.no_grad():
+            x = project(x.detach() - step * grad, anchor, epsilon)
+        if stop_below is not None and float(loss.detach().sum()) < stop_below:
+            break
+    with torch.no_grad():
+        final = objective(x)
+    return CraftOutcome(x.detach(), done, initial.detach(), final.detach())

@@ -31,9 +31,9 @@ def pretrain_task(model_cfg: ModelConfig, dataset) -> bytes:
 
 
 def models_of(scenario: ScenarioConfig) -> list[str]:
-    """The models whose weights a scenario's trials load (scratch victims start from seeds)."""
-    victims = [] if scenario.mode == "scratch" else list(scenario.victims)
-    return list(dict.fromkeys([scenario.attacker, *victims]))
+    """The models with weights a scenario's trials may load: the attacker, the victims (but for
+    scratch victims, which start from seeds) and any other model an attack crafts on."""
+    return [name for name, cfg in scenario.models.items() if cfg.has_weights]
 
 
 def pretrained_name(cfg: ModelConfig, scenario: ScenarioConfig) -> str:

@@ -1,0 +1,126 @@
+"""The benchmark's backdoor attacks (PROTOCOL.md §1). Poisons keep the base class label; at test
+time the trigger is pasted on the target, which succeeds if it is then classified as the base
+class. Rows also carry the attack success rate over the target class's triggered test images.
+
+- Clean-Label Backdoor: untargeted PGD on the bases against an adversarially trained model (ε,
+  step 2/255, 20 steps, random start) makes them hard to learn from their content; the trigger is
+  stamped at the bottom-right corner, and the whole perturbation is clipped back to ε.
+- Hidden Trigger Backdoor: each poison starts at its base and moves, within ε, toward the
+  features of a training image of the target class with the trigger pasted 5 pixels from the
+  bottom-right corner. Those source images are drawn with the trial's crafting seed (the reference
+  code did not seed them), and each is paired with the base nearest to it in feature space. The
+  loss is the summed squared feature distance, minimized by plain gradient steps (0.001, ×0.95
+  every 2,000 iterations, at most 5,000, stopping once the loss is below 10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from raypoison.adversarial import pgd
+from raypoison.attacks.base import Attack, CraftResult, Poisons
+from raypoison.attacks.crafting import project, quantize, scheduled_descend
+from raypoison.attacks.registry import ATTACKS
+from raypoison.config import parse_fraction
+from raypoison.errors import ConfigError
+from raypoison.triggers import TriggerConfig, make_trigger, paste
+
+
+def _poisons(setup, images) -> Poisons:
+    return Poisons(images, setup.base_indices, (setup.base_class,) * len(images),
+                   setup.target_index)
+
+
+@ATTACKS.register("clean_label_backdoor")
+class CleanLabelBackdoor(Attack):
+    @dataclass(frozen=True)
+    class Params:
+        model: str | None = None  # the scenario's adversarially trained model (default: attacker)
+        step: float = field(default=2 / 255, metadata={"parse": parse_fraction})
+        steps: int = 20
+        trigger: TriggerConfig = field(default_factory=TriggerConfig)
+
+        def validate(self, path: str) -> None:
+            if self.step <= 0 or self.steps < 1:
+                raise ConfigError(path, "step must be > 0 and steps ≥ 1")
+
+    @classmethod
+    def required_models(cls, params, scenario) -> list[str]:
+        return [params.model] if params.model else []
+
+    def craft(self, ctx, setup, seed, index) -> CraftResult:
+        p, epsilon = self.params, ctx.scenario.epsilon
+        model = ctx.model(p.model or ctx.scenario.attacker)
+        bases_u8 = ctx.data.train_x[list(setup.base_indices)]
+        bases = bases_u8.float() / 255
+        labels = torch.full((len(bases),), setup.base_class, device=bases.device)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            before = torch.nn.functional.cross_entropy(model(bases), labels)
+        adversarial = pgd(model, bases, labels, epsilon=epsilon, step=p.step, steps=p.steps,
+                          generator=generator)
+        with torch.no_grad():
+            after = torch.nn.functional.cross_entropy(model(adversarial), labels)
+        trigger = make_trigger(p.trigger, ctx.scenario.patch_size)
+        stamped = project(paste(adversarial, trigger), bases, epsilon)
+        images = quantize(stamped, bases_u8, epsilon)
+        # the losses are the adversarial model's on the bases, before and after PGD (it rises)
+        return CraftResult(_poisons(setup, images), iterations=p.steps,
+                           loss_initial=float(before), loss_final=float(after), trigger=trigger)
+
+
+def _pair_nearest(source: torch.Tensor, poison: torch.Tensor) -> torch.Tensor:
+    """Greedy one-to-one pairing: ``order[i]`` is the source paired with poison ``i``."""
+    distances = torch.cdist(poison, source)
+    order = torch.full((len(poison),), -1, dtype=torch.long)
+    for _ in range(len(poison)):
+        flat = int(torch.argmin(distances))
+        i, j = divmod(flat, distances.shape[1])
+        order[i] = j
+        distances[i, :] = float("inf")
+        distances[:, j] = float("inf")
+    return order
+
+
+@ATTACKS.register("hidden_trigger_backdoor")
+class HiddenTriggerBackdoor(Attack):
+    @dataclass(frozen=True)
+    class Params:
+        iterations: int = 5000
+        lr: float = 0.001
+        decay: float = 0.95
+        decay_every: int = 2000
+        stop_below: float = 10.0
+        trigger: TriggerConfig = field(default_factory=lambda: TriggerConfig(offset=5))
+
+        def validate(self, path: str) -> None:
+            if self.iterations < 1 or self.decay_every < 1 or self.lr <= 0:
+                raise ConfigError(path, "iterations and decay_every must be ≥ 1, lr > 0")
+
+    def craft(self, ctx, setup, seed, index) -> CraftResult:
+        p, epsilon = self.params, ctx.scenario.epsilon
+        model = ctx.model(ctx.scenario.attacker)
+        bases_u8 = ctx.data.train_x[list(setup.base_indices)]
+        bases = bases_u8.float() / 255
+        trigger = make_trigger(p.trigger, ctx.scenario.patch_size)
+        generator = torch.Generator().manual_seed(seed)
+        pool = torch.nonzero(ctx.data.train_y.cpu() == setup.target_class).flatten()
+        chosen = pool[torch.randperm(len(pool), generator=generator)[:len(bases)]]
+        sources = paste(ctx.data.train_x[chosen.to(bases_u8.device)], trigger).float() / 255
+        with torch.no_grad():
+            source_features = model.features(sources)
+            pairing = _pair_nearest(source_features.cpu(), model.features(bases).cpu())
+        goal = source_features[pairing.to(source_features.device)]
+
+        def objective(x: torch.Tensor) -> torch.Tensor:
+            return (model.features(x) - goal).pow(2).sum(dim=1)
+
+        out = scheduled_descend(objective, bases, bases, epsilon, iterations=p.iterations,
+                                lr=p.lr, decay=p.decay, decay_every=p.decay_every,
+                                stop_below=p.stop_below)
+        images = quantize(out.images, bases_u8, epsilon)
+        return CraftResult(_poisons(setup, images), iterations=out.iterations,
+                           loss_initial=float(out.loss_initial.sum()),
+                           loss_final=float(out.loss_final.sum()), trigger=trigger)
