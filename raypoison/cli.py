@@ -1,4 +1,4 @@
-"""``raypoison run | report | pretrain | validate | bench``.
+"""``raypoison run | report | pretrain | compact | validate | bench``.
 
 Exit codes: 0 done (failed trials are data, counted in the summary), 1 an unexpected error,
 2 bad input (config, filters, data, checkpoints; nothing is written), 130 interrupted.
@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else local)")
     pre.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
     pre.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance")
+
+    compact = sub.add_parser("compact", help="rewrite a run's parts into one deduplicated part "
+                                             "per partition")
+    compact.add_argument("output", help="the run's output folder or URI")
 
     validate = sub.add_parser("validate", help="check a config and count its trials")
     validate.add_argument("config")
@@ -160,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "pretrain":
             return _pretrain(args)
+        if args.command == "compact":
+            from raypoison.compact import compact
+
+            done = compact(args.output)
+            print(f"compacted {done.partitions} partitions: {done.files_before} files -> "
+                  f"{done.files_after}, {done.rows_before} rows -> {done.rows_after}")
+            return EXIT_OK
         if args.command == "bench":
             from raypoison.bench import crafting_seconds, scheduler_overhead
 

@@ -96,3 +96,29 @@ def test_duckdb_reads_the_dataset_with_hive_partitions(tmp_path):
     df = results.load(str(tmp_path))
     assert (scenario, attack, n) == ("s", "a", 6)
     assert rate == pytest.approx(df["success"].mean())
+
+
+def test_compaction_keeps_exactly_the_deduplicated_rows(tmp_path):
+    from raypoison.compact import compact
+
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r", rows_per_file=3)
+    for i in range(20):
+        sink.add([row(f"t{i}", status="ok" if i % 4 else "failed", minutes=i)])
+    for i in range(0, 20, 4):  # retried trials: a later ok row for each failed one
+        sink.add([row(f"t{i}", status="ok", minutes=30 + i)])
+    for i in range(5):
+        sink.add([row(f"b{i}", attack="b")])
+    sink.flush()
+    folder = tmp_path / "results" / "scenario=s" / "attack=a"
+    (folder / "notes.txt").write_text("left alone")
+    before = results.load(str(tmp_path))
+    files_before = len(list(tmp_path.rglob("part-*.parquet")))
+    done = compact(str(tmp_path))
+    after = results.load(str(tmp_path))
+    assert done.files_before == files_before and done.files_after == 2
+    assert done.rows_before == 30 and done.rows_after == 25 == len(after)
+    assert len(list(tmp_path.rglob("part-*.parquet"))) == 2
+    assert (folder / "notes.txt").exists()
+    assert results.read_table(str(tmp_path)).num_rows == 25  # no duplicates left at all
+    columns = ["trial_id", "victim", "status", "success"]
+    assert after[columns].equals(before[columns])

@@ -1,0 +1,67 @@
+"""Compaction: a finished run's many small part files -> one deduplicated part per partition.
+
+For each ``scenario=…/attack=…`` folder, the readable parts are read, deduplicated by key as
+readers do, written as one new part (atomically), and only then are the parts that were read
+removed. A crash in between leaves both, which readers deduplicate; foreign or unreadable files
+are left alone (readers keep skipping them with a warning).
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import secrets
+from collections import defaultdict
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raypoison.results import PART_PREFIX, _conform, _read_part, deduplicate, part_files
+from raypoison.rows import SCHEMA
+from raypoison.storage import Location
+
+
+@dataclass
+class CompactionSummary:
+    partitions: int = 0
+    files_before: int = 0
+    files_after: int = 0
+    rows_before: int = 0
+    rows_after: int = 0
+
+
+def compact(uri: str) -> CompactionSummary:
+    location = Location.parse(uri)
+    by_partition: dict[str, list[str]] = defaultdict(list)
+    for path in part_files(location):
+        by_partition[posixpath.dirname(path)].append(path)
+    summary = CompactionSummary()
+    stamp = secrets.token_hex(4)
+    for folder, paths in sorted(by_partition.items()):
+        tables, read = [], []
+        for path in paths:
+            table = _read_part(location, path, None)
+            if table is not None:
+                tables.append(_conform(table, SCHEMA))
+                read.append(path)
+        if len(read) < 2:
+            continue  # nothing to gain
+        rows = pa.concat_tables(tables).to_pandas()
+        kept = deduplicate(rows)
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(kept, schema=SCHEMA, preserve_index=False), buffer,
+                       compression="zstd")
+        target = posixpath.join(folder, f"{PART_PREFIX}compact-{stamp}-000001.parquet")
+        location.write_bytes(target, buffer.getvalue())
+        for path in read:
+            location.fs.delete_file(path)
+        summary.partitions += 1
+        summary.files_before += len(read)
+        summary.files_after += 1
+        summary.rows_before += len(rows)
+        summary.rows_after += len(kept)
+    return summary
+
+
+__all__ = ["CompactionSummary", "compact"]
