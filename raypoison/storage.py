@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
@@ -32,7 +33,15 @@ class Location:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
     def join(self, *parts: str) -> str:
+        """A path inside ``fs`` (for this location's file system)."""
         return posixpath.join(self.root, *parts)
+
+    def child_uri(self, *parts: str) -> str:
+        """A URI for a sub-location, keeping the URI's options (``?endpoint_override=…``)."""
+        if self.is_local:
+            return self.join(*parts)
+        split = urlsplit(self.uri)
+        return urlunsplit(split._replace(path=posixpath.join(split.path, *parts)))
 
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound

@@ -213,10 +213,8 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
                 scenarios_needing_models, location,
                 num_cpus=suite.execution.pretrain_cpus or cpus or 1, num_gpus=gpus)
 
-            poisons_uri = None
-            if options.save_poisons:  # absolute, so workers find it whatever their folder
-                poisons_uri = (location.join("poisons") if location.is_local
-                               else f"{options.output.rstrip('/')}/poisons")
+            # absolute, so workers find it whatever their working folder
+            poisons_uri = location.child_uri("poisons") if options.save_poisons else None
             progress = Progress(planned - skipped, interval=suite.execution.progress_seconds,
                                 stream=options.progress_stream)
 

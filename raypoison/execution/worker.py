@@ -31,7 +31,10 @@ class TrialTask:
 
 def poisons_folder(uri: str, spec: TrialSpec) -> str:
     """``<uri>/scenario=…/attack=…/<trial index>``: the folder an ``external`` attack reads."""
-    return f"{uri.rstrip('/')}/scenario={spec.scenario.name}/attack={spec.attack.label}/{spec.index}"
+    from raypoison.storage import Location
+
+    return Location.parse(uri).child_uri(f"scenario={spec.scenario.name}",
+                                         f"attack={spec.attack.label}", str(spec.index))
 
 
 def _exporter(uri: str):

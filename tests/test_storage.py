@@ -1,0 +1,68 @@
+"""Results in object storage: a local S3-compatible server started by the test (moto's server),
+written through pyarrow's S3 file system like any bucket."""
+
+import socket
+import subprocess
+import sys
+import time
+
+import pyarrow.fs as pafs
+import pytest
+
+from raypoison import results
+from raypoison.compact import compact
+from raypoison.config import parse_suite
+from raypoison.execution.runner import RunOptions, run_suite
+from raypoison.storage import Location
+from tests.conftest import noop_raw
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_uri(monkeypatch):
+    pytest.importorskip("moto")
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("the S3 test server did not start") from None
+            time.sleep(0.2)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    yield (f"s3://raypoison-test/run?endpoint_override=127.0.0.1:{port}&scheme=http"
+           "&region=us-east-1&allow_bucket_creation=true")
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_a_run_writes_resumes_and_compacts_in_s3(ray_cluster, s3_uri):
+    raw = noop_raw(trials=30, seconds=0.0, victims=2)
+    raw["execution"] = {"workers": 2, "cpus_per_worker": 0, "gpus_per_worker": 0,
+                        "rows_per_file": 10, "flush_seconds": 0.2}
+    suite = parse_suite(raw)
+    first = run_suite(suite, RunOptions(output=s3_uri))
+    assert first.computed == 30 and first.files_written >= 6
+    location = Location.parse(s3_uri)
+    names = [info.path for info in location.list_files(location.root)]
+    assert any("/manifests/run-" in n for n in names)
+    assert not [n for n in names if n.endswith(".tmp") or "/." in n]  # nothing partial, ever
+    df = results.load(s3_uri)
+    assert len(df) == 60 and not df.duplicated(["trial_id", "victim"]).any()
+    again = run_suite(suite, RunOptions(output=s3_uri))
+    assert (again.skipped, again.computed) == (30, 0)
+    done = compact(s3_uri)
+    assert done.files_after == 1 and done.rows_after == 60
+    assert len(results.load(s3_uri)) == 60
+    assert isinstance(location.fs, pafs.S3FileSystem)  # the object-store path, not a folder
