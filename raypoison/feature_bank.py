@@ -34,16 +34,30 @@ def view_features(model: ImageClassifier, images: torch.Tensor, padding: int = 4
     return out
 
 
-class TrainingFeatures:
-    """The features of one trial's training set: rows of a shared pool bank, then its poisons."""
+def decode_view(views: torch.Tensor, padding: int = 4):
+    """``(dy, dx, flip)`` of view numbers (the inverse of :func:`view_index`)."""
+    side = 2 * padding + 1
+    return views // 2 // side, views // 2 % side, (views % 2).bool()
 
-    def __init__(self, pool: torch.Tensor, pool_rows: torch.Tensor, extra: torch.Tensor):
+
+class TrainingFeatures:
+    """The features of one trial's training set: rows of a shared pool bank, then its poisons.
+
+    The poisons are few and new in every trial, so their features are computed when a batch
+    needs them, under the view it drew: each poison passes the extractor once per epoch, as it
+    would without a bank.
+    """
+
+    def __init__(self, pool: torch.Tensor, pool_rows: torch.Tensor, extractor: ImageClassifier,
+                 extra_images: torch.Tensor, padding: int = 4):
         self.pool = pool  # [V, P, D], shared by trials; never copied
         self.pool_rows = pool_rows  # [n_clean] rows of the pool, in training-set order
-        self.extra = extra  # [V, n_extra, D]
+        self.extractor = extractor  # frozen, eval mode
+        self.extra_images = extra_images  # uint8 [n_extra, C, H, W]
+        self.padding = padding
 
     def __len__(self) -> int:
-        return len(self.pool_rows) + self.extra.shape[1]
+        return len(self.pool_rows) + len(self.extra_images)
 
     def lookup(self, index: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """Features ``[B, D]`` of training-set items ``index`` under ``views``."""
@@ -55,5 +69,9 @@ class TrainingFeatures:
         if clean.any():
             out[clean] = self.pool[views[clean], self.pool_rows[index[clean]]].float()
         if is_extra.any():
-            out[is_extra] = self.extra[views[is_extra], index[is_extra] - n_clean].float()
+            images = self.extra_images[index[is_extra] - n_clean].float().div_(255)
+            dy, dx, flip = decode_view(views[is_extra], self.padding)
+            with torch.no_grad():
+                out[is_extra] = self.extractor.features(
+                    apply_crop_flip(images, dy, dx, flip, self.padding))
         return out

@@ -294,8 +294,8 @@ def _train_and_evaluate(spec, ctx, setup, poisons, trigger=None) -> dict[str, di
         features = None
         if banked:
             pool, row_of = ctx.feature_pool(victim)
-            extra = view_features(ctx.model(victim), poisons.images.to(ctx.device))
-            features = TrainingFeatures(pool, row_of[clean], extra)
+            features = TrainingFeatures(pool, row_of[clean], ctx.model(victim),
+                                        poisons.images.to(ctx.device))
         fit = train(model, images, labels, recipe=scenario.training_recipe, seed=seed_train,
                     trainable="head" if scenario.mode == "transfer" else "all",
                     features=features)

@@ -112,7 +112,7 @@ def test_an_error_inside_a_trial_becomes_failure_rows(tiny_raw):
 
 
 def test_banked_features_train_the_same_head_as_running_the_extractor(ctx):
-    from raypoison.feature_bank import TrainingFeatures, view_features
+    from raypoison.feature_bank import TrainingFeatures
     from raypoison.setups import clean_training_indices
     from raypoison.training import train
 
@@ -129,7 +129,7 @@ def test_banked_features_train_the_same_head_as_running_the_extractor(ctx):
     pool, row_of = context.feature_pool("net-a")
     assert pool.shape[:2] == (162, 4 * (12 + 3))
     banked = context.fresh_victim("net-a", 5)
-    features = TrainingFeatures(pool, row_of[clean], view_features(context.model("net-a"), poisons))
+    features = TrainingFeatures(pool, row_of[clean], context.model("net-a"), poisons)
     train(banked, images, labels, recipe=recipe, seed=9, trainable="head", features=features)
     assert torch.allclose(plain.head.weight, banked.head.weight, atol=1e-4)
     assert not torch.allclose(plain.head.weight, context.fresh_victim("net-a", 5).head.weight)
