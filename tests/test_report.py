@@ -62,4 +62,21 @@ def test_report_command_prints_cells_with_n_and_intervals(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--csv", str(tmp_path / "t.csv")]) == 0
     out = capsys.readouterr().out
     assert "success % (95% wilson)" in out and "| s | a | black-box | 20 | 5.0 [0.9, 23.6] |" in out
-    assert pd.read_csv(tmp_path / "t.csv")["n"].tolist() == [20, 10]
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert table["role"].tolist() == ["all", "black-box", "white-box"]
+    assert table["n"].tolist() == [30, 20, 10]  # "all" pools every victim
+
+
+def test_published_numbers_sit_beside_ours_and_flag_when_outside():
+    def rows(successes, scenario="cifar10-transfer"):
+        return [{"trial_id": f"t{i}", "scenario": scenario, "attack": "fc",
+                 "attack_name": "feature_collision", "victim": "wb", "role": "white-box",
+                 "status": "ok", "success": i < successes} for i in range(100)]
+
+    near = success_table(pd.DataFrame(rows(22))).set_index("role").loc["white-box"]
+    assert near["published"] == 22.0 and not bool(near["outside"])
+    far = success_table(pd.DataFrame(rows(5))).set_index("role").loc["white-box"]
+    assert far["published"] == 22.0 and bool(far["outside"])
+    assert "22 (outside)" in to_markdown(success_table(pd.DataFrame(rows(5))), "wilson")
+    other = success_table(pd.DataFrame(rows(5, scenario="mine")))
+    assert other["published"].isna().all()
