@@ -28,11 +28,20 @@ def _wait_for(condition, timeout: float = 120.0) -> None:
         time.sleep(0.1)
 
 
-def _trial_workers() -> list[psutil.Process]:
+def _busy_trial_workers() -> list[psutil.Process]:
+    """This test cluster's worker processes running a trial right now: children of its raylet
+    that Ray titles ``ray::TrialWorker.run`` (other Ray instances on the machine are left be)."""
+    from ray._private import ray_constants
+    from ray._private.worker import _global_node
+
+    raylet = _global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
     found = []
-    for p in psutil.process_iter(["cmdline"]):
-        if any("TrialWorker" in part for part in (p.info["cmdline"] or [])):
-            found.append(p)
+    for p in psutil.Process(raylet).children(recursive=True):
+        try:
+            if any("TrialWorker.run" in part for part in p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
     return found
 
 
@@ -43,8 +52,8 @@ def test_killed_worker_loses_no_trial_and_repeats_none(ray_cluster, tmp_path):
     killed: list[int] = []
 
     def assassin():
-        _wait_for(lambda: len(_parts(tmp_path)) >= 1)  # trials are being committed
-        victim = _trial_workers()[0]
+        _wait_for(lambda: len(_parts(tmp_path)) >= 1 and _busy_trial_workers())
+        victim = _busy_trial_workers()[0]
         killed.append(victim.pid)
         victim.send_signal(signal.SIGKILL)
 

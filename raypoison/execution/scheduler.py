@@ -1,8 +1,10 @@
 """The driver's scheduler: a bounded ``ray.wait`` loop over long-lived worker actors.
 
-- At most ``max_in_flight`` trials are submitted at once, spread over the workers (at most
-  ``ceil(max_in_flight / workers)`` queued per worker), and tasks are pulled lazily from the spec
-  stream, so driver memory does not grow with the number of trials.
+- At most ``max_in_flight`` tasks are submitted at once, spread over the workers that are up (at
+  most ``ceil(max_in_flight / workers)`` queued per worker), and tasks are pulled lazily from the
+  spec stream, so driver memory does not grow with the number of trials.
+- A worker is up once it answers a ping. Workers that Ray cannot place yet get no trials; on an
+  autoscaling cluster they are the demand that adds nodes, and they join as the nodes come.
 - A worker whose process dies (``RayActorError``) is marked down; its trials go back to the queue
   with one more attempt, up to ``max_attempts``, after which they become failure rows. The worker
   is pinged until it answers again (Ray restarts it, up to its ``max_restarts``); one that stays
@@ -39,10 +41,13 @@ class _Item:
 
 @dataclass
 class _Worker:
+    """A worker actor gets trials only once it has answered a ping: an actor that cannot be
+    placed yet (no node has the resources) holds no trials; it is demand for the autoscaler."""
+
     handle: Any
     load: int = 0
-    healthy: bool = True
-    down_since: float | None = None
+    healthy: bool = False
+    down_since: float | None = None  # set when a placed worker was lost
     next_ping: float = 0.0
     ping_ref: Any = None
 
@@ -224,7 +229,8 @@ class Scheduler:
         except RayError:
             worker.next_ping = time.monotonic() + self.ping_seconds
             return
-        log.info("worker is back after %.1f s", time.monotonic() - (worker.down_since or 0))
+        if worker.down_since is not None:
+            log.info("a worker is back after %.1f s", time.monotonic() - worker.down_since)
         worker.healthy, worker.down_since = True, None
 
     def _wait_timeout(self) -> float:
