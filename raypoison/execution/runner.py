@@ -133,7 +133,7 @@ def _worker_plan(suite: SuiteConfig, options: RunOptions,
     cpus, gpus = ex.cpus_per_worker, ex.gpus_per_worker
     have_cpu = session.resources.get("CPU", 0.0)
     have_gpu = session.resources.get("GPU", 0.0)
-    if session.mode == "cluster":
+    if session.mode != "embedded":
         return workers, cpus, gpus  # what cannot be placed yet is demand for the autoscaler
     if gpus > 0 and have_gpu == 0:
         log.info("no GPUs in the local Ray instance: workers run on the CPU")

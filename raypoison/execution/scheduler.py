@@ -98,6 +98,7 @@ class Scheduler:
         self._in_flight: dict[Any, tuple[_Item, _Worker]] = {}
         self._pings: dict[Any, _Worker] = {}
         self._retry: deque[_Item] = deque()
+        self._last_waiting_log = time.monotonic()
 
     @property
     def handles(self) -> list[Any]:
@@ -126,6 +127,7 @@ class Scheduler:
                 time.sleep(self._wait_timeout())
             self.stats.wait_seconds += time.perf_counter() - wait_start
             handle_start = time.perf_counter()
+            self._report_waiting()
             for ref in ready:
                 if ref in self._in_flight:
                     self._finish_trial(ref)
@@ -232,6 +234,16 @@ class Scheduler:
         if worker.down_since is not None:
             log.info("a worker is back after %.1f s", time.monotonic() - worker.down_since)
         worker.healthy, worker.down_since = True, None
+
+    def _report_waiting(self) -> None:
+        """Say so, once a minute, while work is waiting for workers that cannot be placed."""
+        now = time.monotonic()
+        waiting = sum(1 for w in self.workers if not w.healthy)
+        if waiting and now - self._last_waiting_log >= 60:
+            self._last_waiting_log = now
+            log.warning("%d of %d workers are not placed yet (waiting for resources; on an "
+                        "autoscaling cluster this is the demand for new nodes)", waiting,
+                        len(self.workers))
 
     def _wait_timeout(self) -> float:
         pending = [w.next_ping for w in self.workers if not w.healthy and w.ping_ref is None]
