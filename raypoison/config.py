@@ -66,7 +66,8 @@ _CONFIG_DIR: contextvars.ContextVar[Path] = contextvars.ContextVar("config_dir")
 
 
 def parse_path(value: Any, path: str) -> str:
-    """A file or folder that must exist: ``$VARS`` expanded, relative to the config file's folder.
+    """A file or folder that must exist, with ``$VARS`` expanded. A relative path is relative to
+    the config file's folder, unless it starts with a variable: then to the working folder.
 
     Data and checkpoints are never found through paths built into the code; a config names them,
     typically through an environment variable such as ``$RAYPOISON_DATA_ROOT``.
@@ -79,7 +80,10 @@ def parse_path(value: Any, path: str) -> str:
         raise ConfigError(path, f"environment variable {unset[0]} is not set (in {value!r})")
     resolved = Path(expanded)
     if not resolved.is_absolute():
-        resolved = (_CONFIG_DIR.get(Path.cwd()) / resolved).resolve()
+        # a path written in the file is relative to the file; one that comes from a variable
+        # (``$RAYPOISON_DATA_ROOT/…`` with a relative value) is relative to where it was set
+        base = Path.cwd() if value.lstrip().startswith("$") else _CONFIG_DIR.get(Path.cwd())
+        resolved = (base / resolved).resolve()
     if not resolved.exists():
         raise ConfigError(path, f"not found: {resolved}")
     return str(resolved)

@@ -79,3 +79,18 @@ def test_checkpoint_paths_resolve_against_the_config_folder(tmp_path, tiny_raw, 
     tiny_raw["scenarios"][0]["models"]["net-a"] = {"arch": "convnet", "checkpoint": "models/a.pt"}
     suite = load_suite(write_config(tmp_path / "c.yaml", tiny_raw))
     assert suite.scenarios[0].models["net-a"].checkpoint == str(tmp_path / "models" / "a.pt")
+
+
+def test_relative_paths_from_variables_follow_the_working_folder(tmp_path, tiny_raw,
+                                                                 tiny_checkpoint, monkeypatch):
+    (tmp_path / "work" / "zoo").mkdir(parents=True)
+    (tmp_path / "work" / "zoo" / "a.pt").write_bytes(tiny_checkpoint)
+    (tmp_path / "configs").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("ZOO", "zoo")  # relative, as a user types it in the shell
+    tiny_raw["scenarios"][0]["models"]["net-a"] = {"arch": "convnet", "checkpoint": "$ZOO/a.pt"}
+    suite = load_suite(write_config(tmp_path / "configs" / "c.yaml", tiny_raw))
+    assert suite.scenarios[0].models["net-a"].checkpoint == str(tmp_path / "work/zoo/a.pt")
+    monkeypatch.delenv("ZOO")
+    with pytest.raises(ConfigError, match="environment variable ZOO is not set"):
+        load_suite(tmp_path / "configs" / "c.yaml")
