@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,13 @@ TINY = {
 @pytest.fixture
 def tiny_raw() -> dict:
     return copy.deepcopy(TINY)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_config(path: Path, raw: dict) -> Path:

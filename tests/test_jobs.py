@@ -15,22 +15,16 @@ from pathlib import Path
 import pytest
 
 from raypoison import results
-from tests.conftest import noop_raw, write_config
+from tests.conftest import free_port, noop_raw, write_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def head_node(tmp_path_factory):
     """``ray start --head --block`` in its own process group, every port chosen free (another
     Ray instance on the machine must not collide with it), stopped by signalling the group."""
-    ports = {name: _free_port() for name in (
+    ports = {name: free_port() for name in (
         "port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
         "metrics-export-port", "ray-client-server-port", "runtime-env-agent-port",
         "node-manager-port", "object-manager-port")}

@@ -14,19 +14,13 @@ from raypoison.compact import compact
 from raypoison.config import parse_suite
 from raypoison.execution.runner import RunOptions, run_suite
 from raypoison.storage import Location
-from tests.conftest import noop_raw
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port, noop_raw
 
 
 @pytest.fixture
 def s3_uri(monkeypatch):
     pytest.importorskip("moto")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
