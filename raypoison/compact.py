@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raypoison.results import PART_PREFIX, _conform, _read_part, deduplicate, part_files
+from raypoison.results import PART_PREFIX, conform, deduplicate, part_files, read_part
 from raypoison.rows import SCHEMA
 from raypoison.storage import Location
 
@@ -41,9 +41,9 @@ def compact(uri: str) -> CompactionSummary:
     for folder, paths in sorted(by_partition.items()):
         tables, read = [], []
         for path in paths:
-            table = _read_part(location, path, None)
+            table = read_part(location, path, None)
             if table is not None:
-                tables.append(_conform(table, SCHEMA))
+                tables.append(conform(table, SCHEMA))
                 read.append(path)
         if len(read) < 2:
             continue  # nothing to gain

@@ -44,7 +44,8 @@ def part_files(location: Location) -> list[str]:
     return sorted(paths)
 
 
-def _read_part(location: Location, path: str, columns: list[str] | None) -> pa.Table | None:
+def read_part(location: Location, path: str, columns: list[str] | None) -> pa.Table | None:
+    """One part file's table, or None (with a warning) if it is not a readable raypoison part."""
     try:
         data = location.read_bytes(path)
         parquet = pq.ParquetFile(io.BytesIO(data))
@@ -66,18 +67,19 @@ def read_table(uri: str, columns: Iterable[str] | None = None) -> pa.Table:
     columns = list(columns) if columns is not None else None
     tables = []
     for path in part_files(location):
-        table = _read_part(location, path, columns)
+        table = read_part(location, path, columns)
         if table is not None:
             tables.append(table)
     fields = [SCHEMA.field(c) for c in (columns or SCHEMA.names)]
     schema = pa.schema(fields)
     if not tables:
         return schema.empty_table()
-    unified = [_conform(t, schema) for t in tables]
+    unified = [conform(t, schema) for t in tables]
     return pa.concat_tables(unified)
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` cast to ``schema``; columns an older part lacks become nulls."""
     arrays = []
     for field in schema:
         if field.name in table.column_names:

@@ -9,6 +9,7 @@ finishes); a driver killed before then loses those trials and the next run compu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -240,13 +241,12 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
                 tick_seconds=min(1.0, suite.execution.flush_seconds),
             )
             try:
-                stats = scheduler.run(tasks())
+                scheduler.run(tasks())
             finally:
                 for handle in scheduler.handles:  # free their resources for the autoscaler
                     with suppress(Exception):
                         ray.kill(handle, no_restart=True)
             summary.status = "completed"
-            summary.scheduler = {k: v for k, v in vars(stats).items() if k != "extra"}
     except KeyboardInterrupt:
         summary.status = "interrupted"
         raise
@@ -260,8 +260,7 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
         if scheduler is not None:
             summary.computed = scheduler.stats.trials_done
             summary.failed = scheduler.stats.trials_failed
-            summary.scheduler = summary.scheduler or {
-                k: v for k, v in vars(scheduler.stats).items() if k != "extra"}
+            summary.scheduler = dataclasses.asdict(scheduler.stats)
         summary.rows_written, summary.files_written = sink.rows_written, sink.files_written
         summary.seconds = time.monotonic() - start
         manifest.write(

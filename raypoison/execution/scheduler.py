@@ -21,7 +21,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -65,7 +65,6 @@ class SchedulerStats:
     wait_seconds: float = 0.0
     first_done_seconds: float | None = None  # from the start of run() to the first trial done
     run_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Scheduler:

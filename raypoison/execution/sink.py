@@ -32,7 +32,8 @@ class ParquetSink:
         self.rows_written = 0
 
     def add(self, rows: list[dict]) -> None:
-        """Buffer the rows of one trial (they share a partition)."""
+        """Buffer the rows of one task: one or more trials of one scenario and attack, so they
+        share a partition and land in the same file."""
         if not rows:
             return
         key = (rows[0]["scenario"], rows[0]["attack"])
