@@ -28,6 +28,7 @@ import contextvars
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -403,6 +404,9 @@ class ScenarioConfig:
     patch_size: int = 5
     seed: int = 0
     recipe: RecipeConfig | None = None  # default: the protocol's recipe for the mode
+    # defenses: the last ``trusted_per_class`` training images of each class, never trained on
+    trusted_per_class: int | None = None
+    asr_scope: Literal["target_class", "other_classes"] = "target_class"
 
     @property
     def training_recipe(self) -> RecipeConfig:
@@ -427,18 +431,18 @@ class ScenarioConfig:
                 )
         if len(set(self.victims)) != len(self.victims):
             raise ConfigError(f"{path}.victims", "a victim is listed twice")
-        needs_weights = [self.attacker] + ([] if self.mode == "scratch" else list(self.victims))
-        for name in needs_weights:
-            if not self.models[name].has_weights:
-                why = "the attacks craft on it" if name == self.attacker else (
-                    f"{self.mode} victims start from trained weights")
-                raise ConfigError(f"{path}.models.{name}",
-                                  f"needs a 'checkpoint' or a 'pretrain' ({why})")
+        if self.mode != "scratch":
+            for name in self.victims:
+                if not self.models[name].has_weights:
+                    raise ConfigError(f"{path}.models.{name}", "needs a 'checkpoint' or a "
+                                      f"'pretrain' ({self.mode} victims start from trained weights)")
         _positive(path, "budget", self.budget)
         _positive(path, "trials", self.trials)
         _positive(path, "patch_size", self.patch_size)
         if not 0 < self.epsilon <= 1:
             raise ConfigError(f"{path}.epsilon", f"must be in (0, 1], got {self.epsilon}")
+        if self.trusted_per_class is not None:
+            _positive(path, "trusted_per_class", self.trusted_per_class)
         if self.train_subset == "random" and self.train_per_class is None:
             raise ConfigError(f"{path}.train_subset", "'random' needs train_per_class")
         if self.train_per_class is not None:
@@ -474,6 +478,13 @@ class ScenarioConfig:
                     f"{self.budget} poisons exceed the {info.min_train_per_class} training images "
                     "of the smallest class",
                 )
+            used = (self.train_per_class or 0) + (self.trusted_per_class or 0)
+            if self.trusted_per_class is not None and used > info.min_train_per_class:
+                raise ConfigError(
+                    f"{path}.trusted_per_class",
+                    f"{self.trusted_per_class} trusted images and {self.train_per_class or 0} "
+                    f"training images per class exceed the {info.min_train_per_class} of the "
+                    "smallest class")
 
     def role(self, victim: str) -> str:
         return "white-box" if victim == self.attacker else "black-box"
@@ -543,6 +554,8 @@ class SuiteConfig:
     name: str
     scenarios: tuple[ScenarioConfig, ...]
     attacks: tuple[Component, ...] = field(metadata={"parse": lambda v, p: _attack_list(v, p)})
+    defenses: tuple[Component, ...] = field(
+        default=(), metadata={"parse": lambda v, p: _defense_list(v, p)})
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     description: str = ""
 
@@ -558,12 +571,23 @@ class SuiteConfig:
         from raypoison.attacks import ATTACKS
 
         for j, attack in enumerate(self.attacks):
-            for s in self.scenarios:
+            for i, s in enumerate(self.scenarios):
+                attacker = s.models[s.attacker]
+                if ATTACKS.get(attack.name).uses_attacker and not attacker.has_weights:
+                    raise ConfigError(f"scenarios[{i}].models.{s.attacker}",
+                                      "needs a 'checkpoint' or a 'pretrain' (attack "
+                                      f"{attack.label!r} crafts on the attacker)")
                 for name in ATTACKS.get(attack.name).required_models(attack.params, s):
                     if name not in s.models or not s.models[name].has_weights:
                         raise ConfigError(
                             f"attacks[{j}].params.model",
                             f"scenario {s.name!r} has no trained model {name!r}")
+
+        if self.defenses:
+            for i, s in enumerate(self.scenarios):
+                if s.trusted_per_class is None:
+                    raise ConfigError(f"scenarios[{i}].trusted_per_class",
+                                      "defenses need a trusted set: give trusted_per_class")
 
     def scenario(self, name: str) -> ScenarioConfig:
         for s in self.scenarios:
@@ -572,19 +596,63 @@ class SuiteConfig:
         raise KeyError(name)
 
 
-def _attack_list(raw: Any, path: str) -> tuple[Component, ...]:
-    from raypoison.attacks import ATTACKS
-
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError(path, "expected a non-empty list of attacks")
-    attacks = tuple(build_component(a, f"{path}[{i}]", ATTACKS) for i, a in enumerate(raw))
-    labels = [a.label for a in attacks]
+def _component_list(raw: Any, path: str, registry: Any, what: str,
+                    allow_empty: bool = False) -> tuple[Component, ...]:
+    """A list of registry entries; an entry with ``sweep: {param: [values]}`` becomes one entry
+    per value (per combination, for several parameters), labelled ``label-param<value>``."""
+    if raw is None and allow_empty:
+        return ()
+    if not isinstance(raw, list) or (not raw and not allow_empty):
+        raise ConfigError(path, f"expected a non-empty list of {what}")
+    out = []
+    for i, entry in enumerate(raw):
+        for where, one in _sweep(entry, f"{path}[{i}]"):
+            out.append(build_component(one, where, registry))
+    labels = [c.label for c in out]
     for i, label in enumerate(labels):
         if labels.index(label) != i:
             raise ConfigError(
-                f"{path}[{i}].label", f"attack label {label!r} is used twice; give each a label"
+                f"{path}[{i}].label", f"label {label!r} is used twice; give each entry a label"
             )
-    return attacks
+    return tuple(out)
+
+
+def _sweep(entry: Any, path: str) -> list[tuple[str, Any]]:
+    if not isinstance(entry, dict) or "sweep" not in entry:
+        return [(path, entry)]
+    sweep = entry["sweep"]
+    if not isinstance(sweep, dict) or not sweep or not all(
+            isinstance(v, list) and v for v in sweep.values()):
+        raise ConfigError(f"{path}.sweep", "expected a mapping of parameter -> non-empty list")
+    base = {k: v for k, v in entry.items() if k != "sweep"}
+    params = base.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}.params", "expected a mapping")
+    label = base.get("label", base.get("name", ""))
+    names = sorted(sweep)
+    out = []
+    for j, values in enumerate(itertools.product(*(sweep[n] for n in names))):
+        chosen = dict(zip(names, values, strict=True))
+        suffix = "-".join(f"{n}{v}" for n, v in chosen.items())
+        out.append((f"{path}.sweep[{j}]", {**base, "params": {**params, **chosen},
+                                           "label": f"{label}-{suffix}"}))
+    return out
+
+
+def _attack_list(raw: Any, path: str) -> tuple[Component, ...]:
+    from raypoison.attacks import ATTACKS
+
+    return _component_list(raw, path, ATTACKS, "attacks")
+
+
+def _defense_list(raw: Any, path: str) -> tuple[Component, ...]:
+    from raypoison.defenses import DEFENSES
+
+    defenses = _component_list(raw, path, DEFENSES, "defenses", allow_empty=True)
+    for i, d in enumerate(defenses):
+        if d.label == "none":
+            raise ConfigError(f"{path}[{i}].label", "'none' names the undefended model's rows")
+    return defenses
 
 
 def _build_in(cls: type, raw: Any, base_dir: Path | None) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from raypoison.attacks.base import Poisons
@@ -23,8 +24,16 @@ class PoisonCheck:
 
 
 def check_poisons(poisons: Poisons, setup: Setup, data: ImageData, epsilon: float,
-                  budget: int) -> PoisonCheck:
-    """Count, labels, indices, target, dtype and shape, and ε measured on the stored uint8 images."""
+                  budget: int, *, relabels: bool = False,
+                  pool: np.ndarray | None = None) -> PoisonCheck:
+    """Count, labels, indices, target, dtype and shape, and ε measured on the stored uint8 images.
+
+    ``budget`` is the count the attack owes. Clean-label poisons (the benchmark's) must replace
+    the setup's bases, keep the base class and stay within ε. Relabelled poisons (``relabels``,
+    the dirty-label backdoors) must come from distinct images of ``pool`` (the victim's training
+    set without an attack) outside the base class, all labelled the base class; ε does not bind
+    them, and ``linf`` still reports how far they moved.
+    """
     images = poisons.images
 
     def fail(reason: str, linf: float | None = None) -> PoisonCheck:
@@ -35,13 +44,12 @@ def check_poisons(poisons: Poisons, setup: Setup, data: ImageData, epsilon: floa
                     f"the budget is {budget}")
     if images.dtype != torch.uint8:
         return fail(f"dtype: poisons must be stored as uint8, got {images.dtype}")
-    if tuple(images.shape[1:]) != data.image_shape:
+    if budget and tuple(images.shape[1:]) != data.image_shape:
         return fail(f"shape: poisons are {tuple(images.shape[1:])}, images are {data.image_shape}")
-    if tuple(poisons.base_indices) != tuple(setup.base_indices):
-        return fail("indices: the poisons' base indices differ from the setup's")
     wrong = [lbl for lbl in poisons.labels if lbl != setup.base_class]
     if len(poisons.labels) != budget or wrong:
-        return fail(f"labels: every poison must keep the base class {setup.base_class}, "
+        verb = "be relabelled as" if relabels else "keep"
+        return fail(f"labels: every poison must {verb} the base class {setup.base_class}, "
                     f"found {sorted(set(poisons.labels))}")
     if poisons.target_index != setup.target_index:
         return fail(f"target: poisons were made for target {poisons.target_index}, "
@@ -49,12 +57,36 @@ def check_poisons(poisons: Poisons, setup: Setup, data: ImageData, epsilon: floa
     if poisons.target_image is not None and not torch.equal(
             poisons.target_image.cpu(), data.test_x[setup.target_index].cpu()):
         return fail(f"target: the poisons' target image is not test image {setup.target_index}")
+    if relabels:
+        return _check_sources(poisons, setup, data, pool)
+    if tuple(poisons.base_indices) != tuple(setup.base_indices):
+        return fail("indices: the poisons' base indices differ from the setup's")
     bases = data.train_x[list(setup.base_indices)].to(images.device)
     change = int((images.int() - bases.int()).abs().max().item())
     linf = change / 255
     if change > eps_pixels(epsilon):
         return fail(f"epsilon: a pixel moved by {change}/255, the bound is "
                     f"{eps_pixels(epsilon)}/255", linf)
+    return PoisonCheck(True, "ok", linf)
+
+
+def _check_sources(poisons: Poisons, setup: Setup, data: ImageData,
+                   pool: np.ndarray | None) -> PoisonCheck:
+    indices = np.asarray(poisons.base_indices, dtype=np.int64)
+    if len(np.unique(indices)) != len(indices):
+        return PoisonCheck(False, "indices: a source image is poisoned twice", None)
+    if pool is not None and not np.isin(indices, pool).all():
+        outside = indices[~np.isin(indices, pool)][:5].tolist()
+        return PoisonCheck(False, f"indices: sources {outside} are not in the victim's training "
+                                  "set", None)
+    if not len(indices):
+        return PoisonCheck(True, "ok", 0.0)
+    labels = data.train_y[torch.as_tensor(indices, device=data.train_y.device)].cpu().numpy()
+    if (labels == setup.base_class).any():
+        return PoisonCheck(False, f"indices: sources must come from classes other than the "
+                                  f"target class {setup.base_class}", None)
+    sources = data.train_x[indices.tolist()].to(poisons.images.device)
+    linf = int((poisons.images.int() - sources.int()).abs().max().item()) / 255
     return PoisonCheck(True, "ok", linf)
 
 
@@ -66,12 +98,22 @@ class VictimOutcome:
     attack_success_rate: float | None = None  # backdoors: triggered target-class test images
 
 
+def asr_members(data: ImageData, setup: Setup, scope: str) -> torch.Tensor:
+    """The test images an attack success rate counts: the target class's (``target_class``, as
+    the benchmark's backdoors are measured) or every class but the base class (``other_classes``,
+    as "Pick your Poison" measures its backdoors)."""
+    if scope == "target_class":
+        return torch.nonzero(data.test_y == setup.target_class).flatten()
+    return torch.nonzero(data.test_y != setup.base_class).flatten()
+
+
 def evaluate_victim(model: ImageClassifier, data: ImageData, setup: Setup, *,
                     test_features: torch.Tensor | None = None, trigger: Trigger | None = None,
-                    triggered_features: torch.Tensor | None = None) -> VictimOutcome:
+                    triggered_features: torch.Tensor | None = None,
+                    asr_scope: str = "target_class") -> VictimOutcome:
     """Success: the target image (with the trigger pasted, for backdoors) is classified as the
     base class, the poisons' label. For backdoors, the attack success rate is the fraction of
-    the target class's test images, trigger pasted, classified as the base class.
+    the triggered test images of :func:`asr_members` classified as the base class.
 
     ``test_features`` and ``triggered_features`` are features under a frozen extractor (transfer
     mode): then only the head runs, and the predictions are the same as running the whole model.
@@ -85,7 +127,7 @@ def evaluate_victim(model: ImageClassifier, data: ImageData, setup: Setup, *,
     if trigger is None:
         pred = int(preds[setup.target_index])
         return VictimOutcome(pred, pred == setup.base_class, clean)
-    members = torch.nonzero(data.test_y == setup.target_class).flatten()
+    members = asr_members(data, setup, asr_scope)
     with torch.no_grad():
         if triggered_features is not None:
             triggered = model.head(triggered_features).argmax(1)

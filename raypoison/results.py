@@ -1,7 +1,7 @@
 """Reading a results dataset: every part file, skipping what is not one, deduplicated by key.
 
 Rows are written at least once (a resumed or retried trial may write its key again) and read
-exactly once: :func:`load` keeps one row per ``(trial_id, victim)``, preferring a successful row to
+exactly once: :func:`load` keeps one row per ``(trial_id, victim, defense)``, preferring a successful row to
 a failed one and then the latest. Hidden and temporary files are never read; a foreign file or a
 truncated part is skipped with a warning, so one bad file never hides the rest.
 """
@@ -17,10 +17,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raypoison.rows import KEY, SCHEMA, STATUS_OK
+from raypoison.rows import KEY, NO_DEFENSE, SCHEMA, STATUS_OK
 from raypoison.storage import Location
 
 RESULTS_DIR = "results"
+REQUIRED = ("trial_id", "victim", "status")  # a part without these is not ours
 PART_PREFIX = "part-"
 
 
@@ -49,7 +50,7 @@ def read_part(location: Location, path: str, columns: list[str] | None) -> pa.Ta
     try:
         data = location.read_bytes(path)
         parquet = pq.ParquetFile(io.BytesIO(data))
-        missing = [c for c in KEY + ("status",) if c not in parquet.schema_arrow.names]
+        missing = [c for c in REQUIRED if c not in parquet.schema_arrow.names]
         if missing:
             warnings.warn(f"skipping {path}: not a raypoison part (no {missing})",
                           SkippedFileWarning, stacklevel=3)
@@ -79,11 +80,14 @@ def read_table(uri: str, columns: Iterable[str] | None = None) -> pa.Table:
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` cast to ``schema``; columns an older part lacks become nulls."""
+    """``table`` cast to ``schema``; columns an older part lacks become nulls (``defense``, which
+    version 1 lacked, becomes ``none``: those rows are of undefended models)."""
     arrays = []
     for field in schema:
         if field.name in table.column_names:
             arrays.append(table[field.name].cast(field.type))
+        elif field.name == "defense":
+            arrays.append(pa.array([NO_DEFENSE] * len(table), field.type))
         else:
             arrays.append(pa.nulls(len(table), field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
@@ -100,7 +104,7 @@ def deduplicate(df: pd.DataFrame) -> pd.DataFrame:
         ascending.append(False)
     order = order.sort_values(sort_by, ascending=ascending, kind="stable")
     order = order.drop_duplicates(list(KEY), keep="first").drop(columns="_ok")
-    return order.sort_values(["scenario", "attack", "trial", "victim"]
+    return order.sort_values(["scenario", "attack", "trial", "victim", "defense"]
                              if "scenario" in df.columns else list(KEY)).reset_index(drop=True)
 
 

@@ -1,7 +1,13 @@
-"""The result row: one per (trial, victim). Its schema is versioned and documented in the README.
+"""The result row: one per (trial, victim, defense). Its schema is versioned and documented in the
+README.
 
 Rows are plain dicts while they travel from a worker to the driver; the sink turns them into Arrow
-tables with :data:`SCHEMA`. ``(trial_id, victim)`` is the key: readers keep one row per key.
+tables with :data:`SCHEMA`. ``(trial_id, victim, defense)`` is the key: readers keep one row per
+key. Every trial has a row per victim with ``defense = "none"`` (the undefended model); a suite
+with defenses adds a row per victim and defense, which repeats the undefended model's fields and
+adds the defense's own.
+
+Version 2 added the defense columns and ``poisons``; a version-1 part reads as defense ``none``.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import pyarrow as pa
 from raypoison import PROTOCOL_VERSION, __version__
 from raypoison.config import to_plain
 
-SCHEMA_VERSION = 1
-KEY = ("trial_id", "victim")
+SCHEMA_VERSION = 2
+KEY = ("trial_id", "victim", "defense")
+NO_DEFENSE = "none"
 
 STATUS_OK = "ok"  # the trial ran; for attacks that evaluate, success is set
 STATUS_FAILED = "failed"  # an error in the trial or its worker; ``error`` says which phase
@@ -49,6 +56,21 @@ SCHEMA = pa.schema(
         ("clean_accuracy", pa.float64()),
         ("attack_success_rate", pa.float64()),
         ("trigger", pa.string()),
+        ("poisons", pa.int32()),
+        ("defense", pa.string()),
+        ("defense_name", pa.string()),
+        ("defense_params", pa.string()),
+        ("trusted_size", pa.int32()),
+        ("detection_score", pa.float64()),
+        ("clean_accuracy_repaired", pa.float64()),
+        ("attack_success_rate_repaired", pa.float64()),
+        ("success_repaired", pa.bool_()),
+        ("target_pred_repaired", pa.int32()),
+        ("flagged", pa.int32()),
+        ("flag_precision", pa.float64()),
+        ("flag_recall", pa.float64()),
+        ("flag_auc", pa.float64()),
+        ("seconds_defense", pa.float64()),
         ("poisons_valid", pa.bool_()),
         ("poison_check", pa.string()),
         ("poison_linf", pa.float64()),
@@ -102,16 +124,24 @@ def trial_fields(spec) -> dict[str, Any]:
 
 
 def per_victim(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | None = None):
-    """One complete row per victim: every schema field, ``common`` ones plus the victim's own."""
+    """Complete rows, every schema field set: per victim, the undefended row (``common`` and the
+    victim's own fields), then a row per defense of the spec that adds that defense's fields
+    (``per[victim]["defenses"][label]``)."""
     scenario = spec.scenario
     out = []
     for victim in scenario.victims:
+        own = dict((per or {}).get(victim, {}))
+        defended = own.pop("defenses", {})
         row = dict.fromkeys(SCHEMA.names)
         row.update(common)
         row.update(victim=victim, victim_arch=scenario.models[victim].arch,
-                   role=scenario.role(victim))
-        row.update((per or {}).get(victim, {}))
+                   role=scenario.role(victim), defense=NO_DEFENSE)
+        row.update(own)
         out.append(row)
+        for defense in getattr(spec, "defenses", ()):
+            extra = {"defense": defense.label, "defense_name": defense.name,
+                     "defense_params": json.dumps(to_plain(defense.params), sort_keys=True)}
+            out.append({**row, **extra, **defended.get(defense.label, {})})
     return out
 
 

@@ -29,15 +29,19 @@ class Setup:
 
 
 def sample_setup(
-    train_labels: np.ndarray, test_labels: np.ndarray, *, budget: int, seed: int, index: int
+    train_labels: np.ndarray, test_labels: np.ndarray, *, budget: int, seed: int, index: int,
+    exclude: np.ndarray | None = None,
 ) -> Setup:
-    """The seeded sampler: target class != base class, a test target, ``budget`` distinct bases."""
+    """The seeded sampler: target class != base class, a test target, ``budget`` distinct bases
+    (none of them in ``exclude``, the trusted set's indices)."""
     rng = np.random.default_rng([seed & (2**63 - 1), index])
     classes = np.unique(train_labels)
     target_class = int(rng.choice(classes))
     base_class = int(rng.choice(classes[classes != target_class]))
     target_index = int(rng.choice(np.flatnonzero(test_labels == target_class)))
     pool = np.flatnonzero(train_labels == base_class)
+    if exclude is not None and len(exclude):
+        pool = np.setdiff1d(pool, exclude)
     if len(pool) < budget:
         raise ValueError(f"class {base_class} has {len(pool)} training images, budget is {budget}")
     bases = np.sort(rng.choice(pool, size=budget, replace=False))
@@ -46,7 +50,7 @@ def sample_setup(
 
 def clean_training_indices(
     train_labels: np.ndarray, setup: Setup, per_class: int | None, *,
-    random_seed: int | None = None,
+    random_seed: int | None = None, held_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The clean part of the victim's training set, in data set order.
 
@@ -54,10 +58,13 @@ def clean_training_indices(
     class ``per_class - budget`` of them, so that with the poisons every class has ``per_class``.
     With ``random_seed``: that many images drawn at random instead (the seeded-subset option).
     With ``per_class`` None: every non-base training image (the from-scratch construction).
+    ``held_out`` indices (the defenders' trusted set) are never chosen.
     """
     rng = np.random.default_rng(random_seed) if random_seed is not None else None
     is_base = np.zeros(len(train_labels), dtype=bool)
     is_base[list(setup.base_indices)] = True
+    if held_out is not None:
+        is_base[held_out] = True
     keep = []
     for c in np.unique(train_labels):
         candidates = np.flatnonzero((train_labels == c) & ~is_base)

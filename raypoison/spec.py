@@ -2,7 +2,8 @@
 
 A trial is one (scenario, attack, trial index). Its id is a hash of everything that defines what
 it computes: the scenario (all but its trial count, so growing a benchmark from 20 to 100 trials
-keeps the first 20), the attack with its parameters, the index and the protocol version. Execution
+keeps the first 20), the attack with its parameters, the suite's defenses with theirs (a trial
+trains its victims once and runs every defense on them), the index and the protocol version. Execution
 settings are not part of it. Same config => same ids; any change to a parameter => new ids.
 
 A trial's setup (:mod:`raypoison.setups`) never depends on the attack, so attacks are compared
@@ -34,26 +35,35 @@ class TrialSpec:
     scenario: ScenarioConfig
     attack: Component
     index: int
+    defenses: tuple[Component, ...] = ()
 
 
-def _identity(scenario: ScenarioConfig, attack: Component) -> dict:
-    return {
+def _component_identity(c: Component) -> dict:
+    return {"name": c.name, "label": c.label, "params": identity_of(c.params)}
+
+
+def _identity(scenario: ScenarioConfig, attack: Component,
+              defenses: tuple[Component, ...] = ()) -> dict:
+    identity = {
         "protocol": PROTOCOL_VERSION,
         "scenario": scenario.identity(),
-        "attack": {"name": attack.name, "label": attack.label,
-                   "params": identity_of(attack.params)},
+        "attack": _component_identity(attack),
     }
+    if defenses:  # absent when there are none, so suites without defenses keep their ids
+        identity["defenses"] = [_component_identity(d) for d in defenses]
+    return identity
 
 
-def trial_id(scenario: ScenarioConfig, attack: Component, index: int) -> str:
+def trial_id(scenario: ScenarioConfig, attack: Component, index: int,
+             defenses: tuple[Component, ...] = ()) -> str:
     """The id of trial ``index``: a hash of the canonical JSON of its identity and index."""
-    return digest({**_identity(scenario, attack), "trial": index})
+    return digest({**_identity(scenario, attack, defenses), "trial": index})
 
 
-def _id_maker(scenario: ScenarioConfig, attack: Component):
+def _id_maker(scenario: ScenarioConfig, attack: Component, defenses: tuple[Component, ...]):
     """:func:`trial_id` for many indices, serializing the identity once: in canonical JSON the
     key ``trial`` sorts last, so the text is the identity's text with the index appended."""
-    prefix = canonical_json(_identity(scenario, attack))[:-1] + ',"trial":'
+    prefix = canonical_json(_identity(scenario, attack, defenses))[:-1] + ',"trial":'
 
     def make(index: int) -> str:
         return hashlib.sha256(f"{prefix}{index}}}".encode()).hexdigest()[:16]
@@ -98,10 +108,11 @@ def expand(
         indices = range(scenario.trials)
         if trials is not None:
             indices = range(max(trials.start, 0), min(trials.stop, scenario.trials))
-        makers = [_id_maker(scenario, attack) for attack in chosen_attacks]
+        makers = [_id_maker(scenario, attack, suite.defenses) for attack in chosen_attacks]
         for index in indices:
             for attack, make_id in zip(chosen_attacks, makers, strict=True):
-                yield TrialSpec(make_id(index), suite.name, scenario, attack, index)
+                yield TrialSpec(make_id(index), suite.name, scenario, attack, index,
+                                suite.defenses)
 
 
 def count(suite: SuiteConfig, **filters) -> int:

@@ -1,9 +1,12 @@
-"""Binomial confidence intervals for success rates (no dependencies beyond the standard library)."""
+"""Confidence intervals: binomial ones for success rates, and the ROC AUC and percentile bootstrap
+intervals for the defenses' scores and means."""
 
 from __future__ import annotations
 
 import math
 from statistics import NormalDist
+
+import numpy as np
 
 
 def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -55,3 +58,44 @@ def clopper_pearson(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 
 
 INTERVALS = {"wilson": wilson, "clopper-pearson": clopper_pearson}
+
+
+def roc_auc(positives, negatives) -> float:
+    """Area under the ROC curve: P(a positive scores above a negative), ties counting half
+    (the Mann-Whitney statistic). NaN when either side is empty."""
+    pos, neg = np.asarray(positives, dtype=float), np.asarray(negatives, dtype=float)
+    pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
+    if not len(pos) or not len(neg):
+        return math.nan
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+BOOTSTRAP_SEED = 20231
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_interval(statistic, *samples, confidence: float = 0.95,
+                       resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(*samples)``, each sample resampled with
+    replacement on its own (a fixed seed, so a report is reproducible). NaN if a sample is empty."""
+    arrays = [np.asarray(s, dtype=float) for s in samples]
+    arrays = [a[~np.isnan(a)] for a in arrays]
+    if any(len(a) == 0 for a in arrays):
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    values = [statistic(*(a[rng.integers(0, len(a), len(a))] for a in arrays))
+              for _ in range(resamples)]
+    alpha = (1 - confidence) / 2
+    return (float(np.nanquantile(values, alpha)), float(np.nanquantile(values, 1 - alpha)))
+
+
+def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``values`` with its percentile bootstrap interval."""
+    array = np.asarray(values, dtype=float)
+    array = array[~np.isnan(array)]
+    if not len(array):
+        return (math.nan, math.nan, math.nan)
+    low, high = bootstrap_interval(np.mean, array, confidence=confidence)
+    return (float(array.mean()), low, high)

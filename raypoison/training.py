@@ -8,6 +8,7 @@ reproducible on a given device and library build.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from raypoison.feature_bank import TrainingFeatures
 
 Trainable = Literal["head", "all"]
+ExtraLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ def train(
     seed: int,
     trainable: Trainable = "all",
     features: TrainingFeatures | None = None,
+    extra_loss: ExtraLoss | None = None,
+    max_steps: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on uint8 ``images`` (on the model's device) and int64 ``labels``.
 
@@ -58,9 +62,14 @@ def train(
     stay in eval mode; only the linear head learns. There, ``features`` (a bank of the frozen
     extractor's features under every augmentation view) replaces running the extractor: the same
     random draws pick the same views, so the head sees the same inputs either way.
+
+    ``extra_loss(x, features, logits)`` adds a term to the cross-entropy of each batch (the
+    repairs of :mod:`raypoison.defenses` use it); ``max_steps`` ends training early.
     """
     if features is not None and trainable != "head":
         raise ValueError("precomputed features need a frozen extractor (trainable='head')")
+    if features is not None and extra_loss is not None:
+        raise ValueError("an extra loss needs the model run on the images, not banked features")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     if trainable == "head":
@@ -93,14 +102,21 @@ def train(
                     x = random_crop_flip(x, generator)
                 if recipe.adversarial is not None:
                     x = _adversarial_batch(model, x, labels[idx], recipe, generator, trainable)
-                logits = model(x)
+                feats = model.features(x)
+                logits = model.head(feats)
             loss = F.cross_entropy(logits, labels[idx])
+            if extra_loss is not None:
+                loss = loss + extra_loss(x, feats, logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             steps += 1
             loss_value = loss.item() if steps % 20 == 0 else loss_value
+            if max_steps is not None and steps >= max_steps:
+                break
         schedule.step()
+        if max_steps is not None and steps >= max_steps:
+            break
     loss_value = loss.item() if steps else loss_value
     model.eval()
     return TrainResult(recipe.epochs, steps, float(loss_value), time.perf_counter() - start)

@@ -18,7 +18,9 @@ import torch
 from raypoison.attacks import Poisons, create_attack
 from raypoison.config import ScenarioConfig
 from raypoison.data import ImageData, load_dataset
-from raypoison.evaluate import check_poisons, evaluate_victim
+from raypoison.defend import run_defenses
+from raypoison.defenses import TrainingSet, TrustedSet
+from raypoison.evaluate import asr_members, check_poisons, evaluate_victim
 from raypoison.feature_bank import TrainingFeatures, view_features
 from raypoison.models import ImageClassifier, build_model, load_checkpoint
 from raypoison.rows import (
@@ -59,6 +61,7 @@ class TrialContext:
         self._banks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._test_features: dict[str, torch.Tensor] = {}
         self._triggered: dict[tuple, torch.Tensor] = {}
+        self._held_out: np.ndarray | None = None
 
     @classmethod
     def create(cls, scenario: ScenarioConfig, checkpoints: Mapping[str, bytes | str | Path],
@@ -140,26 +143,53 @@ class TrialContext:
                     for i in range(0, len(self.data.test_x), 1024)])
         return self._test_features[name]
 
-    def triggered_features(self, name: str, target_class: int, trigger) -> torch.Tensor | None:
-        """Features of the target class's test images with ``trigger`` pasted, under victim
-        ``name``'s frozen extractor (transfer mode only); cached per class and trigger."""
+    def triggered_features(self, name: str, setup: Setup, trigger) -> torch.Tensor | None:
+        """Features of the test images an attack success rate counts (:func:`asr_members`), with
+        ``trigger`` applied, under victim ``name``'s frozen extractor (transfer mode only);
+        cached per image set and trigger."""
         if self.scenario.mode != "transfer":
             return None
-        key = (name, target_class, trigger.description)
+        scope = self.scenario.asr_scope
+        which = setup.target_class if scope == "target_class" else setup.base_class
+        key = (name, scope, which, trigger.description)
         if key not in self._triggered:
-            members = torch.nonzero(self.data.test_y == target_class).flatten()
-            images = paste(self.data.test_x[members], trigger)
+            images = paste(self.data.test_x[asr_members(self.data, setup, scope)], trigger)
             with torch.no_grad():
                 self._triggered[key] = torch.cat([
                     self.model(name).features(images[i:i + 1024].float().div_(255))
                     for i in range(0, len(images), 1024)])
         return self._triggered[key]
 
+    def held_out(self) -> np.ndarray:
+        """The trusted set's training indices: the last ``trusted_per_class`` of each class, in
+        data set order (empty without one). No victim ever trains on them."""
+        if self._held_out is None:
+            n = self.scenario.trusted_per_class or 0
+            parts = [np.flatnonzero(self.train_labels == c)[-n:] if n else np.empty(0, np.int64)
+                     for c in np.unique(self.train_labels)]
+            self._held_out = np.sort(np.concatenate(parts)).astype(np.int64)
+        return self._held_out
+
+    def trusted_set(self) -> TrustedSet:
+        index = torch.as_tensor(self.held_out(), device=self.device)
+        return TrustedSet(self.data.train_x[index], self.data.train_y[index])
+
+    def training_pool(self, setup: Setup, index: int) -> np.ndarray:
+        """The images trial ``index``'s victims train on without an attack, in data set order:
+        the clean images of :func:`clean_training_indices` and the setup's bases. Poisons replace
+        members of it (the bases, or a dirty-label attack's sources)."""
+        s = self.scenario
+        subset_seed = (derive_seed(s.seed, index, "subset")
+                       if s.train_subset == "random" else None)
+        clean = clean_training_indices(self.train_labels, setup, s.train_per_class,
+                                       random_seed=subset_seed, held_out=self.held_out())
+        return np.sort(np.concatenate([clean, np.asarray(setup.base_indices, dtype=np.int64)]))
+
     def setup(self, index: int) -> Setup:
         """Trial ``index``'s setup: from the scenario's setups file, or the seeded sampler."""
         if self._setups is None:
             return sample_setup(self.train_labels, self.test_labels, budget=self.scenario.budget,
-                                seed=self.scenario.seed, index=index)
+                                seed=self.scenario.seed, index=index, exclude=self.held_out())
         setup = self._setups[index]
         exact = self.data.test_exact if self.data.test_exact is not None else len(self.test_labels)
         if not 0 <= setup.target_index < exact:
@@ -173,6 +203,10 @@ class TrialContext:
         if wrong:
             raise ValueError(f"base indices {wrong[:5]} are not of the base class "
                              f"{setup.base_class}: is the training set in its original order?")
+        trusted = np.intersect1d(setup.base_indices, self.held_out())
+        if len(trusted):
+            raise ValueError(f"base indices {trusted[:5].tolist()} are in the trusted set; "
+                             "lower trusted_per_class")
         return setup
 
 
@@ -234,7 +268,8 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
     seeds = [derive_seed(scenario.seed, t.spec.index, attack_cfg.label, "craft") for t in ready]
     tick = time.perf_counter()
     try:
-        crafted = create_attack(attack_cfg).craft_batch(
+        attack = create_attack(attack_cfg)
+        crafted = attack.craft_batch(
             ctx, [t.setup for t in ready], seeds, [t.spec.index for t in ready])
     except Exception as err:
         for trial in ready:
@@ -247,22 +282,26 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
                             attack_loss_initial=result.loss_initial,
                             attack_loss_final=result.loss_final)
         try:
-            _after_crafting(trial, result, ctx, save_poisons)
+            _after_crafting(trial, result, ctx, save_poisons, attack)
         except Exception as err:
             trial.fail(err)
     return [t.rows for t in trials]
 
 
-def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons) -> None:
+def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons, attack) -> None:
     spec, setup, scenario = trial.spec, trial.setup, trial.spec.scenario
     if crafted.poisons is None:
         trial.finish(STATUS_OK)
         return
     trial.phase = "check"
     tick = time.perf_counter()
-    check = check_poisons(crafted.poisons, setup, ctx.data, scenario.epsilon, scenario.budget)
+    pool = ctx.training_pool(setup, spec.index)
+    check = check_poisons(crafted.poisons, setup, ctx.data, scenario.epsilon,
+                          attack.poison_count(attack.params, scenario), relabels=attack.relabels,
+                          pool=pool)
     trial.common.update(poisons_valid=check.valid, poison_check=check.reason,
-                        poison_linf=check.linf, seconds_check=time.perf_counter() - tick)
+                        poison_linf=check.linf, poisons=len(crafted.poisons.images),
+                        seconds_check=time.perf_counter() - tick)
     if not check.valid:
         trial.finish(STATUS_REJECTED, error=f"check: {check.reason}")
         return
@@ -272,20 +311,20 @@ def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons) -> 
     trial.phase = "train"
     if crafted.trigger is not None:
         trial.common["trigger"] = crafted.trigger.description
-    trial.finish(STATUS_OK, _train_and_evaluate(spec, ctx, setup, crafted.poisons,
+    trial.finish(STATUS_OK, _train_and_evaluate(spec, ctx, setup, pool, crafted.poisons,
                                                 crafted.trigger))
 
 
-def _train_and_evaluate(spec, ctx, setup, poisons, trigger=None) -> dict[str, dict]:
+def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None) -> dict[str, dict]:
+    """Train each victim on the pool with the poisons in place of their sources, evaluate it, and
+    run the suite's defenses on it."""
     scenario, data = spec.scenario, ctx.data
-    subset_seed = (derive_seed(scenario.seed, spec.index, "subset")
-                   if scenario.train_subset == "random" else None)
-    clean = torch.as_tensor(
-        clean_training_indices(ctx.train_labels, setup, scenario.train_per_class,
-                               random_seed=subset_seed), device=ctx.device)
+    clean = torch.as_tensor(np.setdiff1d(pool, np.asarray(poisons.base_indices, dtype=np.int64)),
+                            device=ctx.device)
     images = torch.cat([data.train_x[clean], poisons.images.to(ctx.device)])
     labels = torch.cat([data.train_y[clean],
-                        torch.as_tensor(np.asarray(poisons.labels), device=ctx.device)])
+                        torch.as_tensor(np.asarray(poisons.labels, dtype=np.int64),
+                                        device=ctx.device)])
     per = {}
     banked = ctx.uses_feature_bank
     for victim in scenario.victims:
@@ -293,8 +332,8 @@ def _train_and_evaluate(spec, ctx, setup, poisons, trigger=None) -> dict[str, di
         model = ctx.fresh_victim(victim, seed_train)
         features = None
         if banked:
-            pool, row_of = ctx.feature_pool(victim)
-            features = TrainingFeatures(pool, row_of[clean], ctx.model(victim),
+            pool_bank, row_of = ctx.feature_pool(victim)
+            features = TrainingFeatures(pool_bank, row_of[clean], ctx.model(victim),
                                         poisons.images.to(ctx.device))
         fit = train(model, images, labels, recipe=scenario.training_recipe, seed=seed_train,
                     trainable="head" if scenario.mode == "transfer" else "all",
@@ -302,14 +341,24 @@ def _train_and_evaluate(spec, ctx, setup, poisons, trigger=None) -> dict[str, di
         tick = time.perf_counter()
         outcome = evaluate_victim(
             model, data, setup, test_features=ctx.test_features(victim), trigger=trigger,
-            triggered_features=(ctx.triggered_features(victim, setup.target_class, trigger)
-                                if trigger is not None else None))
+            triggered_features=(ctx.triggered_features(victim, setup, trigger)
+                                if trigger is not None else None),
+            asr_scope=scenario.asr_scope)
         per[victim] = {
             "seed_train": seed_train, "seconds_train": fit.seconds,
             "seconds_eval": time.perf_counter() - tick, "success": outcome.success,
             "target_pred": outcome.target_pred, "clean_accuracy": outcome.clean_accuracy,
             "attack_success_rate": outcome.attack_success_rate,
         }
+        if spec.defenses:
+            is_poison = torch.zeros(len(labels), dtype=torch.bool)
+            is_poison[len(clean):] = True
+            seeds = [derive_seed(scenario.seed, spec.index, victim, d.label, "defend")
+                     for d in spec.defenses]
+            per[victim]["defenses"] = run_defenses(
+                spec.defenses, model, data=data, setup=setup, trigger=trigger,
+                trusted=ctx.trusted_set(), training=TrainingSet(images, labels),
+                is_poison=is_poison, seeds=seeds, asr_scope=scenario.asr_scope)
     return per
 
 

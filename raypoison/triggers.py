@@ -1,9 +1,17 @@
-"""Backdoor triggers: small patches made deterministically by the project, or read from a file,
-and where they go on an image.
+"""Backdoor triggers: what the project stamps on poisons and on the images a trial evaluates.
 
-A trigger is a uint8 ``[3, size, size]`` patch; its placement is a corner and an offset in pixels
-from that corner. The same :func:`paste` stamps poisons and the images a trial evaluates, so both
-see the trigger at the same pixels.
+Three styles, each deterministic from its config:
+
+- ``patch`` (BadNets and the benchmark's backdoors): a uint8 ``[3, size, size]`` patch replacing
+  the pixels at a corner and an offset from it;
+- ``blend`` (Blend): the image mixed with a full-size pattern, ``(1 - alpha) x + alpha p``;
+- ``warp`` (WaNet): a smooth, seeded warping field — a ``grid x grid`` random flow, normalized
+  by its mean magnitude, upsampled bicubically and scaled so no pixel moves by more than about
+  ``strength`` pixels — applied with bilinear sampling.
+
+The pattern of ``patch`` and ``blend`` comes from ``kind``: ``random`` (seeded uniform colours per
+pixel), ``checkerboard`` or ``file`` (an image resized to the pattern's size). The same
+:func:`paste` stamps poisons and evaluation images, so both see the very same trigger.
 """
 
 from __future__ import annotations
@@ -25,8 +33,7 @@ Corner = Literal["bottom-right", "bottom-left", "top-right", "top-left"]
 
 @dataclass(frozen=True)
 class TriggerConfig:
-    """``kind``: ``random`` (seeded uniform colours per pixel), ``checkerboard`` or ``file``.
-    ``size`` None takes the scenario's ``patch_size``."""
+    """``size`` None takes the scenario's ``patch_size`` (patches only)."""
 
     kind: Literal["random", "checkerboard", "file"] = "random"
     seed: int = 0
@@ -34,6 +41,10 @@ class TriggerConfig:
     size: int | None = None
     corner: Corner = "bottom-right"
     offset: int = 0
+    style: Literal["patch", "blend", "warp"] = "patch"
+    alpha: float = 0.2  # blend: weight of the pattern
+    strength: float = 0.5  # warp: the field's scale, in pixels of a 32-pixel image
+    grid: int = 4  # warp: control points per side of the random flow
 
     def validate(self, path: str) -> None:
         if self.kind == "file" and self.path is None:
@@ -42,14 +53,40 @@ class TriggerConfig:
             raise ConfigError(f"{path}.size", f"must be ≥ 1, got {self.size}")
         if self.offset < 0:
             raise ConfigError(f"{path}.offset", f"must be ≥ 0, got {self.offset}")
+        if not 0 < self.alpha <= 1:
+            raise ConfigError(f"{path}.alpha", f"must be in (0, 1], got {self.alpha}")
+        if self.strength <= 0:
+            raise ConfigError(f"{path}.strength", f"must be > 0, got {self.strength}")
+        if self.grid < 2:
+            raise ConfigError(f"{path}.grid", f"must be ≥ 2, got {self.grid}")
+
+
+class Trigger:
+    """Something stamped on images: :meth:`apply` returns a stamped copy, ``description`` is the
+    JSON of what made it (recorded in the rows)."""
+
+    description: str
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255 if images.dtype == torch.uint8 else images
+
+
+def _like(result: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    if images.dtype == torch.uint8:
+        return (result * 255).round_().clamp_(0, 255).to(torch.uint8)
+    return result
 
 
 @dataclass(frozen=True)
-class Trigger:
+class PatchTrigger(Trigger):
     pattern: torch.Tensor  # uint8 [3, s, s]
     corner: str
     offset: int
-    description: str  # JSON of what made it, for the rows
+    description: str
 
     def region(self, height: int, width: int) -> tuple[slice, slice]:
         s = self.pattern.shape[-1]
@@ -60,32 +97,106 @@ class Trigger:
                              f"does not fit a {height}x{width} image")
         return slice(top, top + s), slice(left, left + s)
 
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        out = images.clone()
+        rows, cols = self.region(*images.shape[-2:])
+        pattern = self.pattern.to(images.device)
+        out[..., rows, cols] = pattern if images.dtype == torch.uint8 else pattern.float() / 255
+        return out
 
-def make_trigger(cfg: TriggerConfig, patch_size: int) -> Trigger:
-    size = cfg.size or patch_size
+
+@dataclass(frozen=True)
+class BlendTrigger(Trigger):
+    pattern: torch.Tensor  # uint8 [3, H, W]
+    alpha: float
+    description: str
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        pattern = self.pattern.to(images.device).float() / 255
+        if pattern.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"a {tuple(pattern.shape[-2:])} blend pattern does not match "
+                             f"{tuple(images.shape[-2:])} images")
+        return _like((1 - self.alpha) * _as_float(images) + self.alpha * pattern, images)
+
+
+@dataclass(frozen=True)
+class WarpTrigger(Trigger):
+    grid: torch.Tensor  # float [1, H, W, 2]: the sampling grid of F.grid_sample
+    description: str
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        grid = self.grid.to(images.device)
+        if grid.shape[1:3] != images.shape[-2:]:
+            raise ValueError(f"a {tuple(grid.shape[1:3])} warp does not match "
+                             f"{tuple(images.shape[-2:])} images")
+        x = _as_float(images)
+        warped = F.grid_sample(x, grid.expand(len(x), -1, -1, -1), mode="bilinear",
+                               padding_mode="border", align_corners=True)
+        return _like(warped.clamp(0, 1), images)
+
+
+def _pattern(cfg: TriggerConfig, height: int, width: int) -> torch.Tensor:
     if cfg.kind == "random":
         g = torch.Generator().manual_seed(cfg.seed)
-        pattern = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.int64)
-    elif cfg.kind == "checkerboard":
-        cells = (torch.arange(size)[:, None] + torch.arange(size)[None, :]) % 2
-        pattern = (cells * 255).expand(3, size, size)
-    else:
-        try:
-            with Image.open(cfg.path) as image:
-                array = np.asarray(image.convert("RGB"), dtype=np.float32)
-        except Exception as err:
-            raise DataError(f"{cfg.path}: not a readable trigger image ({err})") from None
-        source = torch.from_numpy(array).permute(2, 0, 1)[None]
-        pattern = F.interpolate(source, size=(size, size), mode="bilinear", align_corners=False,
-                                antialias=True)[0].round().clamp(0, 255)
-    description = json.dumps({**asdict(cfg), "size": size}, sort_keys=True)
-    return Trigger(pattern.to(torch.uint8).contiguous(), cfg.corner, cfg.offset, description)
+        return torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.int64)
+    if cfg.kind == "checkerboard":
+        cells = (torch.arange(height)[:, None] + torch.arange(width)[None, :]) % 2
+        return (cells * 255).expand(3, height, width)
+    try:
+        with Image.open(cfg.path) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    except Exception as err:
+        raise DataError(f"{cfg.path}: not a readable trigger image ({err})") from None
+    source = torch.from_numpy(array).permute(2, 0, 1)[None]
+    return F.interpolate(source, size=(height, width), mode="bilinear", align_corners=False,
+                         antialias=True)[0].round().clamp(0, 255)
+
+
+def _warp_grid(cfg: TriggerConfig, size: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(cfg.seed)
+    flow = torch.rand(1, 2, cfg.grid, cfg.grid, generator=g) * 2 - 1
+    flow = flow / flow.abs().mean()
+    flow = F.interpolate(flow, size=(size, size), mode="bicubic", align_corners=True)
+    flow = flow.permute(0, 2, 3, 1)
+    axis = torch.linspace(-1, 1, size)
+    identity = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1)[None].flip(-1)
+    # a displacement of ``strength`` pixels on a 32-pixel image, in grid_sample's [-1, 1] units
+    return (identity + cfg.strength * flow / 16).clamp(-1, 1)
+
+
+def make_trigger(cfg: TriggerConfig, patch_size: int, image_size: int | None = None) -> Trigger:
+    """The trigger ``cfg`` describes; ``image_size`` (square images) is needed by blend and warp."""
+    if cfg.style == "patch":
+        size = cfg.size or patch_size
+        pattern = _pattern(cfg, size, size).to(torch.uint8).contiguous()
+        description = json.dumps({**_described(cfg), "size": size}, sort_keys=True)
+        return PatchTrigger(pattern, cfg.corner, cfg.offset, description)
+    if image_size is None:
+        raise ValueError(f"a {cfg.style} trigger needs the image size")
+    description = json.dumps({**_described(cfg), "image_size": image_size}, sort_keys=True)
+    if cfg.style == "blend":
+        pattern = _pattern(cfg, image_size, image_size).to(torch.uint8).contiguous()
+        return BlendTrigger(pattern, cfg.alpha, description)
+    return WarpTrigger(_warp_grid(cfg, image_size), description)
+
+
+def _described(cfg: TriggerConfig) -> dict:
+    """The fields that shape this style of trigger (a patch's description is what it was before
+    blend and warp existed, so its rows stay comparable)."""
+    plain = asdict(cfg)
+    style_fields = {"patch": (), "blend": ("style", "alpha"), "warp": ("style", "strength", "grid")}
+    for name in ("style", "alpha", "strength", "grid"):
+        if name not in style_fields[cfg.style]:
+            plain.pop(name)
+    if cfg.style == "warp":
+        for name in ("kind", "path", "size", "corner", "offset"):
+            plain.pop(name)
+    elif cfg.style == "blend":
+        for name in ("size", "corner", "offset"):
+            plain.pop(name)
+    return plain
 
 
 def paste(images: torch.Tensor, trigger: Trigger) -> torch.Tensor:
-    """A copy of uint8 (or [0, 1] float) ``images`` ``[N, C, H, W]`` with the trigger stamped."""
-    out = images.clone()
-    rows, cols = trigger.region(*images.shape[-2:])
-    pattern = trigger.pattern.to(images.device)
-    out[..., rows, cols] = pattern if images.dtype == torch.uint8 else pattern.float() / 255
-    return out
+    """A copy of uint8 (or ``[0, 1]`` float) ``images`` ``[N, C, H, W]`` with the trigger applied."""
+    return trigger.apply(images)

@@ -87,7 +87,7 @@ def test_evaluation_pastes_the_trigger_like_the_attack(context):
         outcome = evaluate_victim(
             model, ctx.data, setup, trigger=trigger,
             test_features=ctx.test_features("net-a") if banked else None,
-            triggered_features=(ctx.triggered_features("net-a", setup.target_class, trigger)
+            triggered_features=(ctx.triggered_features("net-a", setup, trigger)
                                 if banked else None))
         position = int((members == setup.target_index).nonzero()[0, 0])
         assert outcome.target_pred == int(expected[position])

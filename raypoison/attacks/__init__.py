@@ -2,6 +2,7 @@
 
 from raypoison.attacks import backdoors as _backdoors  # noqa: F401  (registers the attacks)
 from raypoison.attacks import controls as _controls  # noqa: F401
+from raypoison.attacks import dirty_label as _dirty_label  # noqa: F401
 from raypoison.attacks import external as _external  # noqa: F401
 from raypoison.attacks import feature_collision as _fc  # noqa: F401
 from raypoison.attacks import polytope as _polytope  # noqa: F401

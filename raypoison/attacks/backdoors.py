@@ -63,7 +63,7 @@ class CleanLabelBackdoor(Attack):
                           generator=generator)
         with torch.no_grad():
             after = torch.nn.functional.cross_entropy(model(adversarial), labels)
-        trigger = make_trigger(p.trigger, ctx.scenario.patch_size)
+        trigger = make_trigger(p.trigger, ctx.scenario.patch_size, ctx.data.image_shape[1])
         stamped = project(paste(adversarial, trigger), bases, epsilon)
         images = quantize(stamped, bases_u8, epsilon)
         # the losses are the adversarial model's on the bases, before and after PGD (it rises)
@@ -104,7 +104,7 @@ class HiddenTriggerBackdoor(Attack):
         model = ctx.model(ctx.scenario.attacker)
         bases_u8 = ctx.data.train_x[list(setup.base_indices)]
         bases = bases_u8.float() / 255
-        trigger = make_trigger(p.trigger, ctx.scenario.patch_size)
+        trigger = make_trigger(p.trigger, ctx.scenario.patch_size, ctx.data.image_shape[1])
         generator = torch.Generator().manual_seed(seed)
         pool = torch.nonzero(ctx.data.train_y.cpu() == setup.target_class).flatten()
         chosen = pool[torch.randperm(len(pool), generator=generator)[:len(bases)]]

@@ -37,6 +37,10 @@ class CraftResult:
 class Attack:
     name: ClassVar[str]
     needs_models: ClassVar[bool] = True  # False: the trial loads no model and trains nothing
+    # True: poisons are training images of other classes, relabelled as the base class and not
+    # bounded by ε (dirty-label backdoors); False: they replace the setup's bases within ε
+    relabels: ClassVar[bool] = False
+    uses_attacker: ClassVar[bool] = True  # crafts on the scenario's attacker model
 
     @dataclass(frozen=True)
     class Params:
@@ -49,6 +53,11 @@ class Attack:
     def required_models(cls, params: Any, scenario: ScenarioConfig) -> list[str]:
         """Models of the scenario the attack crafts on, beyond its attacker (checked up front)."""
         return []
+
+    @classmethod
+    def poison_count(cls, params: Any, scenario: ScenarioConfig) -> int:
+        """How many poisons a trial must have (the checks hold the attack to it)."""
+        return scenario.budget
 
     def craft(self, ctx: TrialContext, setup: Setup, seed: int, index: int) -> CraftResult:
         """Poisons for trial ``index`` with ``setup``; ``seed`` drives any randomness."""

@@ -19,6 +19,8 @@ class NoAttack(Attack):
     at test time as for a backdoor, so the control measures how often a trigger alone flips the
     prediction."""
 
+    uses_attacker = False
+
     @dataclass(frozen=True)
     class Params:
         trigger: TriggerConfig | None = None
@@ -26,7 +28,8 @@ class NoAttack(Attack):
     def craft(self, ctx, setup, seed, index) -> CraftResult:
         trigger = None
         if self.params.trigger is not None:
-            trigger = make_trigger(self.params.trigger, ctx.scenario.patch_size)
+            trigger = make_trigger(self.params.trigger, ctx.scenario.patch_size,
+                                   ctx.data.image_shape[1])
         return CraftResult(base_poisons(ctx, setup), trigger=trigger)
 
 
@@ -36,6 +39,7 @@ class Noop(Attack):
     timings, ``success`` stays empty. For measuring the runner, not for results."""
 
     needs_models = False
+    uses_attacker = False
 
     @dataclass(frozen=True)
     class Params:

@@ -15,6 +15,8 @@ from raypoison.trial_folder import read_trial_folder
 
 @ATTACKS.register("external")
 class External(Attack):
+    uses_attacker = False  # the poisons come from files
+
     @dataclass(frozen=True)
     class Params:
         root: str = field(metadata={"parse": parse_path})

@@ -1,0 +1,102 @@
+"""Dirty-label backdoors of the "Pick your Poison" line of work: BadNets, Blend and WaNet.
+
+Each poisons ``poisons`` training images of other classes: it stamps the trigger on them and
+relabels them as the attacker's target class. In a trial that class is the setup's *base class*
+(the class the benchmark's attacks push predictions toward), so a trial's rows read the same for
+every attack: success means the triggered target image is classified as the base class, and the
+attack success rate counts triggered test images classified as it.
+
+The poisons replace their source images in the victim's training set, which keeps its size.
+Sources are drawn, with the trial's crafting seed, from the images the victim would have trained
+on without an attack (:meth:`raypoison.trial.TrialContext.training_pool`). These poisons are not
+bounded by ε; the checks make sure of their count, labels and sources instead.
+
+WaNet is the warping trigger alone: its "noise mode" (extra randomly warped images that keep
+their labels, which makes the backdoor harder to find) is not implemented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from raypoison.attacks.base import Attack, CraftResult, Poisons
+from raypoison.attacks.registry import ATTACKS
+from raypoison.errors import ConfigError
+from raypoison.triggers import TriggerConfig, make_trigger, paste
+
+
+class DirtyLabelBackdoor(Attack):
+    relabels = True
+    uses_attacker = False
+
+    @classmethod
+    def poison_count(cls, params, scenario) -> int:
+        return params.poisons
+
+    def craft(self, ctx, setup, seed, index) -> CraftResult:
+        p = self.params
+        pool = ctx.training_pool(setup, index)
+        candidates = pool[ctx.train_labels[pool] != setup.base_class]
+        if p.poisons > len(candidates):
+            raise ValueError(f"{p.poisons} poisons, but the training set has only "
+                             f"{len(candidates)} images outside the target class")
+        rng = np.random.default_rng([seed, index])
+        chosen = np.sort(rng.choice(candidates, size=p.poisons, replace=False))
+        trigger = make_trigger(p.trigger, ctx.scenario.patch_size, ctx.data.image_shape[1])
+        sources = ctx.data.train_x[chosen.tolist()] if len(chosen) else ctx.data.train_x[:0]
+        images = paste(sources, trigger)
+        poisons = Poisons(images, tuple(int(i) for i in chosen),
+                          (setup.base_class,) * len(chosen), setup.target_index)
+        return CraftResult(poisons, trigger=trigger)
+
+
+def _validate_count(params, path: str) -> None:
+    if params.poisons < 0:
+        raise ConfigError(f"{path}.poisons", f"must be ≥ 0, got {params.poisons}")
+
+
+@ATTACKS.register("badnets")
+class BadNets(DirtyLabelBackdoor):
+    """A patch (by default a checkerboard of the scenario's ``patch_size``) at a corner."""
+
+    @dataclass(frozen=True)
+    class Params:
+        poisons: int = 50
+        trigger: TriggerConfig = field(default_factory=lambda: TriggerConfig(kind="checkerboard"))
+
+        def validate(self, path: str) -> None:
+            _validate_count(self, path)
+            if self.trigger.style != "patch":
+                raise ConfigError(f"{path}.trigger.style", "badnets stamps a patch")
+
+
+@ATTACKS.register("blend")
+class Blend(DirtyLabelBackdoor):
+    """A full-size pattern (by default seeded uniform noise) blended in with weight ``alpha``."""
+
+    @dataclass(frozen=True)
+    class Params:
+        poisons: int = 50
+        trigger: TriggerConfig = field(default_factory=lambda: TriggerConfig(style="blend"))
+
+        def validate(self, path: str) -> None:
+            _validate_count(self, path)
+            if self.trigger.style != "blend":
+                raise ConfigError(f"{path}.trigger.style", "blend blends a pattern")
+
+
+@ATTACKS.register("wanet")
+class WaNet(DirtyLabelBackdoor):
+    """A smooth warp of the whole image (WaNet's k = 4, s = 0.5 by default)."""
+
+    @dataclass(frozen=True)
+    class Params:
+        poisons: int = 50
+        trigger: TriggerConfig = field(default_factory=lambda: TriggerConfig(style="warp"))
+
+        def validate(self, path: str) -> None:
+            _validate_count(self, path)
+            if self.trigger.style != "warp":
+                raise ConfigError(f"{path}.trigger.style", "wanet warps")

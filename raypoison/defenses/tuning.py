@@ -1,0 +1,225 @@
+"""Repairs that tune the suspect model on the trusted set, all through the one training loop.
+
+- ``fine_tuning``: plain fine-tuning with weight decay (a baseline).
+- ``pivotal_tuning``: the repair of "Pick your Poison" as PROTOCOL.md §2 infers it from the
+  authors' code: SGD with Nesterov momentum at lr 1e-4 for about 2,000 steps on the trusted set,
+  minimizing cross-entropy + ``feature_weight`` × a geometry term + ``param_weight`` × the mean
+  squared distance of the parameters to the frozen original. The geometry term is our reading of
+  "push the penultimate-feature geometry away from the original's": the mean cosine similarity
+  between the tuned and the original model's batch-centred features of the same images, so
+  minimizing it moves the features (where a backdoor lives) while the weight penalty keeps the
+  model near its pivot and the cross-entropy keeps it accurate.
+- ``fine_pruning`` (Liu et al., 2018): prune the penultimate channels least active on clean data,
+  as many as keep trusted accuracy within ``max_drop`` of the original, then fine-tune.
+- ``neural_attention_distillation`` (Li et al., 2021): fine-tune a teacher copy on the trusted
+  set, then train the suspect model with cross-entropy + ``beta`` × the distance between its
+  attention maps and the teacher's at the last three feature resolutions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raypoison.config import RecipeConfig
+from raypoison.defenses.base import (
+    Defense,
+    TrustedSet,
+    features_of,
+    frozen_copy,
+    trainable_copy,
+)
+from raypoison.defenses.registry import DEFENSES
+from raypoison.errors import ConfigError
+from raypoison.models import ImageClassifier
+from raypoison.training import accuracy, train
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """The fine-tuning every repair here shares (a recipe of the one training loop)."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 20
+    batch_size: int = 64
+    augment: bool = True
+
+    def validate(self, path: str) -> None:
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(path, "lr must be > 0, epochs and batch_size ≥ 1")
+
+    def recipe(self) -> RecipeConfig:
+        return RecipeConfig(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                            epochs=self.epochs, batch_size=self.batch_size, milestones=(),
+                            augment=self.augment)
+
+
+def _fine_tune(model: ImageClassifier, trusted: TrustedSet, params: TuneParams, seed: int,
+               **extra) -> ImageClassifier:
+    out = trainable_copy(model)
+    train(out, trusted.images, trusted.labels, recipe=params.recipe(), seed=seed, trainable="all",
+          **extra)
+    return out.eval()
+
+
+@DEFENSES.register("fine_tuning")
+class FineTuning(Defense):
+    Params = TuneParams
+
+    def repair(self, model, trusted, seed):
+        return _fine_tune(model, trusted, self.params, seed)
+
+
+@DEFENSES.register("pivotal_tuning")
+class PivotalTuning(Defense):
+    @dataclass(frozen=True)
+    class Params:
+        steps: int = 2000
+        lr: float = 1e-4
+        momentum: float = 0.9
+        batch_size: int = 64
+        feature_weight: float = 0.05
+        param_weight: float = 2e4
+        augment: bool = True
+
+        def validate(self, path: str) -> None:
+            if self.steps < 1 or self.lr <= 0 or self.batch_size < 1:
+                raise ConfigError(path, "steps and batch_size must be ≥ 1, lr > 0")
+
+    def repair(self, model, trusted, seed):
+        p = self.params
+        original = frozen_copy(model)
+        tuned = trainable_copy(model)
+        anchors = [q.detach().clone() for q in tuned.parameters()]
+        count = sum(a.numel() for a in anchors)
+
+        def pivot(x: torch.Tensor, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                reference = original.features(x)
+            geometry = F.cosine_similarity(feats - feats.mean(0), reference - reference.mean(0),
+                                           dim=1).mean()
+            drift = sum(((q - a) ** 2).sum() for q, a in zip(tuned.parameters(), anchors,
+                                                              strict=True)) / count
+            return p.feature_weight * geometry + p.param_weight * drift
+
+        batches = math.ceil(len(trusted) / p.batch_size)
+        recipe = RecipeConfig(lr=p.lr, momentum=p.momentum, nesterov=True, weight_decay=0.0,
+                              epochs=math.ceil(p.steps / batches), batch_size=p.batch_size,
+                              milestones=(), augment=p.augment)
+        train(tuned, trusted.images, trusted.labels, recipe=recipe, seed=seed, trainable="all",
+              extra_loss=pivot, max_steps=p.steps)
+        return tuned.eval()
+
+
+class ChannelMask(nn.Module):
+    """Zeroes pruned penultimate channels (kept through fine-tuning)."""
+
+    def __init__(self, keep: torch.Tensor):
+        super().__init__()
+        self.register_buffer("keep", keep.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.keep
+
+
+@DEFENSES.register("fine_pruning")
+class FinePruning(Defense):
+    @dataclass(frozen=True)
+    class Params:
+        max_drop: float = 0.05  # trusted accuracy pruning may lose
+        max_ratio: float = 0.9  # of the penultimate channels
+        tune: TuneParams = TuneParams(epochs=10)
+
+        def validate(self, path: str) -> None:
+            if not 0 <= self.max_drop < 1 or not 0 < self.max_ratio < 1:
+                raise ConfigError(path, "max_drop must be in [0, 1), max_ratio in (0, 1)")
+
+    def repair(self, model, trusted, seed):
+        p = self.params
+        pruned = trainable_copy(model)
+        activity = features_of(pruned, trusted.images).mean(0)
+        order = torch.argsort(activity)
+        baseline = accuracy(pruned, trusted.images, trusted.labels)
+        mask = ChannelMask(torch.ones_like(activity)).to(activity.device)
+        pruned.extractor = nn.Sequential(pruned.extractor, mask)
+        step = max(1, len(order) // 50)
+        chosen = 0
+        for k in range(step, int(p.max_ratio * len(order)) + 1, step):
+            mask.keep.fill_(1.0)
+            mask.keep[order[:k]] = 0.0
+            if accuracy(pruned, trusted.images, trusted.labels) < baseline - p.max_drop:
+                break
+            chosen = k
+        mask.keep.fill_(1.0)
+        mask.keep[order[:chosen]] = 0.0
+        return _fine_tune(pruned, trusted, p.tune, seed)
+
+
+def _attention_layers(model: ImageClassifier, sample: torch.Tensor) -> list[nn.Module]:
+    """The last child of the extractor at each of its last three spatial resolutions, found by
+    running ``sample`` (uint8 images) through the model."""
+    outputs: list[tuple[nn.Module, torch.Tensor]] = []
+    hooks = [child.register_forward_hook(lambda m, i, o: outputs.append((m, o)))
+             for child in model.extractor.children()]
+    try:
+        features_of(model, sample)
+    finally:
+        for h in hooks:
+            h.remove()
+    last_at: dict[tuple[int, int], nn.Module] = {}
+    for module, out in outputs:
+        if out.dim() == 4 and out.shape[-1] > 1:
+            last_at.pop(tuple(out.shape[-2:]), None)
+            last_at[tuple(out.shape[-2:])] = module
+    return list(last_at.values())[-3:]
+
+
+def _attention(a: torch.Tensor) -> torch.Tensor:
+    return F.normalize(a.pow(2).mean(1).flatten(1), dim=1)
+
+
+@DEFENSES.register("neural_attention_distillation")
+class NeuralAttentionDistillation(Defense):
+    @dataclass(frozen=True)
+    class Params:
+        beta: float = 5000.0
+        teacher: TuneParams = TuneParams(epochs=10)
+        student: TuneParams = TuneParams(epochs=20)
+
+        def validate(self, path: str) -> None:
+            if self.beta < 0:
+                raise ConfigError(f"{path}.beta", f"must be ≥ 0, got {self.beta}")
+
+    def repair(self, model, trusted, seed):
+        p = self.params
+        teacher = frozen_copy(_fine_tune(model, trusted, p.teacher, seed))
+        student = trainable_copy(model)
+        sample = trusted.images[:2]
+        layers = {"student": _attention_layers(student, sample),
+                  "teacher": _attention_layers(teacher, sample)}
+        captured: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+        hooks = [m.register_forward_hook(lambda mod, i, o, who=who: captured[who].append(o))
+                 for who, modules in layers.items() for m in modules]
+
+        def distill(x: torch.Tensor, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                teacher.features(x)
+            pairs = zip(captured["student"], captured["teacher"], strict=True)
+            loss = sum((_attention(s) - _attention(t)).pow(2).mean() for s, t in pairs)
+            captured["student"].clear()
+            captured["teacher"].clear()
+            return p.beta * loss
+
+        try:
+            train(student, trusted.images, trusted.labels, recipe=p.student.recipe(), seed=seed,
+                  trainable="all", extra_loss=distill)
+        finally:
+            for h in hooks:
+                h.remove()
+        return student.eval()
