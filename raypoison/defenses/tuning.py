@@ -3,8 +3,11 @@
 - ``fine_tuning``: plain fine-tuning with weight decay (a baseline).
 - ``pivotal_tuning``: the repair of "Pick your Poison" as PROTOCOL.md §2 infers it from the
   authors' code: SGD with Nesterov momentum at lr 1e-4 for about 2,000 steps on the trusted set,
-  minimizing cross-entropy + ``feature_weight`` × a geometry term + ``param_weight`` × the mean
-  squared distance of the parameters to the frozen original. The geometry term is our reading of
+  minimizing cross-entropy + ``feature_weight`` × a geometry term + ``param_weight`` × the
+  squared distance of the parameters to the frozen original, divided by the parameter count of a
+  CIFAR ResNet-18. For a ResNet-18 that is the inferred "2e4 × mean squared distance"; for any
+  other model it keeps the per-parameter pull equally strong (a true mean would pin a small
+  ConvNet's few thousand weights a thousand times harder, and repair nothing). The geometry term is our reading of
   "push the penultimate-feature geometry away from the original's": the mean cosine similarity
   between the tuned and the original model's batch-centred features of the same images, so
   minimizing it moves the features (where a backdoor lives) while the weight penalty keeps the
@@ -97,7 +100,6 @@ class PivotalTuning(Defense):
         original = frozen_copy(model)
         tuned = trainable_copy(model)
         anchors = [q.detach().clone() for q in tuned.parameters()]
-        count = sum(a.numel() for a in anchors)
 
         def pivot(x: torch.Tensor, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
@@ -105,7 +107,7 @@ class PivotalTuning(Defense):
             geometry = F.cosine_similarity(feats - feats.mean(0), reference - reference.mean(0),
                                            dim=1).mean()
             drift = sum(((q - a) ** 2).sum() for q, a in zip(tuned.parameters(), anchors,
-                                                              strict=True)) / count
+                                                              strict=True)) / RESNET18_PARAMETERS
             return p.feature_weight * geometry + p.param_weight * drift
 
         batches = math.ceil(len(trusted) / p.batch_size)
@@ -115,6 +117,9 @@ class PivotalTuning(Defense):
         train(tuned, trusted.images, trusted.labels, recipe=recipe, seed=seed, trainable="all",
               extra_loss=pivot, max_steps=p.steps)
         return tuned.eval()
+
+
+RESNET18_PARAMETERS = 11_173_962
 
 
 class ChannelMask(nn.Module):
