@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--interval", choices=["wilson", "clopper-pearson"], default="wilson")
     report.add_argument("--per-victim", action="store_true", help="one row per victim")
     report.add_argument("--csv", help="also write the table as CSV to this file")
+    report.add_argument("--figures", metavar="DIR",
+                        help="draw the defenses' trade-off figures (PNG) into this folder")
 
     pre = sub.add_parser("pretrain", help="train the victim zoo of a zoo config as Ray tasks")
     pre.add_argument("config", help="zoo YAML file")
@@ -105,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from raypoison import results
+    from raypoison.defense_report import defense_table
+    from raypoison.defense_report import to_markdown as defense_markdown
     from raypoison.report import status_table, success_table, to_markdown
 
     df = results.load(args.output)
@@ -117,6 +121,18 @@ def _report(args: argparse.Namespace) -> int:
     print(status_table(df).to_string(index=False))
     if args.csv:
         table.to_csv(args.csv, index=False)
+    defended = defense_table(df)
+    if not defended.empty:
+        print()
+        print(defense_markdown(defended))
+        if args.csv:
+            path = Path(args.csv)
+            defended.to_csv(path.with_name(f"{path.stem}-defenses{path.suffix}"), index=False)
+    if args.figures:
+        from raypoison.figures import tradeoff_figures
+
+        for path in tradeoff_figures(defended, args.figures):
+            print(f"figure: {path}")
     return EXIT_OK
 
 

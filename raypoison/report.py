@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from raypoison.rows import STATUS_OK
+from raypoison.rows import NO_DEFENSE, STATUS_OK
 from raypoison.stats import INTERVALS
 
 # Success rates (%) published in "Just How Toxic is Data Poisoning?" (PROTOCOL.md §1), by the
@@ -49,6 +49,8 @@ def success_table(df: pd.DataFrame, *, interval: str = "wilson",
     the paper's number where there is one, and ``outside`` flags it lying outside the interval."""
     keys = ["scenario", "attack", "role"] + (["victim"] if per_victim else [])
     done = df[(df["status"] == STATUS_OK) & df["success"].notna()]
+    if "defense" in done.columns:  # a defense's rows repeat the undefended model's outcome
+        done = done[done["defense"].fillna(NO_DEFENSE) == NO_DEFENSE]
     if done.empty:
         return pd.DataFrame(columns=[*keys, "n", "successes", "rate", "low", "high"])
     if not per_victim and done["role"].nunique() > 1:
@@ -72,9 +74,13 @@ def success_table(df: pd.DataFrame, *, interval: str = "wilson",
 
 
 def status_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Row counts per status, for each scenario and attack (failures are visible, not hidden)."""
+    """Row counts per status, for each scenario and attack (failures are visible, not hidden);
+    with defenses, per defense too."""
     if df.empty:
         return pd.DataFrame()
+    if "defense" in df.columns and df["defense"].nunique() > 1:
+        return df.pivot_table(index=["scenario", "attack", "defense"], columns="status",
+                              values="trial_id", aggfunc="count", fill_value=0).reset_index()
     return df.pivot_table(index=["scenario", "attack"], columns="status", values="trial_id",
                           aggfunc="count", fill_value=0).reset_index()
 

@@ -352,7 +352,7 @@ def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None) -> dict[s
         }
         if spec.defenses:
             is_poison = torch.zeros(len(labels), dtype=torch.bool)
-            is_poison[len(clean):] = True
+            is_poison[len(clean):] = _changed(poisons, data)
             seeds = [derive_seed(scenario.seed, spec.index, victim, d.label, "defend")
                      for d in spec.defenses]
             per[victim]["defenses"] = run_defenses(
@@ -360,6 +360,18 @@ def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None) -> dict[s
                 trusted=ctx.trusted_set(), training=TrainingSet(images, labels),
                 is_poison=is_poison, seeds=seeds, asr_scope=scenario.asr_scope)
     return per
+
+
+def _changed(poisons: Poisons, data: ImageData) -> torch.Tensor:
+    """Which poisons differ from their source image, in pixels or label: the samples a data-side
+    detector should find (the control's unchanged bases are clean)."""
+    index = torch.as_tensor(np.asarray(poisons.base_indices, dtype=np.int64),
+                            device=data.train_x.device)
+    sources = data.train_x[index]
+    images = poisons.images.to(sources.device)
+    pixels = (images != sources).flatten(1).any(1) if len(index) else torch.zeros(0, dtype=bool)
+    labels = torch.as_tensor(np.asarray(poisons.labels, dtype=np.int64), device=sources.device)
+    return (pixels | (labels != data.train_y[index])).cpu()
 
 
 def _finish(spec, common, clock, status, per=None, error=None) -> list[dict]:

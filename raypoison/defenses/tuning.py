@@ -7,11 +7,11 @@
   squared distance of the parameters to the frozen original, divided by the parameter count of a
   CIFAR ResNet-18. For a ResNet-18 that is the inferred "2e4 × mean squared distance"; for any
   other model it keeps the per-parameter pull equally strong (a true mean would pin a small
-  ConvNet's few thousand weights a thousand times harder, and repair nothing). The geometry term is our reading of
-  "push the penultimate-feature geometry away from the original's": the mean cosine similarity
-  between the tuned and the original model's batch-centred features of the same images, so
-  minimizing it moves the features (where a backdoor lives) while the weight penalty keeps the
-  model near its pivot and the cross-entropy keeps it accurate.
+  ConvNet's few thousand weights a thousand times harder, and repair nothing). The geometry
+  term is our reading of "push the penultimate-feature geometry away from the original's": the
+  mean cosine similarity between the tuned and the original model's batch-centred features of
+  the same images, so minimizing it moves the features (where a backdoor lives) while the
+  weight penalty keeps the model near its pivot and the cross-entropy keeps it accurate.
 - ``fine_pruning`` (Liu et al., 2018): prune the penultimate channels least active on clean data,
   as many as keep trusted accuracy within ``max_drop`` of the original, then fine-tune.
 - ``neural_attention_distillation`` (Li et al., 2021): fine-tune a teacher copy on the trusted

@@ -1,0 +1,94 @@
+"""Tables of the defenses ("Pick your Poison"): per scenario, attack and defense, the models'
+clean accuracy and attack success rate before and after repair, detection ROC AUC against the
+no-attack control, and the data-side detectors' precision and recall — each with a 95% interval.
+
+Means get percentile bootstrap intervals over models; a detection AUC compares the detection
+scores of an attack's models (positives) with those of the scenario's control models (negatives:
+trials of the ``none`` attack, clean models trained with the same seeds) and its interval
+resamples both. Only rows with status ``ok`` count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from raypoison.rows import NO_DEFENSE, STATUS_OK
+from raypoison.stats import bootstrap_interval, mean_interval, roc_auc
+
+CONTROL = "none"  # the attack whose models are the clean population
+MEANS = ["clean_accuracy", "attack_success_rate", "clean_accuracy_repaired",
+         "attack_success_rate_repaired", "detection_score", "flag_precision", "flag_recall",
+         "flag_auc"]
+
+
+def defended_rows(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty or "defense" not in df.columns:
+        return df.iloc[0:0]
+    return df[(df["status"] == STATUS_OK) & (df["defense"] != NO_DEFENSE)
+              & df["defense"].notna()]
+
+
+def poison_count(rows: pd.DataFrame) -> int:
+    """The x of a trade-off: the attack's poison count; 0 for the control (its "poisons" are the
+    unchanged bases)."""
+    if rows["attack_name"].iloc[0] == CONTROL:
+        return 0
+    return int(rows["poisons"].median())
+
+
+def defense_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (scenario, attack, defense) with ``n`` models, means with ``_low``/``_high``
+    bounds, and ``detection_auc`` with its bounds."""
+    rows = defended_rows(df)
+    if rows.empty:
+        return pd.DataFrame()
+    control = rows[rows["attack_name"] == CONTROL]
+    out = []
+    for (scenario, attack, defense), group in rows.groupby(["scenario", "attack", "defense"],
+                                                          sort=True):
+        record = {"scenario": scenario, "attack": attack,
+                  "attack_name": group["attack_name"].iloc[0], "poisons": poison_count(group),
+                  "defense": defense, "defense_name": group["defense_name"].iloc[0],
+                  "n": len(group)}
+        for column in MEANS:
+            mean, low, high = mean_interval(group[column].astype(float))
+            record.update({column: mean, f"{column}_low": low, f"{column}_high": high})
+        negatives = control[(control["scenario"] == scenario) & (control["defense"] == defense)
+                            ]["detection_score"].astype(float).dropna()
+        positives = group["detection_score"].astype(float).dropna()
+        auc, low, high = math.nan, math.nan, math.nan
+        if record["attack_name"] != CONTROL and len(positives) and len(negatives):
+            auc = roc_auc(positives, negatives)
+            low, high = bootstrap_interval(roc_auc, positives, negatives)
+        record.update(detection_auc=auc, detection_auc_low=low, detection_auc_high=high,
+                      controls=len(negatives))
+        out.append(record)
+    return pd.DataFrame(out).sort_values(["scenario", "attack_name", "poisons", "defense"]
+                                         ).reset_index(drop=True)
+
+
+def _cell(row, column: str, percent: bool = True) -> str:
+    value = getattr(row, column)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    scale = 100 if percent else 1
+    low, high = getattr(row, f"{column}_low"), getattr(row, f"{column}_high")
+    digits = 1 if percent else 2
+    return f"{scale * value:.{digits}f} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    header = ["scenario", "attack", "poisons", "defense", "n", "clean acc %", "ASR %",
+              "clean acc after %", "ASR after %", "detection AUC", "flag precision %",
+              "flag recall %"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.itertuples(index=False):
+        cells = [row.scenario, row.attack, str(row.poisons), row.defense, str(row.n),
+                 _cell(row, "clean_accuracy"), _cell(row, "attack_success_rate"),
+                 _cell(row, "clean_accuracy_repaired"), _cell(row, "attack_success_rate_repaired"),
+                 _cell(row, "detection_auc", percent=False), _cell(row, "flag_precision"),
+                 _cell(row, "flag_recall")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

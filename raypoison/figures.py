@@ -1,0 +1,81 @@
+"""Figures of the trade-off between detectability and robustness ("Pick your Poison"), drawn from
+:func:`raypoison.defense_report.defense_table`: for each scenario and attack family, against
+the number of poisons (0 is the no-attack control),
+
+1. the detection ROC AUC of each model-side detector (against the control's models);
+2. the attack success rate left after each repair, with the undefended one for reference;
+3. the data-side detectors' sample-level ROC AUC at finding the poisons.
+
+Error bars are the 95% intervals of the table. matplotlib draws off-screen (the Agg backend).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from raypoison.defense_report import CONTROL
+
+
+def _series(ax, rows: pd.DataFrame, column: str, label: str, marker: str = "o") -> bool:
+    rows = rows.dropna(subset=[column]).sort_values("poisons")
+    if rows.empty:
+        return False
+    low = (rows[column] - rows[f"{column}_low"]).clip(lower=0)
+    high = (rows[f"{column}_high"] - rows[column]).clip(lower=0)
+    ax.errorbar(rows["poisons"], rows[column], yerr=[low, high], marker=marker, capsize=3,
+                label=label)
+    return True
+
+
+def tradeoff_figures(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """One PNG per (scenario, attack family); returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    if table.empty:
+        return paths
+    for scenario, in_scenario in table.groupby("scenario"):
+        control = in_scenario[in_scenario["attack_name"] == CONTROL]
+        for family, rows in in_scenario[in_scenario["attack_name"] != CONTROL].groupby(
+                "attack_name"):
+            rows = pd.concat([control, rows])
+            fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+            detect, repair, flag = axes
+            drawn = [False, False, False]
+            for defense, d in rows.groupby("defense"):
+                drawn[0] |= _series(detect, d[d["attack_name"] != CONTROL], "detection_auc",
+                                    defense)
+                drawn[1] |= _series(repair, d, "attack_success_rate_repaired", defense)
+                drawn[2] |= _series(flag, d[d["attack_name"] != CONTROL], "flag_auc", defense)
+            undefended = rows.groupby("poisons", as_index=False).first()
+            _series(repair, undefended, "attack_success_rate", "no defense", marker="s")
+            titles = ["Model detection ROC AUC", "Attack success rate after repair",
+                      "Poison detection ROC AUC (data-side)"]
+            for ax, title, has in zip(axes, titles, drawn, strict=True):
+                ax.set_title(title)
+                ax.set_xlabel("poisons")
+                ax.set_ylim(-0.02, 1.02)
+                ax.grid(alpha=0.3)
+                if has:
+                    ax.legend(fontsize=7)
+                else:
+                    ax.text(0.5, 0.5, "no such defense", ha="center", transform=ax.transAxes)
+            if rows["poisons"].max() > 0 and (rows["poisons"] > 0).sum() > 1:
+                for ax in axes:
+                    ax.set_xscale("symlog", linthresh=max(1, math.floor(
+                        rows.loc[rows["poisons"] > 0, "poisons"].min())))
+            fig.suptitle(f"{scenario}: {family}, detectability vs robustness")
+            fig.tight_layout()
+            path = out_dir / f"tradeoff-{scenario}-{family}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            paths.append(path)
+    return paths

@@ -1,0 +1,339 @@
+"""Pick your Poison on tiny data: dirty-label backdoors, the trusted set, every defense, repair and
+detection that work, defense rows, and the trade-off report."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from raypoison.attacks import create_attack
+from raypoison.config import parse_suite
+from raypoison.defend import flag_scores
+from raypoison.defense_report import defense_table
+from raypoison.defense_report import to_markdown as defense_markdown
+from raypoison.defenses import DEFENSES, TrainingSet, create_defense
+from raypoison.errors import ConfigError
+from raypoison.evaluate import check_poisons, evaluate_victim
+from raypoison.figures import tradeoff_figures
+from raypoison.spec import expand
+from raypoison.stats import roc_auc
+from raypoison.training import train
+from raypoison.trial import TrialContext, run_trial
+from raypoison.triggers import paste
+
+PYP = {
+    "name": "pyp-tiny",
+    "scenarios": [{
+        "name": "tiny-scratch", "mode": "scratch",
+        "dataset": {"name": "synthetic", "params": {
+            "classes": 4, "image_size": 16, "train_per_class": 120, "test_per_class": 50,
+            "noise": 0.2, "seed": 3}},
+        "models": {"net": {"arch": "convnet", "params": {"width": 8}}},
+        "attacker": "net", "victims": ["net"], "budget": 1, "epsilon": "8/255", "trials": 2,
+        "train_per_class": 100, "trusted_per_class": 20, "patch_size": 3,
+        "asr_scope": "other_classes",
+        "recipe": {"lr": 0.05, "epochs": 15, "milestones": [12], "batch_size": 32}}],
+    "attacks": [{"name": "none", "label": "control", "params": {"trigger": {"kind": "checkerboard"}}},
+                {"name": "badnets", "sweep": {"poisons": [40]}},
+                {"name": "blend", "params": {"poisons": 40}},
+                {"name": "wanet", "params": {"poisons": 40}}],
+}
+CHEAP = {  # every defense, sized for a few seconds each on the tiny model
+    "fine_tuning": {"epochs": 5},
+    "pivotal_tuning": {"lr": 0.01, "steps": 300},
+    "fine_pruning": {"tune": {"epochs": 5}},
+    "neural_attention_distillation": {"teacher": {"epochs": 5}, "student": {"epochs": 5}},
+    "neural_cleanse": {"steps": 60},
+    "calibrated_trigger_inversion": {"inversion": {"steps": 40},
+                                     "repair": {"lr": 0.01, "steps": 300}},
+    "spectral_signatures": {}, "activation_clustering": {}, "strip": {}, "deep_knn": {},
+}
+
+
+@pytest.fixture(scope="module")
+def pyp():
+    suite = parse_suite(copy.deepcopy(PYP))
+    return suite, TrialContext.create(suite.scenarios[0], {})
+
+
+def _spec(suite, label, index=0):
+    return next(s for s in expand(suite) if s.attack.label == label and s.index == index)
+
+
+def _trained(ctx, spec):
+    """What a trial trains: the pool with the poisons in place of their sources."""
+    setup = ctx.setup(spec.index)
+    attack = create_attack(spec.attack)
+    crafted = attack.craft(ctx, setup, 11, spec.index)
+    pool = ctx.training_pool(setup, spec.index)
+    clean = torch.as_tensor(np.setdiff1d(pool, np.asarray(crafted.poisons.base_indices)))
+    images = torch.cat([ctx.data.train_x[clean], crafted.poisons.images])
+    labels = torch.cat([ctx.data.train_y[clean], torch.as_tensor(crafted.poisons.labels,
+                                                                 dtype=torch.long)])
+    model = ctx.fresh_victim("net", 5)
+    train(model, images, labels, recipe=spec.scenario.training_recipe, seed=5)
+    is_poison = torch.zeros(len(labels), dtype=torch.bool)
+    is_poison[len(clean):] = True
+    return model, setup, crafted, TrainingSet(images, labels), is_poison
+
+
+@pytest.fixture(scope="module")
+def twins(pyp):
+    """A BadNets-poisoned model and its clean twin (same seed, same data but the poisons)."""
+    suite, ctx = pyp
+    return _trained(ctx, _spec(suite, "badnets-poisons40")), _trained(ctx, _spec(suite, "control"))
+
+
+@pytest.mark.parametrize("label", ["badnets-poisons40", "blend", "wanet"])
+def test_dirty_label_poisons_carry_the_trigger_and_the_target_label(pyp, label):
+    suite, ctx = pyp
+    spec = _spec(suite, label)
+    setup = ctx.setup(0)
+    attack = create_attack(spec.attack)
+    crafted = attack.craft(ctx, setup, 7, 0)
+    poisons, trigger = crafted.poisons, crafted.trigger
+    indices = list(poisons.base_indices)
+    assert len(indices) == len(set(indices)) == 40
+    assert set(poisons.labels) == {setup.base_class}
+    assert (ctx.data.train_y[indices] != setup.base_class).all()
+    assert np.isin(indices, ctx.training_pool(setup, 0)).all()
+    sources = ctx.data.train_x[indices]
+    assert torch.equal(poisons.images, paste(sources, trigger))
+    assert (poisons.images.int() - sources.int()).abs().amax(dim=(1, 2, 3)).min() > 0
+    check = check_poisons(poisons, setup, ctx.data, spec.scenario.epsilon,
+                          attack.poison_count(attack.params, spec.scenario), relabels=True,
+                          pool=ctx.training_pool(setup, 0))
+    assert check.valid, check.reason
+    again = attack.craft(ctx, setup, 7, 0).poisons
+    assert again.base_indices == poisons.base_indices and torch.equal(again.images, poisons.images)
+
+
+def test_blend_and_warp_triggers_do_what_they_say():
+    from raypoison.triggers import TriggerConfig, make_trigger
+
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    blend = make_trigger(TriggerConfig(style="blend", alpha=0.25), 3, 16)
+    expected = (0.75 * images.float() + 0.25 * blend.pattern.float()).round()
+    assert (blend.apply(images).float() - expected).abs().max() <= 1
+    warp = make_trigger(TriggerConfig(style="warp", strength=1.0, seed=2), 3, 16)
+    warped = warp.apply(images)
+    assert warped.shape == images.shape and not torch.equal(warped, images)
+    assert torch.equal(make_trigger(TriggerConfig(style="warp", strength=1.0, seed=2), 3, 16)
+                       .apply(images), warped)
+    flat = torch.full((1, 3, 16, 16), 100, dtype=torch.uint8)
+    assert torch.equal(warp.apply(flat), flat)  # a warp moves pixels, it adds nothing
+    with pytest.raises(ValueError, match="image size"):
+        make_trigger(TriggerConfig(style="blend"), 3)
+
+
+def test_checks_reject_relabelled_poisons_that_break_the_contract(pyp):
+    suite, ctx = pyp
+    spec = _spec(suite, "badnets-poisons40")
+    setup = ctx.setup(0)
+    pool = ctx.training_pool(setup, 0)
+    good = create_attack(spec.attack).craft(ctx, setup, 7, 0).poisons
+
+    def check(poisons, count=40):
+        return check_poisons(poisons, setup, ctx.data, spec.scenario.epsilon, count,
+                             relabels=True, pool=pool)
+
+    assert check(good).valid
+    wrong_label = copy.copy(good)
+    wrong_label.labels = (setup.target_class,) * 40
+    assert check(wrong_label).reason.startswith("labels")
+    assert check(good, count=41).reason.startswith("count")
+    same_class = int(np.flatnonzero(ctx.train_labels[pool] == setup.base_class)[0])
+    in_target = copy.copy(good)
+    in_target.base_indices = (int(pool[same_class]),) + good.base_indices[1:]
+    assert "other than the target class" in check(in_target).reason
+    twice = copy.copy(good)
+    twice.base_indices = (good.base_indices[1],) + good.base_indices[1:]
+    assert "twice" in check(twice).reason
+    outside = copy.copy(good)
+    outside.base_indices = (int(ctx.held_out()[0]),) + good.base_indices[1:]
+    assert "not in the victim's training set" in check(outside).reason
+
+
+def test_the_trusted_set_is_held_out_from_training(pyp):
+    suite, ctx = pyp
+    trusted = ctx.held_out()
+    assert len(trusted) == 4 * 20
+    assert np.bincount(ctx.train_labels[trusted]).tolist() == [20] * 4
+    for index in range(2):
+        setup = ctx.setup(index)
+        pool = ctx.training_pool(setup, index)
+        assert not np.isin(pool, trusted).any()
+        assert not np.isin(setup.base_indices, trusted).any()
+        assert len(pool) == 4 * 100
+    bad = copy.deepcopy(PYP)
+    bad["scenarios"][0]["trusted_per_class"] = 30  # 100 + 30 > 120 images per class
+    with pytest.raises(ConfigError, match="trusted_per_class"):
+        parse_suite(bad)
+
+
+@pytest.fixture(scope="module")
+def outcomes(pyp, twins):
+    suite, ctx = pyp
+    (bad, setup, crafted, _, _), (clean, _, _, _, _) = twins
+
+    def outcome(model):
+        return evaluate_victim(model, ctx.data, setup, trigger=crafted.trigger,
+                               asr_scope="other_classes")
+
+    return outcome, outcome(bad), outcome(clean)
+
+
+def test_badnets_implants_a_backdoor_the_clean_twin_lacks(outcomes):
+    _, bad, clean = outcomes
+    assert bad.attack_success_rate > 0.5
+    assert clean.attack_success_rate < 0.2
+    assert abs(bad.clean_accuracy - clean.clean_accuracy) < 0.05
+
+
+@pytest.mark.parametrize("name", ["pivotal_tuning", "fine_tuning"])
+def test_repair_lowers_attack_success_keeping_clean_accuracy(pyp, twins, outcomes, name):
+    suite, ctx = pyp
+    (bad, _, _, _, _), _ = twins
+    outcome, before, _ = outcomes
+    defense = create_defense(parse_suite({**copy.deepcopy(PYP), "defenses": [
+        {"name": name, "params": CHEAP[name]}]}).defenses[0])
+    repaired = defense.repair(bad, ctx.trusted_set(), 3)
+    after = outcome(repaired)
+    assert after.attack_success_rate < before.attack_success_rate - 0.3
+    assert after.clean_accuracy > before.clean_accuracy - 0.05
+    assert outcome(bad).attack_success_rate == before.attack_success_rate  # suspect untouched
+
+
+@pytest.mark.parametrize("name", ["neural_cleanse", "calibrated_trigger_inversion"])
+def test_detection_scores_separate_a_backdoored_model_from_its_clean_twin(pyp, twins, name):
+    suite, ctx = pyp
+    (bad, *_), (clean, *_) = twins
+    defense = create_defense(parse_suite({**copy.deepcopy(PYP), "defenses": [
+        {"name": name, "params": CHEAP[name]}]}).defenses[0])
+    trusted = ctx.trusted_set()
+    assert defense.detect(bad, trusted, 1) > defense.detect(clean, trusted, 1)
+
+
+@pytest.mark.parametrize("name", ["deep_knn", "spectral_signatures", "activation_clustering"])
+def test_data_side_detectors_rank_badnets_poisons_above_clean_samples(pyp, twins, name):
+    suite, ctx = pyp
+    (bad, _, _, training, is_poison), _ = twins
+    flags = create_defense(parse_suite({**copy.deepcopy(PYP), "defenses": [name]}).defenses[0]
+                           ).flag(training, bad, ctx.trusted_set(), 0)
+    assert flags.scores.shape == flags.flagged.shape == (len(is_poison),)
+    assert flag_scores(flags.scores, flags.flagged, is_poison)["flag_auc"] > 0.6
+
+
+def test_flag_scores_count_precision_recall_and_auc():
+    is_poison = torch.tensor([True, True, False, False, False])
+    flagged = torch.tensor([True, False, True, False, False])
+    scores = torch.tensor([0.9, 0.5, 0.6, 0.1, 0.2])
+    out = flag_scores(scores, flagged, is_poison)
+    assert out["flagged"] == 2 and out["flag_precision"] == 0.5 and out["flag_recall"] == 0.5
+    assert out["flag_auc"] == pytest.approx(5 / 6)
+    assert roc_auc([1, 2], [0, 0]) == 1.0 and roc_auc([0], [0]) == 0.5
+    assert np.isnan(roc_auc([], [1]))
+
+
+def test_a_trial_with_defenses_writes_a_row_per_victim_and_defense(pyp):
+    raw = copy.deepcopy(PYP)
+    raw["attacks"] = [raw["attacks"][1]]
+    raw["defenses"] = [{"name": n, "params": CHEAP[n]} for n in
+                       ("pivotal_tuning", "neural_cleanse", "deep_knn")]
+    raw["defenses"].append({"name": "fine_tuning", "label": "ft-one-batch",
+                            "params": {"epochs": 1, "batch_size": 100000}})
+    suite = parse_suite(raw)
+    _, ctx = pyp
+    spec = next(iter(expand(suite)))
+    rows = run_trial(spec, ctx)
+    assert [r["defense"] for r in rows] == ["none", "pivotal_tuning", "neural_cleanse",
+                                           "deep_knn", "ft-one-batch"]
+    by = {r["defense"]: r for r in rows}
+    assert all(r["status"] == "ok" for r in rows)
+    assert by["none"]["poisons"] == 40 and by["none"]["attack_success_rate"] > 0.5
+    assert by["pivotal_tuning"]["attack_success_rate_repaired"] < by["none"]["attack_success_rate"]
+    assert by["neural_cleanse"]["detection_score"] is not None
+    assert by["deep_knn"]["flag_recall"] is not None
+    for r in rows[1:]:
+        assert r["clean_accuracy"] == by["none"]["clean_accuracy"]  # the same trained model
+        assert r["trusted_size"] == 80 and r["seconds_defense"] > 0
+    plain = parse_suite({**copy.deepcopy(PYP), "attacks": [PYP["attacks"][1]]})
+    assert next(iter(expand(plain))).trial_id != spec.trial_id  # defenses are in the id
+
+
+def test_a_failing_defense_fails_its_own_row_only(pyp):
+    raw = copy.deepcopy(PYP)
+    raw["attacks"] = [raw["attacks"][1]]
+    raw["defenses"] = [{"name": "deep_knn"}, {"name": "fine_pruning", "params": {
+        "tune": {"epochs": 1}}}]
+    suite = parse_suite(raw)
+    _, ctx = pyp
+    spec = next(iter(expand(suite)))
+    real = ctx.trusted_set
+    ctx.trusted_set = lambda: type(real())(real().images[:0], real().labels[:0])  # empty
+    try:
+        rows = run_trial(spec, ctx)
+    finally:
+        ctx.trusted_set = real
+    by = {r["defense"]: r for r in rows}
+    assert by["none"]["status"] == "ok"
+    assert by["fine_pruning"]["status"] == "failed"
+    assert "defense fine_pruning" in by["fine_pruning"]["error"]
+
+
+def test_configs_sweep_and_validate_defenses():
+    suite = parse_suite({**copy.deepcopy(PYP), "attacks": [
+        {"name": "badnets", "sweep": {"poisons": [5, 10, 20]}}]})
+    assert [a.label for a in suite.attacks] == ["badnets-poisons5", "badnets-poisons10",
+                                                "badnets-poisons20"]
+    assert [a.params.poisons for a in suite.attacks] == [5, 10, 20]
+    no_trusted = copy.deepcopy(PYP)
+    del no_trusted["scenarios"][0]["trusted_per_class"]
+    with pytest.raises(ConfigError, match="trusted_per_class"):
+        parse_suite({**no_trusted, "defenses": ["strip"]})
+    with pytest.raises(ConfigError, match="unknown defense 'cleanse'"):
+        parse_suite({**copy.deepcopy(PYP), "defenses": ["cleanse"]})
+    with pytest.raises(ConfigError, match="defenses\\[0\\].label"):
+        parse_suite({**copy.deepcopy(PYP), "defenses": [{"name": "strip", "label": "none"}]})
+    with pytest.raises(ConfigError, match="sweep"):
+        parse_suite({**copy.deepcopy(PYP), "attacks": [{"name": "badnets", "sweep": [1, 2]}]})
+    with pytest.raises(ConfigError, match="poisons"):
+        parse_suite({**copy.deepcopy(PYP), "attacks": [{"name": "badnets",
+                                                        "params": {"poisons": -1}}]})
+    assert set(CHEAP) == set(DEFENSES.names())
+
+
+def test_report_tables_and_draws_the_trade_off(pyp, tmp_path):
+    """Real rows of real trials (two seeds of the control and of BadNets) into the table and
+    the figure."""
+    import pandas as pd
+
+    raw = copy.deepcopy(PYP)
+    raw["attacks"] = raw["attacks"][:2]
+    raw["defenses"] = [{"name": n, "params": CHEAP[n]} for n in
+                       ("pivotal_tuning", "neural_cleanse", "deep_knn")]
+    suite = parse_suite(raw)
+    _, ctx = pyp
+    rows = [r for spec in expand(suite) for r in run_trial(spec, ctx)]
+    table = defense_table(pd.DataFrame(rows))
+    assert len(table) == 2 * 3
+    badnets = table[table["attack"] == "badnets-poisons40"].set_index("defense")
+    control = table[table["attack"] == "control"].set_index("defense")
+    assert (badnets["poisons"] == 40).all() and (control["poisons"] == 0).all()
+    assert (badnets["n"] == 2).all() and (badnets["controls"] == 2).all()
+    cleanse = badnets.loc["neural_cleanse"]
+    assert 0 <= cleanse["detection_auc_low"] <= cleanse["detection_auc"] <= cleanse[
+        "detection_auc_high"] <= 1
+    assert np.isnan(control.loc["neural_cleanse", "detection_auc"])
+    repaired = badnets.loc["pivotal_tuning"]
+    assert repaired["attack_success_rate_repaired"] < repaired["attack_success_rate"]
+    assert "badnets-poisons40" in defense_markdown(table)
+    paths = tradeoff_figures(table, tmp_path)
+    assert [p.name for p in paths] == ["tradeoff-tiny-scratch-badnets.png"]
+    from PIL import Image
+
+    with Image.open(paths[0]) as image:
+        assert image.size[0] > 1000
