@@ -5,8 +5,8 @@
   label, the paper's rule with the defender's assumed poison rate.
 - ``activation_clustering`` (Chen et al., 2018): per label, features reduced to ``dims``
   principal components and split by 2-means; the smaller cluster is flagged when it holds less
-  than ``max_size`` of the label. The score is how much nearer a sample is to the smaller cluster's
-  centre than to the larger one's.
+  than ``max_size`` of the label. A sample's score is one minus its cluster's share of its label,
+  so members of small clusters rank first whatever their label.
 - ``strip`` (Gao et al., 2019): each sample blended half-and-half with ``blends`` random trusted
   images; a backdoored input keeps its prediction whatever it is blended with, so a low mean
   prediction entropy is suspicious. Flags entropies below the ``frr`` quantile of the trusted
@@ -96,11 +96,9 @@ class ActivationClustering(Defense):
             reduced = centred @ v[:q].T
             assign = _two_means(reduced, generator)
             small = int((assign == 1).sum() < (assign == 0).sum())
-            centres = torch.stack([reduced[assign == k].mean(0) if (assign == k).any()
-                                   else reduced.mean(0) for k in (0, 1)])
-            distance = torch.cdist(reduced, centres)
-            scores[idx] = distance[:, 1 - small] - distance[:, small]
-            if (assign == small).float().mean() < self.params.max_size:
+            share = torch.stack([(assign == k).float().mean() for k in (0, 1)])
+            scores[idx] = 1 - share[assign]
+            if share[small] < self.params.max_size:
                 flagged[idx[assign == small]] = True
         return Flags(scores, flagged)
 
