@@ -50,9 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("output", help="the run's output folder or URI")
     report.add_argument("--interval", choices=["wilson", "clopper-pearson"], default="wilson")
     report.add_argument("--per-victim", action="store_true", help="one row per victim")
-    report.add_argument("--csv", help="also write the table as CSV to this file")
+    report.add_argument("--csv", help="also write the success table as CSV to this file (and "
+                                      "the defenses' as <name>-defenses.csv)")
+    report.add_argument("--markdown", metavar="FILE", help="also write the report as markdown")
+    report.add_argument("--html", metavar="FILE", help="also write the report as HTML")
     report.add_argument("--figures", metavar="DIR",
-                        help="draw the defenses' trade-off figures (PNG) into this folder")
+                        help="draw figures (PNG) into this folder: success against ε, poison "
+                             "count and patch size where they vary; the defenses' trade-off")
+    report.add_argument("--compare", nargs=2, metavar=("ATTACK_A", "ATTACK_B"),
+                        help="paired difference of two attacks' success rates")
+    report.add_argument("--against", metavar="URI",
+                        help="difference of each cell against another results dataset")
 
     pre = sub.add_parser("pretrain", help="train the victim zoo of a zoo config as Ray tasks")
     pre.add_argument("config", help="zoo YAML file")
@@ -108,31 +116,47 @@ def _run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from raypoison import results
     from raypoison.defense_report import defense_table
-    from raypoison.defense_report import to_markdown as defense_markdown
-    from raypoison.report import status_table, success_table, to_markdown
+    from raypoison.report_document import assemble, to_html, to_markdown
 
     df = results.load(args.output)
     if df.empty:
         print(f"no results in {args.output}")
         return EXIT_OK
-    table = success_table(df, interval=args.interval, per_victim=args.per_victim)
-    print(to_markdown(table, args.interval))
-    print()
-    print(status_table(df).to_string(index=False))
+    against = None
+    if args.against:
+        other = results.load(args.against)
+        if other.empty:
+            raise ConfigError("--against", f"no results in {args.against}")
+        against = (args.against, other)
+    try:
+        sections = assemble(df, args.output, interval=args.interval,
+                            per_victim=args.per_victim,
+                            compare_attacks=tuple(args.compare) if args.compare else None,
+                            against=against)
+    except ValueError as err:
+        raise ConfigError("--compare", str(err)) from None
+    text = to_markdown(sections)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
     if args.csv:
-        table.to_csv(args.csv, index=False)
-    defended = defense_table(df)
-    if not defended.empty:
-        print()
-        print(defense_markdown(defended))
-        if args.csv:
+        sections[0].table.to_csv(args.csv, index=False)
+        defended = defense_table(df)
+        if not defended.empty:
             path = Path(args.csv)
             defended.to_csv(path.with_name(f"{path.stem}-defenses{path.suffix}"), index=False)
+    figures = []
     if args.figures:
-        from raypoison.figures import tradeoff_figures
+        from raypoison.figures import sweep_figures, tradeoff_figures
 
-        for path in tradeoff_figures(defended, args.figures):
+        figures = sweep_figures(df, args.figures, args.interval) + tradeoff_figures(
+            defense_table(df), args.figures)
+        for path in figures:
             print(f"figure: {path}")
+    if args.html:
+        html_path = Path(args.html)
+        html_path.write_text(to_html(sections, f"raypoison report: {args.output}", figures,
+                                     relative_to=html_path.parent))
     return EXIT_OK
 
 

@@ -79,3 +79,51 @@ def tradeoff_figures(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
             plt.close(fig)
             paths.append(path)
     return paths
+
+
+SWEEPS = {"epsilon": "ε (L∞ bound)", "poisons": "poisons", "patch_size": "patch size"}
+
+
+def sweep_figures(df: pd.DataFrame, out_dir: str | Path, interval: str = "wilson") -> list[Path]:
+    """Success rate against each of ε, poison count and patch size that takes more than one value
+    in the dataset: a line per attack family and role, pooling every row that shares the value
+    (so a sweep should vary one thing at a time), with the 95% ``interval``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from raypoison.compare import outcomes
+    from raypoison.stats import INTERVALS
+
+    done = outcomes(df)
+    done = done[done["attack_name"] != "noop"]
+    out_dir = Path(out_dir)
+    paths = []
+    for column, label in SWEEPS.items():
+        if column not in done.columns or done[column].dropna().nunique() < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        pooled = done.assign(role="all") if done["role"].nunique() > 1 else done
+        frames = [done, pooled] if pooled is not done else [done]
+        for (family, role), g in pd.concat(frames).groupby(["attack_name", "role"]):
+            cells = g.groupby(column)["success"].agg(["count", "sum"]).reset_index()
+            rates = cells["sum"] / cells["count"]
+            bounds = [INTERVALS[interval](int(s), int(n))
+                      for s, n in zip(cells["sum"], cells["count"], strict=True)]
+            ax.errorbar(cells[column], 100 * rates,
+                        yerr=[100 * (rates - [b[0] for b in bounds]).clip(lower=0),
+                              100 * (pd.Series([b[1] for b in bounds]) - rates).clip(lower=0)],
+                        marker="o", capsize=3, label=f"{family} ({role})")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"success % (95% {interval})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(f"Success rate against {label}")
+        fig.tight_layout()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"success-vs-{column}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -42,6 +42,8 @@ SCHEMA = pa.schema(
         ("attack_name", pa.string()),
         ("attack_params", pa.string()),
         ("trial", pa.int32()),
+        ("epsilon", pa.float64()),
+        ("patch_size", pa.int32()),
         ("victim", pa.string()),
         ("victim_arch", pa.string()),
         ("role", pa.string()),
@@ -118,6 +120,8 @@ def trial_fields(spec) -> dict[str, Any]:
         "attack_name": spec.attack.name,
         "attack_params": json.dumps(to_plain(spec.attack.params), sort_keys=True),
         "trial": spec.index,
+        "epsilon": spec.scenario.epsilon,
+        "patch_size": spec.scenario.patch_size,
         "seed_setup": spec.scenario.seed,
         "raypoison_version": __version__,
     }

@@ -99,3 +99,26 @@ def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float
         return (math.nan, math.nan, math.nan)
     low, high = bootstrap_interval(np.mean, array, confidence=confidence)
     return (float(array.mean()), low, high)
+
+
+def newcombe_difference(s1: int, n1: int, s2: int, n2: int, confidence: float = 0.95
+                        ) -> tuple[float, float, float]:
+    """Difference of two independent proportions, s1/n1 - s2/n2, with Newcombe's hybrid score
+    interval (his method 10, built from the two Wilson intervals)."""
+    if n1 == 0 or n2 == 0:
+        return (math.nan, math.nan, math.nan)
+    p1, p2 = s1 / n1, s2 / n2
+    l1, u1 = wilson(s1, n1, confidence)
+    l2, u2 = wilson(s2, n2, confidence)
+    d = p1 - p2
+    return (d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+            d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar test for paired outcomes: the p-value of the discordant pairs'
+    split under "both are equally likely to win" (a sign test)."""
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * _binomial_cdf(min(only_first, only_second), n, 0.5))

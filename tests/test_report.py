@@ -80,3 +80,65 @@ def test_published_numbers_sit_beside_ours_and_flag_when_outside():
     assert "22 (outside)" in to_markdown(success_table(pd.DataFrame(rows(5))), "wilson")
     other = success_table(pd.DataFrame(rows(5, scenario="mine")))
     assert other["published"].isna().all()
+
+
+def test_newcombe_and_mcnemar_match_known_values():
+    from raypoison.stats import mcnemar_exact, newcombe_difference
+
+    # Newcombe (1998), table II example: 56/70 vs 48/80 -> 0.2000 [0.0524, 0.3339]
+    d, low, high = newcombe_difference(56, 70, 48, 80)
+    assert (d, low, high) == pytest.approx((0.2, 0.0524, 0.3339), abs=1e-4)
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(6, 0) == pytest.approx(2 / 64)  # 2 x 0.5^6
+    assert mcnemar_exact(3, 3) == 1.0
+
+
+def _paired_rows():
+    rows = []
+    for trial in range(30):
+        for attack, success in (("strong", trial < 12), ("weak", trial < 3)):
+            rows.append({"trial_id": f"{attack}{trial}", "scenario": "s", "attack": attack,
+                         "attack_name": attack, "victim": "wb", "role": "white-box",
+                         "trial": trial, "status": "ok", "success": success, "defense": "none",
+                         "epsilon": 8 / 255 if trial % 2 else 16 / 255, "patch_size": 5,
+                         "poisons": 25, "suite": "x"})
+    return rows
+
+
+def test_paired_comparison_of_two_attacks():
+    from raypoison.compare import compare_attacks
+
+    diff = compare_attacks(pd.DataFrame(_paired_rows()), "strong", "weak").iloc[0]
+    assert diff["pairs"] == 30 and diff["only_first"] == 9 and diff["only_second"] == 0
+    assert diff["difference"] == pytest.approx(0.3)
+    assert diff["low"] > 0 and diff["high"] <= 0.6 and diff["p_mcnemar"] < 0.01
+    with pytest.raises(ValueError, match="no completed trials of attack 'nope'"):
+        compare_attacks(pd.DataFrame(_paired_rows()), "strong", "nope")
+
+
+def test_report_writes_markdown_html_comparisons_figures_and_run_progress(tmp_path, capsys):
+    import json
+
+    from raypoison.rows import SCHEMA_VERSION
+
+    out, other = tmp_path / "out", tmp_path / "other"
+    for folder, rows in ((out, _paired_rows()), (other, _paired_rows()[:20])):
+        sink = ParquetSink(Location.parse(str(folder)), "r")
+        sink.add([dict(r, schema_version=SCHEMA_VERSION) for r in rows])
+        sink.flush()
+    (out / "manifests").mkdir()
+    (out / "manifests" / "run-a.json").write_text(json.dumps(
+        {"run_id": "a", "suite": "x", "status": "running", "host": "elsewhere", "pid": 1,
+         "started_at": "2026-01-01T00:00:00", "trials": {"planned": 80}}))
+    assert main(["report", str(out), "--compare", "strong", "weak", "--against", str(other),
+                 "--markdown", str(tmp_path / "r.md"), "--html", str(tmp_path / "r.html"),
+                 "--figures", str(tmp_path / "fig")]) == 0
+    printed = capsys.readouterr().out
+    assert "strong minus weak" in printed and "95% Newcombe" in printed
+    assert "60 of 80 planned trials have rows (75%)" in printed
+    assert (tmp_path / "r.md").read_text().strip() in printed
+    page = (tmp_path / "r.html").read_text()
+    assert "<table" in page and "fig/success-vs-epsilon.png" in page
+    assert (tmp_path / "fig" / "success-vs-epsilon.png").stat().st_size > 1000
+    assert not (tmp_path / "fig" / "success-vs-patch_size.png").exists()  # one value only
+    assert main(["report", str(out), "--compare", "strong", "nope"]) == 2

@@ -1,0 +1,75 @@
+"""Differences between two attacks of one dataset, or between two datasets (two configs).
+
+Two attacks of one suite are compared *paired*: their trials with the same index share a setup
+(target, bases) and each victim's training seed, so the pairs (scenario, trial, victim) differ
+only by the attack. The difference of success rates gets a paired bootstrap interval (over pairs)
+and the exact McNemar test on the discordant pairs. Two datasets are compared cell by cell
+(scenario, attack, role) as independent samples, with Newcombe's hybrid score interval.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from raypoison.rows import NO_DEFENSE, STATUS_OK
+from raypoison.stats import bootstrap_interval, mcnemar_exact, newcombe_difference
+
+
+def outcomes(df: pd.DataFrame) -> pd.DataFrame:
+    """The undefended, completed outcomes (one per trial and victim)."""
+    done = df[(df["status"] == STATUS_OK) & df["success"].notna()]
+    if "defense" in done.columns:
+        done = done[done["defense"].fillna(NO_DEFENSE) == NO_DEFENSE]
+    return done
+
+
+def _roles(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame["role"].nunique() > 1:
+        return pd.concat([frame, frame.assign(role="all")])
+    return frame
+
+
+def compare_attacks(df: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
+    """Per scenario and role: pairs, both rates, their difference with a 95% paired bootstrap
+    interval, and the McNemar p-value."""
+    done = outcomes(df)
+    for label in (first, second):
+        if label not in set(done["attack"]):
+            known = ", ".join(sorted(set(done["attack"])))
+            raise ValueError(f"no completed trials of attack {label!r} (attacks: {known})")
+    keys = ["scenario", "trial", "victim", "role"]
+    a = done[done["attack"] == first][[*keys, "success"]]
+    b = done[done["attack"] == second][[*keys, "success"]]
+    pairs = _roles(a.merge(b, on=keys, suffixes=("_a", "_b")))
+    out = []
+    for (scenario, role), g in pairs.groupby(["scenario", "role"], sort=True):
+        x, y = g["success_a"].astype(bool).to_numpy(), g["success_b"].astype(bool).to_numpy()
+        d = x.astype(float) - y.astype(float)
+        low, high = bootstrap_interval(np.mean, d)
+        out.append({"scenario": scenario, "role": role, "pairs": len(g),
+                    f"rate_{first}": x.mean(), f"rate_{second}": y.mean(),
+                    "difference": d.mean(), "low": low, "high": high,
+                    "only_first": int((x & ~y).sum()), "only_second": int((~x & y).sum()),
+                    "p_mcnemar": mcnemar_exact(int((x & ~y).sum()), int((~x & y).sum()))})
+    return pd.DataFrame(out)
+
+
+def compare_datasets(df: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """Per (scenario, attack, role) present in both: rates and their difference (this minus the
+    other) with Newcombe's 95% interval."""
+    def cells(frame):
+        grouped = _roles(outcomes(frame)).groupby(["scenario", "attack", "role"])["success"]
+        return grouped.agg(n="count", successes="sum").reset_index()
+
+    merged = cells(df).merge(cells(other), on=["scenario", "attack", "role"],
+                             suffixes=("", "_other"))
+    rows = []
+    for r in merged.itertuples(index=False):
+        d, low, high = newcombe_difference(int(r.successes), int(r.n), int(r.successes_other),
+                                           int(r.n_other))
+        rows.append({"scenario": r.scenario, "attack": r.attack, "role": r.role, "n": r.n,
+                     "rate": r.successes / r.n, "n_other": r.n_other,
+                     "rate_other": r.successes_other / r.n_other, "difference": d, "low": low,
+                     "high": high})
+    return pd.DataFrame(rows)

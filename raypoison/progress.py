@@ -1,0 +1,77 @@
+"""Where the runs of a results dataset stand, from their manifests and the rows written so far.
+
+Every run writes ``manifests/run-<id>.json`` when it starts and again when it ends. A manifest
+still saying ``running`` is either a run in progress or one whose driver died; on the machine that
+wrote it, the recorded process id tells them apart (``stopped``), elsewhere it stays ``running``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import socket
+from typing import Any
+
+import pandas as pd
+
+from raypoison.storage import Location
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def manifests(uri: str) -> list[dict[str, Any]]:
+    location = Location.parse(uri)
+    out = []
+    root = location.join("manifests")
+    if not location.exists(root):
+        return out
+    for info in location.list_files(root):
+        if not posixpath.basename(info.path).endswith(".json"):
+            continue
+        try:
+            out.append(json.loads(location.read_bytes(info.path)))
+        except (OSError, ValueError):
+            continue  # a manifest being rewritten, or foreign: progress is best effort
+    return sorted(out, key=lambda m: m.get("started_at") or "")
+
+
+def run_table(uri: str, df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its status, trials planned, and trials of its suite with rows so far
+    (ok, failed, rejected, counting a trial by its worst row)."""
+    rows = []
+    for m in manifests(uri):
+        status = m.get("status", "?")
+        if status == "running" and m.get("host") == socket.gethostname() and m.get("pid") \
+                and not _alive(int(m["pid"])):
+            status = "stopped"
+        suite = df[df["suite"] == m.get("suite")] if not df.empty else df
+        per_trial = (suite.groupby("trial_id")["status"].agg(
+            lambda s: "failed" if (s == "failed").any() else
+            "rejected" if (s == "rejected").any() else "ok") if not suite.empty
+            else pd.Series(dtype=str))
+        planned = m.get("trials", {}).get("planned")
+        rows.append({"run_id": m.get("run_id"), "suite": m.get("suite"), "status": status,
+                     "started_at": m.get("started_at"), "planned": planned,
+                     "with_rows": len(per_trial), "ok": int((per_trial == "ok").sum()),
+                     "failed": int((per_trial == "failed").sum()),
+                     "rejected": int((per_trial == "rejected").sum())})
+    return pd.DataFrame(rows)
+
+
+def to_text(table: pd.DataFrame) -> str:
+    lines = []
+    for r in table.itertuples(index=False):
+        share = f" ({100 * r.with_rows / r.planned:.0f}%)" if r.planned else ""
+        lines.append(f"run {r.run_id} [{r.status}], suite {r.suite}: {r.with_rows} of "
+                     f"{r.planned} planned trials have rows{share}; ok {r.ok}, failed {r.failed}, "
+                     f"rejected {r.rejected}")
+    return "\n".join(lines)
