@@ -80,22 +80,34 @@ def test_empty_or_missing_dataset_reads_as_empty(tmp_path):
 
 
 def test_duckdb_reads_the_dataset_with_hive_partitions(tmp_path):
+    """The README's query: dedup by key, undefended rows only, version-1 parts included."""
     duckdb = pytest.importorskip("duckdb")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     sink = ParquetSink(Location.parse(str(tmp_path)), "r")
     for i in range(6):
-        sink.add([row(f"t{i}", status="ok" if i % 3 else "failed")])
-    sink.add([row("t1", minutes=9)])  # a duplicate key, as a retried trial leaves
+        sink.add([dict(row(f"t{i}", status="ok" if i % 3 else "failed"), defense="none"),
+                  dict(row(f"t{i}"), defense="strip", success=False)])
+    sink.add([dict(row("t1", minutes=9), defense="none")])  # a duplicate key, as a retry leaves
     sink.flush()
+    legacy = [row(f"t{i}") for i in (7, 8)]  # a version-1 part: no defense column
+    folder = tmp_path / "results" / "scenario=s" / "attack=a"
+    pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k not in (
+        "scenario", "attack")} | {"schema_version": 1} for r in legacy]),
+        folder / "part-legacy.parquet")
     query = f"""
         SELECT scenario, attack, count(*) AS n, avg(success::INT) AS success_rate
-        FROM (SELECT *, row_number() OVER (PARTITION BY trial_id, victim
+        FROM (SELECT *, row_number() OVER (PARTITION BY trial_id, victim, defense
                        ORDER BY (status = 'ok') DESC, finished_at DESC) AS k
-              FROM read_parquet('{tmp_path}/results/*/*/part-*.parquet', hive_partitioning=true))
-        WHERE k = 1 GROUP BY ALL"""
+              FROM read_parquet('{tmp_path}/results/*/*/part-*.parquet', hive_partitioning=true,
+                                union_by_name=true))
+        WHERE k = 1 AND coalesce(defense, 'none') = 'none' GROUP BY ALL"""
     [(scenario, attack, n, rate)] = duckdb.sql(query).fetchall()
     df = results.load(str(tmp_path))
-    assert (scenario, attack, n) == ("s", "a", 6)
-    assert rate == pytest.approx(df["success"].mean())
+    undefended = df[df["defense"] == "none"]
+    assert (scenario, attack, n) == ("s", "a", 8) and len(undefended) == 8
+    assert rate == pytest.approx(undefended["success"].mean())
 
 
 def test_compaction_keeps_exactly_the_deduplicated_rows(tmp_path):
