@@ -131,6 +131,17 @@ class TrialContext:
             self._banks[name] = (bank, row_of.to(self.device))
         return self._banks[name]
 
+    def training_features(self, name: str, clean: torch.Tensor, poisons: torch.Tensor
+                          ) -> TrainingFeatures | None:
+        """Banked features of a victim's training set (``clean`` indices, then ``poisons``), or
+        None when a clean image lies outside the bank's pool (a dirty-label trial keeps bases
+        that may lie anywhere in their class): then the trial runs the extractor."""
+        bank, row_of = self.feature_pool(name)
+        rows = row_of[clean]
+        if not bool((rows >= 0).all()):
+            return None
+        return TrainingFeatures(bank, rows, self.model(name), poisons.to(self.device))
+
     def test_features(self, name: str) -> torch.Tensor | None:
         """Features of the test set under victim ``name``'s frozen extractor (transfer mode only)."""
         if self.scenario.mode != "transfer":
@@ -330,11 +341,7 @@ def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None) -> dict[s
     for victim in scenario.victims:
         seed_train = derive_seed(scenario.seed, spec.index, victim, "train")
         model = ctx.fresh_victim(victim, seed_train)
-        features = None
-        if banked:
-            pool_bank, row_of = ctx.feature_pool(victim)
-            features = TrainingFeatures(pool_bank, row_of[clean], ctx.model(victim),
-                                        poisons.images.to(ctx.device))
+        features = ctx.training_features(victim, clean, poisons.images) if banked else None
         fit = train(model, images, labels, recipe=scenario.training_recipe, seed=seed_train,
                     trainable="head" if scenario.mode == "transfer" else "all",
                     features=features)

@@ -363,3 +363,41 @@ def test_report_tables_and_draws_the_trade_off(pyp, tmp_path):
 
     with Image.open(paths[0]) as image:
         assert image.size[0] > 1000
+
+
+def test_dirty_label_transfer_trials_run_with_bases_outside_the_feature_bank(tiny_checkpoint,
+                                                                             monkeypatch):
+    """In transfer mode a dirty-label trial keeps the setup's bases as clean training images;
+    those outside the feature bank's pool make the trial run the extractor instead, so it trains
+    the same head as a trial without a bank."""
+    import raypoison.trial
+    from tests.conftest import TINY
+
+    raw = copy.deepcopy(TINY)
+    raw["scenarios"][0].update(asr_scope="other_classes", trusted_per_class=4)
+    raw["attacks"] = [{"name": "badnets", "params": {"poisons": 6}}]
+    suite = parse_suite(raw)
+    ctx = TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
+    assert ctx.uses_feature_bank
+    _, row_of = ctx.feature_pool("net-a")
+    outside, rows = 0, []
+    for spec in expand(suite):
+        pool = torch.as_tensor(ctx.training_pool(ctx.setup(spec.index), spec.index))
+        banked = ctx.training_features("net-a", pool, ctx.data.train_x[:0])
+        if (row_of[pool] < 0).any():
+            outside += 1
+            assert banked is None
+        else:
+            assert banked is not None
+        [row] = run_trial(spec, ctx)
+        assert row["status"] == "ok", row["error"]
+        assert row["poisons"] == 6 and 0 <= row["attack_success_rate"] <= 1
+        rows.append(row)
+    assert outside > 0  # the fallback ran
+    monkeypatch.setattr(raypoison.trial, "MAX_BANK_BYTES", 0)  # no bank at all
+    plain = TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
+    assert not plain.uses_feature_bank
+    for spec, row in zip(expand(suite), rows, strict=True):
+        [again] = run_trial(spec, plain)
+        assert again["clean_accuracy"] == pytest.approx(row["clean_accuracy"], abs=1e-6)
+        assert again["attack_success_rate"] == pytest.approx(row["attack_success_rate"], abs=1e-6)
