@@ -128,13 +128,14 @@ def _report(args: argparse.Namespace) -> int:
         if other.empty:
             raise ConfigError("--against", f"no results in {args.against}")
         against = (args.against, other)
-    try:
-        sections = assemble(df, args.output, interval=args.interval,
-                            per_victim=args.per_victim,
-                            compare_attacks=tuple(args.compare) if args.compare else None,
-                            against=against)
-    except ValueError as err:
-        raise ConfigError("--compare", str(err)) from None
+    for label in args.compare or ():
+        if label not in set(df["attack"]):
+            known = ", ".join(sorted(set(df["attack"])))
+            raise ConfigError("--compare", f"no attack {label!r} in {args.output} (attacks: "
+                              f"{known})")
+    sections = assemble(df, args.output, interval=args.interval, per_victim=args.per_victim,
+                        compare_attacks=tuple(args.compare) if args.compare else None,
+                        against=against)
     text = to_markdown(sections)
     print(text)
     if args.markdown:

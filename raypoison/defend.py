@@ -58,9 +58,13 @@ def _one(defense, model, *, data, setup, trigger, trusted, training, is_poison, 
                       attack_success_rate_repaired=outcome.attack_success_rate,
                       target_pred_repaired=outcome.target_pred,
                       success_repaired=outcome.success)
-    flags = defense.flag(training, model, trusted, seed)
+    # the samples in a seeded random order: the poisons' place in the training set tells nothing
+    order = torch.randperm(len(training.labels), generator=torch.Generator().manual_seed(seed))
+    shuffled = TrainingSet(training.images[order.to(training.images.device)],
+                           training.labels[order.to(training.labels.device)])
+    flags = defense.flag(shuffled, model, trusted, seed)
     if flags is not None:
-        fields.update(flag_scores(flags.scores, flags.flagged, is_poison))
+        fields.update(flag_scores(flags.scores, flags.flagged, is_poison.cpu()[order]))
     return fields
 
 

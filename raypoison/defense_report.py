@@ -2,10 +2,12 @@
 clean accuracy and attack success rate before and after repair, detection ROC AUC against the
 no-attack control, and the data-side detectors' precision and recall — each with a 95% interval.
 
-Means get percentile bootstrap intervals over models; a detection AUC compares the detection
-scores of an attack's models (positives) with those of the scenario's control models (negatives:
-trials of the ``none`` attack, clean models trained with the same seeds) and its interval
-resamples both. Only rows with status ``ok`` count.
+Cells are per victim: detection scores of different architectures are not on one scale. Means
+get percentile bootstrap intervals over models; a detection AUC compares the detection scores of
+an attack's models (positives) with those of the scenario's control models of the same victim
+(negatives: trials of the ``none`` attack, clean models trained with the same seeds; two controls
+of one suite train the same models, so each trial counts once) and its interval resamples both.
+Only rows with status ``ok`` count.
 """
 
 from __future__ import annotations
@@ -33,22 +35,24 @@ def defended_rows(df: pd.DataFrame) -> pd.DataFrame:
 def poison_count(rows: pd.DataFrame) -> int:
     """The x of a trade-off: the attack's poison count; 0 for the control (its "poisons" are the
     unchanged bases)."""
-    if rows["attack_name"].iloc[0] == CONTROL:
+    counts = rows["poisons"].dropna()
+    if rows["attack_name"].iloc[0] == CONTROL or counts.empty:
         return 0
-    return int(rows["poisons"].median())
+    return int(counts.median())
 
 
 def defense_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (scenario, attack, defense) with ``n`` models, means with ``_low``/``_high``
-    bounds, and ``detection_auc`` with its bounds."""
+    """One row per (scenario, attack, defense, victim) with ``n`` models, means with
+    ``_low``/``_high`` bounds, and ``detection_auc`` with its bounds."""
     rows = defended_rows(df)
     if rows.empty:
         return pd.DataFrame()
-    control = rows[rows["attack_name"] == CONTROL]
+    control = rows[rows["attack_name"] == CONTROL].drop_duplicates(
+        ["scenario", "defense", "victim", "trial"])
     out = []
-    for (scenario, attack, defense), group in rows.groupby(["scenario", "attack", "defense"],
-                                                          sort=True):
-        record = {"scenario": scenario, "attack": attack,
+    for (scenario, attack, defense, victim), group in rows.groupby(
+            ["scenario", "attack", "defense", "victim"], sort=True):
+        record = {"scenario": scenario, "attack": attack, "victim": victim,
                   "attack_name": group["attack_name"].iloc[0], "poisons": poison_count(group),
                   "defense": defense, "defense_name": group["defense_name"].iloc[0],
                   "n": len(group)}
@@ -56,7 +60,8 @@ def defense_table(df: pd.DataFrame) -> pd.DataFrame:
             mean, low, high = mean_interval(group[column].astype(float))
             record.update({column: mean, f"{column}_low": low, f"{column}_high": high})
         negatives = control[(control["scenario"] == scenario) & (control["defense"] == defense)
-                            ]["detection_score"].astype(float).dropna()
+                            & (control["victim"] == victim)]["detection_score"].astype(
+                                float).dropna()
         positives = group["detection_score"].astype(float).dropna()
         auc, low, high = math.nan, math.nan, math.nan
         if record["attack_name"] != CONTROL and len(positives) and len(negatives):
@@ -65,8 +70,8 @@ def defense_table(df: pd.DataFrame) -> pd.DataFrame:
         record.update(detection_auc=auc, detection_auc_low=low, detection_auc_high=high,
                       controls=len(negatives))
         out.append(record)
-    return pd.DataFrame(out).sort_values(["scenario", "attack_name", "poisons", "defense"]
-                                         ).reset_index(drop=True)
+    return pd.DataFrame(out).sort_values(["scenario", "victim", "attack_name", "poisons",
+                                          "defense"]).reset_index(drop=True)
 
 
 def _cell(row, column: str, percent: bool = True) -> str:
@@ -80,12 +85,12 @@ def _cell(row, column: str, percent: bool = True) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    header = ["scenario", "attack", "poisons", "defense", "n", "clean acc %", "ASR %",
+    header = ["scenario", "victim", "attack", "poisons", "defense", "n", "clean acc %", "ASR %",
               "clean acc after %", "ASR after %", "detection AUC", "flag precision %",
               "flag recall %"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.itertuples(index=False):
-        cells = [row.scenario, row.attack, str(row.poisons), row.defense, str(row.n),
+        cells = [row.scenario, row.victim, row.attack, str(row.poisons), row.defense, str(row.n),
                  _cell(row, "clean_accuracy"), _cell(row, "attack_success_rate"),
                  _cell(row, "clean_accuracy_repaired"), _cell(row, "attack_success_rate_repaired"),
                  _cell(row, "detection_auc", percent=False), _cell(row, "flag_precision"),

@@ -31,7 +31,7 @@ def _series(ax, rows: pd.DataFrame, column: str, label: str, marker: str = "o") 
 
 
 def tradeoff_figures(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """One PNG per (scenario, attack family); returns their paths."""
+    """One PNG per (scenario, victim, attack family); returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,8 +42,9 @@ def tradeoff_figures(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     paths = []
     if table.empty:
         return paths
-    for scenario, in_scenario in table.groupby("scenario"):
-        control = in_scenario[in_scenario["attack_name"] == CONTROL]
+    for (scenario, victim), in_scenario in table.groupby(["scenario", "victim"]):
+        control = in_scenario[in_scenario["attack_name"] == CONTROL].drop_duplicates(
+            ["defense"])
         for family, rows in in_scenario[in_scenario["attack_name"] != CONTROL].groupby(
                 "attack_name"):
             rows = pd.concat([control, rows])
@@ -72,9 +73,9 @@ def tradeoff_figures(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
                 for ax in axes:
                     ax.set_xscale("symlog", linthresh=max(1, math.floor(
                         rows.loc[rows["poisons"] > 0, "poisons"].min())))
-            fig.suptitle(f"{scenario}: {family}, detectability vs robustness")
+            fig.suptitle(f"{scenario}, {victim}: {family}, detectability vs robustness")
             fig.tight_layout()
-            path = out_dir / f"tradeoff-{scenario}-{family}.png"
+            path = out_dir / f"tradeoff-{scenario}-{victim}-{family}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             paths.append(path)

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raypoison.rows import KEY, NO_DEFENSE, SCHEMA, STATUS_OK
@@ -81,10 +82,13 @@ def read_table(uri: str, columns: Iterable[str] | None = None) -> pa.Table:
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` cast to ``schema``; columns an older part lacks become nulls (``defense``, which
-    version 1 lacked, becomes ``none``: those rows are of undefended models)."""
+    version 1 lacked, becomes ``none``, as does a missing value: those rows are of undefended
+    models)."""
     arrays = []
     for field in schema:
-        if field.name in table.column_names:
+        if field.name == "defense" and field.name in table.column_names:
+            arrays.append(pc.fill_null(table[field.name].cast(field.type), NO_DEFENSE))
+        elif field.name in table.column_names:
             arrays.append(table[field.name].cast(field.type))
         elif field.name == "defense":
             arrays.append(pa.array([NO_DEFENSE] * len(table), field.type))
@@ -125,11 +129,12 @@ def committed_trials(uri: str, *, include_failed: bool = True) -> set[str]:
     With ``include_failed=False`` a trial counts only if it has no failed or rejected rows, so a
     resumed run computes failed trials again.
     """
-    df = read_table(uri, ["trial_id", "victim", "status"]).to_pandas()
+    df = read_table(uri, ["trial_id", "victim", "defense", "status"]).to_pandas()
     if df.empty:
         return set()
     if include_failed:
         return set(df["trial_id"])
-    key_ok = df["status"].eq(STATUS_OK).groupby([df["trial_id"], df["victim"]]).any()
+    key_ok = df["status"].eq(STATUS_OK).groupby([df["trial_id"], df["victim"],
+                                                 df["defense"]]).any()
     trial_ok = key_ok.groupby(level="trial_id").all()
     return set(trial_ok[trial_ok].index)

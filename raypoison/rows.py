@@ -129,8 +129,9 @@ def trial_fields(spec) -> dict[str, Any]:
 
 def per_victim(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | None = None):
     """Complete rows, every schema field set: per victim, the undefended row (``common`` and the
-    victim's own fields), then a row per defense of the spec that adds that defense's fields
-    (``per[victim]["defenses"][label]``)."""
+    victim's own fields), then, if the defenses ran on it, a row per defense of the spec that
+    adds that defense's fields (``per[victim]["defenses"][label]``). A trial that failed, was
+    rejected or trains nothing has undefended rows only."""
     scenario = spec.scenario
     out = []
     for victim in scenario.victims:
@@ -142,7 +143,7 @@ def per_victim(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | No
                    role=scenario.role(victim), defense=NO_DEFENSE)
         row.update(own)
         out.append(row)
-        for defense in getattr(spec, "defenses", ()):
+        for defense in getattr(spec, "defenses", ()) if defended else ():
             extra = {"defense": defense.label, "defense_name": defense.name,
                      "defense_params": json.dumps(to_plain(defense.params), sort_keys=True)}
             out.append({**row, **extra, **defended.get(defense.label, {})})

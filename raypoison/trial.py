@@ -376,7 +376,8 @@ def _changed(poisons: Poisons, data: ImageData) -> torch.Tensor:
                             device=data.train_x.device)
     sources = data.train_x[index]
     images = poisons.images.to(sources.device)
-    pixels = (images != sources).flatten(1).any(1) if len(index) else torch.zeros(0, dtype=bool)
+    pixels = ((images != sources).flatten(1).any(1) if len(index)
+              else torch.zeros(0, dtype=torch.bool, device=sources.device))
     labels = torch.as_tensor(np.asarray(poisons.labels, dtype=np.int64), device=sources.device)
     return (pixels | (labels != data.train_y[index])).cpu()
 

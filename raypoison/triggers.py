@@ -5,9 +5,9 @@ Three styles, each deterministic from its config:
 - ``patch`` (BadNets and the benchmark's backdoors): a uint8 ``[3, size, size]`` patch replacing
   the pixels at a corner and an offset from it;
 - ``blend`` (Blend): the image mixed with a full-size pattern, ``(1 - alpha) x + alpha p``;
-- ``warp`` (WaNet): a smooth, seeded warping field — a ``grid x grid`` random flow, normalized
-  by its mean magnitude, upsampled bicubically and scaled so no pixel moves by more than about
-  ``strength`` pixels — applied with bilinear sampling.
+- ``warp`` (WaNet): a smooth, seeded warping field — a ``grid x grid`` random flow in [-1, 1],
+  divided by its mean magnitude, upsampled bicubically, scaled by ``strength / image size`` in
+  grid_sample's [-1, 1] coordinates (WaNet's ``k`` and ``s``) — applied with bilinear sampling.
 
 The pattern of ``patch`` and ``blend`` comes from ``kind``: ``random`` (seeded uniform colours per
 pixel), ``checkerboard`` or ``file`` (an image resized to the pattern's size). The same
@@ -43,7 +43,7 @@ class TriggerConfig:
     offset: int = 0
     style: Literal["patch", "blend", "warp"] = "patch"
     alpha: float = 0.2  # blend: weight of the pattern
-    strength: float = 0.5  # warp: the field's scale, in pixels of a 32-pixel image
+    strength: float = 0.5  # warp: WaNet's s, the field's scale
     grid: int = 4  # warp: control points per side of the random flow
 
     def validate(self, path: str) -> None:
@@ -160,8 +160,7 @@ def _warp_grid(cfg: TriggerConfig, size: int) -> torch.Tensor:
     flow = flow.permute(0, 2, 3, 1)
     axis = torch.linspace(-1, 1, size)
     identity = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1)[None].flip(-1)
-    # a displacement of ``strength`` pixels on a 32-pixel image, in grid_sample's [-1, 1] units
-    return (identity + cfg.strength * flow / 16).clamp(-1, 1)
+    return (identity + cfg.strength * flow / size).clamp(-1, 1)
 
 
 def make_trigger(cfg: TriggerConfig, patch_size: int, image_size: int | None = None) -> Trigger:

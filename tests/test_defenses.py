@@ -125,6 +125,13 @@ def test_blend_and_warp_triggers_do_what_they_say():
                        .apply(images), warped)
     flat = torch.full((1, 3, 16, 16), 100, dtype=torch.uint8)
     assert torch.equal(warp.apply(flat), flat)  # a warp moves pixels, it adds nothing
+    # WaNet's grid: identity + s * flow / size, the flow with mean magnitude 1 (grid units)
+    for size in (16, 32):
+        wanet = make_trigger(TriggerConfig(style="warp", strength=0.5, seed=2), 3, size)
+        axis = torch.linspace(-1, 1, size)
+        identity = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).flip(-1)
+        shift = (wanet.grid[0] - identity).abs()
+        assert shift.mean() == pytest.approx(0.5 / size, rel=0.35)
     with pytest.raises(ValueError, match="image size"):
         make_trigger(TriggerConfig(style="blend"), 3)
 
@@ -224,7 +231,7 @@ def test_every_defense_runs_on_a_small_model(pyp, twins, name):
     defense = create_defense(parse_suite({**copy.deepcopy(PYP), "defenses": [
         {"name": name, "params": CHEAP[name]}]}).defenses[0])
     trusted = ctx.trusted_set()
-    before = [p.detach().clone() for p in bad.parameters()]
+    before = {k: v.clone() for k, v in bad.state_dict().items()}
     score = defense.detect(bad, trusted, 0)
     repaired = defense.repair(bad, trusted, 0)
     flags = defense.flag(training, bad, trusted, 0)
@@ -240,7 +247,8 @@ def test_every_defense_runs_on_a_small_model(pyp, twins, name):
     if flags is not None:
         assert flags.scores.shape == flags.flagged.shape == (len(training.labels),)
         assert flags.flagged.dtype == torch.bool and torch.isfinite(flags.scores).all()
-    assert all(torch.equal(a, b) for a, b in zip(before, bad.parameters(), strict=True))
+    after = bad.state_dict()  # the suspect, BatchNorm statistics included, is untouched
+    assert all(torch.equal(before[k], after[k]) for k in before) and not bad.training
 
 
 @pytest.mark.parametrize("name", ["deep_knn", "spectral_signatures"])
@@ -305,9 +313,62 @@ def test_a_failing_defense_fails_its_own_row_only(pyp):
     finally:
         ctx.trusted_set = real
     by = {r["defense"]: r for r in rows}
-    assert by["none"]["status"] == "ok"
+    assert by["none"]["status"] == "ok" and by["deep_knn"]["status"] == "ok"
     assert by["fine_pruning"]["status"] == "failed"
     assert "defense fine_pruning" in by["fine_pruning"]["error"]
+
+
+def test_attention_distillation_finds_feature_maps_on_every_architecture():
+    from raypoison.defenses.tuning import _attention_layers
+    from raypoison.models import build_model
+
+    sample = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    for arch in ("convnet", "resnet18", "vgg11", "mobilenetv2"):
+        model = build_model(arch, 10, (0.5,) * 3, (0.25,) * 3, 32)
+        layers = _attention_layers(model, sample)
+        assert 2 <= len(layers) <= 3, arch
+        sizes = []
+        hooks = [m.register_forward_hook(lambda mod, i, o, seen=sizes: seen.append(o.shape[-1]))
+                 for m in layers]
+        model(sample.float())
+        for h in hooks:
+            h.remove()
+        assert sizes == sorted(set(sizes), reverse=True), (arch, sizes)  # distinct, coarsening
+
+
+def test_data_side_scoring_counts_only_changed_samples_as_poisons(pyp):
+    """The control's "poisons" are its unchanged bases: clean, not positives; and a trial with
+    no poisons at all runs its defenses too."""
+    raw = copy.deepcopy(PYP)
+    raw["attacks"] = [raw["attacks"][0], {"name": "badnets", "label": "zero",
+                                          "params": {"poisons": 0}}]
+    raw["defenses"] = ["deep_knn"]
+    suite = parse_suite(raw)
+    _, ctx = pyp
+    for spec in expand(suite):
+        if spec.index:
+            continue
+        [_, knn] = run_trial(spec, ctx)
+        assert knn["status"] == "ok", knn["error"]
+        assert knn["flag_recall"] is None and knn["flag_auc"] is None
+
+
+def test_retrying_failed_trials_reruns_a_trial_whose_defense_failed(tmp_path):
+    from raypoison import results
+    from raypoison.execution.sink import ParquetSink
+    from raypoison.rows import SCHEMA_VERSION
+    from raypoison.storage import Location
+
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    base = {"schema_version": SCHEMA_VERSION, "scenario": "s", "attack": "a", "victim": "v",
+            "trial": 0}
+    sink.add([dict(base, trial_id="t1", defense="none", status="ok"),
+              dict(base, trial_id="t1", defense="strip", status="failed"),
+              dict(base, trial_id="t2", defense="none", status="ok"),
+              dict(base, trial_id="t2", defense="strip", status="ok")])
+    sink.flush()
+    assert results.committed_trials(str(tmp_path)) == {"t1", "t2"}
+    assert results.committed_trials(str(tmp_path), include_failed=False) == {"t2"}
 
 
 def test_configs_sweep_and_validate_defenses():
@@ -358,7 +419,7 @@ def test_report_tables_and_draws_the_trade_off(pyp, tmp_path):
     assert repaired["attack_success_rate_repaired"] < repaired["attack_success_rate"]
     assert "badnets-poisons40" in defense_markdown(table)
     paths = tradeoff_figures(table, tmp_path)
-    assert [p.name for p in paths] == ["tradeoff-tiny-scratch-badnets.png"]
+    assert [p.name for p in paths] == ["tradeoff-tiny-scratch-net-badnets.png"]
     from PIL import Image
 
     with Image.open(paths[0]) as image:

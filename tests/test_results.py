@@ -91,14 +91,15 @@ def test_duckdb_reads_the_dataset_with_hive_partitions(tmp_path):
                   dict(row(f"t{i}"), defense="strip", success=False)])
     sink.add([dict(row("t1", minutes=9), defense="none")])  # a duplicate key, as a retry leaves
     sink.flush()
-    legacy = [row(f"t{i}") for i in (7, 8)]  # a version-1 part: no defense column
+    legacy = [row(f"t{i}") for i in (7, 8)] + [row("t2", minutes=20)]  # version 1: no defense
     folder = tmp_path / "results" / "scenario=s" / "attack=a"
     pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k not in (
         "scenario", "attack")} | {"schema_version": 1} for r in legacy]),
         folder / "part-legacy.parquet")
     query = f"""
         SELECT scenario, attack, count(*) AS n, avg(success::INT) AS success_rate
-        FROM (SELECT *, row_number() OVER (PARTITION BY trial_id, victim, defense
+        FROM (SELECT *, row_number() OVER (PARTITION BY trial_id, victim,
+                                                coalesce(defense, 'none')
                        ORDER BY (status = 'ok') DESC, finished_at DESC) AS k
               FROM read_parquet('{tmp_path}/results/*/*/part-*.parquet', hive_partitioning=true,
                                 union_by_name=true))

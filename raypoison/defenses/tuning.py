@@ -167,22 +167,33 @@ class FinePruning(Defense):
 
 
 def _attention_layers(model: ImageClassifier, sample: torch.Tensor) -> list[nn.Module]:
-    """The last child of the extractor at each of its last three spatial resolutions, found by
-    running ``sample`` (uint8 images) through the model."""
+    """The extractor's modules whose output is the last one at each of its last three spatial
+    resolutions (stages and blocks, not just top-level children: VGG keeps its stages inside one
+    Sequential), found by running ``sample`` (uint8 images) through the model. Modules called
+    more than once in a pass are skipped."""
     outputs: list[tuple[nn.Module, torch.Tensor]] = []
-    hooks = [child.register_forward_hook(lambda m, i, o: outputs.append((m, o)))
-             for child in model.extractor.children()]
+    modules = [m for m in model.extractor.modules() if m is not model.extractor]
+    hooks = [m.register_forward_hook(lambda mod, i, o: outputs.append((mod, o)))
+             for m in modules]
     try:
         features_of(model, sample)
     finally:
         for h in hooks:
             h.remove()
+    calls: dict[int, int] = {}
+    for module, _ in outputs:
+        calls[id(module)] = calls.get(id(module), 0) + 1
     last_at: dict[tuple[int, int], nn.Module] = {}
     for module, out in outputs:
-        if out.dim() == 4 and out.shape[-1] > 1:
+        if calls[id(module)] == 1 and isinstance(out, torch.Tensor) and out.dim() == 4 \
+                and out.shape[-1] > 1:
             last_at.pop(tuple(out.shape[-2:]), None)
             last_at[tuple(out.shape[-2:])] = module
-    return list(last_at.values())[-3:]
+    layers = list(last_at.values())[-3:]
+    if len(layers) < 2:
+        raise ValueError(f"found {len(layers)} feature maps to distil attention from; NAD needs "
+                         "at least 2 spatial resolutions")
+    return layers
 
 
 def _attention(a: torch.Tensor) -> torch.Tensor:
