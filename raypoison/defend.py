@@ -70,8 +70,8 @@ def _one(defense, model, *, data, setup, trigger, trusted, training, is_poison, 
 
 def flag_scores(scores: torch.Tensor, flagged: torch.Tensor, is_poison: torch.Tensor
                 ) -> dict[str, Any]:
-    """How well flags find the poisons: precision and recall of the flagged set (None where
-    undefined: nothing flagged, or no poisons), and the ROC AUC of the scores."""
+    """How well flags find the poisons: precision and recall of the flagged set and the ROC AUC
+    of the scores; None where undefined (no poisons to find, or nothing flagged)."""
     flagged, is_poison = flagged.bool().cpu(), is_poison.bool().cpu()
     hits = int((flagged & is_poison).sum())
     n_flagged, n_poison = int(flagged.sum()), int(is_poison.sum())
@@ -79,7 +79,7 @@ def flag_scores(scores: torch.Tensor, flagged: torch.Tensor, is_poison: torch.Te
     mask = is_poison.numpy()
     return {
         "flagged": n_flagged,
-        "flag_precision": hits / n_flagged if n_flagged else None,
+        "flag_precision": hits / n_flagged if n_flagged and n_poison else None,
         "flag_recall": hits / n_poison if n_poison else None,
         "flag_auc": roc_auc(scores[mask], scores[~mask]) if n_poison else None,
     }

@@ -47,6 +47,8 @@ def defense_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = defended_rows(df)
     if rows.empty:
         return pd.DataFrame()
+    # the control's models have no poisons to find: precision is undefined there
+    rows = rows.assign(flag_precision=rows["flag_precision"].where(rows["attack_name"] != CONTROL))
     control = rows[rows["attack_name"] == CONTROL].drop_duplicates(
         ["scenario", "defense", "victim", "trial"])
     out = []

@@ -48,7 +48,7 @@ def tradeoff_figures(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         for family, rows in in_scenario[in_scenario["attack_name"] != CONTROL].groupby(
                 "attack_name"):
             rows = pd.concat([control, rows])
-            fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+            fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharex=True)
             detect, repair, flag = axes
             drawn = [False, False, False]
             for defense, d in rows.groupby("defense"):
