@@ -45,23 +45,26 @@ def manifests(uri: str) -> list[dict[str, Any]]:
 
 
 def run_table(uri: str, df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: its status, trials planned, and trials of its suite with rows so far
-    (ok, failed, rejected, counting a trial by its worst row)."""
+    """One row per run: its status, the trials it planned, skipped as done and had to compute,
+    and how many it has written so far (ok, failed, rejected: a trial counts by its worst row;
+    a trial whose rows a later run rewrote counts for the later run)."""
     rows = []
     for m in manifests(uri):
         status = m.get("status", "?")
         if status == "running" and m.get("host") == socket.gethostname() and m.get("pid") \
                 and not _alive(int(m["pid"])):
             status = "stopped"
-        suite = df[df["suite"] == m.get("suite")] if not df.empty else df
-        per_trial = (suite.groupby("trial_id")["status"].agg(
+        mine = df[df["run_id"] == m.get("run_id")] if "run_id" in df.columns else df.iloc[0:0]
+        per_trial = (mine.groupby("trial_id")["status"].agg(
             lambda s: "failed" if (s == "failed").any() else
-            "rejected" if (s == "rejected").any() else "ok") if not suite.empty
+            "rejected" if (s == "rejected").any() else "ok") if not mine.empty
             else pd.Series(dtype=str))
-        planned = m.get("trials", {}).get("planned")
+        trials = m.get("trials", {})
+        planned, skipped = trials.get("planned"), trials.get("skipped_already_done", 0)
         rows.append({"run_id": m.get("run_id"), "suite": m.get("suite"), "status": status,
-                     "started_at": m.get("started_at"), "planned": planned,
-                     "with_rows": len(per_trial), "ok": int((per_trial == "ok").sum()),
+                     "started_at": m.get("started_at"), "planned": planned, "skipped": skipped,
+                     "to_compute": None if planned is None else planned - skipped,
+                     "written": len(per_trial), "ok": int((per_trial == "ok").sum()),
                      "failed": int((per_trial == "failed").sum()),
                      "rejected": int((per_trial == "rejected").sum())})
     return pd.DataFrame(rows)
@@ -70,8 +73,9 @@ def run_table(uri: str, df: pd.DataFrame) -> pd.DataFrame:
 def to_text(table: pd.DataFrame) -> str:
     lines = []
     for r in table.itertuples(index=False):
-        share = f" ({100 * r.with_rows / r.planned:.0f}%)" if r.planned else ""
-        lines.append(f"run {r.run_id} [{r.status}], suite {r.suite}: {r.with_rows} of "
-                     f"{r.planned} planned trials have rows{share}; ok {r.ok}, failed {r.failed}, "
+        share = f" ({100 * r.written / r.to_compute:.0f}%)" if r.to_compute else ""
+        lines.append(f"run {r.run_id} [{r.status}], suite {r.suite}: wrote {r.written} of the "
+                     f"{r.to_compute} trials it had to compute{share} ({r.planned} planned, "
+                     f"{r.skipped} already done); ok {r.ok}, failed {r.failed}, "
                      f"rejected {r.rejected}")
     return "\n".join(lines)

@@ -124,18 +124,20 @@ def test_report_writes_markdown_html_comparisons_figures_and_run_progress(tmp_pa
     out, other = tmp_path / "out", tmp_path / "other"
     for folder, rows in ((out, _paired_rows()), (other, _paired_rows()[:20])):
         sink = ParquetSink(Location.parse(str(folder)), "r")
-        sink.add([dict(r, schema_version=SCHEMA_VERSION) for r in rows])
+        sink.add([dict(r, schema_version=SCHEMA_VERSION, run_id="r") for r in rows])
         sink.flush()
     (out / "manifests").mkdir()
     (out / "manifests" / "run-a.json").write_text(json.dumps(
-        {"run_id": "a", "suite": "x", "status": "running", "host": "elsewhere", "pid": 1,
-         "started_at": "2026-01-01T00:00:00", "trials": {"planned": 80}}))
+        {"run_id": "r", "suite": "x", "status": "running", "host": "elsewhere", "pid": 1,
+         "started_at": "2026-01-01T00:00:00",
+         "trials": {"planned": 90, "skipped_already_done": 10}}))
     assert main(["report", str(out), "--compare", "strong", "weak", "--against", str(other),
                  "--markdown", str(tmp_path / "r.md"), "--html", str(tmp_path / "r.html"),
                  "--figures", str(tmp_path / "fig")]) == 0
     printed = capsys.readouterr().out
     assert "strong minus weak" in printed and "95% Newcombe" in printed
-    assert "60 of 80 planned trials have rows (75%)" in printed
+    assert "wrote 60 of the 80 trials it had to compute (75%) (90 planned, 10 already done)" \
+        in printed
     assert (tmp_path / "r.md").read_text().strip() in printed
     page = (tmp_path / "r.html").read_text()
     assert "<table" in page and "fig/success-vs-epsilon.png" in page
