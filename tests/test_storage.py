@@ -1,5 +1,5 @@
-"""Results in object storage: a local S3-compatible server started by the test (moto's server),
-written through pyarrow's S3 file system like any bucket."""
+"""Results in object storage: local S3- and GCS-compatible servers started by the tests (moto's
+server, gcp-storage-emulator), written through pyarrow's S3 and GCS file systems like any bucket."""
 
 import socket
 import subprocess
@@ -17,28 +17,66 @@ from raypoison.storage import Location
 from tests.conftest import free_port, noop_raw
 
 
-@pytest.fixture
-def s3_uri(monkeypatch):
-    pytest.importorskip("moto")
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _serve(command: list[str], port: int) -> subprocess.Popen:
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
+            return server
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
                 server.kill()
-                raise RuntimeError("the S3 test server did not start") from None
+                raise RuntimeError(f"the test server {command[0]} did not start") from None
             time.sleep(0.2)
+
+
+@pytest.fixture
+def s3_uri(monkeypatch):
+    pytest.importorskip("moto")
+    port = free_port()
+    server = _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                    port)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     yield (f"s3://raypoison-test/run?endpoint_override=127.0.0.1:{port}&scheme=http"
            "&region=us-east-1&allow_bucket_creation=true")
     server.terminate()
     server.wait(timeout=10)
+
+
+@pytest.fixture
+def gcs_uri():
+    """A GCS emulator; ``anonymous@`` makes pyarrow send no credentials, and the query points
+    its GCS client at the emulator over plain HTTP."""
+    pytest.importorskip("gcp_storage_emulator")
+    port = free_port()
+    server = _serve([sys.executable, "-m", "gcp_storage_emulator", "start", "--host",
+                     "127.0.0.1", "--port", str(port), "--in-memory",
+                     "--default-bucket", "raypoison-test"], port)
+    yield (f"gs://anonymous@raypoison-test/run?scheme=http&endpoint_override=127.0.0.1:{port}"
+           "&retry_limit_seconds=10")
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_a_run_writes_resumes_and_compacts_in_gcs(ray_cluster, gcs_uri):
+    raw = noop_raw(trials=12, seconds=0.0, victims=2)
+    raw["execution"] = {"workers": 2, "cpus_per_worker": 0, "gpus_per_worker": 0,
+                        "rows_per_file": 8, "flush_seconds": 0.2}
+    suite = parse_suite(raw)
+    first = run_suite(suite, RunOptions(output=gcs_uri))
+    assert first.computed == 12 and first.files_written >= 3
+    location = Location.parse(gcs_uri)
+    assert isinstance(location.fs, pafs.GcsFileSystem)
+    names = [info.path for info in location.list_files(location.root)]
+    assert any("/manifests/run-" in n for n in names)
+    assert not [n for n in names if n.endswith(".tmp") or "/." in n]
+    assert len(results.load(gcs_uri)) == 24
+    again = run_suite(suite, RunOptions(output=gcs_uri))
+    assert (again.skipped, again.computed) == (12, 0)
+    done = compact(gcs_uri)
+    assert done.rows_after == 24 and len(results.load(gcs_uri)) == 24
 
 
 def test_a_run_writes_resumes_and_compacts_in_s3(ray_cluster, s3_uri):
