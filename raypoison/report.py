@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from raypoison.rows import NO_DEFENSE, STATUS_OK
-from raypoison.stats import INTERVALS
+from raypoison.stats import INTERVALS, mean_interval
 
 # Success rates (%) published in "Just How Toxic is Data Poisoning?" (PROTOCOL.md §1), by the
 # benchmark's scenario name, attack and role; from-scratch numbers average all victims ("all").
@@ -46,7 +46,9 @@ def success_table(df: pd.DataFrame, *, interval: str = "wilson",
                   per_victim: bool = False) -> pd.DataFrame:
     """Cells per scenario, attack and role (and victim); every scenario also gets role ``all``,
     pooling its victims, which is how the paper reports from-scratch results. ``published`` is
-    the paper's number where there is one, and ``outside`` flags it lying outside the interval."""
+    the paper's number where there is one, and ``outside`` flags it lying outside the interval.
+    For backdoors (and controls with a trigger), ``asr`` is the mean attack success rate of the
+    cell's victims with a bootstrap interval (``asr_low``, ``asr_high``)."""
     keys = ["scenario", "attack", "role"] + (["victim"] if per_victim else [])
     done = df[(df["status"] == STATUS_OK) & df["success"].notna()]
     if "defense" in done.columns:  # a defense's rows repeat the undefended model's outcome
@@ -63,6 +65,12 @@ def success_table(df: pd.DataFrame, *, interval: str = "wilson",
               for s, n in zip(grouped["successes"], grouped["n"], strict=True)]
     grouped["low"] = [b[0] for b in bounds]
     grouped["high"] = [b[1] for b in bounds]
+    if "attack_success_rate" in done.columns and done["attack_success_rate"].notna().any():
+        asr = done.groupby(keys, sort=True)["attack_success_rate"].agg(
+            lambda v: mean_interval(v.astype(float))).reset_index(drop=True)
+        grouped["asr"] = [a[0] for a in asr]
+        grouped["asr_low"] = [a[1] for a in asr]
+        grouped["asr_high"] = [a[2] for a in asr]
     names = dict(zip(df["attack"], df.get("attack_name", df["attack"]), strict=True))
     grouped["published"] = [
         PUBLISHED.get(row.scenario, {}).get(names.get(row.attack, row.attack), {}).get(row.role)
@@ -88,7 +96,9 @@ def status_table(df: pd.DataFrame) -> pd.DataFrame:
 def to_markdown(table: pd.DataFrame, interval: str) -> str:
     keys = [c for c in ("scenario", "attack", "role", "victim") if c in table.columns]
     compare = "published" in table.columns and table["published"].notna().any()
-    header = [*keys, "n", f"success % (95% {interval})"] + (["published %"] if compare else [])
+    backdoor = "asr" in table.columns and table["asr"].notna().any()
+    header = [*keys, "n", f"success % (95% {interval})"] + (["published %"] if compare else []) \
+        + (["attack success rate % (mean, 95% bootstrap)"] if backdoor else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.itertuples(index=False):
         cell = f"{100 * row.rate:.1f} [{100 * row.low:.1f}, {100 * row.high:.1f}]"
@@ -96,5 +106,8 @@ def to_markdown(table: pd.DataFrame, interval: str) -> str:
         if compare:
             cells.append("" if pd.isna(row.published) else
                          f"{row.published:g}" + (" (outside)" if row.outside else ""))
+        if backdoor:
+            cells.append("" if pd.isna(row.asr) else
+                         f"{100 * row.asr:.1f} [{100 * row.asr_low:.1f}, {100 * row.asr_high:.1f}]")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

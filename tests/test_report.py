@@ -144,3 +144,15 @@ def test_report_writes_markdown_html_comparisons_figures_and_run_progress(tmp_pa
     assert (tmp_path / "fig" / "success-vs-epsilon.png").stat().st_size > 1000
     assert not (tmp_path / "fig" / "success-vs-patch_size.png").exists()  # one value only
     assert main(["report", str(out), "--compare", "strong", "nope"]) == 2
+
+
+def test_backdoor_cells_carry_the_mean_attack_success_rate():
+    rows = [dict(r, attack_success_rate=0.1 * (i % 3)) for i, r in enumerate(_rows())
+            if r["role"] == "white-box"]
+    table = success_table(pd.DataFrame(rows))
+    cell = table.set_index("role").loc["white-box"]
+    ok = [r["attack_success_rate"] for r in rows if r["status"] == "ok"]
+    assert cell["asr"] == pytest.approx(sum(ok) / len(ok))
+    assert cell["asr_low"] <= cell["asr"] <= cell["asr_high"]
+    assert "attack success rate % (mean, 95% bootstrap)" in to_markdown(table, "wilson")
+    assert "asr" not in success_table(pd.DataFrame(_rows())).columns  # no backdoor, no column
