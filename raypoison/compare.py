@@ -12,22 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from raypoison.rows import NO_DEFENSE, STATUS_OK
+from raypoison.report import outcomes, with_role_all
 from raypoison.stats import bootstrap_interval, mcnemar_exact, newcombe_difference
-
-
-def outcomes(df: pd.DataFrame) -> pd.DataFrame:
-    """The undefended, completed outcomes (one per trial and victim)."""
-    done = df[(df["status"] == STATUS_OK) & df["success"].notna()]
-    if "defense" in done.columns:
-        done = done[done["defense"].fillna(NO_DEFENSE) == NO_DEFENSE]
-    return done
-
-
-def _roles(frame: pd.DataFrame) -> pd.DataFrame:
-    if frame["role"].nunique() > 1:
-        return pd.concat([frame, frame.assign(role="all")])
-    return frame
 
 
 def compare_attacks(df: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
@@ -41,7 +27,7 @@ def compare_attacks(df: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
     keys = ["scenario", "trial", "victim", "role"]
     a = done[done["attack"] == first][[*keys, "success"]]
     b = done[done["attack"] == second][[*keys, "success"]]
-    pairs = _roles(a.merge(b, on=keys, suffixes=("_a", "_b")))
+    pairs = with_role_all(a.merge(b, on=keys, suffixes=("_a", "_b")))
     out = []
     for (scenario, role), g in pairs.groupby(["scenario", "role"], sort=True):
         x, y = g["success_a"].astype(bool).to_numpy(), g["success_b"].astype(bool).to_numpy()
@@ -59,7 +45,7 @@ def compare_datasets(df: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     """Per (scenario, attack, role) present in both: rates and their difference (this minus the
     other) with Newcombe's 95% interval."""
     def cells(frame):
-        grouped = _roles(outcomes(frame)).groupby(["scenario", "attack", "role"])["success"]
+        grouped = with_role_all(outcomes(frame)).groupby(["scenario", "attack", "role"])["success"]
         return grouped.agg(n="count", successes="sum").reset_index()
 
     merged = cells(df).merge(cells(other), on=["scenario", "attack", "role"],

@@ -19,6 +19,15 @@ import pandas as pd
 from raypoison.defense_report import CONTROL
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _series(ax, rows: pd.DataFrame, column: str, label: str, marker: str = "o") -> bool:
     rows = rows.dropna(subset=[column]).sort_values("poisons")
     if rows.empty:
@@ -32,11 +41,7 @@ def _series(ax, rows: pd.DataFrame, column: str, label: str, marker: str = "o") 
 
 def tradeoff_figures(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """One PNG per (scenario, victim, attack family); returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -89,14 +94,10 @@ def sweep_figures(df: pd.DataFrame, out_dir: str | Path, interval: str = "wilson
     """Success rate against each of ε, poison count and patch size that takes more than one value
     in the dataset: a line per attack family and role, pooling every row that shares the value
     (so a sweep should vary one thing at a time), with the 95% ``interval``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from raypoison.compare import outcomes
+    from raypoison.report import outcomes, with_role_all
     from raypoison.stats import INTERVALS
 
+    plt = _pyplot()
     done = outcomes(df)
     done = done[done["attack_name"] != "noop"]
     out_dir = Path(out_dir)
@@ -105,9 +106,7 @@ def sweep_figures(df: pd.DataFrame, out_dir: str | Path, interval: str = "wilson
         if column not in done.columns or done[column].dropna().nunique() < 2:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        pooled = done.assign(role="all") if done["role"].nunique() > 1 else done
-        frames = [done, pooled] if pooled is not done else [done]
-        for (family, role), g in pd.concat(frames).groupby(["attack_name", "role"]):
+        for (family, role), g in with_role_all(done).groupby(["attack_name", "role"]):
             cells = g.groupby(column)["success"].agg(["count", "sum"]).reset_index()
             rates = cells["sum"] / cells["count"]
             bounds = [INTERVALS[interval](int(s), int(n))

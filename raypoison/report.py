@@ -42,6 +42,22 @@ PUBLISHED = {
 }
 
 
+def outcomes(df: pd.DataFrame) -> pd.DataFrame:
+    """The completed outcomes of undefended models, one per trial and victim (a defense's rows
+    repeat the undefended model's outcome)."""
+    done = df[(df["status"] == STATUS_OK) & df["success"].notna()]
+    if "defense" in done.columns:
+        done = done[done["defense"].fillna(NO_DEFENSE) == NO_DEFENSE]
+    return done
+
+
+def with_role_all(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` plus a copy of its rows as role ``all`` when it holds more than one role."""
+    if frame["role"].nunique() > 1:
+        return pd.concat([frame, frame.assign(role="all")])
+    return frame
+
+
 def success_table(df: pd.DataFrame, *, interval: str = "wilson",
                   per_victim: bool = False) -> pd.DataFrame:
     """Cells per scenario, attack and role (and victim); every scenario also gets role ``all``,
@@ -50,13 +66,11 @@ def success_table(df: pd.DataFrame, *, interval: str = "wilson",
     For backdoors (and controls with a trigger), ``asr`` is the mean attack success rate of the
     cell's victims with a bootstrap interval (``asr_low``, ``asr_high``)."""
     keys = ["scenario", "attack", "role"] + (["victim"] if per_victim else [])
-    done = df[(df["status"] == STATUS_OK) & df["success"].notna()]
-    if "defense" in done.columns:  # a defense's rows repeat the undefended model's outcome
-        done = done[done["defense"].fillna(NO_DEFENSE) == NO_DEFENSE]
+    done = outcomes(df)
     if done.empty:
         return pd.DataFrame(columns=[*keys, "n", "successes", "rate", "low", "high"])
-    if not per_victim and done["role"].nunique() > 1:
-        done = pd.concat([done, done.assign(role="all")])
+    if not per_victim:
+        done = with_role_all(done)
     grouped = done.groupby(keys, sort=True)["success"].agg(n="count", successes="sum")
     grouped = grouped.reset_index()
     grouped["successes"] = grouped["successes"].astype(int)

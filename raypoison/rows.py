@@ -143,7 +143,7 @@ def per_victim(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | No
                    role=scenario.role(victim), defense=NO_DEFENSE)
         row.update(own)
         out.append(row)
-        for defense in getattr(spec, "defenses", ()) if defended else ():
+        for defense in spec.defenses if defended else ():
             extra = {"defense": defense.label, "defense_name": defense.name,
                      "defense_params": json.dumps(to_plain(defense.params), sort_keys=True)}
             out.append({**row, **extra, **defended.get(defense.label, {})})

@@ -52,9 +52,12 @@ class DirtyLabelBackdoor(Attack):
         return CraftResult(poisons, trigger=trigger)
 
 
-def _validate_count(params, path: str) -> None:
+def _validate(params, path: str, style: str) -> None:
     if params.poisons < 0:
         raise ConfigError(f"{path}.poisons", f"must be ≥ 0, got {params.poisons}")
+    if params.trigger.style != style:
+        raise ConfigError(f"{path}.trigger.style", f"this attack's trigger style is {style!r}, "
+                          f"got {params.trigger.style!r}")
 
 
 @ATTACKS.register("badnets")
@@ -67,9 +70,7 @@ class BadNets(DirtyLabelBackdoor):
         trigger: TriggerConfig = field(default_factory=lambda: TriggerConfig(kind="checkerboard"))
 
         def validate(self, path: str) -> None:
-            _validate_count(self, path)
-            if self.trigger.style != "patch":
-                raise ConfigError(f"{path}.trigger.style", "badnets stamps a patch")
+            _validate(self, path, "patch")
 
 
 @ATTACKS.register("blend")
@@ -82,9 +83,7 @@ class Blend(DirtyLabelBackdoor):
         trigger: TriggerConfig = field(default_factory=lambda: TriggerConfig(style="blend"))
 
         def validate(self, path: str) -> None:
-            _validate_count(self, path)
-            if self.trigger.style != "blend":
-                raise ConfigError(f"{path}.trigger.style", "blend blends a pattern")
+            _validate(self, path, "blend")
 
 
 @ATTACKS.register("wanet")
@@ -97,6 +96,4 @@ class WaNet(DirtyLabelBackdoor):
         trigger: TriggerConfig = field(default_factory=lambda: TriggerConfig(style="warp"))
 
         def validate(self, path: str) -> None:
-            _validate_count(self, path)
-            if self.trigger.style != "warp":
-                raise ConfigError(f"{path}.trigger.style", "wanet warps")
+            _validate(self, path, "warp")
