@@ -101,7 +101,7 @@ def crafting_seconds(config: str, *, trials: int = 3, attacks: list[str] | None 
         elif models_dir and cached.is_file():
             blobs[name] = cached.read_bytes()
         else:
-            blobs[name] = pretrain_checkpoint(cfg, scenario.dataset)
+            blobs[name] = pretrain_checkpoint(cfg, cfg.pretrain.dataset_for(scenario.dataset))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ctx = TrialContext.create(scenario, blobs, device)
     chosen = [a for a in suite.attacks if ATTACKS.get(a.name).needs_models

@@ -357,12 +357,23 @@ DEFAULT_RECIPES = {
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """How to train a model from scratch on its data set when no checkpoint is given."""
+    """How to train a model from scratch when no checkpoint is given.
+
+    ``dataset`` defaults to the scenario's own. Give another to pre-train on other data, as the
+    benchmark's transfer scenarios do (CIFAR-100 for CIFAR-10 victims; Tiny-ImageNet's first 100
+    classes for victims on its last 100).
+    """
 
     recipe: RecipeConfig = field(
         default_factory=lambda: RecipeConfig(lr=0.05, epochs=10, milestones=(7,))
     )
     seed: int = 0
+    dataset: Component | None = field(
+        default=None, metadata={"parse": lambda v, p: _dataset_component(v, p)})
+
+    def dataset_for(self, scenario_dataset: Component) -> Component:
+        """The data set this model pre-trains on, given its scenario's."""
+        return self.dataset if self.dataset is not None else scenario_dataset
 
 
 @dataclass(frozen=True)

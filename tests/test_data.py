@@ -78,6 +78,31 @@ def test_imagefolder_restores_the_original_order(tmp_path):
         source("imagefolder", root=str(tmp_path), train_order=str(tmp_path / "bad.npy"))
 
 
+def test_imagefolder_class_subset_is_relabelled_in_the_given_order(tmp_path):
+    rng = np.random.default_rng(2)
+    original_labels = np.array([2, 0, 1, 0, 2, 2, 1, 0])
+    originals = rng.integers(0, 256, (8, 6, 6, 3), dtype=np.uint8)
+    rank = {c: 0 for c in range(3)}
+    for i, label in enumerate(original_labels):
+        _write_png(tmp_path / "train" / f"c{label}" / f"{rank[label]:04d}.png", originals[i])
+        rank[label] += 1
+    for c in range(3):
+        _write_png(tmp_path / "test" / f"c{c}" / "0000.png", originals[c])
+    np.save(tmp_path / "order.npy", original_labels)
+    data = source("imagefolder", root=str(tmp_path), train_order=str(tmp_path / "order.npy"),
+                  classes=[2, 0])
+    assert data.classes == ("c2", "c0")
+    kept = np.flatnonzero(np.isin(original_labels, [2, 0]))  # original order, class 1 dropped
+    assert data.train_y.tolist() == [0 if original_labels[i] == 2 else 1 for i in kept]
+    assert torch.equal(data.train_x, torch.from_numpy(originals[kept]).permute(0, 3, 1, 2))
+    assert data.test_y.tolist() == [1, 0]  # test files stay class-major: c0, then c2
+    assert len(data.mean) == 3  # measured on the kept images
+    with pytest.raises(DataError, match=r"classes \[3\] do not exist.*3 classes"):
+        source("imagefolder", root=str(tmp_path), classes=[0, 3])
+    with pytest.raises(ConfigError, match=r"dataset\.params\.classes"):
+        source("imagefolder", root=str(tmp_path), classes=[1, 1])
+
+
 def test_tinyimagenet_layout_sorting_grayscale_and_label_shift(tmp_path):
     wnids = [f"n{i:08d}" for i in range(102)]
     (tmp_path / "wnids.txt").write_text("\n".join(reversed(wnids)))  # order in the file is moot

@@ -8,13 +8,17 @@ from raypoison import results
 from raypoison.config import parse_suite
 from raypoison.execution.runner import RunOptions, run_suite
 from raypoison.execution.worker import TrialTask, TrialWorker
+from raypoison.models import load_checkpoint
 from raypoison.spec import expand
 from tests.conftest import noop_raw
 
 
 def test_run_writes_one_row_per_trial_and_victim_and_resumes(ray_cluster, tmp_path, tiny_raw):
-    tiny_raw["scenarios"][0]["models"]["net-b"] = {
-        "arch": "convnet", "pretrain": {"seed": 2, "recipe": {"epochs": 3, "milestones": []}}}
+    other = {"name": "synthetic", "params": {"classes": 6, "image_size": 12,
+                                              "train_per_class": 20, "test_per_class": 5}}
+    tiny_raw["scenarios"][0]["models"]["net-b"] = {  # pre-trained on other data, 6 classes
+        "arch": "convnet",
+        "pretrain": {"seed": 2, "recipe": {"epochs": 3, "milestones": []}, "dataset": other}}
     tiny_raw["scenarios"][0]["victims"] = ["net-a", "net-b"]
     suite = parse_suite(tiny_raw)
     out = str(tmp_path / "out")
@@ -26,7 +30,11 @@ def test_run_writes_one_row_per_trial_and_victim_and_resumes(ray_cluster, tmp_pa
     assert set(zip(df["victim"], df["role"], strict=True)) == {("net-a", "white-box"), ("net-b", "black-box")}
     assert df["success"].notna().all() and df["worker"].notna().all()
     assert set(df["trial_id"]) == {s.trial_id for s in expand(suite)}
-    assert len(list((tmp_path / "out" / "models").glob("*.pt"))) == 2  # pre-trained once, cached
+    cached = sorted((tmp_path / "out" / "models").glob("*.pt"))
+    assert len(cached) == 2  # pre-trained once, cached
+    datasets = [load_checkpoint(p.read_bytes(), where=p.name)[1]["dataset"] for p in cached]
+    assert sorted(d["params"]["classes"] for d in datasets) == [4, 6]
+    assert set(df.loc[df["victim"] == "net-b", "target_pred"]) <= set(range(4))  # a 4-class head
 
     second = run_suite(suite, RunOptions(output=out))
     assert (second.planned, second.skipped, second.computed, second.rows_written) == (8, 8, 0, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -40,6 +41,22 @@ class ImageData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+    def select_classes(self, keep: Sequence[int]) -> ImageData:
+        """The images of classes ``keep`` only, relabelled ``0..len(keep)-1`` in that order.
+
+        Order within each split is kept, so ``test_exact`` becomes the number of kept images
+        among the exact prefix (their indices change; setups must be sampled for the subset).
+        """
+        lookup = torch.full((self.num_classes,), -1, dtype=torch.long)
+        lookup[torch.as_tensor(list(keep))] = torch.arange(len(keep))
+        train = lookup[self.train_y.cpu()] >= 0
+        test = lookup[self.test_y.cpu()] >= 0
+        exact = None if self.test_exact is None else int(test[:self.test_exact].sum())
+        return ImageData(
+            self.train_x[train], lookup[self.train_y.cpu()[train]], self.test_x[test],
+            lookup[self.test_y.cpu()[test]], tuple(self.classes[k] for k in keep), self.mean,
+            self.std, exact)
 
     def to(self, device: torch.device | str) -> ImageData:
         return ImageData(

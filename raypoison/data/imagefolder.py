@@ -9,6 +9,10 @@ restores it: with files numbered in original within-class order, original image 
 class. ``test_order`` does the same for a prefix of the test set (the labels of its first ``N``
 original images). Beyond that prefix the test order stays class-major, and ``test_exact`` tells
 trials that only the first ``N`` test indices are exact.
+
+``classes`` keeps a subset of the classes (indices into the sorted names), relabelled in the
+given order: e.g. pre-train on CIFAR-10's first five classes and transfer to the last five, the
+shape of the benchmark's Tiny-ImageNet transfer scenario.
 """
 
 from __future__ import annotations
@@ -34,8 +38,14 @@ class ImageFolderParams:
     test_order: str | None = field(default=None, metadata={"parse": optional_path})
     mean: tuple[float, ...] | None = None  # default: measured on the training images
     std: tuple[float, ...] | None = None
+    classes: tuple[int, ...] | None = None  # a subset, by index in sorted order; relabelled 0..k-1
 
     def validate(self, path: str) -> None:
+        picked = self.classes
+        if picked is not None and (not picked or len(set(picked)) != len(picked)
+                                   or min(picked) < 0):
+            raise ConfigError(f"{path}.classes",
+                              f"give distinct class indices >= 0, got {list(picked)}")
         for key in ("mean", "std"):
             value = getattr(self, key)
             if value is not None and len(value) != 3:
@@ -109,9 +119,16 @@ class ImageFolder(DataSource):
             perm = np.concatenate([head, rest])
             test_x, test_y = test_x[perm], test_y[perm]
             test_exact = len(prefix)
-        x = torch.from_numpy(train_x)
-        mean = params.mean or tuple((x.float() / 255).mean(dim=(0, 2, 3)).tolist())
-        std = params.std or tuple((x.float() / 255).std(dim=(0, 2, 3)).tolist())
-        return ImageData(x, torch.from_numpy(train_y), torch.from_numpy(test_x),
-                         torch.from_numpy(test_y), tuple(classes), tuple(mean), tuple(std),
-                         test_exact)
+        data = ImageData(torch.from_numpy(train_x), torch.from_numpy(train_y),
+                         torch.from_numpy(test_x), torch.from_numpy(test_y), tuple(classes),
+                         (), (), test_exact)
+        if params.classes is not None:
+            beyond = [k for k in params.classes if k >= len(classes)]
+            if beyond:
+                raise DataError(f"{root}: classes {beyond} do not exist; the folder has "
+                                f"{len(classes)} classes, 0 to {len(classes) - 1}")
+            data = data.select_classes(params.classes)
+        x = data.train_x.float() / 255
+        data.mean = params.mean or tuple(x.mean(dim=(0, 2, 3)).tolist())
+        data.std = params.std or tuple(x.std(dim=(0, 2, 3)).tolist())
+        return data

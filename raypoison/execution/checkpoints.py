@@ -83,7 +83,7 @@ def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, 
                     else:
                         log.info("pre-training %s (%s) for scenario %s", name, cfg.arch,
                                  scenario.name)
-                        refs[key] = task.remote(cfg, scenario.dataset)
+                        refs[key] = task.remote(cfg, cfg.pretrain.dataset_for(scenario.dataset))
                         to_cache[key] = path
             out[scenario.name][name] = refs[key]
     for key, path in to_cache.items():
