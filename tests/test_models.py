@@ -34,6 +34,16 @@ def test_architecture(arch, size, params, feature_dim):
     assert torch.equal(loaded.eval()(x), model(x))
 
 
+def test_a_narrow_resnet18_keeps_its_width_through_a_checkpoint():
+    model = build_model("resnet18", 10, MEAN, STD, 32, {"width": 16}).eval()
+    # every convolution has a sixteenth of the weights; BatchNorm and head scale by a quarter
+    assert sum(p.numel() for p in model.parameters()) == 701_466
+    x = torch.rand(2, 3, 32, 32)
+    assert model.features(x).shape == (2, 128) == (2, model.feature_dim)
+    loaded, _ = load_checkpoint(checkpoint_bytes(model, {"image_size": 32}))
+    assert loaded.feature_dim == 128 and torch.equal(loaded.eval()(x), model(x))
+
+
 def test_every_registered_model_is_covered():
     assert {arch for arch, *_ in ZOO} == set(MODELS.names())
 

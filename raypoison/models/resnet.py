@@ -7,9 +7,12 @@ Module names follow the common CIFAR ResNet layout (``conv1``, ``bn1``, ``layer1
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
+from raypoison.errors import ConfigError
 from raypoison.models.base import ImageClassifier
 from raypoison.models.registry import MODELS
 
@@ -33,15 +36,16 @@ class BasicBlock(nn.Module):
 
 
 class ResNetFeatures(nn.Module):
-    def __init__(self, blocks: tuple[int, int, int, int], large_stem: bool):
+    def __init__(self, blocks: tuple[int, int, int, int], large_stem: bool, width: int = 64):
         super().__init__()
         if large_stem:
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
         else:
-            self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        c_in, layers = 64, []
-        for i, (width, n) in enumerate(zip((64, 128, 256, 512), blocks, strict=True)):
+            self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        c_in, layers = width, []
+        stages = (width, 2 * width, 4 * width, 8 * width)
+        for i, (width, n) in enumerate(zip(stages, blocks, strict=True)):
             stage = []
             for j in range(n):
                 stage.append(BasicBlock(c_in, width, 2 if (j == 0 and i > 0) else 1))
@@ -55,15 +59,32 @@ class ResNetFeatures(nn.Module):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
+@dataclass(frozen=True)
+class ResNetParams:
+    """``width``: channels of the stem and first stage (64, the standard networks); the stages
+    have ``width`` x 1, 2, 4, 8 and the features ``8 * width`` dimensions. A narrower ResNet-18
+    keeps the depth of the benchmark's extractor at a cost a CPU can pay."""
+
+    width: int = 64
+
+    def validate(self, path: str) -> None:
+        if not 4 <= self.width <= 256:
+            raise ConfigError(f"{path}.width", f"must be in [4, 256], got {self.width}")
+
+
 @MODELS.register("resnet18")
 class ResNet18(ImageClassifier):
-    def __init__(self, num_classes: int, mean, std, image_size: int = 32):
-        super().__init__(ResNetFeatures((2, 2, 2, 2), large_stem=False), 512, num_classes, mean,
-                         std)
+    Params = ResNetParams
+
+    def __init__(self, num_classes: int, mean, std, image_size: int = 32, width: int = 64):
+        super().__init__(ResNetFeatures((2, 2, 2, 2), large_stem=False, width=width), 8 * width,
+                         num_classes, mean, std)
 
 
 @MODELS.register("resnet34")
 class ResNet34(ImageClassifier):
-    def __init__(self, num_classes: int, mean, std, image_size: int = 32):
-        super().__init__(ResNetFeatures((3, 4, 6, 3), large_stem=image_size >= 64), 512,
-                         num_classes, mean, std)
+    Params = ResNetParams
+
+    def __init__(self, num_classes: int, mean, std, image_size: int = 32, width: int = 64):
+        super().__init__(ResNetFeatures((3, 4, 6, 3), large_stem=image_size >= 64, width=width),
+                         8 * width, num_classes, mean, std)

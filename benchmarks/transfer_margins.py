@@ -1,0 +1,131 @@
+"""Why a feature-space attack does or does not flip a transfer victim: target margins, per trial.
+
+For the first trials of a transfer scenario, crafts the attack's poisons as a run would, then
+trains the victim's head twice from the same seed, once on the clean training set (the bases
+unchanged) and once with the poisons in their place, each with and without augmentation.
+Prints, per trial:
+
+- how far the mean feature of the bases and of the poisons lies from the target's, relative to
+  the target's norm; for the poisons also averaged over the 162 crop-and-flip views that the
+  augmented head trains on (the attacks craft on the unaugmented images only);
+- the target's margin, base-class logit minus target-class logit, in each victim: the attack
+  succeeds when the poisoned victim's margin is the largest of all logits, so it has to move a
+  negative margin past zero.
+
+It reads pre-trained models from a run's ``models/`` cache (run the config first):
+
+    RAYPOISON_DATA_ROOT=../shared/data .venv/bin/python benchmarks/transfer_margins.py \\
+        configs/cifar10-jpeg-cpu.yaml runs/cifar10-jpeg-cpu bullseye_polytope --trials 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raypoison.attacks import create_attack
+from raypoison.config import load_suite
+from raypoison.execution.checkpoints import models_of, pretrained_name
+from raypoison.feature_bank import view_features
+from raypoison.spec import derive_seed
+from raypoison.training import train
+from raypoison.trial import TrialContext
+
+
+def relative_distance(features: torch.Tensor, target: torch.Tensor) -> float:
+    return float((features.mean(0) - target).norm() / target.norm())
+
+
+def margin_after_training(ctx: TrialContext, victim: str, index: int, clean: torch.Tensor,
+                          extra: torch.Tensor, extra_labels: torch.Tensor, target: torch.Tensor,
+                          target_class: int, base_class: int, augment: bool) -> float:
+    """Base-class minus target-class logit of ``target`` after training the victim's head on
+    the clean images plus ``extra`` (the bases or the poisons), seeded as the run seeds it."""
+    scenario, data = ctx.scenario, ctx.data
+    recipe = dataclasses.replace(scenario.training_recipe, augment=augment)
+    seed = derive_seed(scenario.seed, index, victim, "train")
+    model = ctx.fresh_victim(victim, seed)
+    features = ctx.training_features(victim, clean, extra) if augment else None
+    train(model, torch.cat([data.train_x[clean], extra]),
+          torch.cat([data.train_y[clean], extra_labels]), recipe=recipe, seed=seed,
+          trainable="head", features=features)
+    with torch.no_grad():
+        logits = model(target.float().div(255))[0]
+    return float(logits[base_class] - logits[target_class])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("output", help="the run whose models/ cache holds the pre-trained models")
+    parser.add_argument("attack", help="an attack label of the config")
+    parser.add_argument("--scenario", help="default: the config's first")
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    suite = load_suite(args.config)
+    scenario = next((s for s in suite.scenarios if s.name == args.scenario), suite.scenarios[0])
+    if scenario.mode != "transfer":
+        raise SystemExit(f"scenario {scenario.name} is not a transfer scenario")
+    checkpoints = {}
+    for name in models_of(scenario):
+        cfg = scenario.models[name]
+        path = Path(cfg.checkpoint) if cfg.checkpoint else Path(
+            args.output, "models", pretrained_name(cfg, scenario))
+        if not path.is_file():
+            raise SystemExit(f"model {name}: {path} does not exist; run the config first")
+        checkpoints[name] = path
+    attack_cfg = next((a for a in suite.attacks if a.label == args.attack), None)
+    if attack_cfg is None:
+        raise SystemExit(f"no attack {args.attack!r} in {args.config}")
+    ctx = TrialContext.create(scenario, checkpoints)
+    attack = create_attack(attack_cfg)
+    victim = scenario.attacker if scenario.attacker in scenario.victims else scenario.victims[0]
+    extractor = ctx.model(victim)
+    data = ctx.data
+    shifts: dict[bool, list[float]] = {True: [], False: []}
+    print(f"{scenario.name}, {args.attack}, victim {victim}")
+    for index in range(args.trials):
+        setup = ctx.setup(index)
+        tick = time.perf_counter()
+        crafted = attack.craft(ctx, setup, derive_seed(scenario.seed, index, attack_cfg.label,
+                                                       "craft"), index)
+        seconds = time.perf_counter() - tick
+        target = data.test_x[setup.target_index:setup.target_index + 1]
+        bases = data.train_x[torch.as_tensor(setup.base_indices)]
+        poisons = crafted.poisons.images
+        with torch.no_grad():
+            f_target = extractor.features(target.float().div(255))[0]
+            f_bases = extractor.features(bases.float().div(255))
+            f_poisons = extractor.features(poisons.float().div(255))
+            f_views = view_features(extractor, poisons).flatten(0, 1)
+        pool = ctx.training_pool(setup, index)
+        clean = torch.as_tensor(np.setdiff1d(pool, np.asarray(setup.base_indices)))
+        labels = torch.as_tensor(np.asarray(crafted.poisons.labels, dtype=np.int64))
+        line = [f"trial {index}: craft {seconds:.0f} s; relative distance to the target: "
+                f"bases {relative_distance(f_bases, f_target):.3f}, poisons "
+                f"{relative_distance(f_poisons, f_target):.3f}, poisons over views "
+                f"{relative_distance(f_views, f_target):.3f}"]
+        for augment in (True, False):
+            before, after = (margin_after_training(
+                ctx, victim, index, clean, extra, labels, target, setup.target_class,
+                setup.base_class, augment) for extra in (bases, poisons))
+            shifts[augment].append(after - before)
+            line.append(f"margin {'with' if augment else 'without'} augmentation "
+                        f"{before:+.2f} -> {after:+.2f}")
+        print("; ".join(line), flush=True)
+    for augment, values in shifts.items():
+        print(f"median margin shift {'with' if augment else 'without'} augmentation: "
+              f"{statistics.median(values):+.2f} over {len(values)} trials")
+
+
+if __name__ == "__main__":
+    main()
