@@ -7,7 +7,8 @@ Prints, per trial:
 
 - how far the mean feature of the bases and of the poisons lies from the target's, relative to
   the target's norm; for the poisons also averaged over the 162 crop-and-flip views that the
-  augmented head trains on (the attacks craft on the unaugmented images only);
+  augmented head trains on (the attacks craft on the unaugmented images only), next to the same
+  figure for the target's own views;
 - the target's margin, base-class logit minus target-class logit, in each victim: the attack
   succeeds when the poisoned victim's margin is the largest of all logits, so it has to move a
   negative margin past zero.
@@ -107,13 +108,15 @@ def main() -> None:
             f_bases = extractor.features(bases.float().div(255))
             f_poisons = extractor.features(poisons.float().div(255))
             f_views = view_features(extractor, poisons).flatten(0, 1)
+            f_target_views = view_features(extractor, target).flatten(0, 1)
         pool = ctx.training_pool(setup, index)
         clean = torch.as_tensor(np.setdiff1d(pool, np.asarray(setup.base_indices)))
         labels = torch.as_tensor(np.asarray(crafted.poisons.labels, dtype=np.int64))
         line = [f"trial {index}: craft {seconds:.0f} s; relative distance to the target: "
                 f"bases {relative_distance(f_bases, f_target):.3f}, poisons "
                 f"{relative_distance(f_poisons, f_target):.3f}, poisons over views "
-                f"{relative_distance(f_views, f_target):.3f}"]
+                f"{relative_distance(f_views, f_target):.3f} (the target's own views "
+                f"{relative_distance(f_target_views, f_target):.3f})"]
         for augment in (True, False):
             before, after = (margin_after_training(
                 ctx, victim, index, clean, extra, labels, target, setup.target_class,
