@@ -32,7 +32,7 @@ import torch
 
 from raypoison.attacks import create_attack
 from raypoison.config import load_suite
-from raypoison.execution.checkpoints import models_of, pretrained_name
+from raypoison.execution.checkpoints import local_checkpoint, models_of
 from raypoison.feature_bank import view_features
 from raypoison.spec import derive_seed
 from raypoison.training import train
@@ -78,11 +78,10 @@ def main() -> None:
         raise SystemExit(f"scenario {scenario.name} is not a transfer scenario")
     checkpoints = {}
     for name in models_of(scenario):
-        cfg = scenario.models[name]
-        path = Path(cfg.checkpoint) if cfg.checkpoint else Path(
-            args.output, "models", pretrained_name(cfg, scenario))
-        if not path.is_file():
-            raise SystemExit(f"model {name}: {path} does not exist; run the config first")
+        path = local_checkpoint(scenario.models[name], scenario, Path(args.output, "models"))
+        if path is None or not path.is_file():
+            raise SystemExit(f"model {name}: no checkpoint under {args.output}/models; "
+                             "run the config first")
         checkpoints[name] = path
     attack_cfg = next((a for a in suite.attacks if a.label == args.attack), None)
     if attack_cfg is None:

@@ -79,13 +79,12 @@ def crafting_seconds(config: str, *, trials: int = 3, attacks: list[str] | None 
     Pre-trained models come from ``models_dir`` (a run's ``models/`` cache) when present there,
     otherwise they are pre-trained here first.
     """
-    from pathlib import Path
 
     import torch
 
     from raypoison.attacks import ATTACKS, create_attack
     from raypoison.config import load_suite
-    from raypoison.execution.checkpoints import models_of, pretrained_name
+    from raypoison.execution.checkpoints import local_checkpoint, models_of
     from raypoison.pretrain import pretrain_checkpoint
     from raypoison.spec import derive_seed
     from raypoison.trial import TrialContext
@@ -95,13 +94,9 @@ def crafting_seconds(config: str, *, trials: int = 3, attacks: list[str] | None 
     blobs = {}
     for name in models_of(scenario):
         cfg = scenario.models[name]
-        cached = Path(models_dir or "", pretrained_name(cfg, scenario)) if cfg.pretrain else None
-        if cfg.checkpoint:
-            blobs[name] = Path(cfg.checkpoint).read_bytes()
-        elif models_dir and cached.is_file():
-            blobs[name] = cached.read_bytes()
-        else:
-            blobs[name] = pretrain_checkpoint(cfg, cfg.pretrain.dataset_for(scenario.dataset))
+        path = local_checkpoint(cfg, scenario, models_dir)
+        blobs[name] = (path.read_bytes() if path is not None else
+                       pretrain_checkpoint(cfg, cfg.pretrain.dataset_for(scenario.dataset)))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ctx = TrialContext.create(scenario, blobs, device)
     chosen = [a for a in suite.attacks if ATTACKS.get(a.name).needs_models

@@ -56,17 +56,24 @@ def _write_png(path: Path, array: np.ndarray, mode: str = "RGB") -> None:
     Image.fromarray(array, mode).save(path)
 
 
-def test_imagefolder_restores_the_original_order(tmp_path):
+def _write_shuffled_folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes of random 6x6 images in an ImageFolder layout, files numbered in the
+    original within-class order, plus ``order.npy``: the labels in original order."""
     rng = np.random.default_rng(1)
     original_labels = np.array([2, 0, 1, 0, 2, 2, 1, 0])
     originals = rng.integers(0, 256, (8, 6, 6, 3), dtype=np.uint8)
     rank = {c: 0 for c in range(3)}
     for i, label in enumerate(original_labels):
-        _write_png(tmp_path / "train" / f"c{label}" / f"{rank[label]:04d}.png", originals[i])
+        _write_png(root / "train" / f"c{label}" / f"{rank[label]:04d}.png", originals[i])
         rank[label] += 1
     for c in range(3):
-        _write_png(tmp_path / "test" / f"c{c}" / "0000.png", originals[c])
-    np.save(tmp_path / "order.npy", original_labels)
+        _write_png(root / "test" / f"c{c}" / "0000.png", originals[c])
+    np.save(root / "order.npy", original_labels)
+    return original_labels, originals
+
+
+def test_imagefolder_restores_the_original_order(tmp_path):
+    original_labels, originals = _write_shuffled_folder(tmp_path)
     plain = source("imagefolder", root=str(tmp_path))
     assert plain.train_y.tolist() == sorted(original_labels.tolist())  # class-major
     data = source("imagefolder", root=str(tmp_path), train_order=str(tmp_path / "order.npy"))
@@ -79,16 +86,7 @@ def test_imagefolder_restores_the_original_order(tmp_path):
 
 
 def test_imagefolder_class_subset_is_relabelled_in_the_given_order(tmp_path):
-    rng = np.random.default_rng(2)
-    original_labels = np.array([2, 0, 1, 0, 2, 2, 1, 0])
-    originals = rng.integers(0, 256, (8, 6, 6, 3), dtype=np.uint8)
-    rank = {c: 0 for c in range(3)}
-    for i, label in enumerate(original_labels):
-        _write_png(tmp_path / "train" / f"c{label}" / f"{rank[label]:04d}.png", originals[i])
-        rank[label] += 1
-    for c in range(3):
-        _write_png(tmp_path / "test" / f"c{c}" / "0000.png", originals[c])
-    np.save(tmp_path / "order.npy", original_labels)
+    original_labels, originals = _write_shuffled_folder(tmp_path)
     data = source("imagefolder", root=str(tmp_path), train_order=str(tmp_path / "order.npy"),
                   classes=[2, 0])
     assert data.classes == ("c2", "c0")

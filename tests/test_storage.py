@@ -60,41 +60,34 @@ def gcs_uri():
     server.wait(timeout=10)
 
 
-def test_a_run_writes_resumes_and_compacts_in_gcs(ray_cluster, gcs_uri):
-    raw = noop_raw(trials=12, seconds=0.0, victims=2)
+def _run_resume_compact(uri: str, trials: int, rows_per_file: int, filesystem: type):
+    """A run of trivial trials into ``uri``, a resume that computes nothing, and a compaction;
+    checks what every store must show and returns (first run, compaction)."""
+    raw = noop_raw(trials=trials, seconds=0.0, victims=2)
     raw["execution"] = {"workers": 2, "cpus_per_worker": 0, "gpus_per_worker": 0,
-                        "rows_per_file": 8, "flush_seconds": 0.2}
+                        "rows_per_file": rows_per_file, "flush_seconds": 0.2}
     suite = parse_suite(raw)
-    first = run_suite(suite, RunOptions(output=gcs_uri))
-    assert first.computed == 12 and first.files_written >= 3
-    location = Location.parse(gcs_uri)
-    assert isinstance(location.fs, pafs.GcsFileSystem)
-    names = [info.path for info in location.list_files(location.root)]
-    assert any("/manifests/run-" in n for n in names)
-    assert not [n for n in names if n.endswith(".tmp") or "/." in n]
-    assert len(results.load(gcs_uri)) == 24
-    again = run_suite(suite, RunOptions(output=gcs_uri))
-    assert (again.skipped, again.computed) == (12, 0)
-    done = compact(gcs_uri)
-    assert done.rows_after == 24 and len(results.load(gcs_uri)) == 24
-
-
-def test_a_run_writes_resumes_and_compacts_in_s3(ray_cluster, s3_uri):
-    raw = noop_raw(trials=30, seconds=0.0, victims=2)
-    raw["execution"] = {"workers": 2, "cpus_per_worker": 0, "gpus_per_worker": 0,
-                        "rows_per_file": 10, "flush_seconds": 0.2}
-    suite = parse_suite(raw)
-    first = run_suite(suite, RunOptions(output=s3_uri))
-    assert first.computed == 30 and first.files_written >= 6
-    location = Location.parse(s3_uri)
+    first = run_suite(suite, RunOptions(output=uri))
+    assert first.computed == trials
+    location = Location.parse(uri)
+    assert isinstance(location.fs, filesystem)  # the object-store path, not a folder
     names = [info.path for info in location.list_files(location.root)]
     assert any("/manifests/run-" in n for n in names)
     assert not [n for n in names if n.endswith(".tmp") or "/." in n]  # nothing partial, ever
-    df = results.load(s3_uri)
-    assert len(df) == 60 and not df.duplicated(["trial_id", "victim"]).any()
-    again = run_suite(suite, RunOptions(output=s3_uri))
-    assert (again.skipped, again.computed) == (30, 0)
-    done = compact(s3_uri)
-    assert done.files_after == 1 and done.rows_after == 60
-    assert len(results.load(s3_uri)) == 60
-    assert isinstance(location.fs, pafs.S3FileSystem)  # the object-store path, not a folder
+    df = results.load(uri)
+    assert len(df) == 2 * trials and not df.duplicated(["trial_id", "victim"]).any()
+    again = run_suite(suite, RunOptions(output=uri))
+    assert (again.skipped, again.computed) == (trials, 0)
+    done = compact(uri)
+    assert done.rows_after == 2 * trials and len(results.load(uri)) == 2 * trials
+    return first, done
+
+
+def test_a_run_writes_resumes_and_compacts_in_gcs(ray_cluster, gcs_uri):
+    first, _ = _run_resume_compact(gcs_uri, 12, 8, pafs.GcsFileSystem)
+    assert first.files_written >= 3
+
+
+def test_a_run_writes_resumes_and_compacts_in_s3(ray_cluster, s3_uri):
+    first, done = _run_resume_compact(s3_uri, 30, 10, pafs.S3FileSystem)
+    assert first.files_written >= 6 and done.files_after == 1

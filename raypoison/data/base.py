@@ -50,13 +50,11 @@ class ImageData:
         """
         lookup = torch.full((self.num_classes,), -1, dtype=torch.long)
         lookup[torch.as_tensor(list(keep))] = torch.arange(len(keep))
-        train = lookup[self.train_y.cpu()] >= 0
-        test = lookup[self.test_y.cpu()] >= 0
+        train_y, test_y = lookup[self.train_y.cpu()], lookup[self.test_y.cpu()]
+        train, test = train_y >= 0, test_y >= 0
         exact = None if self.test_exact is None else int(test[:self.test_exact].sum())
-        return ImageData(
-            self.train_x[train], lookup[self.train_y.cpu()[train]], self.test_x[test],
-            lookup[self.test_y.cpu()[test]], tuple(self.classes[k] for k in keep), self.mean,
-            self.std, exact)
+        return ImageData(self.train_x[train], train_y[train], self.test_x[test], test_y[test],
+                         tuple(self.classes[k] for k in keep), self.mean, self.std, exact)
 
     def to(self, device: torch.device | str) -> ImageData:
         return ImageData(

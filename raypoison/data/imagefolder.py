@@ -121,14 +121,15 @@ class ImageFolder(DataSource):
             test_exact = len(prefix)
         data = ImageData(torch.from_numpy(train_x), torch.from_numpy(train_y),
                          torch.from_numpy(test_x), torch.from_numpy(test_y), tuple(classes),
-                         (), (), test_exact)
+                         params.mean or (), params.std or (), test_exact)
         if params.classes is not None:
             beyond = [k for k in params.classes if k >= len(classes)]
             if beyond:
                 raise DataError(f"{root}: classes {beyond} do not exist; the folder has "
                                 f"{len(classes)} classes, 0 to {len(classes) - 1}")
             data = data.select_classes(params.classes)
-        x = data.train_x.float() / 255
-        data.mean = params.mean or tuple(x.mean(dim=(0, 2, 3)).tolist())
-        data.std = params.std or tuple(x.std(dim=(0, 2, 3)).tolist())
+        if not (params.mean and params.std):  # measure them on the images kept
+            x = data.train_x.float() / 255
+            data.mean = params.mean or tuple(x.mean(dim=(0, 2, 3)).tolist())
+            data.std = params.std or tuple(x.std(dim=(0, 2, 3)).tolist())
         return data

@@ -38,10 +38,25 @@ def models_of(scenario: ScenarioConfig) -> list[str]:
 
 def pretrained_name(cfg: ModelConfig, scenario: ScenarioConfig) -> str:
     """File name of a pre-trained model in a run's ``models/`` cache: arch plus a hash of what
-    defines it (architecture parameters, pre-training recipe and seed, data set)."""
+    defines it (architecture parameters, pre-training recipe and seed, the data set it pre-trains
+    on), so scenarios that differ only in their victims' data share it."""
     key = digest({"arch": cfg.arch, "params": identity_of(cfg.params),
-                  "pretrain": identity_of(cfg.pretrain), "dataset": identity_of(scenario.dataset)})
+                  "pretrain": identity_of(cfg.pretrain),
+                  "dataset": identity_of(cfg.pretrain.dataset_for(scenario.dataset))})
     return f"{cfg.arch}-{key}.pt"
+
+
+def local_checkpoint(cfg: ModelConfig, scenario: ScenarioConfig,
+                     models_dir: str | Path | None) -> Path | None:
+    """The file holding model ``cfg``'s weights on this machine: its checkpoint file, or its
+    pre-trained copy in ``models_dir`` (a run's ``models/`` cache); None if neither exists."""
+    if cfg.checkpoint:
+        return Path(cfg.checkpoint)
+    if models_dir and cfg.pretrain:
+        cached = Path(models_dir, pretrained_name(cfg, scenario))
+        if cached.is_file():
+            return cached
+    return None
 
 
 def check_checkpoint_files(scenarios: list[ScenarioConfig]) -> None:
