@@ -18,8 +18,16 @@ from raypoison.models import ImageClassifier
 
 @torch.no_grad()
 def view_features(model: ImageClassifier, images: torch.Tensor, padding: int = 4,
-                  batch_size: int = 1024, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``[views, N, D]`` features of uint8 ``images`` under every view, in view order."""
+                  batch_size: int | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[views, N, D]`` features of uint8 ``images`` under every view, in view order.
+
+    ``batch_size`` defaults to 1024 on a GPU and 256 on a CPU, where larger batches fall out of
+    the caches: a quarter-width ResNet-18 took 1.0 ms per image at 256 and 1.6 ms at 1024 on the
+    2-core development machine.
+    """
+    if batch_size is None:
+        batch_size = 1024 if images.is_cuda else 256
     model.eval()
     n = len(images)
     views = list(all_views(padding))

@@ -44,6 +44,24 @@ def _optimizer(params, recipe: RecipeConfig) -> torch.optim.Optimizer:
     )
 
 
+def _schedule(optimizer: torch.optim.Optimizer, recipe: RecipeConfig,
+              steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of ``recipe``: stepped per epoch ("step") or per batch
+    ("onecycle", see :class:`~raypoison.config.RecipeConfig`)."""
+    if recipe.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(recipe.milestones), gamma=recipe.gamma)
+    total = recipe.epochs * steps_per_epoch
+    warm = max(1, round(recipe.warmup * total))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / (total - warm + 1))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def train(
     model: ImageClassifier,
     images: torch.Tensor,
@@ -81,10 +99,9 @@ def train(
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, recipe)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=list(recipe.milestones), gamma=recipe.gamma
-    )
     n, steps, loss_value = len(labels), 0, float("nan")
+    per_step = recipe.schedule == "onecycle"
+    schedule = _schedule(optimizer, recipe, steps_per_epoch=-(-n // recipe.batch_size))
     loss = torch.tensor(float("nan"))
     for _ in range(recipe.epochs):
         order = torch.randperm(n, generator=generator).to(images.device)
@@ -110,11 +127,14 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if per_step:
+                schedule.step()
             steps += 1
             loss_value = loss.item() if steps % 20 == 0 else loss_value
             if max_steps is not None and steps >= max_steps:
                 break
-        schedule.step()
+        if not per_step:
+            schedule.step()
         if max_steps is not None and steps >= max_steps:
             break
     loss_value = loss.item() if steps else loss_value

@@ -43,6 +43,10 @@ def test_smoke_config_in_the_repository_is_valid():
      "scenarios[0].budget", "exceed"),
     (lambda r: r["attacks"][1]["params"].update(step=-1), "attacks[1].params.step", "> 0"),
     (lambda r: r["execution"].update(workers=0), "execution.workers", "> 0"),
+    (lambda r: r["scenarios"][0]["recipe"].update(schedule="onecycle"),
+     "scenarios[0].recipe.milestones", "schedule 'step' only"),
+    (lambda r: r["scenarios"][0]["recipe"].update(schedule="cosine"),
+     "scenarios[0].recipe.schedule", "cosine"),
     (lambda r: r["scenarios"][0]["models"]["net-a"].update(checkpoint="nowhere.pt"),
      "scenarios[0].models.net-a.checkpoint", "not found"),
 ])

@@ -164,3 +164,31 @@ def test_reference_trial_folders_are_imported_checked_and_evaluated(tmp_path, ti
     assert target["status"] == "rejected" and target["poison_check"].startswith("target")
     (missing,) = run_trial(specs[3], context)
     assert missing["status"] == "failed" and "not a trial folder" in missing["error"]
+
+
+def test_onecycle_schedule_warms_up_decays_and_trains(tiny_raw):
+    """The one-cycle schedule rises to the peak lr over the warm-up, falls towards 0 by the last
+    step, and trains the small ConvNet well above chance on the tiny data."""
+    from raypoison.config import RecipeConfig
+    from raypoison.models import build_model
+    from raypoison.training import _schedule, accuracy, train
+
+    recipe = RecipeConfig(lr=0.1, epochs=10, milestones=(), schedule="onecycle", warmup=0.3,
+                          batch_size=32)
+    model = build_model("convnet", 4, (0.5,) * 3, (0.25,) * 3, image_size=12)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr)
+    schedule = _schedule(optimizer, recipe, steps_per_epoch=5)
+    lrs = []
+    for _ in range(50):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    peak = lrs.index(max(lrs))
+    assert peak == 14 and max(lrs) == pytest.approx(0.1)  # 30% of 50 steps
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1], strict=True))
+    assert all(a > b for a, b in zip(lrs[peak:-1], lrs[peak + 1:], strict=True))
+    assert lrs[0] < 0.01 and lrs[-1] < 0.005
+
+    data = load_dataset(parse_suite(tiny_raw).scenarios[0].dataset)
+    train(model, data.train_x, data.train_y, recipe=recipe, seed=0)
+    assert accuracy(model, data.test_x, data.test_y) > 0.6  # 4 classes: chance is 0.25
