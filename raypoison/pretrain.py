@@ -12,7 +12,7 @@ import torch
 from raypoison.adversarial import robust_accuracy
 from raypoison.config import Component, ModelConfig, to_plain
 from raypoison.data import ImageData, load_dataset
-from raypoison.models import build_model, checkpoint_bytes
+from raypoison.models import build_model, checkpoint_bytes, to_device
 from raypoison.training import accuracy, train
 
 
@@ -21,8 +21,8 @@ def pretrain(model_cfg: ModelConfig, data: ImageData, device: str = "cpu"):
     assert model_cfg.pretrain is not None
     with torch.random.fork_rng(devices=[]):  # seeded weight init without touching global state
         torch.manual_seed(model_cfg.pretrain.seed)
-        model = build_model(model_cfg.arch, data.num_classes, data.mean, data.std,
-                            data.image_shape[1], model_cfg.params).to(device)
+        model = to_device(build_model(model_cfg.arch, data.num_classes, data.mean, data.std,
+                                      data.image_shape[1], model_cfg.params), device)
     data = data.to(device)
     result = train(
         model, data.train_x, data.train_y, recipe=model_cfg.pretrain.recipe,

@@ -22,7 +22,7 @@ from raypoison.defend import run_defenses
 from raypoison.defenses import TrainingSet, TrustedSet
 from raypoison.evaluate import asr_members, check_poisons, evaluate_victim
 from raypoison.feature_bank import TrainingFeatures, view_features
-from raypoison.models import ImageClassifier, build_model, load_checkpoint
+from raypoison.models import ImageClassifier, build_model, load_checkpoint, to_device
 from raypoison.rows import (
     STATUS_FAILED,
     STATUS_OK,
@@ -81,7 +81,7 @@ class TrialContext:
             if model.name != expected:
                 raise ValueError(f"model {name!r}: checkpoint holds {model.name}, "
                                  f"the scenario says {expected}")
-            model = model.to(self.device).eval()
+            model = to_device(model, self.device).eval()
             for p in model.parameters():
                 p.requires_grad_(False)
             self._models[name] = model
@@ -95,9 +95,9 @@ class TrialContext:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 cfg = self.scenario.models[name]
-                return build_model(cfg.arch, self.data.num_classes, self.data.mean,
-                                   self.data.std, self.data.image_shape[1], cfg.params
-                                   ).to(self.device)
+                return to_device(build_model(cfg.arch, self.data.num_classes, self.data.mean,
+                                             self.data.std, self.data.image_shape[1],
+                                             cfg.params), self.device)
         model = copy.deepcopy(self.model(name))
         if model.head.out_features != self.data.num_classes:
             model.head = torch.nn.Linear(model.feature_dim, self.data.num_classes).to(self.device)

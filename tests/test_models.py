@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raypoison.errors import DataError
-from raypoison.models import MODELS, build_model, checkpoint_bytes, load_checkpoint
+from raypoison.models import MODELS, build_model, checkpoint_bytes, load_checkpoint, to_device
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.2, 0.2, 0.2)
 # (arch, image size, parameters with 10 classes, feature size)
@@ -42,6 +42,19 @@ def test_a_narrow_resnet18_keeps_its_width_through_a_checkpoint():
     assert model.features(x).shape == (2, 128) == (2, model.feature_dim)
     loaded, _ = load_checkpoint(checkpoint_bytes(model, {"image_size": 32}))
     assert loaded.feature_dim == 128 and torch.equal(loaded.eval()(x), model(x))
+
+
+def test_a_model_on_the_cpu_goes_channels_last_and_computes_the_same():
+    model = build_model("resnet18", 10, MEAN, STD, 32, {"width": 16}).eval()
+    x = torch.rand(4, 3, 32, 32)
+    before = model(x)
+    moved = to_device(model, "cpu")
+    convs = [m.weight for m in moved.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not any(w.is_contiguous() for w in convs if w.shape[-1] > 1)
+    assert torch.allclose(moved(x), before, atol=1e-5)
+    loaded, _ = load_checkpoint(checkpoint_bytes(moved, {"image_size": 32}))
+    assert torch.allclose(loaded.eval()(x), before, atol=1e-5)
 
 
 def test_every_registered_model_is_covered():

@@ -4,8 +4,9 @@ from raypoison.models import convnet as _convnet  # noqa: F401  (registers the m
 from raypoison.models import mobilenet as _mobilenet  # noqa: F401
 from raypoison.models import resnet as _resnet  # noqa: F401
 from raypoison.models import vgg as _vgg  # noqa: F401
-from raypoison.models.base import ImageClassifier
+from raypoison.models.base import ImageClassifier, to_device
 from raypoison.models.checkpoint import build_model, checkpoint_bytes, load_checkpoint
 from raypoison.models.registry import MODELS
 
-__all__ = ["MODELS", "ImageClassifier", "build_model", "checkpoint_bytes", "load_checkpoint"]
+__all__ = ["MODELS", "ImageClassifier", "build_model", "checkpoint_bytes", "load_checkpoint",
+           "to_device"]
