@@ -16,7 +16,7 @@ Prints, per trial:
 It reads pre-trained models from a run's ``models/`` cache (run the config first):
 
     RAYPOISON_DATA_ROOT=../shared/data .venv/bin/python benchmarks/transfer_margins.py \\
-        configs/cifar10-jpeg-cpu.yaml runs/cifar10-jpeg-cpu bullseye_polytope --trials 8
+        configs/cifar10-jpeg-convnet-cpu.yaml runs/cifar10-jpeg-cpu bullseye_polytope --trials 8
 """
 
 from __future__ import annotations
