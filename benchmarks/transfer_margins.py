@@ -11,7 +11,11 @@ Prints, per trial:
   figure for the target's own views;
 - the target's margin, base-class logit minus target-class logit, in each victim: the attack
   succeeds when the poisoned victim's margin is the largest of all logits, so it has to move a
-  negative margin past zero.
+  negative margin past zero;
+- how well the poisoned victim fits the poisons: the share of poisons it puts in the base class
+  and their mean margin. A linear head's margin at the poisons' mean feature is their mean
+  margin, so a polytope attack that collides that mean with the target succeeds exactly when the
+  head fits the poisons on average; a head that cannot fit them cannot be fooled this way.
 
 It reads pre-trained models from a run's ``models/`` cache (run the config first):
 
@@ -43,11 +47,11 @@ def relative_distance(features: torch.Tensor, target: torch.Tensor) -> float:
     return float((features.mean(0) - target).norm() / target.norm())
 
 
-def margin_after_training(ctx: TrialContext, victim: str, index: int, clean: torch.Tensor,
-                          extra: torch.Tensor, extra_labels: torch.Tensor, target: torch.Tensor,
-                          target_class: int, base_class: int, augment: bool) -> float:
-    """Base-class minus target-class logit of ``target`` after training the victim's head on
-    the clean images plus ``extra`` (the bases or the poisons), seeded as the run seeds it."""
+def victim_after_training(ctx: TrialContext, victim: str, index: int, clean: torch.Tensor,
+                          extra: torch.Tensor, extra_labels: torch.Tensor,
+                          augment: bool) -> torch.nn.Module:
+    """The victim's head trained on the clean images plus ``extra`` (the bases or the poisons),
+    seeded as the run seeds it."""
     scenario, data = ctx.scenario, ctx.data
     recipe = dataclasses.replace(scenario.training_recipe, augment=augment)
     seed = derive_seed(scenario.seed, index, victim, "train")
@@ -56,9 +60,15 @@ def margin_after_training(ctx: TrialContext, victim: str, index: int, clean: tor
     train(model, torch.cat([data.train_x[clean], extra]),
           torch.cat([data.train_y[clean], extra_labels]), recipe=recipe, seed=seed,
           trainable="head", features=features)
+    return model
+
+
+def margins(model: torch.nn.Module, images: torch.Tensor, target_class: int,
+            base_class: int) -> torch.Tensor:
+    """Base-class logit minus target-class logit of each uint8 image."""
     with torch.no_grad():
-        logits = model(target.float().div(255))[0]
-    return float(logits[base_class] - logits[target_class])
+        logits = model(images.float().div(255))
+    return logits[:, base_class] - logits[:, target_class]
 
 
 def main() -> None:
@@ -117,12 +127,18 @@ def main() -> None:
                 f"{relative_distance(f_views, f_target):.3f} (the target's own views "
                 f"{relative_distance(f_target_views, f_target):.3f})"]
         for augment in (True, False):
-            before, after = (margin_after_training(
-                ctx, victim, index, clean, extra, labels, target, setup.target_class,
-                setup.base_class, augment) for extra in (bases, poisons))
+            clean_victim, poisoned_victim = (victim_after_training(
+                ctx, victim, index, clean, extra, labels, augment) for extra in (bases, poisons))
+            before, after = (float(margins(m, target, setup.target_class, setup.base_class)[0])
+                             for m in (clean_victim, poisoned_victim))
+            fit = margins(poisoned_victim, poisons, setup.target_class, setup.base_class)
+            with torch.no_grad():
+                in_base = poisoned_victim(poisons.float().div(255)).argmax(1) == setup.base_class
             shifts[augment].append(after - before)
-            line.append(f"margin {'with' if augment else 'without'} augmentation "
-                        f"{before:+.2f} -> {after:+.2f}")
+            line.append(f"{'with' if augment else 'without'} augmentation: target margin "
+                        f"{before:+.2f} -> {after:+.2f}, poisons in the base class "
+                        f"{int(in_base.sum())}/{len(poisons)}, their mean margin "
+                        f"{float(fit.mean()):+.2f}")
         print("; ".join(line), flush=True)
     for augment, values in shifts.items():
         print(f"median margin shift {'with' if augment else 'without'} augmentation: "
