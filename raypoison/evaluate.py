@@ -96,6 +96,29 @@ class VictimOutcome:
     success: bool
     clean_accuracy: float
     attack_success_rate: float | None = None  # backdoors: triggered target-class test images
+    # the target's base-class logit minus its largest other logit: > 0 exactly when it succeeds
+    target_margin: float | None = None
+
+
+def base_margin(logits: torch.Tensor, base_class: int) -> float:
+    """``logits[base_class]`` minus the largest other logit of one image's ``logits``."""
+    others = torch.cat([logits[:base_class], logits[base_class + 1:]])
+    return float(logits[base_class] - others.max())
+
+
+def poisons_fit(model: ImageClassifier, poisons: Poisons) -> float | None:
+    """Share of the poisons a trained victim puts in their own label, on the stored images.
+
+    It explains feature-space attacks: a linear head's logits at the poisons' mean feature are
+    the mean of their logits, so a Bullseye Polytope whose poisons' mean collides with the
+    target flips the target roughly when the head fits the poisons, and cannot when it fits none.
+    """
+    if len(poisons.images) == 0:
+        return None
+    labels = torch.as_tensor(np.asarray(poisons.labels, dtype=np.int64))
+    with torch.no_grad():
+        preds = predict(model, poisons.images.to(next(model.parameters()).device)).cpu()
+    return float((preds == labels).float().mean())
 
 
 def asr_members(data: ImageData, setup: Setup, scope: str) -> torch.Tensor:
@@ -126,13 +149,29 @@ def evaluate_victim(model: ImageClassifier, data: ImageData, setup: Setup, *,
     clean = float((preds == data.test_y).float().mean())
     if trigger is None:
         pred = int(preds[setup.target_index])
-        return VictimOutcome(pred, pred == setup.base_class, clean)
+        target = data.test_x[setup.target_index:setup.target_index + 1]
+        margin = _margin_of(model, target, test_features, setup.target_index, setup.base_class)
+        return VictimOutcome(pred, pred == setup.base_class, clean, target_margin=margin)
     members = asr_members(data, setup, asr_scope)
     with torch.no_grad():
         if triggered_features is not None:
             triggered = model.head(triggered_features).argmax(1)
         else:
             triggered = predict(model, paste(data.test_x[members], trigger))
-    pred = int(triggered[int((members == setup.target_index).nonzero()[0, 0])])
+    row = int((members == setup.target_index).nonzero()[0, 0])
+    pred = int(triggered[row])
     asr = float((triggered == setup.base_class).float().mean())
-    return VictimOutcome(pred, pred == setup.base_class, clean, asr)
+    target = paste(data.test_x[setup.target_index:setup.target_index + 1], trigger)
+    margin = _margin_of(model, target, triggered_features, row, setup.base_class)
+    return VictimOutcome(pred, pred == setup.base_class, clean, asr, margin)
+
+
+def _margin_of(model: ImageClassifier, target: torch.Tensor, features: torch.Tensor | None,
+               row: int, base_class: int) -> float:
+    """The target's base margin, from banked ``features[row]`` when given, else the model."""
+    with torch.no_grad():
+        if features is not None:
+            logits = model.head(features[row:row + 1])[0]
+        else:
+            logits = model(target.float().div(255))[0]
+    return base_margin(logits, base_class)

@@ -8,6 +8,7 @@ with defenses adds a row per victim and defense, which repeats the undefended mo
 adds the defense's own.
 
 Version 2 added the defense columns and ``poisons``; a version-1 part reads as defense ``none``.
+Version 3 added ``target_margin`` and ``poisons_fit``; older parts read them as nulls.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pyarrow as pa
 from raypoison import PROTOCOL_VERSION, __version__
 from raypoison.config import to_plain
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KEY = ("trial_id", "victim", "defense")
 NO_DEFENSE = "none"
 
@@ -57,6 +58,8 @@ SCHEMA = pa.schema(
         ("target_pred", pa.int32()),
         ("clean_accuracy", pa.float64()),
         ("attack_success_rate", pa.float64()),
+        ("target_margin", pa.float64()),
+        ("poisons_fit", pa.float64()),
         ("trigger", pa.string()),
         ("poisons", pa.int32()),
         ("defense", pa.string()),

@@ -20,7 +20,7 @@ from raypoison.config import ScenarioConfig
 from raypoison.data import ImageData, load_dataset
 from raypoison.defend import run_defenses
 from raypoison.defenses import TrainingSet, TrustedSet
-from raypoison.evaluate import asr_members, check_poisons, evaluate_victim
+from raypoison.evaluate import asr_members, check_poisons, evaluate_victim, poisons_fit
 from raypoison.feature_bank import TrainingFeatures, view_features
 from raypoison.models import ImageClassifier, build_model, load_checkpoint, to_device
 from raypoison.rows import (
@@ -356,6 +356,8 @@ def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None) -> dict[s
             "seconds_eval": time.perf_counter() - tick, "success": outcome.success,
             "target_pred": outcome.target_pred, "clean_accuracy": outcome.clean_accuracy,
             "attack_success_rate": outcome.attack_success_rate,
+            "target_margin": outcome.target_margin,
+            "poisons_fit": poisons_fit(model, poisons),
         }
         if spec.defenses:
             is_poison = torch.zeros(len(labels), dtype=torch.bool)

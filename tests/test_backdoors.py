@@ -103,6 +103,7 @@ def test_backdoor_trials_record_trigger_and_attack_success_rate(context):
         assert row["status"] == "ok", row["error"]
         assert 0 <= row["attack_success_rate"] <= 1
         assert json.loads(row["trigger"])["size"] == 5
+        assert row["success"] == (row["target_margin"] > 0)  # the triggered target's margin
 
 
 def test_an_attack_model_missing_from_a_scenario_is_a_config_error():
