@@ -10,12 +10,13 @@ Prints, per trial:
   augmented head trains on (the attacks craft on the unaugmented images only), next to the same
   figure for the target's own views;
 - the target's margin, base-class logit minus target-class logit, in each victim: the attack
-  succeeds when the poisoned victim's margin is the largest of all logits, so it has to move a
-  negative margin past zero;
+  needs the base-class logit to be the largest of all, so it has to move a negative margin past
+  zero at least (the rows' ``target_margin`` is the stricter base-class logit minus the largest
+  other one);
 - how well the poisoned victim fits the poisons: the share of poisons it puts in the base class
   and their mean margin. A linear head's margin at the poisons' mean feature is their mean
-  margin, so a polytope attack that collides that mean with the target succeeds exactly when the
-  head fits the poisons on average; a head that cannot fit them cannot be fooled this way.
+  margin, so where a polytope attack collides that mean with the target, the target's margin
+  follows the poisons': a head that fits none of them will not be fooled this way.
 
 It reads pre-trained models from a run's ``models/`` cache (run the config first):
 

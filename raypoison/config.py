@@ -316,9 +316,9 @@ class RecipeConfig:
     augment: bool = True
     adversarial: AdversarialConfig | None = None
     # "step": lr × gamma at each milestone epoch (the protocol's recipes). "onecycle": lr rises
-    # linearly from 0 over the first ``warmup`` fraction of the steps, then falls linearly to 0 at
-    # the last step; milestones and gamma do not apply. It reaches a given accuracy in far fewer
-    # epochs, which is what pre-training on a CPU needs.
+    # linearly to ``lr`` over the first ``warmup`` fraction of the batches, then falls linearly
+    # towards 0 (it would reach 0 one batch after the last); milestones and gamma do not apply.
+    # It reaches a given accuracy in far fewer epochs, which is what pre-training on a CPU needs.
     schedule: Literal["step", "onecycle"] = "step"
     warmup: float = 0.2
 
@@ -335,6 +335,8 @@ class RecipeConfig:
             if self.milestones not in ((), RecipeConfig.milestones):
                 raise ConfigError(f"{path}.milestones",
                                   "applies to schedule 'step' only; schedule 'onecycle' has none")
+            # with milestones left out or empty, one recipe: one trial id and one cache key
+            object.__setattr__(self, "milestones", ())
             return
         for i, m in enumerate(self.milestones):
             if not 0 < m < self.epochs:

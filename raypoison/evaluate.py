@@ -141,37 +141,31 @@ def evaluate_victim(model: ImageClassifier, data: ImageData, setup: Setup, *,
     ``test_features`` and ``triggered_features`` are features under a frozen extractor (transfer
     mode): then only the head runs, and the predictions are the same as running the whole model.
     """
-    with torch.no_grad():
-        if test_features is not None:
-            preds = model.head(test_features).argmax(1)
-        else:
-            preds = predict(model, data.test_x)
+    test_logits = _logits(model, data.test_x, test_features)
+    preds = test_logits.argmax(1)
     clean = float((preds == data.test_y).float().mean())
+    asr = None
     if trigger is None:
-        pred = int(preds[setup.target_index])
-        target = data.test_x[setup.target_index:setup.target_index + 1]
-        margin = _margin_of(model, target, test_features, setup.target_index, setup.base_class)
-        return VictimOutcome(pred, pred == setup.base_class, clean, target_margin=margin)
-    members = asr_members(data, setup, asr_scope)
-    with torch.no_grad():
-        if triggered_features is not None:
-            triggered = model.head(triggered_features).argmax(1)
-        else:
-            triggered = predict(model, paste(data.test_x[members], trigger))
-    row = int((members == setup.target_index).nonzero()[0, 0])
-    pred = int(triggered[row])
-    asr = float((triggered == setup.base_class).float().mean())
-    target = paste(data.test_x[setup.target_index:setup.target_index + 1], trigger)
-    margin = _margin_of(model, target, triggered_features, row, setup.base_class)
-    return VictimOutcome(pred, pred == setup.base_class, clean, asr, margin)
+        logits = test_logits[setup.target_index]
+    else:
+        members = asr_members(data, setup, asr_scope)
+        triggered_logits = _logits(model, paste(data.test_x[members], trigger)
+                                   if triggered_features is None else None, triggered_features)
+        triggered = triggered_logits.argmax(1)
+        asr = float((triggered == setup.base_class).float().mean())
+        logits = triggered_logits[int((members == setup.target_index).nonzero()[0, 0])]
+    # prediction and margin from one logit vector, so they agree even at near-ties
+    pred = int(logits.argmax())
+    return VictimOutcome(pred, pred == setup.base_class, clean, asr,
+                         base_margin(logits, setup.base_class))
 
 
-def _margin_of(model: ImageClassifier, target: torch.Tensor, features: torch.Tensor | None,
-               row: int, base_class: int) -> float:
-    """The target's base margin, from banked ``features[row]`` when given, else the model."""
+def _logits(model: ImageClassifier, images: torch.Tensor | None,
+            features: torch.Tensor | None, batch_size: int = 512) -> torch.Tensor:
+    """Logits of uint8 ``images``, or of banked ``features`` through the head alone."""
+    model.eval()
     with torch.no_grad():
         if features is not None:
-            logits = model.head(features[row:row + 1])[0]
-        else:
-            logits = model(target.float().div(255))[0]
-    return base_margin(logits, base_class)
+            return model.head(features)
+        return torch.cat([model(images[i:i + batch_size].float().div(255))
+                          for i in range(0, len(images), batch_size)])

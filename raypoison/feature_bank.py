@@ -23,8 +23,8 @@ def view_features(model: ImageClassifier, images: torch.Tensor, padding: int = 4
     """``[views, N, D]`` features of uint8 ``images`` under every view, in view order.
 
     ``batch_size`` defaults to 1024 on a GPU and 256 on a CPU, where larger batches fall out of
-    the caches: a quarter-width ResNet-18 took 1.0 ms per image at 256 and 1.6 ms at 1024 on the
-    2-core development machine.
+    the caches: a quarter-width ResNet-18 in the default layout took 1.0 ms per image at 256 and
+    1.6 ms at 1024 on the 2-core development machine.
     """
     if batch_size is None:
         batch_size = 1024 if images.is_cuda else 256
