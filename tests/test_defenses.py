@@ -46,7 +46,7 @@ CHEAP = {  # every defense, sized for a few seconds each on the tiny model
     "pivotal_tuning": {"lr": 0.01, "steps": 300},
     "fine_pruning": {"tune": {"epochs": 5}},
     "neural_attention_distillation": {"teacher": {"epochs": 5}, "student": {"epochs": 5}},
-    "neural_cleanse": {"steps": 60},
+    "neural_cleanse": {"steps": 150},  # 60 left the inversion unconverged on some builds
     "calibrated_trigger_inversion": {"inversion": {"steps": 40},
                                      "repair": {"lr": 0.01, "steps": 300}},
     "spectral_signatures": {}, "activation_clustering": {}, "strip": {}, "deep_knn": {},
