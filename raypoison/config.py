@@ -322,6 +322,12 @@ class RecipeConfig:
     schedule: Literal["step", "onecycle"] = "step"
     warmup: float = 0.2
 
+    def __post_init__(self) -> None:
+        # one-cycle has no milestones: left out (the step default) or empty is one recipe, with
+        # one trial id and one cache key
+        if self.schedule == "onecycle" and self.milestones == RecipeConfig.milestones:
+            object.__setattr__(self, "milestones", ())
+
     def validate(self, path: str) -> None:
         _positive(path, "lr", self.lr)
         _positive(path, "epochs", self.epochs)
@@ -332,11 +338,9 @@ class RecipeConfig:
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"{path}.warmup", f"must be in [0, 1), got {self.warmup}")
         if self.schedule == "onecycle":
-            if self.milestones not in ((), RecipeConfig.milestones):
+            if self.milestones:
                 raise ConfigError(f"{path}.milestones",
                                   "applies to schedule 'step' only; schedule 'onecycle' has none")
-            # with milestones left out or empty, one recipe: one trial id and one cache key
-            object.__setattr__(self, "milestones", ())
             return
         for i, m in enumerate(self.milestones):
             if not 0 < m < self.epochs:

@@ -12,7 +12,7 @@ from raypoison.attacks.crafting import eps_pixels
 from raypoison.data import ImageData
 from raypoison.models import ImageClassifier
 from raypoison.setups import Setup
-from raypoison.training import predict
+from raypoison.training import logits, predict
 from raypoison.triggers import Trigger, paste
 
 
@@ -116,8 +116,7 @@ def poisons_fit(model: ImageClassifier, poisons: Poisons) -> float | None:
     if len(poisons.images) == 0:
         return None
     labels = torch.as_tensor(np.asarray(poisons.labels, dtype=np.int64))
-    with torch.no_grad():
-        preds = predict(model, poisons.images.to(next(model.parameters()).device)).cpu()
+    preds = predict(model, poisons.images.to(next(model.parameters()).device)).cpu()
     return float((preds == labels).float().mean())
 
 
@@ -141,31 +140,30 @@ def evaluate_victim(model: ImageClassifier, data: ImageData, setup: Setup, *,
     ``test_features`` and ``triggered_features`` are features under a frozen extractor (transfer
     mode): then only the head runs, and the predictions are the same as running the whole model.
     """
-    test_logits = _logits(model, data.test_x, test_features)
+    test_logits = _head_or_model(model, test_features, data.test_x)
     preds = test_logits.argmax(1)
     clean = float((preds == data.test_y).float().mean())
     asr = None
     if trigger is None:
-        logits = test_logits[setup.target_index]
+        target_logits = test_logits[setup.target_index]
     else:
         members = asr_members(data, setup, asr_scope)
-        triggered_logits = _logits(model, paste(data.test_x[members], trigger)
-                                   if triggered_features is None else None, triggered_features)
+        triggered_logits = _head_or_model(
+            model, triggered_features,
+            paste(data.test_x[members], trigger) if triggered_features is None else None)
         triggered = triggered_logits.argmax(1)
         asr = float((triggered == setup.base_class).float().mean())
-        logits = triggered_logits[int((members == setup.target_index).nonzero()[0, 0])]
+        target_logits = triggered_logits[int((members == setup.target_index).nonzero()[0, 0])]
     # prediction and margin from one logit vector, so they agree even at near-ties
-    pred = int(logits.argmax())
+    pred = int(target_logits.argmax())
     return VictimOutcome(pred, pred == setup.base_class, clean, asr,
-                         base_margin(logits, setup.base_class))
+                         base_margin(target_logits, setup.base_class))
 
 
-def _logits(model: ImageClassifier, images: torch.Tensor | None,
-            features: torch.Tensor | None, batch_size: int = 512) -> torch.Tensor:
-    """Logits of uint8 ``images``, or of banked ``features`` through the head alone."""
-    model.eval()
+def _head_or_model(model: ImageClassifier, features: torch.Tensor | None,
+                   images: torch.Tensor | None) -> torch.Tensor:
+    """Logits from banked ``features`` through the head alone, else from running ``images``."""
+    if features is None:
+        return logits(model, images)
     with torch.no_grad():
-        if features is not None:
-            return model.head(features)
-        return torch.cat([model(images[i:i + batch_size].float().div(255))
-                          for i in range(0, len(images), batch_size)])
+        return model.head(features)

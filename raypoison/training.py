@@ -153,12 +153,19 @@ def _adversarial_batch(model, x, y, recipe: RecipeConfig, generator, trainable) 
 
 
 @torch.no_grad()
+@torch.no_grad()
+def logits(model: ImageClassifier, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits ``[N, classes]`` of uint8 images, in eval mode."""
+    model.eval()
+    out = [model(images[i:i + batch_size].float().div_(255))
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, model.head.out_features,
+                                                  device=images.device)
+
+
 def predict(model: ImageClassifier, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Predicted classes of uint8 images, in eval mode."""
-    model.eval()
-    out = [model(images[i:i + batch_size].float().div_(255)).argmax(1)
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=images.device)
+    return logits(model, images, batch_size).argmax(1)
 
 
 def accuracy(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
