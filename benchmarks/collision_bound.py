@@ -68,7 +68,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     suite = load_suite(args.config)
-    scenario = next((s for s in suite.scenarios if s.name == args.scenario), suite.scenarios[0])
+    named = [s for s in suite.scenarios if s.name == args.scenario]
+    if args.scenario and not named:
+        raise SystemExit(f"no scenario {args.scenario!r} in {args.config} "
+                         f"(it has {', '.join(s.name for s in suite.scenarios)})")
+    scenario = named[0] if named else suite.scenarios[0]
     if scenario.mode != "transfer":
         raise SystemExit(f"scenario {scenario.name} is not a transfer scenario")
     checkpoints = {}
@@ -85,10 +89,10 @@ def main() -> None:
     victim = scenario.victims[0]
     data = ctx.data
     test_features = ctx.test_features(victim)
-    print(f"{scenario.name}, victim {victim}, {copies} copies of the target; "
-          f"recipe {dataclasses.replace(base_recipe, lr=0)} at lr {lrs}", flush=True)
+    print(f"{scenario.name}, victim {victim}, {copies} copies of the target; head lr {lrs}, "
+          f"otherwise {base_recipe}", flush=True)
 
-    # per lr and arm ("control", "copies"): flips, final losses, test accuracies
+    # per lr and arm: flips, fits, final losses, test accuracies
     arm_names = ("control", "copies", "neighbours")
     tally = {(lr, arm): ([], [], [], []) for lr in lrs for arm in arm_names}
     for index in range(args.trials):

@@ -84,7 +84,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     suite = load_suite(args.config)
-    scenario = next((s for s in suite.scenarios if s.name == args.scenario), suite.scenarios[0])
+    named = [s for s in suite.scenarios if s.name == args.scenario]
+    if args.scenario and not named:
+        raise SystemExit(f"no scenario {args.scenario!r} in {args.config} "
+                         f"(it has {', '.join(s.name for s in suite.scenarios)})")
+    scenario = named[0] if named else suite.scenarios[0]
     if scenario.mode != "transfer":
         raise SystemExit(f"scenario {scenario.name} is not a transfer scenario")
     checkpoints = {}
