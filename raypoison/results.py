@@ -12,6 +12,7 @@ import io
 import posixpath
 import warnings
 from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 import pyarrow as pa
@@ -113,10 +114,24 @@ def deduplicate(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def load(uri: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
-    """The deduplicated results of a dataset at ``uri`` (a run's output folder or URI)."""
+    """The deduplicated results of a dataset at ``uri``: a run's output folder or URI, or the
+    ``results/`` folder inside it, which is what analysts tend to pass."""
     if columns is not None:
         columns = list(dict.fromkeys([*KEY, "status", "finished_at", *columns]))
-    return deduplicate(read_table(uri, columns).to_pandas())
+    return deduplicate(read_table(run_output(uri), columns).to_pandas())
+
+
+def run_output(uri: str) -> str:
+    """``uri``, or its parent when ``uri`` is a run's ``results/`` folder (and holds no
+    ``results/`` of its own). Only readers resolve this: a run writes where it is told."""
+    location = Location.parse(uri)
+    if (posixpath.basename(location.root) != RESULTS_DIR
+            or location.exists(location.join(RESULTS_DIR))):
+        return uri
+    if location.is_local:
+        return posixpath.dirname(location.root)
+    split = urlsplit(uri)
+    return urlunsplit(split._replace(path=posixpath.dirname(split.path.rstrip("/"))))
 
 
 def load_arrow(uri: str, columns: Iterable[str] | None = None) -> pa.Table:

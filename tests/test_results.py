@@ -30,6 +30,7 @@ def test_sink_batches_into_partitioned_parts(tmp_path):
     assert any(f.startswith("results/scenario=s/attack=b/part-run1-") for f in files)
     assert not [f for f in files if ".tmp" in f]
     assert len(results.load(str(tmp_path))) == 21
+    assert len(results.load(str(tmp_path / "results"))) == 21  # the results folder itself
 
 
 def test_readers_skip_truncated_foreign_and_temporary_files(tmp_path):

@@ -76,6 +76,8 @@ def _run_resume_compact(uri: str, trials: int, rows_per_file: int, filesystem: t
     assert not [n for n in names if n.endswith(".tmp") or "/." in n]  # nothing partial, ever
     df = results.load(uri)
     assert len(df) == 2 * trials and not df.duplicated(["trial_id", "victim"]).any()
+    # the results/ folder itself reads the same, the URI's options kept
+    assert len(results.load(location.child_uri("results"))) == 2 * trials
     again = run_suite(suite, RunOptions(output=uri))
     assert (again.skipped, again.computed) == (trials, 0)
     done = compact(uri)
