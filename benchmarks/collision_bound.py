@@ -32,17 +32,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-from pathlib import Path
 
 import numpy as np
 import torch
+from transfer_run import cached_context, transfer_scenario
 
-from raypoison.config import load_suite
-from raypoison.execution.checkpoints import local_checkpoint, models_of
 from raypoison.spec import derive_seed
 from raypoison.stats import wilson
 from raypoison.training import logits, train
-from raypoison.trial import TrialContext
 
 
 def neighbours(features: torch.Tensor, labels: torch.Tensor, index: int, k: int) -> torch.Tensor:
@@ -67,25 +64,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    suite = load_suite(args.config)
-    named = [s for s in suite.scenarios if s.name == args.scenario]
-    if args.scenario and not named:
-        raise SystemExit(f"no scenario {args.scenario!r} in {args.config} "
-                         f"(it has {', '.join(s.name for s in suite.scenarios)})")
-    scenario = named[0] if named else suite.scenarios[0]
-    if scenario.mode != "transfer":
-        raise SystemExit(f"scenario {scenario.name} is not a transfer scenario")
-    checkpoints = {}
-    for name in models_of(scenario):
-        path = local_checkpoint(scenario.models[name], scenario, Path(args.output, "models"))
-        if path is None or not path.is_file():
-            raise SystemExit(f"model {name}: no checkpoint under {args.output}/models; "
-                             "run the config first")
-        checkpoints[name] = path
+    _, scenario = transfer_scenario(args.config, args.scenario)
     base_recipe = scenario.training_recipe
     lrs = [float(v) for v in args.lr.split(",") if v] or [base_recipe.lr]
     copies = args.copies or scenario.budget
-    ctx = TrialContext.create(scenario, checkpoints)
+    ctx = cached_context(scenario, args.output)
     victim = scenario.victims[0]
     data = ctx.data
     test_features = ctx.test_features(victim)

@@ -30,14 +30,12 @@ import argparse
 import dataclasses
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from transfer_run import cached_context, transfer_scenario
 
 from raypoison.attacks import create_attack
-from raypoison.config import load_suite
-from raypoison.execution.checkpoints import local_checkpoint, models_of
 from raypoison.feature_bank import view_features
 from raypoison.spec import derive_seed
 from raypoison.training import train
@@ -83,25 +81,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    suite = load_suite(args.config)
-    named = [s for s in suite.scenarios if s.name == args.scenario]
-    if args.scenario and not named:
-        raise SystemExit(f"no scenario {args.scenario!r} in {args.config} "
-                         f"(it has {', '.join(s.name for s in suite.scenarios)})")
-    scenario = named[0] if named else suite.scenarios[0]
-    if scenario.mode != "transfer":
-        raise SystemExit(f"scenario {scenario.name} is not a transfer scenario")
-    checkpoints = {}
-    for name in models_of(scenario):
-        path = local_checkpoint(scenario.models[name], scenario, Path(args.output, "models"))
-        if path is None or not path.is_file():
-            raise SystemExit(f"model {name}: no checkpoint under {args.output}/models; "
-                             "run the config first")
-        checkpoints[name] = path
+    suite, scenario = transfer_scenario(args.config, args.scenario)
     attack_cfg = next((a for a in suite.attacks if a.label == args.attack), None)
     if attack_cfg is None:
         raise SystemExit(f"no attack {args.attack!r} in {args.config}")
-    ctx = TrialContext.create(scenario, checkpoints)
+    ctx = cached_context(scenario, args.output)
     attack = create_attack(attack_cfg)
     victim = scenario.attacker if scenario.attacker in scenario.victims else scenario.victims[0]
     extractor = ctx.model(victim)

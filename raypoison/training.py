@@ -153,7 +153,6 @@ def _adversarial_batch(model, x, y, recipe: RecipeConfig, generator, trainable) 
 
 
 @torch.no_grad()
-@torch.no_grad()
 def logits(model: ImageClassifier, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits ``[N, classes]`` of uint8 images, in eval mode."""
     model.eval()
