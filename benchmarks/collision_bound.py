@@ -35,20 +35,11 @@ import statistics
 
 import numpy as np
 import torch
-from transfer_run import cached_context, transfer_scenario
+from transfer_run import cached_context, neighbours, transfer_scenario
 
 from raypoison.spec import derive_seed
 from raypoison.stats import wilson
 from raypoison.training import logits, train
-
-
-def neighbours(features: torch.Tensor, labels: torch.Tensor, index: int, k: int) -> torch.Tensor:
-    """Indices of the ``k`` test images of test image ``index``'s class nearest to it in feature
-    space, itself excluded."""
-    same = torch.nonzero(labels == labels[index]).flatten()
-    same = same[same != index]
-    distance = (features[same] - features[index]).norm(dim=1)
-    return same[distance.argsort()[:k]].cpu()
 
 
 def main() -> None:

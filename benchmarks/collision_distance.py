@@ -29,32 +29,21 @@ import time
 
 import torch
 import yaml
-from transfer_run import cached_context, transfer_scenario
+from transfer_run import cached_context, neighbours, transfer_scenario
 
 from raypoison.attacks import create_attack
 from raypoison.attacks.crafting import eps_pixels
 from raypoison.config import Component
-from raypoison.data.augment import all_views, apply_crop_flip, identity_view
+from raypoison.data.augment import identity_view
+from raypoison.feature_bank import view_features
 from raypoison.spec import derive_seed
 
 
-def view_features(model, images: torch.Tensor) -> torch.Tensor:
-    """``[views, images, features]``: each image's features in every crop-and-flip view."""
-    out = []
-    n = len(images)
-    with torch.no_grad():
-        for dy, dx, flip in all_views():
-            views = apply_crop_flip(images, torch.full((n,), dy), torch.full((n,), dx),
-                                    torch.full((n,), flip))
-            out.append(model.features(views))
-    return torch.stack(out)
-
-
 def distances(model, images: torch.Tensor, target: torch.Tensor) -> tuple[float, float, float]:
-    """Relative distances to the target's features: the median image's in the identity view and
-    averaged over the views, and the images' mean feature's (what a linear head sees of them
-    together, Bullseye Polytope's objective) averaged over the views."""
-    features = view_features(model, images.float() / 255)
+    """Relative distances from uint8 ``images`` to the target's features: the median image's in
+    the identity view and averaged over the views, and the images' mean feature's (what a linear
+    head sees of them together, Bullseye Polytope's objective) averaged over the views."""
+    features = view_features(model, images)
     norm = target.norm()
     each = (features - target).norm(dim=2) / norm
     mean = (features.mean(1) - target).norm(dim=1) / norm
@@ -91,10 +80,7 @@ def main() -> None:
     model = ctx.model(scenario.attacker)
     data = ctx.data
     bound = eps_pixels(scenario.epsilon)
-    with torch.no_grad():
-        test_features = torch.cat([model.features(data.test_x[i:i + 256].float() / 255)
-                                   for i in range(0, len(data.test_x), 256)])
-    test_labels = torch.as_tensor(data.test_y)
+    test_features = ctx.test_features(scenario.attacker)
 
     def summary(values: list[float], digits: int = 2) -> str:
         return f"{statistics.median(values):.{digits}f}"
@@ -128,10 +114,8 @@ def main() -> None:
             at_bound.append(float((change == bound).float().mean()))
             losses.append(crafted.loss_final or 0.0)
             if not overrides:  # the references, once
-                same = torch.nonzero(test_labels == setup.target_class).flatten()
-                same = same[same != setup.target_index]
-                gap = (test_features[same] - target).norm(dim=1)
-                near = same[gap.argsort()[:scenario.budget]]
+                near = neighbours(test_features, data.test_y, setup.target_index,
+                                  scenario.budget)
                 references["bases"].append(distances(model, bases_u8, target))
                 references["neighbours"].append(distances(model, data.test_x[near], target))
         label = ",".join(f"{k}={v}" for k, v in overrides.items()) or "config"

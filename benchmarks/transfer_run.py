@@ -1,11 +1,13 @@
-"""What the transfer diagnostics share: a config's transfer scenario, and its trial context on the
-pre-trained models a run cached under ``OUTPUT/models/`` (imported by ``transfer_margins.py`` and
-``collision_bound.py``, which run as scripts from this folder). Both exit with a message naming
-what is missing."""
+"""What the transfer diagnostics share: a config's transfer scenario, its trial context on the
+pre-trained models a run cached under ``OUTPUT/models/`` (both exit with a message naming what is
+missing), and a test image's nearest same-class neighbours. Imported by ``transfer_margins.py``,
+``collision_bound.py`` and ``collision_distance.py``, which run as scripts from this folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import torch
 
 from raypoison.config import ScenarioConfig, SuiteConfig, load_suite
 from raypoison.execution.checkpoints import local_checkpoint, models_of
@@ -35,3 +37,12 @@ def cached_context(scenario: ScenarioConfig, output: str) -> TrialContext:
                              "run the config first")
         checkpoints[name] = path
     return TrialContext.create(scenario, checkpoints)
+
+
+def neighbours(features: torch.Tensor, labels: torch.Tensor, index: int, k: int) -> torch.Tensor:
+    """Indices of the ``k`` test images of test image ``index``'s class nearest to it in feature
+    space, itself excluded."""
+    same = torch.nonzero(labels == labels[index]).flatten()
+    same = same[same != index]
+    distance = (features[same] - features[index]).norm(dim=1)
+    return same[distance.argsort()[:k]].cpu()
