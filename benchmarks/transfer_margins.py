@@ -55,7 +55,8 @@ def victim_after_training(ctx: TrialContext, victim: str, index: int, clean: tor
     recipe = dataclasses.replace(scenario.training_recipe, augment=augment)
     seed = derive_seed(scenario.seed, index, victim, "train")
     model = ctx.fresh_victim(victim, seed)
-    features = ctx.training_features(victim, clean, extra) if augment else None
+    banked = augment and scenario.training_recipe.augment  # else the bank lacks the views
+    features = ctx.training_features(victim, clean, extra) if banked else None
     train(model, torch.cat([data.train_x[clean], extra]),
           torch.cat([data.train_y[clean], extra_labels]), recipe=recipe, seed=seed,
           trainable="head", features=features)

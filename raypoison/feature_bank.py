@@ -6,9 +6,14 @@ pool of clean images a scenario's trials draw from; a trial adds its poisons' vi
 head on looked-up features with the same random draws as on-the-fly augmentation. The result is
 the same computation (up to floating-point), at a fraction of the cost: the extractor sees the pool
 once per worker instead of every image in every epoch of every trial.
+
+A victim that trains without augmentation only ever sees the unaugmented view, so its bank holds
+that one view: 1/162 of the memory and of the extractor passes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -19,8 +24,10 @@ from raypoison.models import ImageClassifier
 @torch.no_grad()
 def view_features(model: ImageClassifier, images: torch.Tensor, padding: int = 4,
                   batch_size: int | None = None,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``[views, N, D]`` features of uint8 ``images`` under every view, in view order.
+                  dtype: torch.dtype = torch.float32,
+                  views: Sequence[int] | None = None) -> torch.Tensor:
+    """``[V, N, D]`` features of uint8 ``images`` under ``views`` (view numbers, default every
+    view), in that order.
 
     ``batch_size`` defaults to 1024 on a GPU and 256 on a CPU, where larger batches fall out of
     the caches: a quarter-width ResNet-18 in the default layout took 1.0 ms per image at 256 and
@@ -30,9 +37,10 @@ def view_features(model: ImageClassifier, images: torch.Tensor, padding: int = 4
         batch_size = 1024 if images.is_cuda else 256
     model.eval()
     n = len(images)
-    views = list(all_views(padding))
-    out = torch.empty(len(views), n, model.feature_dim, dtype=dtype, device=images.device)
-    for v, (dy, dx, flip) in enumerate(views):
+    every = list(all_views(padding))
+    chosen = [every[v] for v in views] if views is not None else every
+    out = torch.empty(len(chosen), n, model.feature_dim, dtype=dtype, device=images.device)
+    for v, (dy, dx, flip) in enumerate(chosen):
         for start in range(0, n, batch_size):
             x = images[start:start + batch_size].float().div_(255)
             m = len(x)
@@ -54,15 +62,27 @@ class TrainingFeatures:
     The poisons are few and new in every trial, so their features are computed when a batch
     needs them, under the view it drew: each poison passes the extractor once per epoch, as it
     would without a bank.
+
+    ``pool_views`` lists the view numbers the pool holds, in its order, when it holds only some
+    (see :func:`view_features`); looking up a view it lacks is an error, not a wrong feature.
     """
 
     def __init__(self, pool: torch.Tensor, pool_rows: torch.Tensor, extractor: ImageClassifier,
-                 extra_images: torch.Tensor, padding: int = 4):
+                 extra_images: torch.Tensor, padding: int = 4,
+                 pool_views: Sequence[int] | None = None):
         self.pool = pool  # [V, P, D], shared by trials; never copied
         self.pool_rows = pool_rows  # [n_clean] rows of the pool, in training-set order
         self.extractor = extractor  # frozen, eval mode
         self.extra_images = extra_images  # uint8 [n_extra, C, H, W]
         self.padding = padding
+        self.view_rows: torch.Tensor | None = None  # view number -> pool row, -1 if absent
+        if pool_views is not None:
+            if len(pool_views) != pool.shape[0]:
+                raise ValueError(f"the pool holds {pool.shape[0]} views, not {len(pool_views)}")
+            self.view_rows = torch.full(((2 * padding + 1) ** 2 * 2,), -1, dtype=torch.long,
+                                        device=pool.device)
+            self.view_rows[torch.as_tensor(list(pool_views), device=pool.device)] = torch.arange(
+                len(pool_views), device=pool.device)
 
     def __len__(self) -> int:
         return len(self.pool_rows) + len(self.extra_images)
@@ -75,7 +95,14 @@ class TrainingFeatures:
                           device=self.pool.device)
         clean = ~is_extra
         if clean.any():
-            out[clean] = self.pool[views[clean], self.pool_rows[index[clean]]].float()
+            rows = views[clean]
+            if self.view_rows is not None:
+                rows = self.view_rows[rows]
+                if bool((rows < 0).any()):
+                    raise ValueError("a batch drew a view the feature bank does not hold "
+                                     "(a bank of the unaugmented view used to train with "
+                                     "augmentation)")
+            out[clean] = self.pool[rows, self.pool_rows[index[clean]]].float()
         if is_extra.any():
             images = self.extra_images[index[is_extra] - n_clean].float().div_(255)
             dy, dx, flip = decode_view(views[is_extra], self.padding)

@@ -18,6 +18,7 @@ import torch
 from raypoison.attacks import Poisons, create_attack
 from raypoison.config import ScenarioConfig
 from raypoison.data import ImageData, load_dataset
+from raypoison.data.augment import identity_view
 from raypoison.defend import run_defenses
 from raypoison.defenses import TrainingSet, TrustedSet
 from raypoison.evaluate import asr_members, check_poisons, evaluate_victim, poisons_fit
@@ -115,7 +116,14 @@ class TrialContext:
             return False  # a bank covers the fixed pool of first images only
         pool = (s.train_per_class + s.budget) * self.data.num_classes
         widest = max(self.model(v).feature_dim for v in s.victims)
-        return VIEWS * pool * widest * 4 <= MAX_BANK_BYTES
+        views = VIEWS if self.bank_views is None else len(self.bank_views)
+        return views * pool * widest * 4 <= MAX_BANK_BYTES
+
+    @property
+    def bank_views(self) -> list[int] | None:
+        """The views a victim's head trains on: None (all 162) with augmentation, else only the
+        image as it is."""
+        return None if self.scenario.training_recipe.augment else [identity_view()]
 
     def feature_pool(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Victim ``name``'s bank over the pool of clean images every trial draws from (the first
@@ -127,7 +135,8 @@ class TrialContext:
                                            for c in np.unique(self.train_labels)]))
             row_of = torch.full((len(self.train_labels),), -1, dtype=torch.long)
             row_of[torch.as_tensor(pool)] = torch.arange(len(pool))
-            bank = view_features(self.model(name), self.data.train_x[torch.as_tensor(pool)])
+            bank = view_features(self.model(name), self.data.train_x[torch.as_tensor(pool)],
+                                 views=self.bank_views)
             self._banks[name] = (bank, row_of.to(self.device))
         return self._banks[name]
 
@@ -140,7 +149,8 @@ class TrialContext:
         rows = row_of[clean]
         if not bool((rows >= 0).all()):
             return None
-        return TrainingFeatures(bank, rows, self.model(name), poisons.to(self.device))
+        return TrainingFeatures(bank, rows, self.model(name), poisons.to(self.device),
+                                pool_views=self.bank_views)
 
     def test_features(self, name: str) -> torch.Tensor | None:
         """Features of the test set under victim ``name``'s frozen extractor (transfer mode only)."""

@@ -138,6 +138,36 @@ def test_banked_features_train_the_same_head_as_running_the_extractor(ctx):
     assert not torch.allclose(plain.head.weight, context.fresh_victim("net-a", 5).head.weight)
 
 
+def test_a_head_trained_without_augmentation_banks_only_the_unaugmented_view(tiny_raw,
+                                                                            tiny_checkpoint):
+    import dataclasses
+
+    from raypoison.setups import clean_training_indices
+    from raypoison.training import train
+
+    tiny_raw["scenarios"][0]["recipe"]["augment"] = False
+    scenario = parse_suite(tiny_raw).scenarios[0]
+    context = TrialContext.create(scenario, {"net-a": tiny_checkpoint})
+    assert context.uses_feature_bank
+    pool, _ = context.feature_pool("net-a")
+    assert pool.shape[:2] == (1, 4 * (12 + 3))
+    setup = context.setup(1)
+    clean = torch.as_tensor(clean_training_indices(context.train_labels, setup, 12))
+    poisons = context.data.train_x[list(setup.base_indices)]
+    images = torch.cat([context.data.train_x[clean], poisons])
+    labels = torch.cat([context.data.train_y[clean], torch.full((3,), setup.base_class)])
+    recipe = scenario.training_recipe
+    plain = context.fresh_victim("net-a", 5)
+    train(plain, images, labels, recipe=recipe, seed=9, trainable="head")
+    banked = context.fresh_victim("net-a", 5)
+    features = context.training_features("net-a", clean, poisons)
+    train(banked, images, labels, recipe=recipe, seed=9, trainable="head", features=features)
+    assert torch.allclose(plain.head.weight, banked.head.weight, atol=1e-4)
+    with pytest.raises(ValueError, match="does not hold"):  # never a wrong view's features
+        train(context.fresh_victim("net-a", 5), images, labels, trainable="head", seed=9,
+              recipe=dataclasses.replace(recipe, augment=True), features=features)
+
+
 def test_reference_trial_folders_are_imported_checked_and_evaluated(tmp_path, tiny_raw,
                                                                      tiny_checkpoint):
     from raypoison.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
