@@ -77,10 +77,10 @@ def main() -> None:
     base = chosen[0]
     settings = [{}] + [parse_set(s) for s in args.settings]
     ctx = cached_context(scenario, args.output)
-    model = ctx.model(scenario.attacker)
+    model = ctx.model(scenario.attackers[0])
     data = ctx.data
     bound = eps_pixels(scenario.epsilon)
-    test_features = ctx.test_features(scenario.attacker)
+    test_features = ctx.test_features(scenario.attackers[0])
 
     def summary(values: list[float], digits: int = 2) -> str:
         return f"{statistics.median(values):.{digits}f}"
@@ -90,7 +90,7 @@ def main() -> None:
         return (f"identity view {summary(identity)}  all views {summary(views)}  "
                 f"mean poison {summary(mean)}")
 
-    print(f"{scenario.name}: {base.label} on {scenario.attacker}, {args.trials} trials; "
+    print(f"{scenario.name}: {base.label} on {scenario.attackers[0]}, {args.trials} trials; "
           "distances are ‖f(poison) − f(target)‖ / ‖f(target)‖, medians over trials of each "
           "trial's median poison; mean poison: the poisons' mean feature, over the views",
           flush=True)

@@ -88,7 +88,7 @@ def main() -> None:
         raise SystemExit(f"no attack {args.attack!r} in {args.config}")
     ctx = cached_context(scenario, args.output)
     attack = create_attack(attack_cfg)
-    victim = scenario.attacker if scenario.attacker in scenario.victims else scenario.victims[0]
+    victim = next((v for v in scenario.victims if v in scenario.attackers), scenario.victims[0])
     extractor = ctx.model(victim)
     data = ctx.data
     shifts: dict[bool, list[float]] = {True: [], False: []}

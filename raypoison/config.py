@@ -11,8 +11,8 @@ The shape of a file (see ``configs/smoke.yaml`` for a complete one)::
         dataset: {name: synthetic, params: {...}}
         mode: transfer
         models: {convnet-a: {arch: convnet, pretrain: {...}}, convnet-b: {...}}
-        attacker: convnet-a           # the model the attacks craft on
-        victims: [convnet-a, convnet-b]  # white-box iff it is the attacker
+        attacker: convnet-a           # the model the attacks craft on (or a list: see below)
+        victims: [convnet-a, convnet-b]  # white-box iff it is (one of) the attacker(s)
         budget: 5
         epsilon: 8/255
         trials: 10
@@ -422,7 +422,9 @@ class ScenarioConfig:
     name: str
     dataset: Component = field(metadata={"parse": lambda v, p: _dataset_component(v, p)})
     models: Mapping[str, ModelConfig]
-    attacker: str
+    # one model, or several: the feature-space attacks craft on their ensemble, Witches' Brew on
+    # one model of the pool per trial (or their ensemble; see its parameters)
+    attacker: str | tuple[str, ...]
     victims: tuple[str, ...]
     budget: int
     epsilon: float = field(metadata={"parse": parse_fraction})
@@ -439,6 +441,11 @@ class ScenarioConfig:
     asr_scope: Literal["target_class", "other_classes"] = "target_class"
 
     @property
+    def attackers(self) -> tuple[str, ...]:
+        """The models the attacks craft on, in the config's order."""
+        return (self.attacker,) if isinstance(self.attacker, str) else self.attacker
+
+    @property
     def training_recipe(self) -> RecipeConfig:
         return self.recipe or DEFAULT_RECIPES[self.mode]
 
@@ -448,10 +455,14 @@ class ScenarioConfig:
             raise ConfigError(f"{path}.models", "at least one model is required")
         for name in self.models:
             _check_name(f"{path}.models.{name}", name)
-        if self.attacker not in self.models:
-            raise ConfigError(
-                f"{path}.attacker", f"unknown model {self.attacker!r} (defined: {list(self.models)})"
-            )
+        if not self.attackers:
+            raise ConfigError(f"{path}.attacker", "at least one model is required")
+        for i, name in enumerate(self.attackers):
+            where = f"{path}.attacker" if isinstance(self.attacker, str) else f"{path}.attacker[{i}]"
+            if name not in self.models:
+                raise ConfigError(where, f"unknown model {name!r} (defined: {list(self.models)})")
+        if len(set(self.attackers)) != len(self.attackers):
+            raise ConfigError(f"{path}.attacker", "a model is listed twice")
         if not self.victims:
             raise ConfigError(f"{path}.victims", "at least one victim is required")
         for i, victim in enumerate(self.victims):
@@ -517,7 +528,7 @@ class ScenarioConfig:
                     "smallest class")
 
     def role(self, victim: str) -> str:
-        return "white-box" if victim == self.attacker else "black-box"
+        return "white-box" if victim in self.attackers else "black-box"
 
     def identity(self) -> dict[str, Any]:
         """What defines a trial of this scenario: everything but the trial count (in the
@@ -602,11 +613,16 @@ class SuiteConfig:
 
         for j, attack in enumerate(self.attacks):
             for i, s in enumerate(self.scenarios):
-                attacker = s.models[s.attacker]
-                if ATTACKS.get(attack.name).uses_attacker and not attacker.has_weights:
-                    raise ConfigError(f"scenarios[{i}].models.{s.attacker}",
-                                      "needs a 'checkpoint' or a 'pretrain' (attack "
-                                      f"{attack.label!r} crafts on the attacker)")
+                cls = ATTACKS.get(attack.name)
+                if cls.uses_attacker and len(s.attackers) > 1 and not cls.crafts_on_several:
+                    raise ConfigError(f"scenarios[{i}].attacker",
+                                      f"lists {len(s.attackers)} models, but attack "
+                                      f"{attack.label!r} crafts on one model")
+                for name in s.attackers if cls.needs_attacker_weights(attack.params) else ():
+                    if not s.models[name].has_weights:
+                        raise ConfigError(f"scenarios[{i}].models.{name}",
+                                          "needs a 'checkpoint' or a 'pretrain' (attack "
+                                          f"{attack.label!r} crafts on the attacker)")
                 for name in ATTACKS.get(attack.name).required_models(attack.params, s):
                     if name not in s.models or not s.models[name].has_weights:
                         raise ConfigError(

@@ -64,3 +64,102 @@ def test_crafting_in_a_batch_matches_crafting_one_by_one(context, which):
         assert difference.max() <= 1, difference.max()  # a rounding step at most
         assert (difference > 0).float().mean() < 0.01  # and rarely
         assert together[i].loss_final == pytest.approx(alone.loss_final, rel=1e-3, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_checkpoint):
+    """The tiny scenario with a second attacker model, pre-trained from another seed."""
+    import copy
+
+    from raypoison.pretrain import pretrain_checkpoint
+    from tests.conftest import PRETRAIN, TINY
+
+    raw = copy.deepcopy(TINY)
+    scenario = raw["scenarios"][0]
+    scenario["models"]["net-b"] = {"arch": "convnet", "pretrain": dict(PRETRAIN, seed=2)}
+    parsed = parse_suite(raw).scenarios[0]
+    checkpoints = {"net-a": tiny_checkpoint,
+                   "net-b": pretrain_checkpoint(parsed.models["net-b"], parsed.dataset)}
+    return raw, checkpoints
+
+
+def _with_attacker(two_models, attacker, attacks):
+    import copy
+
+    raw, checkpoints = two_models
+    raw = copy.deepcopy(raw)
+    raw["scenarios"][0]["attacker"] = attacker
+    raw["attacks"] = attacks
+    suite = parse_suite(raw)
+    return suite, TrialContext.create(suite.scenarios[0], checkpoints)
+
+
+@pytest.mark.parametrize("which", range(3), ids=[a["name"] for a in ATTACKS[:3]])
+def test_an_ensemble_of_attackers_pulls_every_model_toward_the_target(two_models, which):
+    """Crafted on net-a and net-b together, the poisons' features on net-b lie closer to the
+    target's than when they are crafted on net-a alone; both roles are white-box."""
+    suite, ensemble = _with_attacker(two_models, ["net-a", "net-b"], [ATTACKS[which]])
+    _, single = _with_attacker(two_models, "net-a", [ATTACKS[which]])
+    assert suite.scenarios[0].role("net-b") == "white-box"
+    attack = create_attack(suite.attacks[0])
+    setup = ensemble.setup(2)
+    both = attack.craft(ensemble, setup, seed=7, index=2)
+    alone = attack.craft(single, setup, seed=7, index=2)
+    assert both.loss_final < both.loss_initial
+    check = check_poisons(both.poisons, setup, ensemble.data, suite.scenarios[0].epsilon, 3)
+    assert check.valid, check.reason
+    net_b = ensemble.model("net-b")
+    target = ensemble.data.test_x[setup.target_index:setup.target_index + 1].float() / 255
+    with torch.no_grad():
+        goal = net_b.features(target)
+
+        def distance(images):
+            return float((net_b.features(images.float() / 255).mean(0) - goal).norm())
+
+        assert distance(both.poisons.images) < distance(alone.poisons.images)
+
+
+def test_witches_brew_crafts_each_trial_on_one_model_of_the_pool(two_models):
+    brew = {"name": "witches_brew", "params": {"iterations": 8, "restarts": 1}}
+    suite, pool = _with_attacker(two_models, ["net-a", "net-b"], [brew])
+    attack = create_attack(suite.attacks[0])
+    for index, name in ((0, "net-a"), (1, "net-b"), (2, "net-a")):
+        _, alone = _with_attacker(two_models, name, [brew])
+        setup = pool.setup(index)
+        from_pool = attack.craft(pool, setup, seed=5, index=index)
+        assert torch.equal(from_pool.poisons.images,
+                           attack.craft(alone, setup, seed=5, index=index).poisons.images), index
+    _, other = _with_attacker(two_models, "net-b", [brew])
+    assert not torch.equal(attack.craft(pool, pool.setup(0), seed=5, index=0).poisons.images,
+                           attack.craft(other, pool.setup(0), seed=5, index=0).poisons.images)
+
+
+def test_witches_brew_can_train_its_own_crafting_model_per_trial(two_models):
+    from raypoison.attacks.witches_brew import train_crafting_model
+    from raypoison.errors import ConfigError
+
+    brew = {"name": "witches_brew", "params": {"iterations": 8, "restarts": 1,
+                                               "fresh_model": True}}
+    raw, _ = two_models
+    untrained = dict(raw, attacks=[brew])
+    untrained["scenarios"] = [dict(raw["scenarios"][0], attacker="net-c", models=dict(
+        raw["scenarios"][0]["models"], **{"net-c": {"arch": "convnet"}}))]
+    parse_suite(untrained)  # a fresh model per trial needs no attacker weights
+    with pytest.raises(ConfigError, match="crafts on the attacker"):
+        parse_suite(dict(untrained, attacks=[{"name": "witches_brew"}]))
+
+    suite, ctx = _with_attacker(two_models, "net-a", [brew])
+    attack = create_attack(suite.attacks[0])
+    setup = ctx.setup(3)
+    first = attack.craft(ctx, setup, seed=5, index=3)
+    assert first.loss_final < first.loss_initial
+    assert check_poisons(first.poisons, setup, ctx.data, suite.scenarios[0].epsilon, 3).valid
+    assert torch.equal(first.poisons.images, attack.craft(ctx, setup, seed=5, index=3).poisons.images)
+    pooled = create_attack(parse_suite(dict(raw, attacks=[dict(brew, params=dict(
+        brew["params"], fresh_model=False))])).attacks[0])
+    assert not torch.equal(first.poisons.images, pooled.craft(ctx, setup, seed=5, index=3).poisons.images)
+    model = train_crafting_model(ctx, "net-a", setup, 3)  # trained: beats chance on the test set
+    with torch.no_grad():
+        predicted = model(ctx.data.test_x.float() / 255).argmax(1)
+    assert (predicted == ctx.data.test_y).float().mean() > 0.5
+    assert not any(p.requires_grad for p in model.parameters())

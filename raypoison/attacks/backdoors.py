@@ -52,7 +52,7 @@ class CleanLabelBackdoor(Attack):
 
     def craft(self, ctx, setup, seed, index) -> CraftResult:
         p, epsilon = self.params, ctx.scenario.epsilon
-        model = ctx.model(p.model or ctx.scenario.attacker)
+        model = ctx.model(p.model or ctx.scenario.attackers[0])
         bases_u8 = ctx.data.train_x[list(setup.base_indices)]
         bases = bases_u8.float() / 255
         labels = torch.full((len(bases),), setup.base_class, device=bases.device)
@@ -101,7 +101,7 @@ class HiddenTriggerBackdoor(Attack):
 
     def craft(self, ctx, setup, seed, index) -> CraftResult:
         p, epsilon = self.params, ctx.scenario.epsilon
-        model = ctx.model(ctx.scenario.attacker)
+        model = ctx.model(ctx.scenario.attackers[0])
         bases_u8 = ctx.data.train_x[list(setup.base_indices)]
         bases = bases_u8.float() / 255
         trigger = make_trigger(p.trigger, ctx.scenario.patch_size, ctx.data.image_shape[1])

@@ -41,6 +41,8 @@ class Attack:
     # bounded by ε (dirty-label backdoors); False: they replace the setup's bases within ε
     relabels: ClassVar[bool] = False
     uses_attacker: ClassVar[bool] = True  # crafts on the scenario's attacker model
+    # True: accepts a scenario whose ``attacker`` lists several models (see crafting_models)
+    crafts_on_several: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Params:
@@ -53,6 +55,11 @@ class Attack:
     def required_models(cls, params: Any, scenario: ScenarioConfig) -> list[str]:
         """Models of the scenario the attack crafts on, beyond its attacker (checked up front)."""
         return []
+
+    @classmethod
+    def needs_attacker_weights(cls, params: Any) -> bool:
+        """Whether the attacker models must have trained weights (a checkpoint or a pretrain)."""
+        return cls.uses_attacker
 
     @classmethod
     def poison_count(cls, params: Any, scenario: ScenarioConfig) -> int:
@@ -70,6 +77,11 @@ class Attack:
         to floating-point noise); others craft one by one."""
         return [self.craft(ctx, s, seed, i) for s, seed, i in zip(setups, seeds, indices,
                                                                   strict=True)]
+
+
+def crafting_models(ctx: TrialContext) -> list[torch.nn.Module]:
+    """The frozen models the scenario's attacks craft on: one, or an ensemble."""
+    return [ctx.model(name) for name in ctx.scenario.attackers]
 
 
 def base_poisons(ctx: TrialContext, setup: Setup) -> Poisons:

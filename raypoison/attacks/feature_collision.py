@@ -2,7 +2,8 @@
 
 Each poison starts from its base blended with the target (``blend`` = 0.3 of the target) and
 descends ‖f(x) − f(target)‖² on the attacker's penultimate features, with the adaptive gradient
-step of the crafting loop, inside the ε ball around its base.
+step of the crafting loop, inside the ε ball around its base. On an ensemble of attackers the loss
+is the mean of that distance over the models, each against its own features of the target.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from raypoison.attacks.base import Attack, CraftResult, TrialBatch
+from raypoison.attacks.base import Attack, CraftResult, TrialBatch, crafting_models
 from raypoison.attacks.crafting import descend, quantize
 from raypoison.attacks.registry import ATTACKS
 from raypoison.errors import ConfigError
@@ -19,6 +20,7 @@ from raypoison.errors import ConfigError
 
 @ATTACKS.register("feature_collision")
 class FeatureCollision(Attack):
+    crafts_on_several = True
     @dataclass(frozen=True)
     class Params:
         iterations: int = 120
@@ -39,14 +41,15 @@ class FeatureCollision(Attack):
     def craft_batch(self, ctx, setups, seeds, indices) -> list[CraftResult]:
         """Every poison descends on its own, so trials batch exactly."""
         p = self.params
-        model = ctx.model(ctx.scenario.attacker)
+        models = crafting_models(ctx)
         batch = TrialBatch.stack(ctx, setups)
         bases, group = batch.bases, batch.group
         with torch.no_grad():
-            target_features = model.features(batch.targets)[group]
+            target_features = [m.features(batch.targets)[group] for m in models]
 
         def objective(x: torch.Tensor) -> torch.Tensor:
-            return (model.features(x) - target_features).pow(2).sum(dim=1)
+            return torch.stack([(m.features(x) - t).pow(2).sum(dim=1)
+                                for m, t in zip(models, target_features, strict=True)]).mean(0)
 
         start = (1 - p.blend) * bases + p.blend * batch.targets[group]
         out = descend(objective, start, bases, ctx.scenario.epsilon,

@@ -6,7 +6,9 @@ target's, crafted with Adam on the attacker's penultimate features, starting fro
   and the images minimize ``½‖f(t) − Σ cᵢ f(xᵢ)‖² / ‖f(t)‖²``.
 - Bullseye Polytope: the coefficients are fixed and equal, ``‖mean f(xᵢ) − f(t)‖ / ‖f(t)‖``.
 
-Adam's learning rate is in pixel units of images in [0, 1] (the models normalize inside).
+Adam's learning rate is in pixel units of images in [0, 1] (the models normalize inside). On an
+ensemble of attackers each model keeps its own target features (and, for Convex Polytope, its own
+coefficients), and the loss is the mean of the models' losses.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from raypoison.attacks.base import Attack, CraftResult, TrialBatch
+from raypoison.attacks.base import Attack, CraftResult, TrialBatch, crafting_models
 from raypoison.attacks.crafting import adam_descend, project_simplex, quantize
 from raypoison.attacks.registry import ATTACKS
 from raypoison.errors import ConfigError
@@ -47,20 +49,26 @@ def refit_coefficients(coefficients: torch.Tensor, features: torch.Tensor, targe
 
 class _Polytope(Attack):
     Params = PolytopeParams
+    crafts_on_several = True
 
     def objective(self, model, target_features, counts):
         """Per-trial losses [trials] of a batch whose poisons come in groups of ``counts``."""
         raise NotImplementedError
 
     def craft_batch(self, ctx, setups, seeds, indices) -> list[CraftResult]:
-        model = ctx.model(ctx.scenario.attacker)
         batch = TrialBatch.stack(ctx, setups)
-        with torch.no_grad():
-            target_features = model.features(batch.targets)
+        losses = []
+        for model in crafting_models(ctx):
+            with torch.no_grad():
+                target_features = model.features(batch.targets)
+            losses.append(self.objective(model, target_features, batch.counts))
+
+        def objective(x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([loss(x) for loss in losses]).mean(0)
+
         bases = batch.bases
-        out = adam_descend(self.objective(model, target_features, batch.counts), bases, bases,
-                           ctx.scenario.epsilon, iterations=self.params.iterations,
-                           lr=self.params.lr)
+        out = adam_descend(objective, bases, bases, ctx.scenario.epsilon,
+                           iterations=self.params.iterations, lr=self.params.lr)
         images = quantize(out.images, batch.bases_u8, ctx.scenario.epsilon)
         return batch.split(images, setups, iterations=out.iterations,
                            loss_initial=out.loss_initial, loss_final=out.loss_final)
