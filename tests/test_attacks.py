@@ -163,3 +163,20 @@ def test_witches_brew_can_train_its_own_crafting_model_per_trial(two_models):
         predicted = model(ctx.data.test_x.float() / 255).argmax(1)
     assert (predicted == ctx.data.test_y).float().mean() > 0.5
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_feature_collision_l2_penalty_keeps_poisons_nearer_their_bases(context):
+    """Poison Frogs' variant: with beta > 0 the poisons move less from their bases (the start is
+    blended with the target, so the penalty pulls them back) and the loss still falls."""
+    from raypoison.attacks.feature_collision import FeatureCollision
+
+    _, ctx = context
+    setup = ctx.setup(2)
+    bases = ctx.data.train_x[list(setup.base_indices)].float()
+    moved = {}
+    for beta in (0.0, 100.0):
+        attack = FeatureCollision(FeatureCollision.Params(iterations=30, step=0.01, beta=beta))
+        out = attack.craft(ctx, setup, seed=7, index=2)
+        assert out.loss_final < out.loss_initial
+        moved[beta] = float((out.poisons.images.float() - bases).abs().mean())
+    assert moved[100.0] < 0.5 * moved[0.0], moved  # about 5 against 15 uint8 steps
