@@ -12,7 +12,8 @@ final objective wins). It crafts on a model trained on the clean training set:
 - ``fresh_model: true`` trains a crafting model for each trial instead: the pool model's
   architecture, initialized from a seed of its own, trained from scratch with the scenario's
   recipe on the trial's clean training set (the images its victims train on, bases unpoisoned).
-  The most faithful to an attacker who never sees the victim's weights, and by far the dearest.
+  Meant for from-scratch scenarios, where that recipe trains a whole network; an attacker who
+  never shares a model with the victims across trials, and by far the dearest option.
 
 Random starts and augmentations come from the trial's crafting seed.
 """
