@@ -63,7 +63,8 @@ class WitchesBrew(Attack):
     def needs_attacker_weights(cls, params: Any) -> bool:
         return not params.fresh_model
 
-    def crafting_models(self, ctx, setup, index: int) -> list[torch.nn.Module]:
+    def models_for_trial(self, ctx, setup, index: int) -> list[torch.nn.Module]:
+        """The pool model of trial ``index``, all of them (``ensemble``), or a fresh one."""
         names = ctx.scenario.attackers
         if self.params.ensemble:
             return [ctx.model(name) for name in names]
@@ -74,7 +75,7 @@ class WitchesBrew(Attack):
 
     def craft(self, ctx, setup, seed, index) -> CraftResult:
         p = self.params
-        models = self.crafting_models(ctx, setup, index)
+        models = self.models_for_trial(ctx, setup, index)
         params = [q for m in models for q in m.parameters()]
         bases_u8 = ctx.data.train_x[list(setup.base_indices)]
         bases = bases_u8.float() / 255
