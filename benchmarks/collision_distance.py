@@ -75,6 +75,9 @@ def main() -> None:
         raise SystemExit(f"no attack {args.attack!r} in {args.config} "
                          f"(it has {', '.join(a.label for a in suite.attacks)})")
     base = chosen[0]
+    if len(scenario.attackers) > 1:
+        raise SystemExit(f"scenario {scenario.name!r} crafts on {len(scenario.attackers)} models; "
+                         "this script measures distances on one")
     settings = [{}] + [parse_set(s) for s in args.settings]
     ctx = cached_context(scenario, args.output)
     model = ctx.model(scenario.attackers[0])

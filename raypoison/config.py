@@ -440,6 +440,10 @@ class ScenarioConfig:
     trusted_per_class: int | None = None
     asr_scope: Literal["target_class", "other_classes"] = "target_class"
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.attacker, str) and len(self.attacker) == 1:
+            object.__setattr__(self, "attacker", self.attacker[0])  # [a] is a, trial ids too
+
     @property
     def attackers(self) -> tuple[str, ...]:
         """The models the attacks craft on, in the config's order."""
@@ -527,8 +531,11 @@ class ScenarioConfig:
                     f"training images per class exceed the {info.min_train_per_class} of the "
                     "smallest class")
 
-    def role(self, victim: str) -> str:
-        return "white-box" if victim in self.attackers else "black-box"
+    def role(self, victim: str, crafted_on: tuple[str, ...] | None = None) -> str:
+        """White-box iff the victim is a model the poisons were crafted on: by default the
+        scenario's attackers; a trial of Witches' Brew's pool names its own model."""
+        models = self.attackers if crafted_on is None else crafted_on
+        return "white-box" if victim in models else "black-box"
 
     def identity(self) -> dict[str, Any]:
         """What defines a trial of this scenario: everything but the trial count (in the
@@ -614,10 +621,15 @@ class SuiteConfig:
         for j, attack in enumerate(self.attacks):
             for i, s in enumerate(self.scenarios):
                 cls = ATTACKS.get(attack.name)
-                if cls.uses_attacker and len(s.attackers) > 1 and not cls.crafts_on_several:
+                if (len(s.attackers) > 1 and not cls.crafts_on_several
+                        and cls.needs_attacker_weights(attack.params)):
                     raise ConfigError(f"scenarios[{i}].attacker",
                                       f"lists {len(s.attackers)} models, but attack "
                                       f"{attack.label!r} crafts on one model")
+                problem = cls.scenario_problem(attack.params, s)
+                if problem is not None:
+                    raise ConfigError(f"attacks[{j}].params",
+                                      f"{problem} (scenario {s.name!r})")
                 for name in s.attackers if cls.needs_attacker_weights(attack.params) else ():
                     if not s.models[name].has_weights:
                         raise ConfigError(f"scenarios[{i}].models.{name}",

@@ -130,7 +130,8 @@ def trial_fields(spec) -> dict[str, Any]:
     }
 
 
-def per_victim(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | None = None):
+def per_victim(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | None = None,
+               crafted_on: tuple[str, ...] | None = None):
     """Complete rows, every schema field set: per victim, the undefended row (``common`` and the
     victim's own fields), then, if the defenses ran on it, a row per defense of the spec that
     adds that defense's fields (``per[victim]["defenses"][label]``). A trial that failed, was
@@ -143,7 +144,7 @@ def per_victim(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | No
         row = dict.fromkeys(SCHEMA.names)
         row.update(common)
         row.update(victim=victim, victim_arch=scenario.models[victim].arch,
-                   role=scenario.role(victim), defense=NO_DEFENSE)
+                   role=scenario.role(victim, crafted_on), defense=NO_DEFENSE)
         row.update(own)
         out.append(row)
         for defense in spec.defenses if defended else ():

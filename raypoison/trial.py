@@ -256,9 +256,11 @@ class _Trial:
         self.phase = "setup"
         self.setup: Setup | None = None
         self.rows: list[dict] | None = None
+        self.crafted_on: tuple[str, ...] | None = None  # None: the scenario's attackers
 
     def finish(self, status: str, per: dict | None = None, error: str | None = None) -> None:
-        self.rows = _finish(self.spec, self.common, self.clock, status, per, error)
+        self.rows = _finish(self.spec, self.common, self.clock, status, per, error,
+                            self.crafted_on)
 
     def fail(self, err: Exception) -> None:
         self.finish(STATUS_FAILED, error=describe_error(err, self.phase))
@@ -298,6 +300,7 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
         return [t.rows for t in trials]
     share = (time.perf_counter() - tick) / len(ready)
     for trial, seed, result in zip(ready, seeds, crafted, strict=True):
+        trial.crafted_on = result.crafted_on
         trial.common.update(seed_craft=seed, seconds_craft=share, craft_batch=len(ready),
                             attack_iterations=result.iterations,
                             attack_loss_initial=result.loss_initial,
@@ -394,7 +397,7 @@ def _changed(poisons: Poisons, data: ImageData) -> torch.Tensor:
     return (pixels | (labels != data.train_y[index])).cpu()
 
 
-def _finish(spec, common, clock, status, per=None, error=None) -> list[dict]:
+def _finish(spec, common, clock, status, per=None, error=None, crafted_on=None) -> list[dict]:
     common.update(status=status, error=error, finished_at=now(),
                   seconds_total=time.perf_counter() - clock)
-    return per_victim(spec, common, per if status == STATUS_OK else None)
+    return per_victim(spec, common, per if status == STATUS_OK else None, crafted_on)

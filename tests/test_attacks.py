@@ -83,12 +83,12 @@ def two_models(tiny_checkpoint):
     return raw, checkpoints
 
 
-def _with_attacker(two_models, attacker, attacks):
+def _with_attacker(two_models, attacker, attacks, mode="transfer"):
     import copy
 
     raw, checkpoints = two_models
     raw = copy.deepcopy(raw)
-    raw["scenarios"][0]["attacker"] = attacker
+    raw["scenarios"][0].update(attacker=attacker, mode=mode)
     raw["attacks"] = attacks
     suite = parse_suite(raw)
     return suite, TrialContext.create(suite.scenarios[0], checkpoints)
@@ -135,34 +135,74 @@ def test_witches_brew_crafts_each_trial_on_one_model_of_the_pool(two_models):
 
 
 def test_witches_brew_can_train_its_own_crafting_model_per_trial(two_models):
-    from raypoison.attacks.witches_brew import train_crafting_model
+    from raypoison.attacks.witches_brew import WitchesBrew, train_crafting_model
     from raypoison.errors import ConfigError
 
     brew = {"name": "witches_brew", "params": {"iterations": 8, "restarts": 1,
                                                "fresh_model": True}}
     raw, _ = two_models
     untrained = dict(raw, attacks=[brew])
-    untrained["scenarios"] = [dict(raw["scenarios"][0], attacker="net-c", models=dict(
-        raw["scenarios"][0]["models"], **{"net-c": {"arch": "convnet"}}))]
+    untrained["scenarios"] = [dict(raw["scenarios"][0], attacker="net-c", mode="scratch",
+                                   models=dict(raw["scenarios"][0]["models"],
+                                               **{"net-c": {"arch": "convnet"}}))]
     parse_suite(untrained)  # a fresh model per trial needs no attacker weights
     with pytest.raises(ConfigError, match="crafts on the attacker"):
         parse_suite(dict(untrained, attacks=[{"name": "witches_brew"}]))
+    with pytest.raises(ConfigError, match="transfer scenario") as info:  # not a scratch recipe
+        parse_suite(dict(raw, attacks=[brew]))
+    assert info.value.path == "attacks[0].params"
 
-    suite, ctx = _with_attacker(two_models, "net-a", [brew])
+    suite, ctx = _with_attacker(two_models, "net-a", [brew], mode="scratch")
     attack = create_attack(suite.attacks[0])
     setup = ctx.setup(3)
     first = attack.craft(ctx, setup, seed=5, index=3)
-    assert first.loss_final < first.loss_initial
+    assert first.loss_final < first.loss_initial and first.crafted_on == ("net-a",)
     assert check_poisons(first.poisons, setup, ctx.data, suite.scenarios[0].epsilon, 3).valid
     assert torch.equal(first.poisons.images, attack.craft(ctx, setup, seed=5, index=3).poisons.images)
-    pooled = create_attack(parse_suite(dict(raw, attacks=[dict(brew, params=dict(
-        brew["params"], fresh_model=False))])).attacks[0])
+    pooled = WitchesBrew(WitchesBrew.Params(iterations=8, restarts=1))
     assert not torch.equal(first.poisons.images, pooled.craft(ctx, setup, seed=5, index=3).poisons.images)
     model = train_crafting_model(ctx, "net-a", setup, 3)  # trained: beats chance on the test set
     with torch.no_grad():
         predicted = model(ctx.data.test_x.float() / 255).argmax(1)
     assert (predicted == ctx.data.test_y).float().mean() > 0.5
-    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_witches_brew_on_an_ensemble_and_the_roles_of_a_pool(two_models):
+    """An ensemble trial crafts on both models (unlike either alone); in a pool each trial's rows
+    call white-box only the victim its poisons were crafted on."""
+    import copy
+
+    from raypoison.errors import ConfigError
+    from raypoison.spec import expand
+    from raypoison.trial import run_trial
+
+    brew = {"name": "witches_brew", "params": {"iterations": 8, "restarts": 1}}
+    both = dict(brew, params=dict(brew["params"], ensemble=True))
+    suite, ctx = _with_attacker(two_models, ["net-a", "net-b"], [both])
+    attack = create_attack(suite.attacks[0])
+    setup = ctx.setup(0)
+    crafted = attack.craft(ctx, setup, seed=5, index=0)
+    assert crafted.crafted_on == ("net-a", "net-b") and crafted.loss_final < crafted.loss_initial
+    for name in ("net-a", "net-b"):
+        _, alone = _with_attacker(two_models, name, [brew])
+        assert not torch.equal(crafted.poisons.images,
+                               attack.craft(alone, setup, seed=5, index=0).poisons.images)
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        _with_attacker(two_models, ["net-a", "net-b"],
+                       [dict(brew, params=dict(brew["params"], ensemble=True, fresh_model=True))])
+
+    raw, checkpoints = two_models
+    raw = copy.deepcopy(raw)
+    raw["scenarios"][0].update(attacker=["net-a", "net-b"], victims=["net-a", "net-b"])
+    suite = parse_suite(dict(raw, attacks=[brew]))
+    ctx = TrialContext.create(suite.scenarios[0], checkpoints)
+    roles = {}
+    for spec in list(expand(suite))[:2]:
+        rows = run_trial(spec, ctx)
+        assert {r["status"] for r in rows} == {"ok"}, rows[0]["error"]
+        roles[spec.index] = {r["victim"]: r["role"] for r in rows}
+    assert roles == {0: {"net-a": "white-box", "net-b": "black-box"},
+                     1: {"net-a": "black-box", "net-b": "white-box"}}
 
 
 def test_feature_collision_l2_penalty_keeps_poisons_nearer_their_bases(context):

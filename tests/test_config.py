@@ -110,3 +110,24 @@ def test_relative_paths_from_variables_follow_the_working_folder(tmp_path, tiny_
     monkeypatch.delenv("ZOO")
     with pytest.raises(ConfigError, match="environment variable ZOO is not set"):
         load_suite(tmp_path / "configs" / "c.yaml")
+
+
+def test_a_one_model_attacker_list_is_that_model(tiny_raw):
+    """``attacker: [net-a]`` runs as ``attacker: net-a`` and keeps its trial ids."""
+    from raypoison.spec import expand
+
+    plain = parse_suite(tiny_raw)
+    listed = parse_suite({**tiny_raw, "scenarios": [dict(tiny_raw["scenarios"][0],
+                                                          attacker=["net-a"])]})
+    assert listed.scenarios[0].attacker == "net-a"
+    assert [s.trial_id for s in expand(listed)] == [s.trial_id for s in expand(plain)]
+
+
+def test_a_clean_label_backdoor_with_its_own_model_ignores_the_attacker_list(tiny_raw):
+    scenario = tiny_raw["scenarios"][0]
+    scenario["models"]["net-b"] = scenario["models"]["net-a"]
+    scenario["attacker"] = ["net-a", "net-b"]
+    tiny_raw["attacks"] = [{"name": "clean_label_backdoor", "params": {"model": "net-b"}}]
+    assert parse_suite(tiny_raw).scenarios[0].attackers == ("net-a", "net-b")
+    tiny_raw["attacks"] = [{"name": "clean_label_backdoor"}]  # on the attacker: which one?
+    assert error_of(tiny_raw).path == "scenarios[0].attacker"

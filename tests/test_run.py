@@ -88,7 +88,8 @@ def test_trials_spread_over_every_worker_that_is_up(ray_cluster):
     scheduler = Scheduler(
         lambda: start_worker(num_cpus=0, num_gpus=0.25, max_restarts=0, cpu_threads=1),
         workers=4, max_in_flight=6, max_attempts=1, on_rows=rows.extend)
-    ray.get([h.ping.remote() for h in scheduler.handles])  # all four are up before the first trial
+    # all four are up and have run a trial (imports, trial context) before the scheduler starts
+    ray.get([h.run.remote(TrialTask((specs[0],), "warm-up", {}), 1) for h in scheduler.handles])
     stats = scheduler.run(TrialTask((spec,), "run-spread", {}) for spec in specs)
     for handle in scheduler.handles:
         ray.kill(handle)

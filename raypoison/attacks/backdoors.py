@@ -50,6 +50,10 @@ class CleanLabelBackdoor(Attack):
     def required_models(cls, params, scenario) -> list[str]:
         return [params.model] if params.model else []
 
+    @classmethod
+    def needs_attacker_weights(cls, params) -> bool:
+        return not params.model  # it crafts on its own model when it names one
+
     def craft(self, ctx, setup, seed, index) -> CraftResult:
         p, epsilon = self.params, ctx.scenario.epsilon
         model = ctx.model(p.model or ctx.scenario.attackers[0])

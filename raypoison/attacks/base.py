@@ -32,6 +32,7 @@ class CraftResult:
     loss_initial: float | None = None
     loss_final: float | None = None
     trigger: Trigger | None = None  # backdoors: pasted on the target (and ASR images) at test
+    crafted_on: tuple[str, ...] | None = None  # the models, when not all the scenario's attackers
 
 
 class Attack:
@@ -60,6 +61,11 @@ class Attack:
     def needs_attacker_weights(cls, params: Any) -> bool:
         """Whether the attacker models must have trained weights (a checkpoint or a pretrain)."""
         return cls.uses_attacker
+
+    @classmethod
+    def scenario_problem(cls, params: Any, scenario: ScenarioConfig) -> str | None:
+        """Why these parameters cannot run in ``scenario``, or None (checked up front)."""
+        return None
 
     @classmethod
     def poison_count(cls, params: Any, scenario: ScenarioConfig) -> int:

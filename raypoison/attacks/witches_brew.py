@@ -63,15 +63,23 @@ class WitchesBrew(Attack):
     def needs_attacker_weights(cls, params: Any) -> bool:
         return not params.fresh_model
 
+    @classmethod
+    def scenario_problem(cls, params: Any, scenario) -> str | None:
+        if params.fresh_model and scenario.mode != "scratch":
+            return (f"fresh_model trains a network from scratch with the scenario's recipe; a "
+                    f"{scenario.mode} scenario's recipe is not one for that")
+        return None
+
+    def crafted_on(self, ctx, index: int) -> tuple[str, ...]:
+        names = ctx.scenario.attackers
+        return names if self.params.ensemble else (names[index % len(names)],)
+
     def models_for_trial(self, ctx, setup, index: int) -> list[torch.nn.Module]:
         """The pool model of trial ``index``, all of them (``ensemble``), or a fresh one."""
-        names = ctx.scenario.attackers
-        if self.params.ensemble:
-            return [ctx.model(name) for name in names]
-        name = names[index % len(names)]
-        if not self.params.fresh_model:
-            return [ctx.model(name)]
-        return [train_crafting_model(ctx, name, setup, index)]
+        names = self.crafted_on(ctx, index)
+        if self.params.fresh_model:
+            return [train_crafting_model(ctx, names[0], setup, index)]
+        return [ctx.model(name) for name in names]
 
     def craft(self, ctx, setup, seed, index) -> CraftResult:
         p = self.params
@@ -121,7 +129,7 @@ class WitchesBrew(Attack):
             Poisons(images, setup.base_indices, (setup.base_class,) * len(bases),
                     setup.target_index),
             iterations=best.iterations * p.restarts, loss_initial=float(best.loss_initial.sum()),
-            loss_final=float(best.loss_final.sum()))
+            loss_final=float(best.loss_final.sum()), crafted_on=self.crafted_on(ctx, index))
 
 
 def train_crafting_model(ctx, name: str, setup, index: int) -> torch.nn.Module:
