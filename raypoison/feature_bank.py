@@ -64,7 +64,8 @@ class TrainingFeatures:
     would without a bank.
 
     ``pool_views`` lists the view numbers the pool holds, in its order, when it holds only some
-    (see :func:`view_features`); looking up a view it lacks is an error, not a wrong feature.
+    (see :func:`view_features`); training checks :attr:`holds_every_view` once, before its first
+    batch, so lookups need no check of their own.
     """
 
     def __init__(self, pool: torch.Tensor, pool_rows: torch.Tensor, extractor: ImageClassifier,
@@ -84,6 +85,10 @@ class TrainingFeatures:
             self.view_rows[torch.as_tensor(list(pool_views), device=pool.device)] = torch.arange(
                 len(pool_views), device=pool.device)
 
+    @property
+    def holds_every_view(self) -> bool:
+        return self.view_rows is None
+
     def __len__(self) -> int:
         return len(self.pool_rows) + len(self.extra_images)
 
@@ -95,13 +100,7 @@ class TrainingFeatures:
                           device=self.pool.device)
         clean = ~is_extra
         if clean.any():
-            rows = views[clean]
-            if self.view_rows is not None:
-                rows = self.view_rows[rows]
-                if bool((rows < 0).any()):
-                    raise ValueError("a batch drew a view the feature bank does not hold "
-                                     "(a bank of the unaugmented view used to train with "
-                                     "augmentation)")
+            rows = views[clean] if self.view_rows is None else self.view_rows[views[clean]]
             out[clean] = self.pool[rows, self.pool_rows[index[clean]]].float()
         if is_extra.any():
             images = self.extra_images[index[is_extra] - n_clean].float().div_(255)

@@ -88,6 +88,9 @@ def train(
         raise ValueError("precomputed features need a frozen extractor (trainable='head')")
     if features is not None and extra_loss is not None:
         raise ValueError("an extra loss needs the model run on the images, not banked features")
+    if features is not None and recipe.augment and not features.holds_every_view:
+        raise ValueError("augmented training draws views the feature bank does not hold (a bank "
+                         "of the unaugmented view)")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     if trainable == "head":

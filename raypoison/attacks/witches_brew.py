@@ -31,7 +31,6 @@ from raypoison.attacks.crafting import adam_descend, quantize
 from raypoison.attacks.registry import ATTACKS
 from raypoison.data.augment import apply_crop_flip, draw_crop_flip
 from raypoison.errors import ConfigError
-from raypoison.models import build_model, to_device
 from raypoison.spec import derive_seed
 from raypoison.training import train
 
@@ -136,12 +135,8 @@ def train_crafting_model(ctx, name: str, setup, index: int) -> torch.nn.Module:
     """A model of ``name``'s architecture trained from scratch for trial ``index`` alone, on the
     trial's clean training set with the scenario's recipe; frozen and in eval mode."""
     scenario, data = ctx.scenario, ctx.data
-    cfg = scenario.models[name]
     seed = derive_seed(scenario.seed, index, name, "crafting-model")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = to_device(build_model(cfg.arch, data.num_classes, data.mean, data.std,
-                                      data.image_shape[1], cfg.params), ctx.device)
+    model = ctx.fresh_victim(name, seed)  # from scratch: fresh_model runs in scratch scenarios
     pool = torch.as_tensor(ctx.training_pool(setup, index))
     train(model, data.train_x[pool], data.train_y[pool], recipe=scenario.training_recipe,
           seed=seed, trainable="all")
