@@ -9,6 +9,7 @@ adds the defense's own.
 
 Version 2 added the defense columns and ``poisons``; a version-1 part reads as defense ``none``.
 Version 3 added ``target_margin`` and ``poisons_fit``; older parts read them as nulls.
+Version 4 added ``attack_loss_rose`` and ``crafting_model``; older parts read them as nulls.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pyarrow as pa
 from raypoison import PROTOCOL_VERSION, __version__
 from raypoison.config import to_plain
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 KEY = ("trial_id", "victim", "defense")
 NO_DEFENSE = "none"
 
@@ -82,6 +83,8 @@ SCHEMA = pa.schema(
         ("attack_iterations", pa.int32()),
         ("attack_loss_initial", pa.float64()),
         ("attack_loss_final", pa.float64()),
+        ("attack_loss_rose", pa.bool_()),
+        ("crafting_model", pa.string()),
         ("craft_batch", pa.int16()),
         ("seed_setup", pa.int64()),
         ("seed_craft", pa.int64()),

@@ -231,7 +231,7 @@ class TrialContext:
         return setup
 
 
-PoisonSink = Callable[[TrialSpec, Setup, Poisons, ImageData], None]
+PoisonSink = Callable[..., None]  # (spec, setup, poisons, data, trigger)
 
 
 def run_trial(spec: TrialSpec, ctx: TrialContext, save_poisons: PoisonSink | None = None
@@ -304,12 +304,25 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
         trial.common.update(seed_craft=seed, seconds_craft=share, craft_batch=len(ready),
                             attack_iterations=result.iterations,
                             attack_loss_initial=result.loss_initial,
-                            attack_loss_final=result.loss_final)
+                            attack_loss_final=result.loss_final,
+                            attack_loss_rose=result.loss_rose,
+                            crafting_model=_crafting_model(scenario, attack, result))
         try:
             _after_crafting(trial, result, ctx, save_poisons, attack)
         except Exception as err:
             trial.fail(err)
     return [t.rows for t in trials]
+
+
+def _crafting_model(scenario, attack, result) -> str | None:
+    """The row's ``crafting_model``: what the attack said, else the models it crafted on, comma
+    separated (None for attacks that craft on no model)."""
+    if result.crafting_model is not None:
+        return result.crafting_model
+    if result.poisons is None:
+        return None
+    names = result.crafted_on or (scenario.attackers if attack.uses_attacker else ())
+    return ",".join(names) or None
 
 
 def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons, attack) -> None:
@@ -322,7 +335,7 @@ def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons, att
     pool = ctx.training_pool(setup, spec.index)
     check = check_poisons(crafted.poisons, setup, ctx.data, scenario.epsilon,
                           attack.poison_count(attack.params, scenario), relabels=attack.relabels,
-                          pool=pool)
+                          pool=pool, rounding_slack=attack.rounding_slack)
     trial.common.update(poisons_valid=check.valid, poison_check=check.reason,
                         poison_linf=check.linf, poisons=len(crafted.poisons.images),
                         seconds_check=time.perf_counter() - tick)
@@ -331,7 +344,7 @@ def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons, att
         return
     if save_poisons is not None:
         trial.phase = "save"
-        save_poisons(spec, setup, crafted.poisons, ctx.data)
+        save_poisons(spec, setup, crafted.poisons, ctx.data, crafted.trigger)
     trial.phase = "train"
     if crafted.trigger is not None:
         trial.common["trigger"] = crafted.trigger.description

@@ -31,8 +31,12 @@ class CraftResult:
     iterations: int = 0
     loss_initial: float | None = None
     loss_final: float | None = None
+    loss_rose: bool | None = None  # whether a poison's loss rose while crafting (where known)
     trigger: Trigger | None = None  # backdoors: pasted on the target (and ASR images) at test
     crafted_on: tuple[str, ...] | None = None  # the models, when not all the scenario's attackers
+    # what the poisons were crafted on, for the row's ``crafting_model`` (e.g. a model trained
+    # for this trial alone); None: the models of ``crafted_on``
+    crafting_model: str | None = None
 
 
 class Attack:
@@ -44,6 +48,9 @@ class Attack:
     uses_attacker: ClassVar[bool] = True  # crafts on the scenario's attacker model
     # True: accepts a scenario whose ``attacker`` lists several models (see crafting_models)
     crafts_on_several: ClassVar[bool] = False
+    # uint8 steps beyond ε that the checks accept: 1 for poisons written elsewhere through the
+    # reference's truncating PIL conversion (its own check allows 9/255 for 8/255)
+    rounding_slack: ClassVar[int] = 0
 
     @dataclass(frozen=True)
     class Params:

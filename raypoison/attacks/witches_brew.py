@@ -1,38 +1,64 @@
-"""Witches' Brew (gradient matching, Geiping et al. 2021), as set up in the benchmark.
+"""Witches' Brew (gradient matching, Geiping et al. 2021), as the benchmark ran it.
 
 The poisons' training gradient is aligned with the gradient that would push the target toward the
 base class: minimize ``1 − cos(∇θ L(f(t), base), ∇θ L(f(aug(xᵢ)), base))`` over the poisons,
-with signed Adam, differentiable augmentation and several restarts (the restart with the lowest
-final objective wins). It crafts on a model trained on the clean training set:
+one cosine over all parameters for each batch of ``pbatch`` poisons, as the reference
+(``poisoning-gradient-matching``, whose defaults the benchmark used) does:
 
-- By default the scenario's attacker (a zoo checkpoint or a ``pretrain``). When ``attacker`` lists
+- signed Adam on the perturbation of the normalized image (the data set's std), at learning rate
+  ``tau × (pbatch / 512) / ensemble size``, ×0.1 at 3/8, 5/8 and 7/8 of the iterations (93, 156
+  and 218 of 250, the reference's ``iterations // 2.667`` etc.);
+- each restart starts from a Gaussian perturbation of scale ε clipped to ε (projected to the
+  image range only after the first step); 8 restarts, keeping the one whose loss in its last
+  iteration (before the last step, as the reference scores it) is lowest;
+- differentiable augmentation (``augmentation: shift``, the reference's): a continuous random
+  shift of up to 4 pixels with bilinear resampling and a horizontal flip, fresh in every
+  iteration; ``crop_flip`` uses this project's integer crop-and-flip instead.
+
+It crafts on a model trained on the clean training set:
+
+- ``fresh_model: true`` (the benchmark's from-scratch runs, and the default of the from-scratch
+  configs) trains a crafting model for each trial: the pool model's architecture, initialized
+  from a seed of its own, trained from scratch on the trial's clean training set (the images its
+  victims train on, bases unpoisoned) with ``recipe`` (default: the scenario's recipe; the
+  from-scratch configs give the reference's crafting recipe).
+- Otherwise the scenario's attacker (a zoo checkpoint or a ``pretrain``). When ``attacker`` lists
   several models they are a pool shared by the scenario's trials: trial ``i`` crafts on model
   ``i mod k``, so every model serves the same share of trials, whatever order they run in.
-- ``ensemble: true`` crafts every trial on all of them, the objective averaged over the models.
-- ``fresh_model: true`` trains a crafting model for each trial instead: the pool model's
-  architecture, initialized from a seed of its own, trained from scratch with the scenario's
-  recipe on the trial's clean training set (the images its victims train on, bases unpoisoned).
-  Meant for from-scratch scenarios, where that recipe trains a whole network; an attacker who
-  never shares a model with the victims across trials, and by far the dearest option.
+- ``ensemble: true`` crafts every trial on all of them; the models' gradients add up.
 
-Random starts and augmentations come from the trial's crafting seed.
+Rows name the crafting model (``crafting_model``). Random starts and augmentations come from the
+trial's crafting seed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from raypoison.attacks.base import Attack, CraftResult, Poisons
-from raypoison.attacks.crafting import adam_descend, quantize
+from raypoison.attacks.crafting import CraftOutcome, adam_descend, quantize
 from raypoison.attacks.registry import ATTACKS
-from raypoison.data.augment import apply_crop_flip, draw_crop_flip
+from raypoison.config import RecipeConfig
+from raypoison.data.augment import apply_crop_flip, apply_shift_flip, draw_crop_flip, draw_shift_flip
 from raypoison.errors import ConfigError
 from raypoison.spec import derive_seed
 from raypoison.training import train
+
+
+def schedule_milestones(iterations: int) -> tuple[int, ...]:
+    """The reference's milestones for its attack schedule: 3/8, 5/8 and 7/8 of the iterations as
+    it computes them (93, 156, 218 for 250)."""
+    return tuple(int(iterations // d) for d in (2.667, 1.6, 1.142))
+
+
+def best_restart(outcomes: list[CraftOutcome]) -> CraftOutcome:
+    """The restart the reference keeps: the lowest loss in its last iteration (computed before
+    the last step), not the loss after it; the first of equals."""
+    return min(outcomes, key=lambda out: float(out.loss_last.sum()))
 
 
 @ATTACKS.register("witches_brew")
@@ -43,17 +69,23 @@ class WitchesBrew(Attack):
     class Params:
         iterations: int = 250
         restarts: int = 8
-        lr: float = 0.01
+        tau: float = 0.1  # signed Adam's rate before the batch and ensemble scaling
+        pbatch: int = 512  # poisons per gradient-matching batch
         augment: bool = True
+        augmentation: Literal["shift", "crop_flip"] = "shift"
         ensemble: bool = False  # craft on every attacker model at once, not one per trial
         fresh_model: bool = False  # train a crafting model per trial (see the module docstring)
+        recipe: RecipeConfig | None = None  # the fresh crafting model's (default: the scenario's)
 
         def validate(self, path: str) -> None:
-            for key in ("iterations", "restarts"):
+            for key in ("iterations", "restarts", "pbatch"):
                 if getattr(self, key) < 1:
                     raise ConfigError(f"{path}.{key}", f"must be ≥ 1, got {getattr(self, key)}")
-            if self.lr <= 0:
-                raise ConfigError(f"{path}.lr", f"must be > 0, got {self.lr}")
+            if self.tau <= 0:
+                raise ConfigError(f"{path}.tau", f"must be > 0, got {self.tau}")
+            if self.recipe is not None and not self.fresh_model:
+                raise ConfigError(f"{path}.recipe", "trains the fresh crafting model; it needs "
+                                  "fresh_model: true")
             if self.ensemble and self.fresh_model:
                 raise ConfigError(f"{path}.fresh_model", "trains one model per trial; it cannot "
                                   "be combined with ensemble")
@@ -77,7 +109,7 @@ class WitchesBrew(Attack):
         """The pool model of trial ``index``, all of them (``ensemble``), or a fresh one."""
         names = self.crafted_on(ctx, index)
         if self.params.fresh_model:
-            return [train_crafting_model(ctx, names[0], setup, index)]
+            return [train_crafting_model(ctx, names[0], setup, index, self.params.recipe)]
         return [ctx.model(name) for name in names]
 
     def craft(self, ctx, setup, seed, index) -> CraftResult:
@@ -90,6 +122,9 @@ class WitchesBrew(Attack):
         labels = torch.full((len(bases),), setup.base_class, device=bases.device)
         generator = torch.Generator().manual_seed(seed)
         epsilon = ctx.scenario.epsilon
+        mean = torch.tensor(ctx.data.mean, device=bases.device).view(1, -1, 1, 1)
+        std = torch.tensor(ctx.data.std, device=bases.device).view(1, -1, 1, 1)
+        chunks = [slice(i, i + p.pbatch) for i in range(0, len(bases), p.pbatch)]
         for q in params:  # the shared frozen model lends its parameters to autograd
             q.requires_grad_(True)
         try:
@@ -101,45 +136,59 @@ class WitchesBrew(Attack):
                 targets.append((model, weights, grad, torch.sqrt(sum(g.pow(2).sum()
                                                                      for g in grad))))
 
+            def augmented(x: torch.Tensor) -> torch.Tensor:
+                if not p.augment:
+                    return x
+                if p.augmentation == "shift":
+                    return apply_shift_flip(x, draw_shift_flip(len(x), generator), mean)
+                return apply_crop_flip(x, *draw_crop_flip(len(x), generator))
+
             def objective(x: torch.Tensor) -> torch.Tensor:
-                if p.augment:
-                    x = apply_crop_flip(x, *draw_crop_flip(len(x), generator))
+                x = augmented(x)  # one draw per iteration, shared by the ensemble's models
                 losses = []
                 for model, weights, target_grad, target_norm in targets:
-                    grads = torch.autograd.grad(F.cross_entropy(model(x), labels), weights,
-                                                create_graph=True)
-                    dot = sum((g * t).sum() for g, t in zip(grads, target_grad, strict=True))
-                    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
-                    losses.append(1 - dot / (norm * target_norm + 1e-12))
+                    for chunk in chunks:
+                        grads = torch.autograd.grad(
+                            F.cross_entropy(model(x[chunk]), labels[chunk]), weights,
+                            create_graph=True)
+                        dot = sum((g * t).sum() for g, t in zip(grads, target_grad, strict=True))
+                        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+                        losses.append(1 - dot / (norm * target_norm + 1e-12))
                 return torch.stack(losses).mean().reshape(1)
 
-            best = None
+            lr = p.tau * (p.pbatch / 512) / len(models)
+            outcomes = []
             for _ in range(p.restarts):
-                noise = (torch.rand(bases.shape, generator=generator) * 2 - 1).to(bases.device)
-                out = adam_descend(objective, bases + epsilon * noise, bases, epsilon,
-                                   iterations=p.iterations, lr=p.lr, signed=True)
-                if best is None or float(out.loss_final.sum()) < float(best.loss_final.sum()):
-                    best = out
+                noise = torch.randn(bases.shape, generator=generator).to(bases.device)
+                start = bases + (epsilon * noise).clamp(-epsilon, epsilon)
+                outcomes.append(adam_descend(
+                    objective, start, bases, epsilon, iterations=p.iterations, lr=lr, signed=True,
+                    scale=std, milestones=schedule_milestones(p.iterations), project_start=False))
+            best = best_restart(outcomes)
         finally:
             for q in params:
                 q.requires_grad_(False)
         images = quantize(best.images, bases_u8, epsilon)
+        names = self.crafted_on(ctx, index)
         return CraftResult(
             Poisons(images, setup.base_indices, (setup.base_class,) * len(bases),
                     setup.target_index),
             iterations=best.iterations * p.restarts, loss_initial=float(best.loss_initial.sum()),
-            loss_final=float(best.loss_final.sum()), crafted_on=self.crafted_on(ctx, index))
+            loss_final=float(best.loss_final.sum()), crafted_on=names,
+            crafting_model=(f"fresh {names[0]} (trial {index})" if p.fresh_model
+                            else ",".join(names)))
 
 
-def train_crafting_model(ctx, name: str, setup, index: int) -> torch.nn.Module:
+def train_crafting_model(ctx, name: str, setup, index: int,
+                         recipe: RecipeConfig | None = None) -> torch.nn.Module:
     """A model of ``name``'s architecture trained from scratch for trial ``index`` alone, on the
-    trial's clean training set with the scenario's recipe; frozen and in eval mode."""
+    trial's clean training set with ``recipe`` (default: the scenario's); frozen, in eval mode."""
     scenario, data = ctx.scenario, ctx.data
     seed = derive_seed(scenario.seed, index, name, "crafting-model")
     model = ctx.fresh_victim(name, seed)  # from scratch: fresh_model runs in scratch scenarios
     pool = torch.as_tensor(ctx.training_pool(setup, index))
-    train(model, data.train_x[pool], data.train_y[pool], recipe=scenario.training_recipe,
-          seed=seed, trainable="all")
+    recipe = recipe or scenario.training_recipe
+    train(model, data.train_x[pool], data.train_y[pool], recipe=recipe, seed=seed, trainable="all")
     model.eval()
     for q in model.parameters():
         q.requires_grad_(False)

@@ -58,3 +58,35 @@ def all_views(padding: int = 4) -> Iterator[tuple[int, int, bool]]:
         for dx in range(2 * padding + 1):
             for flip in (False, True):
                 yield dy, dx, flip
+
+
+def draw_shift_flip(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Four uniform draws per image for :func:`apply_shift_flip` (x shift, y shift, flip, spare),
+    from a CPU generator."""
+    return torch.rand(n, 4, generator=generator)
+
+
+def apply_shift_flip(x: torch.Tensor, draws: torch.Tensor, fill: torch.Tensor,
+                     max_shift: float = 4.0) -> torch.Tensor:
+    """Witches' Brew's differentiable augmentation: each image shifted by a continuous random
+    offset of up to ``max_shift`` pixels on each axis (bilinear resampling) and flipped
+    horizontally with probability ½; pixels shifted in from outside take the value ``fill``
+    (``[1, C, 1, 1]``: the data set's mean, which is zero padding of the normalized image, as in
+    the reference). Differentiable in ``x``.
+
+    The grid is the identity with align_corners, where one pixel is ``2 / (size − 1)``; the
+    flip negates the shifted x coordinates, so a flipped image is shifted the mirrored way.
+    """
+    b, _, h, w = x.shape
+    draws = draws.to(device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+    gx = xs.view(1, 1, w).expand(b, h, w) + ((draws[:, 0] - 0.5) * 2 * (2 * max_shift / (w - 1))
+                                             ).view(b, 1, 1)
+    gy = ys.view(1, h, 1).expand(b, h, w) + ((draws[:, 1] - 0.5) * 2 * (2 * max_shift / (h - 1))
+                                             ).view(b, 1, 1)
+    gx = torch.where((draws[:, 2] > 0.5).view(b, 1, 1), -gx, gx)
+    grid = torch.stack([gx, gy], dim=-1)
+    fill = fill.to(device=x.device, dtype=x.dtype)
+    return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=True) + fill

@@ -39,13 +39,15 @@ def poisons_folder(uri: str, spec: TrialSpec) -> str:
 
 def _exporter(uri: str):
     from raypoison.storage import Location
-    from raypoison.trial_folder import TrialFolder, trial_folder_files
+    from raypoison.trial_folder import TrialFolder, patch_position, trial_folder_files
 
-    def save(spec, setup, poisons, data) -> None:
+    def save(spec, setup, poisons, data, trigger=None) -> None:
         folder = Location.parse(poisons_folder(uri, spec))
+        patch = (patch_position(trigger, *data.image_shape[1:]) if trigger is not None
+                 else None)
         trial = TrialFolder(poisons.images.cpu(), tuple(poisons.labels),
                             tuple(poisons.base_indices), data.test_x[setup.target_index].cpu(),
-                            setup.target_class)
+                            setup.target_class, *(patch or (None, None)))
         for name, blob in trial_folder_files(trial).items():
             folder.write_bytes(folder.join(name), blob)
 
