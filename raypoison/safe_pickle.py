@@ -3,6 +3,9 @@
 Plain ``pickle.load`` runs whatever a file names. This one admits only plain containers and the
 numpy types needed to rebuild arrays and scalars; any other global is refused with an error that
 names it. numpy 1.x files name ``numpy.core``, which numpy 2 calls ``numpy._core``; both resolve.
+With ``allow_tensors``, a torch tensor pickled by ``pickle`` (the reference's backdoor patch) is
+rebuilt too: its storage bytes go through ``torch.load(..., weights_only=True)``, never the
+unrestricted ``torch.load`` that the tensor's own pickle names.
 """
 
 from __future__ import annotations
@@ -27,6 +30,30 @@ for _module in ("numpy.core.numeric", "numpy._core.numeric"):
     _NUMPY_GLOBALS[(_module, "_frombuffer")] = np._core.numeric._frombuffer
 
 
+def _storage_from_bytes(data: bytes) -> Any:
+    import torch
+
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for bytes, and nothing more."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _tensor_globals() -> dict[tuple[str, str], Any]:
+    import collections
+
+    import torch._utils
+
+    return {("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+            ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+            ("_codecs", "encode"): _latin1,
+            ("collections", "OrderedDict"): collections.OrderedDict}
+
+
 def _pil_image() -> Any:
     from PIL import Image
 
@@ -37,13 +64,17 @@ class RestrictedUnpickler(pickle.Unpickler):
     """Admits numpy arrays and scalars; with ``allow_images``, also Pillow images, which rebuild
     from their mode, size and pixel bytes (the reference trial-folder format stores them)."""
 
-    def __init__(self, file, *, encoding: str = "ASCII", allow_images: bool = False):
+    def __init__(self, file, *, encoding: str = "ASCII", allow_images: bool = False,
+                 allow_tensors: bool = False):
         super().__init__(file, encoding=encoding)
         self.allow_images = allow_images
+        self.allow_tensors = allow_tensors
 
     def find_class(self, module: str, name: str) -> Any:
         if self.allow_images and (module, name) == ("PIL.Image", "Image"):
             return _pil_image()
+        if self.allow_tensors and (module, name) in (tensors := _tensor_globals()):
+            return tensors[(module, name)]
         try:
             return _NUMPY_GLOBALS[(module, name)]
         except KeyError:
@@ -53,18 +84,20 @@ class RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
-def restricted_loads(data: bytes, *, encoding: str = "ASCII", allow_images: bool = False) -> Any:
-    return RestrictedUnpickler(io.BytesIO(data), encoding=encoding,
-                               allow_images=allow_images).load()
+def restricted_loads(data: bytes, *, encoding: str = "ASCII", allow_images: bool = False,
+                     allow_tensors: bool = False) -> Any:
+    return RestrictedUnpickler(io.BytesIO(data), encoding=encoding, allow_images=allow_images,
+                               allow_tensors=allow_tensors).load()
 
 
 def restricted_load_file(path: str | Path, *, encoding: str = "ASCII",
-                         allow_images: bool = False) -> Any:
+                         allow_images: bool = False, allow_tensors: bool = False) -> Any:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return restricted_loads(path.read_bytes(), encoding=encoding, allow_images=allow_images)
+        return restricted_loads(path.read_bytes(), encoding=encoding, allow_images=allow_images,
+                                allow_tensors=allow_tensors)
     except pickle.UnpicklingError as err:
         raise DataError(f"{path}: {err}") from None
     except Exception as err:  # truncated or not a pickle at all

@@ -1,13 +1,22 @@
 """The reference trial-folder format of the benchmark's code, for exchanging poisons.
 
 A folder holds ``poisons.pickle`` (a list of ``(PIL image, label)``), ``base_indices.pickle``
-(the training indices the poisons replace) and ``target.pickle`` (``(PIL image, target label)``).
-Folders written elsewhere are read through the restricted unpickler, which admits Pillow images
-and numpy arrays and nothing else.
+(the training indices the poisons replace) and ``target.pickle``: ``(PIL image, target label)``,
+or for a backdoor ``(PIL image, target label, patch, [start_x, start_y])``, the patch a float
+``[3, p, p]`` array in [0, 1] that the reference evaluator pastes on the target with its top-left
+pixel at column ``start_x``, row ``start_y``. A patch trigger is exported that way (as a float32
+numpy array, which the reference converts with ``torch.tensor``); blend and warp triggers have no
+place in the format and are exported without it. A patch read back is turned into uint8 the way
+the reference's ``ToPILImage`` does (×255, truncated).
+
+Folders written elsewhere are read through the restricted unpickler, which admits Pillow images,
+numpy arrays and (in ``target.pickle``) a pickled torch tensor, and nothing else.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +27,7 @@ from PIL import Image
 
 from raypoison.errors import DataError
 from raypoison.safe_pickle import restricted_load_file
+from raypoison.triggers import PatchTrigger, Trigger
 
 FILES = ("poisons.pickle", "base_indices.pickle", "target.pickle")
 
@@ -29,6 +39,28 @@ class TrialFolder:
     base_indices: tuple[int, ...]
     target_image: torch.Tensor  # uint8 [C, H, W]
     target_label: int
+    patch: torch.Tensor | None = None  # uint8 [3, p, p]: a backdoor's trigger
+    patch_at: tuple[int, int] | None = None  # (start_x, start_y): its top-left column and row
+
+    def trigger(self) -> PatchTrigger | None:
+        """The patch as a trigger at its stored position, or None."""
+        if self.patch is None or self.patch_at is None:
+            return None
+        x, y = self.patch_at
+        description = json.dumps({"kind": "trial-folder", "size": int(self.patch.shape[-1]),
+                                  "start_x": x, "start_y": y,
+                                  "sha256": hashlib.sha256(self.patch.numpy().tobytes()).hexdigest()},
+                                 sort_keys=True)
+        return PatchTrigger(self.patch, "top-left", 0, description, at=(y, x))
+
+
+def patch_position(trigger: Trigger, height: int, width: int) -> tuple[torch.Tensor, tuple[int, int]] | None:
+    """A patch trigger's pattern and ``(start_x, start_y)`` on ``height × width`` images; None for
+    triggers the format cannot hold."""
+    if not isinstance(trigger, PatchTrigger):
+        return None
+    rows, cols = trigger.region(height, width)
+    return trigger.pattern, (cols.start, rows.start)
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
@@ -48,9 +80,34 @@ def trial_folder_files(trial: TrialFolder) -> dict[str, bytes]:
         "poisons.pickle": pickle.dumps(poisons, protocol=4),
         "base_indices.pickle": pickle.dumps(np.asarray(trial.base_indices, dtype=np.int64),
                                             protocol=4),
-        "target.pickle": pickle.dumps((_to_pil(trial.target_image), int(trial.target_label)),
-                                      protocol=4),
+        "target.pickle": pickle.dumps(_target_tuple(trial), protocol=4),
     }
+
+
+def _target_tuple(trial: TrialFolder) -> tuple:
+    pair = (_to_pil(trial.target_image), int(trial.target_label))
+    if trial.patch is None or trial.patch_at is None:
+        return pair
+    patch = trial.patch.cpu().numpy().astype(np.float32) / 255
+    return (*pair, patch, [int(trial.patch_at[0]), int(trial.patch_at[1])])
+
+
+def _read_patch(value: object, at: object, where: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray) or value.ndim != 3 or value.shape[0] != 3 \
+            or value.shape[1] != value.shape[2] or value.dtype.kind not in "fiu":
+        raise DataError(f"{where}: the patch must be a [3, p, p] array, found "
+                        f"{getattr(value, 'shape', type(value).__name__)}")
+    if not isinstance(at, list | tuple) or len(at) != 2 or not all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) for v in at):
+        raise DataError(f"{where}: the patch position must be [start_x, start_y] integers, "
+                        f"found {str(at)[:80]}")
+    floats = torch.from_numpy(np.asarray(value, dtype=np.float32))
+    if value.dtype.kind == "f" and not bool(((floats >= 0) & (floats <= 1)).all()):
+        raise DataError(f"{where}: the patch's values must lie in [0, 1]")
+    patch = floats if value.dtype.kind != "f" else (floats * 255).floor()  # ToPILImage truncates
+    return patch.clamp(0, 255).to(torch.uint8).contiguous(), (int(at[0]), int(at[1]))
 
 
 def write_trial_folder(folder: str | Path, trial: TrialFolder) -> None:
@@ -67,12 +124,15 @@ def read_trial_folder(folder: str | Path) -> TrialFolder:
         raise DataError(f"{folder}: not a trial folder (missing {', '.join(missing)})")
     poisons = restricted_load_file(folder / "poisons.pickle", allow_images=True)
     indices = restricted_load_file(folder / "base_indices.pickle", allow_images=True)
-    target = restricted_load_file(folder / "target.pickle", allow_images=True)
+    target = restricted_load_file(folder / "target.pickle", allow_images=True, allow_tensors=True)
     if not isinstance(poisons, list) or not all(isinstance(p, tuple) and len(p) == 2
                                                 for p in poisons):
         raise DataError(f"{folder}/poisons.pickle: expected a list of (image, label) pairs")
-    if not isinstance(target, tuple) or len(target) != 2:
-        raise DataError(f"{folder}/target.pickle: expected an (image, label) pair")
+    if not isinstance(target, tuple) or len(target) not in (2, 4):
+        raise DataError(f"{folder}/target.pickle: expected (image, label) or (image, label, "
+                        "patch, [start_x, start_y])")
+    patch, patch_at = (_read_patch(target[2], target[3], f"{folder}/target.pickle")
+                       if len(target) == 4 else (None, None))
     images = [_from_pil(im, f"{folder}/poisons.pickle[{i}]") for i, (im, _) in enumerate(poisons)]
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) > 1:
@@ -84,4 +144,6 @@ def read_trial_folder(folder: str | Path) -> TrialFolder:
         base_indices=tuple(int(i) for i in np.asarray(indices).ravel()),
         target_image=_from_pil(target[0], f"{folder}/target.pickle"),
         target_label=int(target[1]),
+        patch=patch,
+        patch_at=patch_at,
     )

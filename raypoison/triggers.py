@@ -10,7 +10,10 @@ Three styles, each deterministic from its config:
   grid_sample's [-1, 1] coordinates (WaNet's ``k`` and ``s``) — applied with bilinear sampling.
 
 The pattern of ``patch`` and ``blend`` comes from ``kind``: ``random`` (seeded uniform colours per
-pixel), ``checkerboard`` or ``file`` (an image resized to the pattern's size). The same
+pixel), ``checkerboard``, ``file`` (an image resized to the pattern's size) or ``reference``
+(the benchmark's own trigger images, shipped in ``raypoison/assets/triggers/`` under their MIT
+licence: ``name`` ``clbd`` or ``htbd``). Images are resized as the reference does, with Pillow's
+bilinear filter (torchvision's ``Resize`` on a PIL image). The same
 :func:`paste` stamps poisons and evaluation images, so both see the very same trigger.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -35,9 +39,10 @@ Corner = Literal["bottom-right", "bottom-left", "top-right", "top-left"]
 class TriggerConfig:
     """``size`` None takes the scenario's ``patch_size`` (patches only)."""
 
-    kind: Literal["random", "checkerboard", "file"] = "random"
+    kind: Literal["random", "checkerboard", "file", "reference"] = "random"
     seed: int = 0
     path: str | None = field(default=None, metadata={"parse": optional_path})
+    name: Literal["clbd", "htbd"] = "clbd"  # kind ``reference``: which of the benchmark's images
     size: int | None = None
     corner: Corner = "bottom-right"
     offset: int = 0
@@ -87,11 +92,17 @@ class PatchTrigger(Trigger):
     corner: str
     offset: int
     description: str
+    at: tuple[int, int] | None = None  # (top, left) in pixels, overriding corner and offset
 
     def region(self, height: int, width: int) -> tuple[slice, slice]:
         s = self.pattern.shape[-1]
         top = self.offset if self.corner.startswith("top") else height - s - self.offset
         left = self.offset if self.corner.endswith("left") else width - s - self.offset
+        if self.at is not None:
+            top, left = self.at
+        if top + s > height or left + s > width:
+            raise ValueError(f"a {s}x{s} trigger at row {top}, column {left} does not fit a "
+                             f"{height}x{width} image")
         if top < 0 or left < 0:
             raise ValueError(f"a {s}x{s} trigger {self.offset} px from the {self.corner} corner "
                              f"does not fit a {height}x{width} image")
@@ -142,14 +153,19 @@ def _pattern(cfg: TriggerConfig, height: int, width: int) -> torch.Tensor:
     if cfg.kind == "checkerboard":
         cells = (torch.arange(height)[:, None] + torch.arange(width)[None, :]) % 2
         return (cells * 255).expand(3, height, width)
+    path = reference_trigger_path(cfg.name) if cfg.kind == "reference" else cfg.path
     try:
-        with Image.open(cfg.path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32)
+        with Image.open(path) as image:
+            resized = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+            array = np.asarray(resized, dtype=np.uint8)
     except Exception as err:
-        raise DataError(f"{cfg.path}: not a readable trigger image ({err})") from None
-    source = torch.from_numpy(array).permute(2, 0, 1)[None]
-    return F.interpolate(source, size=(height, width), mode="bilinear", align_corners=False,
-                         antialias=True)[0].round().clamp(0, 255)
+        raise DataError(f"{path}: not a readable trigger image ({err})") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).long()
+
+
+def reference_trigger_path(name: str) -> Path:
+    """The shipped copy of the benchmark's trigger image ``name`` (``clbd`` or ``htbd``)."""
+    return Path(__file__).parent / "assets" / "triggers" / f"{name}.png"
 
 
 def _warp_grid(cfg: TriggerConfig, size: int) -> torch.Tensor:
@@ -183,6 +199,8 @@ def _described(cfg: TriggerConfig) -> dict:
     """The fields that shape this style of trigger (a patch's description is what it was before
     blend and warp existed, so its rows stay comparable)."""
     plain = asdict(cfg)
+    if cfg.kind != "reference":
+        plain.pop("name")  # descriptions of the other kinds are what they were before it existed
     style_fields = {"patch": (), "blend": ("style", "alpha"), "warp": ("style", "strength", "grid")}
     for name in ("style", "alpha", "strength", "grid"):
         if name not in style_fields[cfg.style]:

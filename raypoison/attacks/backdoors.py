@@ -8,9 +8,12 @@ class. Rows also carry the attack success rate over the target class's triggered
 - Hidden Trigger Backdoor: each poison starts at its base and moves, within ε, toward the
   features of a training image of the target class with the trigger pasted 5 pixels from the
   bottom-right corner. Those source images are drawn with the trial's crafting seed (the reference
-  code did not seed them), and each is paired with the base nearest to it in feature space. The
-  loss is the summed squared feature distance, minimized by plain gradient steps (0.001, ×0.95
-  every 2,000 iterations, at most 5,000, stopping once the loss is below 10).
+  code did not seed them). Before every step the poisons are re-paired with goals on their
+  current features as the reference does (:func:`repair`: many-to-one, so a goal can serve
+  several poisons). The loss is the summed squared feature distance, minimized by plain gradient
+  steps (0.001, at most 5,000, stopping once the loss is below 10); the step is ×0.95 every
+  2,000 iterations on CIFAR-like data and ×0.5 every 1,000 on Tiny-ImageNet, the reference's
+  two schedules (``decay`` / ``decay_every`` override them).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ class CleanLabelBackdoor(Attack):
         model: str | None = None  # the scenario's adversarially trained model (default: attacker)
         step: float = field(default=2 / 255, metadata={"parse": parse_fraction})
         steps: int = 20
-        trigger: TriggerConfig = field(default_factory=TriggerConfig)
+        trigger: TriggerConfig = field(
+            default_factory=lambda: TriggerConfig(kind="reference", name="clbd"))
 
         def validate(self, path: str) -> None:
             if self.step <= 0 or self.steps < 1:
@@ -72,20 +76,31 @@ class CleanLabelBackdoor(Attack):
         images = quantize(stamped, bases_u8, epsilon)
         # the losses are the adversarial model's on the bases, before and after PGD (it rises)
         return CraftResult(_poisons(setup, images), iterations=p.steps,
-                           loss_initial=float(before), loss_final=float(after), trigger=trigger)
+                           loss_initial=float(before), loss_final=float(after), trigger=trigger,
+                           crafting_model=p.model)
 
 
-def _pair_nearest(source: torch.Tensor, poison: torch.Tensor) -> torch.Tensor:
-    """Greedy one-to-one pairing: ``order[i]`` is the source paired with poison ``i``."""
-    distances = torch.cdist(poison, source)
-    order = torch.full((len(poison),), -1, dtype=torch.long)
-    for _ in range(len(poison)):
-        flat = int(torch.argmin(distances))
-        i, j = divmod(flat, distances.shape[1])
-        order[i] = j
-        distances[i, :] = float("inf")
-        distances[:, j] = float("inf")
-    return order
+def repair(goals: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """One re-pairing of the reference's Hidden Trigger Backdoor: the poisons' new goals.
+
+    ``goals[i]`` is poison ``i``'s current goal (at first, the patched source image ``i``'s
+    features) and ``features`` the poisons' current features. Over the distance matrix between
+    goals (rows) and poisons (columns), the reference takes the smallest entry ``n`` times, each
+    time giving poison ``c`` the goal of row ``r`` and masking that single entry. So a goal may
+    serve several poisons, a poison picked more than once keeps its last (farthest) pick, and a
+    poison never picked keeps its goal. This does the same in one pass: the ``n`` smallest
+    entries in ascending order, the last pick per poison.
+    """
+    n = len(goals)
+    distances = torch.cdist(goals, features)
+    order = torch.topk(distances.flatten(), n, largest=False, sorted=True).indices
+    rows, cols = order // distances.shape[1], order % distances.shape[1]
+    last = torch.full((distances.shape[1],), -1, dtype=torch.long, device=goals.device)
+    last = last.scatter_reduce(0, cols, torch.arange(n, device=goals.device), reduce="amax")
+    picked = last >= 0
+    new = goals.clone()
+    new[picked] = goals[rows[last[picked]]]
+    return new
 
 
 @ATTACKS.register("hidden_trigger_backdoor")
@@ -94,14 +109,24 @@ class HiddenTriggerBackdoor(Attack):
     class Params:
         iterations: int = 5000
         lr: float = 0.001
-        decay: float = 0.95
-        decay_every: int = 2000
+        decay: float | None = None  # None: the reference's for the data set (see the docstring)
+        decay_every: int | None = None
         stop_below: float = 10.0
-        trigger: TriggerConfig = field(default_factory=lambda: TriggerConfig(offset=5))
+        trigger: TriggerConfig = field(
+            default_factory=lambda: TriggerConfig(kind="reference", name="htbd", offset=5))
 
         def validate(self, path: str) -> None:
-            if self.iterations < 1 or self.decay_every < 1 or self.lr <= 0:
+            if self.iterations < 1 or (self.decay_every or 1) < 1 or self.lr <= 0:
                 raise ConfigError(path, "iterations and decay_every must be ≥ 1, lr > 0")
+            if self.decay is not None and not 0 < self.decay <= 1:
+                raise ConfigError(f"{path}.decay", f"must be in (0, 1], got {self.decay}")
+
+        def schedule(self, dataset: str) -> tuple[float, int]:
+            """``(decay, decay_every)``: the reference's ×0.5 every 1,000 iterations on
+            Tiny-ImageNet, ×0.95 every 2,000 otherwise, unless the config sets them."""
+            tiny = dataset == "tinyimagenet"
+            return (self.decay if self.decay is not None else (0.5 if tiny else 0.95),
+                    self.decay_every or (1000 if tiny else 2000))
 
     def craft(self, ctx, setup, seed, index) -> CraftResult:
         p, epsilon = self.params, ctx.scenario.epsilon
@@ -114,16 +139,19 @@ class HiddenTriggerBackdoor(Attack):
         chosen = pool[torch.randperm(len(pool), generator=generator)[:len(bases)]]
         sources = paste(ctx.data.train_x[chosen.to(bases_u8.device)], trigger).float() / 255
         with torch.no_grad():
-            source_features = model.features(sources)
-            pairing = _pair_nearest(source_features.cpu(), model.features(bases).cpu())
-        goal = source_features[pairing.to(source_features.device)]
+            goals = [model.features(sources)]  # the current goal of each poison
+
+        def re_pair(x: torch.Tensor) -> None:
+            with torch.no_grad():
+                goals[0] = repair(goals[0], model.features(x))
 
         def objective(x: torch.Tensor) -> torch.Tensor:
-            return (model.features(x) - goal).pow(2).sum(dim=1)
+            return (model.features(x) - goals[0]).pow(2).sum(dim=1)
 
+        decay, decay_every = p.schedule(ctx.scenario.dataset.name)
         out = scheduled_descend(objective, bases, bases, epsilon, iterations=p.iterations,
-                                lr=p.lr, decay=p.decay, decay_every=p.decay_every,
-                                stop_below=p.stop_below)
+                                lr=p.lr, decay=decay, decay_every=decay_every,
+                                stop_below=p.stop_below, before_step=re_pair)
         images = quantize(out.images, bases_u8, epsilon)
         return CraftResult(_poisons(setup, images), iterations=out.iterations,
                            loss_initial=float(out.loss_initial.sum()),

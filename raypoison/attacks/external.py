@@ -1,7 +1,10 @@
 """Poisons crafted elsewhere: trial ``i`` reads ``<root>/<i>/`` in the reference trial-folder
 format. They go through the same checks as the project's own poisons (count, labels, indices,
 target image, ε), so a folder made for another setup or outside the budget is rejected with the
-reason, never trained on."""
+reason, never trained on. ε allows one uint8 step of slack, as the reference's own check does
+(9/255 for 8/255: its PIL conversion truncates), and a row whose poisons use it says so in
+``poison_check``. A backdoor folder's patch (``target.pickle``'s 4-tuple) becomes the trial's
+trigger, pasted on the target at its stored position at test time."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from raypoison.trial_folder import read_trial_folder
 @ATTACKS.register("external")
 class External(Attack):
     uses_attacker = False  # the poisons come from files
+    rounding_slack = 1
 
     @dataclass(frozen=True)
     class Params:
@@ -25,4 +29,4 @@ class External(Attack):
         folder = read_trial_folder(f"{self.params.root}/{index}")
         poisons = Poisons(folder.images.to(ctx.device), folder.base_indices, folder.labels,
                           setup.target_index, target_image=folder.target_image.to(ctx.device))
-        return CraftResult(poisons)
+        return CraftResult(poisons, trigger=folder.trigger())
