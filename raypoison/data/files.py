@@ -48,3 +48,28 @@ def stack(images: list[np.ndarray], where: str) -> np.ndarray:
     if len(shapes) != 1:
         raise DataError(f"{where}: images differ in size: {sorted(shapes)[:3]}")
     return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
+
+
+def decode_files(paths: list[Path], where: str) -> np.ndarray:
+    """Decode image files straight into one ``[N, 3, H, W]`` uint8 array, requiring one size.
+
+    The array is allocated once from the first image's size and each image is written into it as
+    it is decoded, so the peak is the array plus one image, not the list of images, their stack
+    and its transpose (three copies) that :func:`stack` holds.
+    """
+    if not paths:
+        return np.empty((0, 3, 0, 0), dtype=np.uint8)
+    out: np.ndarray | None = None
+    for i, path in enumerate(paths):
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise DataError(f"{path}: listed but not readable ({err.strerror or err})") from None
+        image = decode(data, str(path))
+        if out is None:
+            out = np.empty((len(paths), 3, *image.shape[:2]), dtype=np.uint8)
+        elif image.shape[:2] != out.shape[2:]:
+            raise DataError(f"{where}: images differ in size: {path} is {image.shape[:2]}, "
+                            f"the first is {out.shape[2:]}")
+        out[i] = image.transpose(2, 0, 1)
+    return out
