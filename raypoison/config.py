@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import fnmatch
 import functools
 import hashlib
 import itertools
@@ -94,10 +95,44 @@ def optional_path(value: Any, path: str) -> str | None:
     return None if value is None else parse_path(value, path)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A file's SHA-256, cached in the process for as long as its size and time stay the same."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_digest(path: str) -> str:
     """Content hash of a file, so that trial ids follow a file's content, not its location."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    stat = os.stat(path)
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)[:16]
+
+
+def content_digest(path: str, patterns: tuple[str, ...] | None = None) -> str:
+    """What a file or folder contributes to an identity (trial ids, model cache keys): a hash of
+    its content, never of where it lies, so the same data under another path, on another
+    machine, gives the same ids, and one changed byte gives new ones.
+
+    A file is hashed whole. A folder is hashed as the sorted list of its files' relative paths
+    and contents; ``patterns`` (relative-path globs) keep only the files a loader reads. Hashes
+    are cached in the process per (path, size, modification time): the first planning of a run
+    reads the data once (about 0.1 s for the 19 MB CIFAR-10 JPEG archive).
+    """
+    root = Path(path)
+    if root.is_file():
+        return file_digest(str(root))
+    h = hashlib.sha256()
+    for file in sorted((p for p in root.rglob("*") if p.is_file()),
+                       key=lambda p: p.relative_to(root).as_posix()):
+        relative = file.relative_to(root).as_posix()
+        if patterns is not None and not any(fnmatch.fnmatchcase(relative, pat)
+                                            for pat in patterns):
+            continue
+        h.update(f"{relative}\0{file_digest(str(file))}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _type_name(tp: Any) -> str:
@@ -227,16 +262,23 @@ def _default_of(f: dataclasses.Field) -> Any:
 
 
 def identity_of(obj: Any) -> Any:
-    """Like :func:`to_plain`, without fields left at their defaults.
+    """Like :func:`to_plain`, without fields left at their defaults, and with every path (a field
+    parsed by :func:`parse_path` or :func:`optional_path`) replaced by ``{"content": digest}``
+    (:func:`content_digest`; a field's ``metadata["content"]`` may name the files that count).
 
     Identities (trial ids, cache keys) are built from this form, so adding a new option with a
-    default to a config class keeps every existing id, and with it every result already computed.
+    default to a config class keeps every existing id, and with it every result already computed,
+    and moving the data keeps them too.
     """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {}
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            if value != _default_of(f):
+            if value == _default_of(f):
+                continue
+            if f.metadata.get("parse") in (parse_path, optional_path) and isinstance(value, str):
+                out[f.name] = {"content": content_digest(value, f.metadata.get("content"))}
+            else:
                 out[f.name] = identity_of(value)
         return out
     if isinstance(obj, Mapping):
@@ -540,13 +582,8 @@ class ScenarioConfig:
     def identity(self) -> dict[str, Any]:
         """What defines a trial of this scenario: everything but the trial count (in the
         default-free form of :func:`identity_of`)."""
-        plain = identity_of(self)
+        plain = identity_of(self)  # files (setups, checkpoints, data) enter by their content
         plain.pop("trials")
-        if self.setups is not None:  # the file's content defines the trials, not its location
-            plain["setups"] = file_digest(self.setups)
-        for model in plain["models"].values():
-            if model.get("checkpoint"):
-                model["checkpoint"] = file_digest(model["checkpoint"])
         return plain
 
 

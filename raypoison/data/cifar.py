@@ -3,6 +3,11 @@
 
 The batches are pickles, read through the restricted unpickler. ``download: true`` asks
 torchvision to fetch them first, which needs the internet.
+
+Trial ids follow the content of the batch files the source reads (not the root's location, nor
+other files beside them). Where they are not there yet (``download: true`` on a first run), the
+root counts as empty, so download before the first run: ids computed before the download differ
+from those after it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 @dataclass(frozen=True)
 class CifarParams:
-    root: str = field(metadata={"parse": parse_path})
+    root: str = field(metadata={"parse": parse_path, "content": ("cifar-10-batches-py/*",)})
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class Cifar100Params:
+    root: str = field(metadata={"parse": parse_path, "content": ("cifar-100-python/*",)})
     download: bool = False
 
 
@@ -88,6 +99,7 @@ class Cifar10(_Cifar):
 
 @DATASETS.register("cifar100")
 class Cifar100(_Cifar):
+    Params = Cifar100Params
     folder = "cifar-100-python"
     train_files = ["train"]
     test_files = ["test"]

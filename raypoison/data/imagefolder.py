@@ -33,7 +33,8 @@ from raypoison.errors import ConfigError, DataError
 
 @dataclass(frozen=True)
 class ImageFolderParams:
-    root: str = field(metadata={"parse": parse_path})
+    # trial ids follow the content of train/ and test/ (or of the archive), not the location
+    root: str = field(metadata={"parse": parse_path, "content": ("train/*", "test/*")})
     train_order: str | None = field(default=None, metadata={"parse": optional_path})
     test_order: str | None = field(default=None, metadata={"parse": optional_path})
     mean: tuple[float, ...] | None = None  # default: measured on the training images

@@ -36,7 +36,9 @@ TINY_STD = (0.2302, 0.2265, 0.2262)
 
 @dataclass(frozen=True)
 class TinyImageNetParams:
-    root: str = field(metadata={"parse": parse_path})
+    # trial ids follow the content of what is read (wnids, train/ and val/), not the location
+    root: str = field(metadata={"parse": parse_path,
+                                "content": ("wnids.txt", "train/*", "val/*")})
     classes: Literal["all", "first100", "last100"] = "all"
 
 
