@@ -2,8 +2,10 @@
 
 Two attacks of one suite are compared *paired*: their trials with the same index share a setup
 (target, bases) and each victim's training seed, so the pairs (scenario, trial, victim) differ
-only by the attack. The difference of success rates gets a paired bootstrap interval (over pairs)
-and the exact McNemar test on the discordant pairs. Two datasets are compared cell by cell
+only by the attack. The trial is the unit: a trial's difference is the mean over its victims of
+(first − second), the interval is a paired bootstrap over trials (seeded), and the test is the
+exact sign test on the trials whose difference is not 0 (with one victim per trial that is the
+exact McNemar test on the discordant pairs). Two datasets are compared cell by cell
 (scenario, attack, role) as independent samples, with Newcombe's hybrid score interval.
 """
 
@@ -31,13 +33,16 @@ def compare_attacks(df: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
     out = []
     for (scenario, role), g in pairs.groupby(["scenario", "role"], sort=True):
         x, y = g["success_a"].astype(bool).to_numpy(), g["success_b"].astype(bool).to_numpy()
-        d = x.astype(float) - y.astype(float)
-        low, high = bootstrap_interval(np.mean, d)
+        per_trial = pd.Series(x.astype(float) - y.astype(float)).groupby(
+            g["trial"].to_numpy()).mean().to_numpy()
+        low, high = bootstrap_interval(np.mean, per_trial)
+        wins, losses = int((per_trial > 0).sum()), int((per_trial < 0).sum())
         out.append({"scenario": scenario, "role": role, "pairs": len(g),
-                    f"rate_{first}": x.mean(), f"rate_{second}": y.mean(),
-                    "difference": d.mean(), "low": low, "high": high,
-                    "only_first": int((x & ~y).sum()), "only_second": int((~x & y).sum()),
-                    "p_mcnemar": mcnemar_exact(int((x & ~y).sum()), int((~x & y).sum()))})
+                    "trials": len(per_trial), f"rate_{first}": x.mean(),
+                    f"rate_{second}": y.mean(), "difference": float(per_trial.mean()),
+                    "low": low, "high": high, "only_first": wins, "only_second": losses,
+                    "p_mcnemar": mcnemar_exact(wins, losses),
+                    "method": "paired bootstrap over trials; exact sign test on trials"})
     return pd.DataFrame(out)
 
 

@@ -3,6 +3,15 @@
 A cell pools the outcomes of its rows: for the black-box role that averages the black-box victims
 the way the benchmark's tables do (two victims × 100 trials = 200 outcomes). Only rows with status
 ``ok`` and a success value count; failed and rejected trials are counted separately.
+
+Outcomes of one trial (its victims share the poisons and the target) are not independent, so a
+cell with more than one outcome per trial gets a cluster-robust interval with the trial as the
+unit (:func:`~raypoison.stats.clustered_wilson`: the Wilson interval at the effective sample size
+of the cluster-robust variance). Where a Witches' Brew pool crafts the trials on a few shared
+models, the crafting model is the unit. ``method`` says which interval each cell has, and
+``n_effective`` the effective number of independent outcomes. The comparison with the paper's
+published rate is a two-sample test that counts the paper's own sampling error (100 outcomes a
+cell, 200 for black-box, 300 for from-scratch ``all``): ``differs`` is true where p < 0.05.
 """
 
 from __future__ import annotations
@@ -10,7 +19,11 @@ from __future__ import annotations
 import pandas as pd
 
 from raypoison.rows import NO_DEFENSE, STATUS_OK
-from raypoison.stats import INTERVALS, mean_interval
+from raypoison.stats import INTERVALS, clustered_wilson, mean_interval, two_sample_p
+
+# Outcomes behind each published cell: 100 trials; black-box pools two victims, from-scratch
+# "all" three (PROTOCOL.md §1)
+PUBLISHED_OUTCOMES = {"white-box": 100, "black-box": 200, "all": 300}
 
 # Success rates (%) published in "Just How Toxic is Data Poisoning?" (PROTOCOL.md §1), by the
 # benchmark's scenario name, attack and role; from-scratch numbers average all victims ("all").
@@ -58,40 +71,66 @@ def with_role_all(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def cluster_of(cell: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The independent unit of a cell's outcomes and its name: the crafting model where a pool of
+    models each crafted several of the cell's trials (Witches' Brew's shared pool), else the
+    trial."""
+    if "crafting_model" in cell.columns:
+        models = cell["crafting_model"].fillna("")
+        per_model = cell.assign(_m=models).groupby("_m")["trial_id"].nunique()
+        if len(per_model) > 1 and (per_model > 1).all() and not models.str.startswith("fresh").any():
+            return models, "crafting models"
+    return cell["trial_id"], "trials"
+
+
+def cell_interval(cell: pd.DataFrame, interval: str) -> dict:
+    """``low``, ``high``, ``method`` and ``n_effective`` of one cell's success rate."""
+    units, unit_name = cluster_of(cell)
+    per_unit = cell["success"].astype(bool).groupby(units.to_numpy()).agg(["sum", "count"])
+    n, successes = int(per_unit["count"].sum()), int(per_unit["sum"].sum())
+    if (per_unit["count"] == 1).all():
+        low, high = INTERVALS[interval](successes, n)
+        return {"low": low, "high": high, "method": interval, "n_effective": float(n)}
+    low, high, n_eff = clustered_wilson(per_unit["sum"].to_numpy(), per_unit["count"].to_numpy())
+    return {"low": low, "high": high, "method": f"cluster-robust wilson ({unit_name})",
+            "n_effective": n_eff}
+
+
 def success_table(df: pd.DataFrame, *, interval: str = "wilson",
                   per_victim: bool = False) -> pd.DataFrame:
     """Cells per scenario, attack and role (and victim); every scenario also gets role ``all``,
     pooling its victims, which is how the paper reports from-scratch results. ``published`` is
-    the paper's number where there is one, and ``outside`` flags it lying outside the interval.
-    For backdoors (and controls with a trigger), ``asr`` is the mean attack success rate of the
-    cell's victims with a bootstrap interval (``asr_low``, ``asr_high``)."""
+    the paper's number where there is one, ``published_p`` the two-sample p-value of ours
+    against it and ``differs`` whether that is below 0.05. For backdoors (and controls with a
+    trigger), ``asr`` is the mean attack success rate of the cell's victims with a bootstrap
+    interval (``asr_low``, ``asr_high``)."""
     keys = ["scenario", "attack", "role"] + (["victim"] if per_victim else [])
     done = outcomes(df)
     if done.empty:
-        return pd.DataFrame(columns=[*keys, "n", "successes", "rate", "low", "high"])
+        return pd.DataFrame(columns=[*keys, "n", "successes", "rate", "low", "high", "method"])
     if not per_victim:
         done = with_role_all(done)
-    grouped = done.groupby(keys, sort=True)["success"].agg(n="count", successes="sum")
-    grouped = grouped.reset_index()
-    grouped["successes"] = grouped["successes"].astype(int)
-    grouped["rate"] = grouped["successes"] / grouped["n"]
-    bounds = [INTERVALS[interval](int(s), int(n))
-              for s, n in zip(grouped["successes"], grouped["n"], strict=True)]
-    grouped["low"] = [b[0] for b in bounds]
-    grouped["high"] = [b[1] for b in bounds]
-    if "attack_success_rate" in done.columns and done["attack_success_rate"].notna().any():
-        asr = done.groupby(keys, sort=True)["attack_success_rate"].agg(
-            lambda v: mean_interval(v.astype(float))).reset_index(drop=True)
-        grouped["asr"] = [a[0] for a in asr]
-        grouped["asr_low"] = [a[1] for a in asr]
-        grouped["asr_high"] = [a[2] for a in asr]
+    cells = []
+    for key, cell in done.groupby(keys, sort=True):
+        n, successes = len(cell), int(cell["success"].astype(bool).sum())
+        row = dict(zip(keys, key, strict=True))
+        row.update(n=n, successes=successes, rate=successes / n, **cell_interval(cell, interval))
+        if "attack_success_rate" in cell.columns and cell["attack_success_rate"].notna().any():
+            row["asr"], row["asr_low"], row["asr_high"] = mean_interval(
+                cell["attack_success_rate"].astype(float))
+        cells.append(row)
+    grouped = pd.DataFrame(cells)
+    if "asr" in grouped.columns and grouped["asr"].isna().all():
+        grouped = grouped.drop(columns=["asr", "asr_low", "asr_high"])
     names = dict(zip(df["attack"], df.get("attack_name", df["attack"]), strict=True))
     grouped["published"] = [
         PUBLISHED.get(row.scenario, {}).get(names.get(row.attack, row.attack), {}).get(row.role)
         for row in grouped.itertuples()]
-    grouped["outside"] = [
-        None if pd.isna(p) else not (row.low * 100 - 1e-9 <= p <= row.high * 100 + 1e-9)
+    grouped["published_p"] = [
+        None if pd.isna(p) else two_sample_p(row.rate, row.n_effective, p / 100,
+                                             PUBLISHED_OUTCOMES.get(row.role, 100))
         for p, row in zip(grouped["published"], grouped.itertuples(), strict=True)]
+    grouped["differs"] = [None if pd.isna(q) else bool(q < 0.05) for q in grouped["published_p"]]
     return grouped
 
 
@@ -111,15 +150,16 @@ def to_markdown(table: pd.DataFrame, interval: str) -> str:
     keys = [c for c in ("scenario", "attack", "role", "victim") if c in table.columns]
     compare = "published" in table.columns and table["published"].notna().any()
     backdoor = "asr" in table.columns and table["asr"].notna().any()
-    header = [*keys, "n", f"success % (95% {interval})"] + (["published %"] if compare else []) \
+    header = [*keys, "n", "success % (95%)", "interval"] + (["published %"] if compare else []) \
         + (["attack success rate % (mean, 95% bootstrap)"] if backdoor else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.itertuples(index=False):
         cell = f"{100 * row.rate:.1f} [{100 * row.low:.1f}, {100 * row.high:.1f}]"
-        cells = [*(str(getattr(row, k)) for k in keys), str(row.n), cell]
+        method = row.method if row.method == interval else f"{row.method}, n_eff {row.n_effective:.0f}"
+        cells = [*(str(getattr(row, k)) for k in keys), str(row.n), cell, method]
         if compare:
             cells.append("" if pd.isna(row.published) else
-                         f"{row.published:g}" + (" (outside)" if row.outside else ""))
+                         f"{row.published:g}" + (" (differs, p < 0.05)" if row.differs else ""))
         if backdoor:
             cells.append("" if pd.isna(row.asr) else
                          f"{100 * row.asr:.1f} [{100 * row.asr_low:.1f}, {100 * row.asr_high:.1f}]")

@@ -40,8 +40,8 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
              against: tuple[str, pd.DataFrame] | None = None) -> list[Section]:
     sections = []
     table = report.success_table(df, interval=interval, per_victim=per_victim)
-    sections.append(Section(f"Success rates (95% {interval})",
-                            report.to_markdown(table, interval), table))
+    sections.append(Section(f"Success rates (95% {interval}; cluster-robust where a trial has "
+                            "several outcomes)", report.to_markdown(table, interval), table))
     status = report.status_table(df)
     sections.append(Section("Rows by status", "```\n" + _plain(status) + "\n```", status))
     if compare_attacks is not None:
@@ -50,8 +50,9 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
         shown = _percent_table(diff, [c for c in diff.columns if c.startswith("rate_")]
                                + ["difference", "low", "high"])
         sections.append(Section(
-            f"{first} minus {second} (paired by trial and victim; % points, 95% bootstrap; "
-            "exact McNemar p)", "```\n" + _plain(shown) + "\n```", diff))
+            f"{first} minus {second} (paired by trial; % points, 95% paired bootstrap over "
+            "trials; exact sign test over trials, McNemar's with one victim a trial)",
+            "```\n" + _plain(shown) + "\n```", diff))
     if against is not None:
         other_uri, other = against
         diff = compare.compare_datasets(df, other)

@@ -122,3 +122,48 @@ def mcnemar_exact(only_first: int, only_second: int) -> float:
     if n == 0:
         return 1.0
     return min(1.0, 2 * _binomial_cdf(min(only_first, only_second), n, 0.5))
+
+
+def effective_size(successes: np.ndarray, sizes: np.ndarray) -> float:
+    """The effective number of independent outcomes of a pooled rate whose outcomes come in
+    clusters (``successes[c]`` of ``sizes[c]`` in cluster ``c``): ``p(1 − p) / Var(p)`` with the
+    cluster-robust variance ``Σ_c (s_c − m_c p)² / n²`` (Kish's design effect). It is the number
+    of clusters when every cluster's outcomes agree, the number of outcomes when they are
+    independent, and never more than that. With no variation (p = 0 or 1) the rate carries no
+    information about within-cluster correlation; the number of clusters is used, the
+    conservative choice."""
+    successes, sizes = np.asarray(successes, dtype=float), np.asarray(sizes, dtype=float)
+    n = sizes.sum()
+    if n == 0:
+        return 0.0
+    p = successes.sum() / n
+    variance = float(((successes - sizes * p) ** 2).sum()) / n ** 2
+    if p in (0.0, 1.0) or variance <= 0:
+        return float(len(sizes))
+    return float(min(n, p * (1 - p) / variance))
+
+
+def clustered_wilson(successes: np.ndarray, sizes: np.ndarray, confidence: float = 0.95
+                     ) -> tuple[float, float, float]:
+    """Cluster-robust Wilson interval of a pooled rate: the Wilson score interval of the pooled
+    rate at the :func:`effective_size`; returns (low, high, effective size)."""
+    n_eff = effective_size(successes, sizes)
+    total = float(np.sum(sizes))
+    if total == 0:
+        return (math.nan, math.nan, 0.0)
+    p = float(np.sum(successes)) / total
+    low, high = wilson(p * n_eff, n_eff, confidence)
+    return (low, high, n_eff)
+
+
+def two_sample_p(p1: float, n1: float, p2: float, n2: float) -> float:
+    """Two-sided p-value of the difference of two independent proportions (pooled z-test), for
+    comparing a rate measured here (at its effective size) with a published one (at the paper's
+    number of outcomes)."""
+    if n1 <= 0 or n2 <= 0:
+        return math.nan
+    pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 1.0 if p1 == p2 else 0.0
+    return 2 * (1 - NormalDist().cdf(abs(p1 - p2) / se))

@@ -61,23 +61,31 @@ def test_report_command_prints_cells_with_n_and_intervals(tmp_path, capsys):
     sink.flush()
     assert main(["report", str(tmp_path), "--csv", str(tmp_path / "t.csv")]) == 0
     out = capsys.readouterr().out
-    assert "success % (95% wilson)" in out and "| s | a | black-box | 20 | 5.0 [0.9, 23.6] |" in out
+    assert "| s | a | black-box | 20 | 5.0 [0.9, 23.6] | cluster-robust wilson (trials), n_eff 20 |" \
+        in out
+    assert "| s | a | white-box | 10 | 40.0 [16.8, 68.7] | wilson |" in out  # one outcome a trial
     table = pd.read_csv(tmp_path / "t.csv")
     assert table["role"].tolist() == ["all", "black-box", "white-box"]
     assert table["n"].tolist() == [30, 20, 10]  # "all" pools every victim
 
 
-def test_published_numbers_sit_beside_ours_and_flag_when_outside():
+def test_published_numbers_sit_beside_ours_and_flag_when_they_differ():
     def rows(successes, scenario="cifar10-transfer"):
         return [{"trial_id": f"t{i}", "scenario": scenario, "attack": "fc",
                  "attack_name": "feature_collision", "victim": "wb", "role": "white-box",
                  "status": "ok", "success": i < successes} for i in range(100)]
 
     near = success_table(pd.DataFrame(rows(22))).set_index("role").loc["white-box"]
-    assert near["published"] == 22.0 and not bool(near["outside"])
+    assert near["published"] == 22.0 and not bool(near["differs"])
     far = success_table(pd.DataFrame(rows(5))).set_index("role").loc["white-box"]
-    assert far["published"] == 22.0 and bool(far["outside"])
-    assert "22 (outside)" in to_markdown(success_table(pd.DataFrame(rows(5))), "wilson")
+    assert far["published"] == 22.0 and bool(far["differs"]) and far["published_p"] < 0.001
+    assert "22 (differs, p < 0.05)" in to_markdown(success_table(pd.DataFrame(rows(5))), "wilson")
+    # 13 of 100: the paper's 22 lies outside our Wilson interval [7.8, 21.0], but the paper's
+    # own 100 trials carry sampling error too, and the two-sample test does not call it a
+    # difference (p = 0.09)
+    close = success_table(pd.DataFrame(rows(13))).set_index("role").loc["white-box"]
+    assert close["high"] < 0.22 and not bool(close["differs"])
+    assert close["published_p"] == pytest.approx(0.093, abs=0.002)
     other = success_table(pd.DataFrame(rows(5, scenario="mine")))
     assert other["published"].isna().all()
 
@@ -156,3 +164,64 @@ def test_backdoor_cells_carry_the_mean_attack_success_rate():
     assert cell["asr_low"] <= cell["asr"] <= cell["asr_high"]
     assert "attack success rate % (mean, 95% bootstrap)" in to_markdown(table, "wilson")
     assert "asr" not in success_table(pd.DataFrame(_rows())).columns  # no backdoor, no column
+
+
+def _pooled_rows(agree: bool, trials: int = 100):
+    """Two black-box victims per trial; 30 trials succeed on the first victim. With ``agree``
+    the second victim has the same outcome; otherwise its 30 successes fall on other trials."""
+    rng = __import__("numpy").random.default_rng(0)
+    first = set(range(30))
+    second = first if agree else set(rng.choice(range(30, trials), 30, replace=False).tolist())
+    return [{"trial_id": f"t{t}", "scenario": "s", "attack": "a", "victim": v, "role": "black-box",
+             "status": "ok", "success": t in (first if v == "bb1" else second)}
+            for t in range(trials) for v in ("bb1", "bb2")]
+
+
+def test_a_pooled_cell_whose_victims_agree_is_as_wide_as_one_victim():
+    """Every victim of a trial with the same outcome: 200 outcomes carry the information of 100,
+    and the interval is one victim's (the plain Wilson interval over 200 would be about 1/√2 as
+    wide); victims that disagree, here anti-correlated, give the narrower interval over 200."""
+    from raypoison.stats import wilson
+
+    agree = success_table(pd.DataFrame(_pooled_rows(True))).iloc[0]
+    one_victim = wilson(30, 100)
+    assert agree["n"] == 200 and agree["method"] == "cluster-robust wilson (trials)"
+    assert agree["n_effective"] == pytest.approx(100)
+    assert (agree["low"], agree["high"]) == pytest.approx(one_victim, abs=1e-9)
+    naive = wilson(60, 200)
+    assert (naive[1] - naive[0]) < 0.75 * (one_victim[1] - one_victim[0])
+    independent = success_table(pd.DataFrame(_pooled_rows(False))).iloc[0]
+    assert independent["rate"] == pytest.approx(0.3)
+    assert independent["n_effective"] == pytest.approx(200)
+    assert independent["high"] - independent["low"] == pytest.approx(naive[1] - naive[0])
+
+
+def test_trials_sharing_a_crafting_model_cluster_on_it():
+    """A Witches' Brew pool: trial i crafted on model i mod 2. The unit is the model."""
+    rows = [{"trial_id": f"t{t}", "scenario": "s", "attack": "wb", "victim": "v", "role": "white-box",
+             "status": "ok", "success": t % 2 == 0, "crafting_model": f"m{t % 2}"} for t in range(40)]
+    cell = success_table(pd.DataFrame(rows)).iloc[0]
+    assert cell["method"] == "cluster-robust wilson (crafting models)"
+    assert cell["n_effective"] == pytest.approx(2)  # the two models' outcomes differ completely
+    fresh = [dict(r, crafting_model=f"fresh m (trial {i})") for i, r in enumerate(rows)]
+    assert success_table(pd.DataFrame(fresh)).iloc[0]["method"] == "wilson"
+
+
+def test_paired_comparison_resamples_trials_not_victims():
+    """Two victims per trial that always agree: the paired difference counts each trial once."""
+    from raypoison.compare import compare_attacks
+
+    rows = []
+    for trial in range(30):
+        for attack, success in (("strong", trial < 12), ("weak", trial < 3)):
+            for victim in ("v1", "v2"):
+                rows.append({"trial_id": f"{attack}{trial}", "scenario": "s", "attack": attack,
+                             "victim": victim, "role": "black-box", "trial": trial,
+                             "status": "ok", "success": success})
+    diff = compare_attacks(pd.DataFrame(rows), "strong", "weak").iloc[0]
+    single = compare_attacks(pd.DataFrame([r for r in rows if r["victim"] == "v1"]),
+                             "strong", "weak").iloc[0]
+    assert diff["pairs"] == 60 and diff["trials"] == 30
+    assert (diff["only_first"], diff["only_second"]) == (9, 0)  # trials, not victims
+    assert diff["p_mcnemar"] == pytest.approx(single["p_mcnemar"])
+    assert (diff["low"], diff["high"]) == pytest.approx((single["low"], single["high"]))
