@@ -603,6 +603,9 @@ class ExecutionConfig:
     pretrain_cpus: float | None = None  # CPUs of a pre-training task (default: cpus_per_worker)
     max_in_flight: int | None = None  # tasks submitted at once (default: 2 per worker)
     craft_batch: int = 1  # trials of one attack per task, their poisons crafted in one batch
+    # keep every trained victim and the trial's poisons under OUTPUT/victims/, so defenses added
+    # later run on them without crafting or training (raypoison.victims)
+    save_victims: bool = False
     max_attempts: int = 3
     max_restarts: int = 3
     rows_per_file: int = 2000

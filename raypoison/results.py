@@ -8,10 +8,12 @@ truncated part is skipped with a warning, so one bad file never hides the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import posixpath
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
@@ -153,3 +155,34 @@ def committed_trials(uri: str, *, include_failed: bool = True) -> set[str]:
                                                  df["defense"]]).any()
     trial_ok = key_ok.groupby(level="trial_id").all()
     return set(trial_ok[trial_ok].index)
+
+
+@dataclass
+class Stored:
+    """What a dataset holds of one trial: whether its undefended rows are there (and all ``ok``),
+    whether any row failed or was rejected, and the (label, parameters) of its defense rows."""
+
+    undefended_ok: bool = False
+    failed: bool = False
+    defenses: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+
+
+def stored_trials(uri: str, *, include_failed: bool = True) -> dict[str, Stored]:
+    """Per trial id, what the dataset holds (:class:`Stored`). With ``include_failed=False`` a
+    failed or rejected row does not count as stored, so a resumed run computes it again."""
+    df = read_table(uri, ["trial_id", "victim", "defense", "defense_params", "status"]).to_pandas()
+    out: dict[str, Stored] = {}
+    if df.empty:
+        return out
+    df["defense"] = df["defense"].fillna(NO_DEFENSE)
+    ok = df["status"].eq(STATUS_OK)
+    for trial, rows in df.groupby("trial_id", sort=False):
+        rows_ok = ok.loc[rows.index]
+        undefended = rows[rows["defense"] == NO_DEFENSE]
+        stored = Stored(undefended_ok=bool(len(undefended)) and bool(rows_ok.loc[undefended.index].all()),
+                        failed=not bool(rows_ok.all()))
+        defended = rows[(rows["defense"] != NO_DEFENSE) & (rows_ok | include_failed)]
+        stored.defenses = {(d, p or "") for d, p in zip(defended["defense"],
+                                                         defended["defense_params"], strict=True)}
+        out[str(trial)] = stored
+    return out

@@ -149,8 +149,9 @@ def per_victim(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | No
         row.update(victim=victim, victim_arch=scenario.models[victim].arch,
                    role=scenario.role(victim, crafted_on), defense=NO_DEFENSE)
         row.update(own)
-        out.append(row)
-        for defense in spec.defenses if defended else ():
+        if spec.write_undefended:
+            out.append(row)
+        for defense in spec.defenses if defended or not spec.write_undefended else ():
             extra = {"defense": defense.label, "defense_name": defense.name,
                      "defense_params": json.dumps(to_plain(defense.params), sort_keys=True)}
             out.append({**row, **extra, **defended.get(defense.label, {})})

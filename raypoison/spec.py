@@ -2,9 +2,11 @@
 
 A trial is one (scenario, attack, trial index). Its id is a hash of everything that defines what
 it computes: the scenario (all but its trial count, so growing a benchmark from 20 to 100 trials
-keeps the first 20), the attack with its parameters, the suite's defenses with theirs (a trial
-trains its victims once and runs every defense on them), the index and the protocol version. Execution
-settings are not part of it. Same config => same ids; any change to a parameter => new ids.
+keeps the first 20), the attack with its parameters, the index and the protocol version.
+Execution settings are not part of it. Same config => same ids; any change to a parameter =>
+new ids. The suite's defenses are not part of it either: a defense's rows are keyed by the trial,
+the victim and the defense's own label and parameters, so adding a defense to a finished
+benchmark computes that defense's rows and nothing else of the trials already done.
 
 A trial's setup (:mod:`raypoison.setups`) never depends on the attack, so attacks are compared
 on identical targets.
@@ -13,6 +15,7 @@ on identical targets.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -24,6 +27,7 @@ from raypoison.config import (
     canonical_json,
     digest,
     identity_of,
+    to_plain,
 )
 from raypoison.errors import ConfigError
 
@@ -36,34 +40,37 @@ class TrialSpec:
     attack: Component
     index: int
     defenses: tuple[Component, ...] = ()
+    # False: the trial's undefended rows are stored already; only ``defenses`` are to be written
+    write_undefended: bool = True
 
 
 def _component_identity(c: Component) -> dict:
     return {"name": c.name, "label": c.label, "params": identity_of(c.params)}
 
 
-def _identity(scenario: ScenarioConfig, attack: Component,
-              defenses: tuple[Component, ...] = ()) -> dict:
-    identity = {
+def _identity(scenario: ScenarioConfig, attack: Component) -> dict:
+    return {
         "protocol": PROTOCOL_VERSION,
         "scenario": scenario.identity(),
         "attack": _component_identity(attack),
     }
-    if defenses:  # absent when there are none, so suites without defenses keep their ids
-        identity["defenses"] = [_component_identity(d) for d in defenses]
-    return identity
 
 
-def trial_id(scenario: ScenarioConfig, attack: Component, index: int,
-             defenses: tuple[Component, ...] = ()) -> str:
+def trial_id(scenario: ScenarioConfig, attack: Component, index: int) -> str:
     """The id of trial ``index``: a hash of the canonical JSON of its identity and index."""
-    return digest({**_identity(scenario, attack, defenses), "trial": index})
+    return digest({**_identity(scenario, attack), "trial": index})
 
 
-def _id_maker(scenario: ScenarioConfig, attack: Component, defenses: tuple[Component, ...]):
+def defense_key(defense: Component) -> tuple[str, str]:
+    """What tells a defense's rows apart within a trial and victim: its label and its parameters
+    as the rows store them (``defense``, ``defense_params``)."""
+    return defense.label, json.dumps(to_plain(defense.params), sort_keys=True)
+
+
+def _id_maker(scenario: ScenarioConfig, attack: Component):
     """:func:`trial_id` for many indices, serializing the identity once: in canonical JSON the
     key ``trial`` sorts last, so the text is the identity's text with the index appended."""
-    prefix = canonical_json(_identity(scenario, attack, defenses))[:-1] + ',"trial":'
+    prefix = canonical_json(_identity(scenario, attack))[:-1] + ',"trial":'
 
     def make(index: int) -> str:
         return hashlib.sha256(f"{prefix}{index}}}".encode()).hexdigest()[:16]
@@ -108,7 +115,7 @@ def expand(
         indices = range(scenario.trials)
         if trials is not None:
             indices = range(max(trials.start, 0), min(trials.stop, scenario.trials))
-        makers = [_id_maker(scenario, attack, suite.defenses) for attack in chosen_attacks]
+        makers = [_id_maker(scenario, attack) for attack in chosen_attacks]
         for index in indices:
             for attack, make_id in zip(chosen_attacks, makers, strict=True):
                 yield TrialSpec(make_id(index), suite.name, scenario, attack, index,

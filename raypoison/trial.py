@@ -37,6 +37,7 @@ from raypoison.setups import Setup, clean_training_indices, load_setups, sample_
 from raypoison.spec import TrialSpec, derive_seed
 from raypoison.training import train
 from raypoison.triggers import paste
+from raypoison.victims import VictimStore
 
 VIEWS = 162  # crop offsets (9 x 9) x flips, for the protocol's 4-pixel padding
 MAX_BANK_BYTES = 4 * 2**30  # a larger bank would not fit beside the models on a shared GPU
@@ -267,13 +268,18 @@ class _Trial:
 
 
 def run_trials(specs: list[TrialSpec], ctx: TrialContext,
-               save_poisons: PoisonSink | None = None) -> list[list[dict]]:
+               save_poisons: PoisonSink | None = None, victims: VictimStore | None = None,
+               save_victims: bool = False) -> list[list[dict]]:
     """Run trials of one scenario and one attack, crafting their poisons in one batch.
 
     Returns each trial's rows, in order. Crafting time is shared evenly among the batch's trials;
-    ``craft_batch`` in each row says how many were crafted together.
+    ``craft_batch`` in each row says how many were crafted together. With ``save_victims`` every
+    trained victim is kept in ``victims``; a trial that only lacks defenses
+    (``write_undefended`` False) whose victims are saved there runs those defenses on them, with
+    no crafting and no training.
     """
     trials = [_Trial(spec, ctx) for spec in specs]
+    store = victims if save_victims else None
     for trial in trials:
         try:
             trial.setup = setup = ctx.setup(trial.spec.index)
@@ -282,6 +288,10 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
                 base_class=setup.base_class, base_indices=list(setup.base_indices),
                 seconds_setup=time.perf_counter() - trial.clock)
             trial.phase = "craft"
+            if not trial.spec.write_undefended and victims is not None \
+                    and victims.has(trial.spec):
+                trial.phase = "defend saved victims"
+                _defend_saved(trial, ctx, victims)
         except Exception as err:  # a trial's error is data, not a crash of the run
             trial.fail(err)
     ready = [t for t in trials if t.rows is None]
@@ -308,7 +318,7 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
                             attack_loss_rose=result.loss_rose,
                             crafting_model=_crafting_model(scenario, attack, result))
         try:
-            _after_crafting(trial, result, ctx, save_poisons, attack)
+            _after_crafting(trial, result, ctx, save_poisons, attack, store)
         except Exception as err:
             trial.fail(err)
     return [t.rows for t in trials]
@@ -325,7 +335,8 @@ def _crafting_model(scenario, attack, result) -> str | None:
     return ",".join(names) or None
 
 
-def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons, attack) -> None:
+def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons, attack,
+                    store: VictimStore | None = None) -> None:
     spec, setup, scenario = trial.spec, trial.setup, trial.spec.scenario
     if crafted.poisons is None:
         trial.finish(STATUS_OK)
@@ -348,20 +359,69 @@ def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons, att
     trial.phase = "train"
     if crafted.trigger is not None:
         trial.common["trigger"] = crafted.trigger.description
+    if store is not None:
+        store.save_trial(spec, crafted.poisons, crafted.trigger, _saved_fields(trial.common))
     trial.finish(STATUS_OK, _train_and_evaluate(spec, ctx, setup, pool, crafted.poisons,
-                                                crafted.trigger))
+                                                crafted.trigger, store))
 
 
-def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None) -> dict[str, dict]:
-    """Train each victim on the pool with the poisons in place of their sources, evaluate it, and
-    run the suite's defenses on it."""
-    scenario, data = spec.scenario, ctx.data
+def _saved_fields(common: dict) -> dict:
+    """The trial's row fields worth keeping with saved victims: plain values (a defense row of a
+    later run repeats them), not this run's times and places."""
+    skip = {"started_at", "finished_at", "run_id", "worker", "node", "device", "attempt",
+            "torch_version", "ray_version", "raypoison_version", "status", "error"}
+    return {k: v for k, v in common.items()
+            if k not in skip and (v is None or isinstance(v, str | int | float | bool | list))}
+
+
+def _training_set(ctx, pool, poisons):
+    """The victims' training set: the pool's clean images, then the poisons."""
+    data = ctx.data
     clean = torch.as_tensor(np.setdiff1d(pool, np.asarray(poisons.base_indices, dtype=np.int64)),
                             device=ctx.device)
     images = torch.cat([data.train_x[clean], poisons.images.to(ctx.device)])
     labels = torch.cat([data.train_y[clean],
                         torch.as_tensor(np.asarray(poisons.labels, dtype=np.int64),
                                         device=ctx.device)])
+    return clean, images, labels
+
+
+def _defend(spec, ctx, setup, model, victim, poisons, trigger, clean, images, labels) -> dict:
+    """The suite's defenses of ``spec`` on one trained victim, by label."""
+    scenario = spec.scenario
+    is_poison = torch.zeros(len(labels), dtype=torch.bool)
+    is_poison[len(clean):] = _changed(poisons, ctx.data)
+    seeds = [derive_seed(scenario.seed, spec.index, victim, d.label, "defend")
+             for d in spec.defenses]
+    return run_defenses(spec.defenses, model, data=ctx.data, setup=setup, trigger=trigger,
+                        trusted=ctx.trusted_set(), training=TrainingSet(images, labels),
+                        is_poison=is_poison, seeds=seeds, asr_scope=scenario.asr_scope)
+
+
+def _defend_saved(trial: _Trial, ctx: TrialContext, store: VictimStore) -> None:
+    """Run the spec's (missing) defenses on the trial's saved victims: no crafting, no training.
+    The rows repeat the saved undefended fields, as every defense row does."""
+    spec, setup, scenario = trial.spec, trial.setup, trial.spec.scenario
+    poisons, trigger, common = store.load_trial(spec, ctx.device)
+    trial.common.update(common)
+    clean, images, labels = _training_set(ctx, ctx.training_pool(setup, spec.index), poisons)
+    per = {}
+    for victim in scenario.victims:
+        seed_train = derive_seed(scenario.seed, spec.index, victim, "train")
+        model = ctx.fresh_victim(victim, seed_train)
+        per[victim] = store.load_victim(spec, victim, model, seed_train)
+        model.eval()
+        per[victim]["defenses"] = _defend(spec, ctx, setup, model, victim, poisons, trigger,
+                                          clean, images, labels)
+    trial.finish(STATUS_OK, per)
+
+
+def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None,
+                        store: VictimStore | None = None) -> dict[str, dict]:
+    """Train each victim on the pool with the poisons in place of their sources, evaluate it
+    (and save it, with a ``store``), and run the suite's defenses on it."""
+    scenario, data = spec.scenario, ctx.data
+    clean, images, labels = _training_set(ctx, pool, poisons)
     per = {}
     banked = ctx.uses_feature_bank
     for victim in scenario.victims:
@@ -385,15 +445,12 @@ def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None) -> dict[s
             "target_margin": outcome.target_margin,
             "poisons_fit": poisons_fit(model, poisons),
         }
+        if store is not None:
+            store.save_victim(spec, victim, model, head_only=scenario.mode == "transfer",
+                              seed_train=seed_train, fields=per[victim])
         if spec.defenses:
-            is_poison = torch.zeros(len(labels), dtype=torch.bool)
-            is_poison[len(clean):] = _changed(poisons, data)
-            seeds = [derive_seed(scenario.seed, spec.index, victim, d.label, "defend")
-                     for d in spec.defenses]
-            per[victim]["defenses"] = run_defenses(
-                spec.defenses, model, data=data, setup=setup, trigger=trigger,
-                trusted=ctx.trusted_set(), training=TrainingSet(images, labels),
-                is_poison=is_poison, seeds=seeds, asr_scope=scenario.asr_scope)
+            per[victim]["defenses"] = _defend(spec, ctx, setup, model, victim, poisons, trigger,
+                                              clean, images, labels)
     return per
 
 

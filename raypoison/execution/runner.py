@@ -38,9 +38,10 @@ from raypoison.execution.progress import Progress
 from raypoison.execution.scheduler import Scheduler
 from raypoison.execution.sink import ParquetSink
 from raypoison.execution.worker import TrialTask, start_worker
-from raypoison.results import committed_trials
-from raypoison.spec import TrialSpec, expand
+from raypoison.results import Stored, stored_trials
+from raypoison.spec import TrialSpec, defense_key, expand
 from raypoison.storage import Location
+from raypoison.victims import VictimStore
 
 log = logging.getLogger("raypoison")
 
@@ -100,10 +101,33 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _pending(suite: SuiteConfig, options: RunOptions, done: set[str]) -> Iterator[TrialSpec]:
+def plan_trial(spec: TrialSpec, stored: Stored | None, include_failed: bool) -> TrialSpec | None:
+    """What is left to compute of ``spec`` given what the output holds: None (nothing), the
+    whole trial, or (undefended rows stored, some of the suite's defenses missing) the trial
+    with only the missing defenses and ``write_undefended`` False. Without saved victims that
+    trial crafts and trains again (deterministically, with its own seeds) to run them, and only
+    the new defense rows are written; failed and rejected trials count as stored unless
+    ``include_failed`` is False, and a trial that trains nothing never has defense rows."""
+    if stored is None:
+        return spec
+    if stored.failed and not include_failed and not stored.undefended_ok:
+        return spec
+    if not stored.undefended_ok or not spec.defenses or not ATTACKS.get(spec.attack.name).needs_models:
+        return None
+    missing = tuple(d for d in spec.defenses if defense_key(d) not in stored.defenses)
+    if not missing:
+        return None
+    return dataclasses.replace(spec, defenses=missing, write_undefended=False)
+
+
+def _pending(suite: SuiteConfig, options: RunOptions, done: dict[str, Stored]
+             ) -> Iterator[TrialSpec]:
     filters = {"attacks": options.attacks, "scenarios": options.scenarios,
                "trials": options.trials}
-    return (s for s in expand(suite, **filters) if s.trial_id not in done)
+    for spec in expand(suite, **filters):
+        todo = plan_trial(spec, done.get(spec.trial_id), not options.retry_failed)
+        if todo is not None:
+            yield todo
 
 
 def batches(specs: Iterator[TrialSpec], size: int) -> Iterator[tuple[TrialSpec, ...]]:
@@ -166,14 +190,20 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
     filters = {"attacks": options.attacks, "scenarios": options.scenarios,
                "trials": options.trials}
     location = Location.parse(options.output)
-    done = committed_trials(options.output, include_failed=not options.retry_failed)
-    planned = skipped = 0
+    done = stored_trials(options.output, include_failed=not options.retry_failed)
+    planned = skipped = for_defenses = from_saved = 0
     needing_models: dict[str, Any] = {}  # scenarios with pending trials that load models
+    store = VictimStore(location.child_uri("victims"))
     for spec in expand(suite, **filters):  # one lazy pass; also validates the filters
         planned += 1
-        if spec.trial_id in done:
+        todo = plan_trial(spec, done.get(spec.trial_id), not options.retry_failed)
+        if todo is None:
             skipped += 1
-        elif ATTACKS.get(spec.attack.name).needs_models:
+            continue
+        if not todo.write_undefended:
+            for_defenses += 1
+            from_saved += store.has(todo)
+        if ATTACKS.get(spec.attack.name).needs_models:
             needing_models[spec.scenario.name] = spec.scenario
     scenarios_needing_models = list(needing_models.values())
     check_checkpoint_files(scenarios_needing_models)  # before anything is written
@@ -187,7 +217,9 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
                     "trials": None if options.trials is None else
                     [options.trials.start, options.trials.stop],
                     "retry_failed": options.retry_failed},
-        "trials": {"planned": planned, "skipped_already_done": skipped},
+        "trials": {"planned": planned, "skipped_already_done": skipped,
+                   "for_added_defenses": for_defenses,
+                   "to_craft_and_train": planned - skipped - from_saved},
         "versions": _versions(), "git_revision": _git_revision(),
         "host": socket.gethostname(), "pid": os.getpid(), "argv": sys.argv,
     })
@@ -195,6 +227,11 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
     summary.manifest = manifest.path
     log.info("run %s: %d trials planned, %d already in %s, %d to compute", run_id, planned,
              skipped, options.output, planned - skipped)
+    if for_defenses:
+        log.info("%d of them have their rows but lack some of the suite's defenses; %d run them "
+                 "on saved victims (no crafting, no training) and %d craft and train again to "
+                 "run them (their victims were not saved: execution.save_victims); only the new "
+                 "defense rows are written", for_defenses, from_saved, for_defenses - from_saved)
 
     sink = ParquetSink(location, run_id, rows_per_file=suite.execution.rows_per_file,
                        flush_seconds=suite.execution.flush_seconds)
@@ -216,13 +253,14 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
 
             # absolute, so workers find it whatever their working folder
             poisons_uri = location.child_uri("poisons") if options.save_poisons else None
+            victims_uri = location.child_uri("victims")
             progress = Progress(planned - skipped, interval=suite.execution.progress_seconds,
                                 stream=options.progress_stream)
 
             def tasks() -> Iterator[TrialTask]:
                 for specs in batches(_pending(suite, options, done), suite.execution.craft_batch):
                     yield TrialTask(specs, run_id, checkpoints.get(specs[0].scenario.name, {}),
-                                    poisons_uri)
+                                    poisons_uri, victims_uri, suite.execution.save_victims)
 
             def on_rows(rows: list[dict]) -> None:
                 sink.add(rows)
@@ -266,6 +304,8 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
         manifest.write(
             status=summary.status, finished_at=datetime.now(UTC).isoformat(),
             trials={"planned": planned, "skipped_already_done": skipped,
+                    "for_added_defenses": for_defenses,
+                    "to_craft_and_train": planned - skipped - from_saved,
                     "computed": summary.computed, "with_failures": summary.failed},
             output={"rows_written": summary.rows_written, "files_written": summary.files_written},
             scheduler=summary.scheduler, seconds=summary.seconds,

@@ -27,6 +27,8 @@ class TrialTask:
     run_id: str
     checkpoints: Mapping[str, Any]  # model name -> ObjectRef of checkpoint bytes
     poisons_uri: str | None = None  # export poisons under here, one trial folder per trial
+    victims_uri: str | None = None  # saved victims live here (raypoison.victims)
+    save_victims: bool = False  # keep every trained victim there
 
 
 def poisons_folder(uri: str, spec: TrialSpec) -> str:
@@ -92,8 +94,12 @@ class TrialWorker:
         from raypoison.trial import run_trials
 
         try:
+            from raypoison.victims import VictimStore
+
             exporter = _exporter(task.poisons_uri) if task.poisons_uri else None
-            per_trial = run_trials(list(task.specs), self._context(task), exporter)
+            victims = VictimStore(task.victims_uri) if task.victims_uri else None
+            per_trial = run_trials(list(task.specs), self._context(task), exporter, victims,
+                                   task.save_victims)
         except Exception as err:  # loading the scenario failed: every trial of it says why
             per_trial = [failure_rows(spec, describe_error(err, "load")) for spec in task.specs]
         rows = [row for trial_rows in per_trial for row in trial_rows]

@@ -1,0 +1,129 @@
+"""Saved victims: every trained victim of a trial and the trial's poisons and trigger, kept in the
+run's output (``execution.save_victims: true``) so that a defense added to the config later runs
+on them without crafting or training anything.
+
+Layout, keyed like the rows (``OUTPUT/victims/``)::
+
+    scenario=<scenario>/attack=<attack label>/<trial_id>/trial.pt     the poisons (uint8 images,
+        base indices, labels), the trigger (or none), the trial id and index
+    scenario=<scenario>/attack=<attack label>/<trial_id>/<victim>.pt  the victim's weights (the
+        head alone in transfer mode, where the extractor is the scenario's frozen model), its
+        training seed and its undefended row's fields
+
+Files are written with ``torch.save`` and read back with ``torch.load(..., weights_only=True)``,
+and each is checked against the trial, victim and seed it claims to belong to before use. A
+victim is saved after its undefended evaluation and before its defenses run.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+
+from raypoison.attacks.base import Poisons
+from raypoison.errors import DataError
+from raypoison.storage import Location
+from raypoison.triggers import BlendTrigger, PatchTrigger, Trigger, WarpTrigger
+
+
+def trigger_state(trigger: Trigger | None) -> dict[str, Any] | None:
+    """A trigger as tensors and plain values (what ``weights_only`` loading admits)."""
+    if trigger is None:
+        return None
+    if isinstance(trigger, PatchTrigger):
+        return {"style": "patch", "pattern": trigger.pattern.cpu(), "corner": trigger.corner,
+                "offset": trigger.offset, "at": list(trigger.at) if trigger.at else None,
+                "description": trigger.description}
+    if isinstance(trigger, BlendTrigger):
+        return {"style": "blend", "pattern": trigger.pattern.cpu(), "alpha": trigger.alpha,
+                "description": trigger.description}
+    if isinstance(trigger, WarpTrigger):
+        return {"style": "warp", "grid": trigger.grid.cpu(), "description": trigger.description}
+    raise TypeError(f"cannot save a trigger of type {type(trigger).__name__}")
+
+
+def trigger_from_state(state: dict[str, Any] | None) -> Trigger | None:
+    if state is None:
+        return None
+    if state["style"] == "patch":
+        at = tuple(state["at"]) if state["at"] else None
+        return PatchTrigger(state["pattern"], state["corner"], state["offset"],
+                            state["description"], at=at)
+    if state["style"] == "blend":
+        return BlendTrigger(state["pattern"], state["alpha"], state["description"])
+    return WarpTrigger(state["grid"], state["description"])
+
+
+def _dump(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+class VictimStore:
+    """Saved victims under ``uri`` (a run's ``victims/`` folder, local or in an object store)."""
+
+    def __init__(self, uri: str):
+        self.location = Location.parse(uri)
+
+    def _path(self, spec, name: str) -> str:
+        return self.location.join(f"scenario={spec.scenario.name}", f"attack={spec.attack.label}",
+                                  spec.trial_id, f"{name}.pt")
+
+    def has(self, spec) -> bool:
+        """Whether the trial and every victim of its scenario are saved."""
+        return all(self.location.exists(self._path(spec, name))
+                   for name in ("trial", *spec.scenario.victims))
+
+    def save_trial(self, spec, poisons: Poisons, trigger: Trigger | None,
+                   fields: dict[str, Any]) -> None:
+        """The trial's poisons and trigger, and its row fields known after crafting."""
+        self.location.write_bytes(self._path(spec, "trial"), _dump({
+            "trial_id": spec.trial_id, "index": spec.index, "images": poisons.images.cpu(),
+            "base_indices": list(poisons.base_indices), "labels": list(poisons.labels),
+            "target_index": poisons.target_index, "trigger": trigger_state(trigger),
+            "fields": fields}))
+
+    def save_victim(self, spec, victim: str, model: torch.nn.Module, *, head_only: bool,
+                    seed_train: int, fields: dict[str, Any]) -> None:
+        module = model.head if head_only else model
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        self.location.write_bytes(self._path(spec, victim), _dump({
+            "trial_id": spec.trial_id, "victim": victim, "seed_train": seed_train,
+            "head_only": head_only, "state": state, "fields": fields}))
+
+    def _load(self, spec, name: str) -> dict[str, Any]:
+        path = self._path(spec, name)
+        try:
+            blob = torch.load(io.BytesIO(self.location.read_bytes(path)), weights_only=True)
+        except Exception as err:
+            raise DataError(f"{path}: not a readable saved victim ({type(err).__name__}: "
+                            f"{str(err)[:200]})") from None
+        if not isinstance(blob, dict) or blob.get("trial_id") != spec.trial_id:
+            raise DataError(f"{path}: saved for another trial, not {spec.trial_id}")
+        return blob
+
+    def load_trial(self, spec, device: str | torch.device
+                   ) -> tuple[Poisons, Trigger | None, dict[str, Any]]:
+        blob = self._load(spec, "trial")
+        if blob.get("index") != spec.index:
+            raise DataError(f"{self._path(spec, 'trial')}: saved for trial {blob.get('index')}, "
+                            f"not {spec.index}")
+        poisons = Poisons(blob["images"].to(device), tuple(blob["base_indices"]),
+                          tuple(blob["labels"]), int(blob["target_index"]))
+        return poisons, trigger_from_state(blob["trigger"]), dict(blob["fields"])
+
+    def load_victim(self, spec, victim: str, model: torch.nn.Module, seed_train: int
+                    ) -> dict[str, Any]:
+        """Load the saved weights into ``model`` (a fresh victim built with ``seed_train``);
+        returns the undefended row's fields."""
+        blob = self._load(spec, victim)
+        if blob.get("victim") != victim or blob.get("seed_train") != seed_train:
+            raise DataError(f"{self._path(spec, victim)}: saved for victim "
+                            f"{blob.get('victim')} with seed {blob.get('seed_train')}, not "
+                            f"{victim} with {seed_train}")
+        module = model.head if blob["head_only"] else model
+        module.load_state_dict(blob["state"])
+        return dict(blob["fields"])

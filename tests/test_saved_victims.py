@@ -1,0 +1,108 @@
+"""Defenses added after the fact: a finished run's saved victims take a new defense without any
+crafting or training, and only the new defense's rows are written (real Ray, real files)."""
+
+import copy
+import json
+import shutil
+
+import pytest
+
+from raypoison import results
+from raypoison.config import parse_suite
+from raypoison.execution.runner import RunOptions, run_suite
+from tests.test_defenses import PYP
+
+
+def _suite(defenses, save=True, trials=2):
+    raw = copy.deepcopy(PYP)
+    raw["scenarios"][0]["trials"] = trials
+    raw["attacks"] = [raw["attacks"][0], raw["attacks"][1]]  # the control and BadNets
+    raw["defenses"] = defenses
+    raw["execution"] = {"workers": 1, "save_victims": save, "flush_seconds": 0.5}
+    return parse_suite(raw)
+
+
+def _manifest(out, summary):
+    return json.loads((out / "manifests" / f"run-{summary.run_id}.json").read_text())
+
+
+def test_a_defense_added_later_runs_on_the_saved_victims_only(ray_cluster, tmp_path):
+    out = tmp_path / "out"
+    first = run_suite(_suite(["spectral_signatures"]), RunOptions(output=str(out)))
+    assert (first.status, first.computed) == ("completed", 4)
+    before = results.load(str(out))
+    assert len(before) == 8 and set(before["defense"]) == {"none", "spectral_signatures"}
+    saved = sorted(p.name for p in (out / "victims").rglob("*.pt"))
+    assert saved.count("trial.pt") == 4 and saved.count("net.pt") == 4
+
+    second = run_suite(_suite(["spectral_signatures", "strip"]), RunOptions(output=str(out)))
+    manifest = _manifest(out, second)
+    assert manifest["trials"]["for_added_defenses"] == 4
+    assert manifest["trials"]["to_craft_and_train"] == 0  # nothing crafted, nothing trained
+    after = results.load(str(out))
+    assert len(after) == 12 and second.rows_written == 4  # one row per (trial, victim)
+    new = after[after["defense"] == "strip"]
+    assert len(new) == 4 and set(new["status"]) == {"ok"}, new["error"].tolist()
+    assert new["flag_auc"].notna().sum() == 2  # BadNets' trials have poisons to find
+    old = after[after["defense"] != "strip"].set_index(["trial_id", "victim", "defense"])
+    kept = before.set_index(["trial_id", "victim", "defense"])
+    assert old["run_id"].eq(kept["run_id"]).all()  # the attack rows are untouched
+    assert old["finished_at"].eq(kept["finished_at"]).all()
+    undefended = kept.xs("none", level="defense")
+    for row in new.itertuples():  # the new rows repeat the saved victim's undefended fields
+        assert row.clean_accuracy == undefended.loc[(row.trial_id, row.victim), "clean_accuracy"]
+        assert row.seed_train == undefended.loc[(row.trial_id, row.victim), "seed_train"]
+
+    third = run_suite(_suite(["spectral_signatures", "strip"]), RunOptions(output=str(out)))
+    assert (third.planned, third.skipped, third.computed) == (4, 4, 0)
+
+
+def test_without_saved_victims_a_new_defense_retrains_and_still_writes_only_its_rows(
+        ray_cluster, tmp_path):
+    out = tmp_path / "out"
+    run_suite(_suite(["spectral_signatures"], save=False, trials=1), RunOptions(output=str(out)))
+    assert not (out / "victims").exists()
+    before = results.load(str(out))
+    second = run_suite(_suite(["spectral_signatures", "strip"], save=False, trials=1),
+                       RunOptions(output=str(out)))
+    manifest = _manifest(out, second)
+    assert manifest["trials"]["for_added_defenses"] == 2
+    assert manifest["trials"]["to_craft_and_train"] == 2  # it must retrain, and says so
+    after = results.load(str(out))
+    assert len(after) == len(before) + 2 and second.rows_written == 2
+    assert set(after.loc[after["defense"] == "strip", "status"]) == {"ok"}
+    strip = after[after["defense"] == "strip"].set_index("trial_id")
+    none = before[before["defense"] == "none"].set_index("trial_id")
+    assert (strip["clean_accuracy"] == none.loc[strip.index, "clean_accuracy"]).all()  # same victim
+
+
+def test_a_saved_victim_of_another_trial_is_refused(ray_cluster, tmp_path):
+    out = tmp_path / "out"
+    run_suite(_suite(["spectral_signatures"], trials=1), RunOptions(output=str(out)))
+    files = sorted((out / "victims").rglob("net.pt"))
+    assert len(files) == 2
+    shutil.copyfile(files[0], files[1])  # the other attack's victim in its place
+    run_suite(_suite(["spectral_signatures", "strip"], trials=1), RunOptions(output=str(out)))
+    rows = results.load(str(out))
+    strip = rows[rows["defense"] == "strip"]
+    failed = strip[strip["status"] == "failed"]
+    assert len(failed) == 1 and "saved for another trial" in failed["error"].iloc[0]
+    assert set(strip["status"]) == {"ok", "failed"}
+
+
+@pytest.mark.parametrize("style", ["patch", "blend", "warp"])
+def test_triggers_round_trip_through_the_saved_state(style):
+    import io
+
+    import torch
+
+    from raypoison.triggers import TriggerConfig, make_trigger
+    from raypoison.victims import trigger_from_state, trigger_state
+
+    trigger = make_trigger(TriggerConfig(style=style, kind="checkerboard"), 3, 16)
+    buffer = io.BytesIO()
+    torch.save(trigger_state(trigger), buffer)
+    back = trigger_from_state(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    assert torch.equal(back.apply(images), trigger.apply(images))
+    assert back.description == trigger.description
