@@ -97,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
     from raypoison.spec import parse_trial_range
 
     suite = load_suite(args.config)
+    if "://" not in args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ConfigError("--output", f"{args.output} is a file, not a folder")
     options = RunOptions(
         output=args.output, address=args.address, attacks=args.attacks,
         scenarios=args.scenarios, trials=parse_trial_range(args.trials),
@@ -120,8 +122,9 @@ def _report(args: argparse.Namespace) -> int:
 
     df = results.load(args.output)
     if df.empty:
-        print(f"no results in {args.output}")
-        return EXIT_OK
+        print(f"error: no results in {args.output} (no readable part files under its results/)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     against = None
     if args.against:
         other = results.load(args.against)

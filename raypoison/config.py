@@ -33,6 +33,7 @@ import itertools
 import json
 import os
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -44,13 +45,27 @@ import yaml
 
 from raypoison.errors import ConfigError
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Bounds on what a config may ask for (README, "How a run behaves"):
+MAX_NAME_BYTES = 200  # a partition folder is "scenario=<name>": 255 bytes is the usual limit
+MAX_TRIALS = 10_000_000  # trials of one scenario
+MAX_CONFIG_VALUES = 1_000_000  # values of a config once its YAML aliases are expanded
+
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxtuple, _QUOTE.maxdict = 3, 6, 6, 6
+_QUOTE.maxset, _QUOTE.maxstring, _QUOTE.maxother = 6, 80, 80
+
+
+def quote(value: Any) -> str:
+    """``repr(value)`` cut to a bounded prefix (at most a few hundred characters, in bounded
+    time, whatever the value): what error messages quote of the input."""
+    return _QUOTE.repr(value)
 
 
 def parse_fraction(value: Any, path: str) -> float:
     """Accept a number or a fraction written as ``"8/255"``."""
     if isinstance(value, bool):
-        raise ConfigError(path, f"expected a number or a fraction like '8/255', got {value!r}")
+        raise ConfigError(path, f"expected a number or a fraction like '8/255', got {quote(value)}")
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
@@ -61,7 +76,7 @@ def parse_fraction(value: Any, path: str) -> float:
             return float(value)
         except (ValueError, ZeroDivisionError):
             pass
-    raise ConfigError(path, f"expected a number or a fraction like '8/255', got {value!r}")
+    raise ConfigError(path, f"expected a number or a fraction like '8/255', got {quote(value)}")
 
 
 _CONFIG_DIR: contextvars.ContextVar[Path] = contextvars.ContextVar("config_dir")
@@ -75,11 +90,11 @@ def parse_path(value: Any, path: str) -> str:
     typically through an environment variable such as ``$RAYPOISON_DATA_ROOT``.
     """
     if not isinstance(value, str) or not value:
-        raise ConfigError(path, f"expected a path, got {value!r}")
+        raise ConfigError(path, f"expected a path, got {quote(value)}")
     expanded = os.path.expanduser(os.path.expandvars(value))
     unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
     if unset:
-        raise ConfigError(path, f"environment variable {unset[0]} is not set (in {value!r})")
+        raise ConfigError(path, f"environment variable {unset[0]} is not set (in {quote(value)})")
     resolved = Path(expanded)
     if not resolved.is_absolute():
         # a path written in the file is relative to the file; one that comes from a variable
@@ -168,20 +183,20 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
                 errors.append(err)
         if len(errors) == 1:
             raise errors[0]
-        raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(path, f"expected {_type_name(tp)}, got {quote(value)}")
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(path, f"expected {_type_name(tp)}, got {quote(value)}")
         return value
     if origin is tuple:
         (item_tp, *_rest) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
-            raise ConfigError(path, f"expected a list, got {value!r}")
+            raise ConfigError(path, f"expected a list, got {quote(value)}")
         return tuple(_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value))
     if origin in (dict, Mapping):
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
-            raise ConfigError(path, f"expected a mapping, got {value!r}")
+            raise ConfigError(path, f"expected a mapping, got {quote(value)}")
         return types.MappingProxyType(
             {str(k): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
         )
@@ -189,19 +204,19 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return build(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(path, f"expected true or false, got {value!r}")
+            raise ConfigError(path, f"expected true or false, got {quote(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"expected an integer, got {value!r}")
+            raise ConfigError(path, f"expected an integer, got {quote(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(path, f"expected a number, got {value!r}")
+            raise ConfigError(path, f"expected a number, got {quote(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(path, f"expected a string, got {value!r}")
+            raise ConfigError(path, f"expected a string, got {quote(value)}")
         return value
     raise TypeError(f"config type {tp!r} at {path} is not supported")  # a bug, not user input
 
@@ -215,7 +230,7 @@ def build(cls: type, raw: Any, path: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(path, f"expected a mapping, got {raw!r}")
+        raise ConfigError(path, f"expected a mapping, got {quote(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     prefix = f"{path}." if path else ""
@@ -303,8 +318,15 @@ def _positive(path: str, name: str, value: float, allow_zero: bool = False) -> N
 
 
 def _check_name(path: str, value: str) -> None:
-    if not NAME_PATTERN.match(value):
-        raise ConfigError(path, f"{value!r} is not a valid name (letters, digits, '_', '.', '-')")
+    """A name that can become a partition folder (``scenario=<name>``): letters, digits and
+    ``_ . -``, starting with a letter or digit, the whole string (no trailing newline), and at
+    most :data:`MAX_NAME_BYTES` bytes."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise ConfigError(path, f"{quote(value)} is not a valid name (letters, digits, '_', '.', "
+                                "'-', starting with a letter or digit)")
+    if len(value.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(path, f"{quote(value)} is longer than {MAX_NAME_BYTES} bytes, too long "
+                                "for a results folder")
 
 
 @dataclass(frozen=True)
@@ -328,7 +350,7 @@ def build_component(raw: Any, path: str, registry: Any) -> Component:
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, dict):
-        raise ConfigError(path, f"expected a mapping with a 'name', got {raw!r}")
+        raise ConfigError(path, f"expected a mapping with a 'name', got {quote(raw)}")
     for key in raw:
         if key not in ("name", "params", "label"):
             raise ConfigError(f"{path}.{key}", "unknown key (expected one of: name, params, label)")
@@ -525,6 +547,9 @@ class ScenarioConfig:
                                       f"'pretrain' ({self.mode} victims start from trained weights)")
         _positive(path, "budget", self.budget)
         _positive(path, "trials", self.trials)
+        if self.trials > MAX_TRIALS:
+            raise ConfigError(f"{path}.trials", f"{self.trials:,} trials; a scenario may have at "
+                                                f"most {MAX_TRIALS:,}")
         _positive(path, "patch_size", self.patch_size)
         if not 0 < self.epsilon <= 1:
             raise ConfigError(f"{path}.epsilon", f"must be in (0, 1], got {self.epsilon}")
@@ -764,13 +789,47 @@ def _build_in(cls: type, raw: Any, base_dir: Path | None) -> Any:
         _CONFIG_DIR.reset(token)
 
 
+def expanded_size(value: Any, limit: int = MAX_CONFIG_VALUES) -> int:
+    """How many values ``value`` holds once YAML aliases are expanded (shared objects counted as
+    often as they are referred to), computed over the distinct objects only, so an alias bomb
+    is measured in microseconds; stops counting past ``limit``."""
+    sizes: dict[int, int] = {}
+
+    def size(v: Any) -> int:
+        if not isinstance(v, dict | list):
+            return 1
+        key = id(v)
+        if key not in sizes:
+            sizes[key] = 0  # a cycle counts as small; YAML's safe loader cannot make one anyway
+            items = list(v.keys()) + list(v.values()) if isinstance(v, dict) else v
+            total = 1
+            for item in items:
+                total += size(item)
+                if total > limit:
+                    break
+            sizes[key] = total
+        return sizes[key]
+
+    return size(value)
+
+
 def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError("", f"config file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError("", f"{path} is not UTF-8 text (byte {err.start}: "
+                              f"{err.object[err.start:err.start + 4]!r}); save it as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
+        raise ConfigError("", f"{path} is not valid YAML: {quote(str(err))}") from None
+    values = expanded_size(raw)
+    if values > MAX_CONFIG_VALUES:
+        raise ConfigError("", f"{path} expands to more than {MAX_CONFIG_VALUES:,} values once its "
+                              "YAML aliases are expanded; a benchmark config needs far fewer")
+    return raw
 
 
 def parse_suite(raw: Any, base_dir: Path | None = None) -> SuiteConfig:

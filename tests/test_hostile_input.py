@@ -1,0 +1,106 @@
+"""Hostile and careless input: each is a clear refusal in bounded time and memory."""
+
+import copy
+import resource
+import time
+
+import pytest
+import yaml
+
+from raypoison.cli import main
+from raypoison.config import MAX_CONFIG_VALUES, MAX_NAME_BYTES, MAX_TRIALS, load_suite, parse_suite
+from raypoison.errors import ConfigError
+from raypoison.spec import count
+from tests.conftest import TINY, write_config
+
+
+def _alias_bomb(levels: int) -> str:
+    """The tiny config with a ``description`` (a string field) of nested aliases."""
+    lines = ["description:", "  - &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels + 1):
+        refs = ", ".join([f"*a{i - 1}"] * 10)
+        lines.append(f"  - &a{i} [{refs}]")
+    return yaml.safe_dump(copy.deepcopy(TINY), sort_keys=False) + "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_quickly_and_small(tmp_path):
+    """Nine levels of ten aliases: 10^10 strings once expanded; refused before anything walks
+    or prints them (it used to take 12 s and a 39 MB message at 7 levels)."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(9))
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tick = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        load_suite(path)
+    assert time.perf_counter() - tick < 2
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 200 * 1024  # KB
+    assert "expands to" in str(info.value) and len(str(info.value)) < 500
+    assert f"{MAX_CONFIG_VALUES:,}" in str(info.value)
+
+
+def test_messages_quote_a_bounded_prefix_of_a_value():
+    raw = copy.deepcopy(TINY)
+    raw["scenarios"][0]["budget"] = ["x" * 100_000] * 50  # an integer was expected
+    with pytest.raises(ConfigError) as info:
+        parse_suite(raw)
+    assert "scenarios[0].budget" in str(info.value) and len(str(info.value)) < 1000
+
+
+def test_a_huge_trial_count_is_refused_at_once_and_counts_are_arithmetic():
+    raw = copy.deepcopy(TINY)
+    raw["scenarios"][0]["trials"] = 10**12
+    tick = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"scenarios\[0\]\.trials.*at most"):
+        parse_suite(raw)
+    assert time.perf_counter() - tick < 2
+    raw["scenarios"][0]["trials"] = MAX_TRIALS
+    suite = parse_suite(raw)
+    tick = time.perf_counter()
+    assert count(suite) == MAX_TRIALS * 2
+    assert count(suite, attacks=["none"], trials=range(5, 2**62)) == MAX_TRIALS - 5
+    assert time.perf_counter() - tick < 1
+
+
+@pytest.mark.parametrize("name, why", [
+    ("s" * (MAX_NAME_BYTES + 1), "longer than"),
+    ("scenario\n", "not a valid name"),
+    ("bad/name", "not a valid name"),
+])
+def test_names_that_cannot_become_folders_are_refused_before_anything_runs(name, why):
+    raw = copy.deepcopy(TINY)
+    raw["scenarios"][0]["name"] = name
+    with pytest.raises(ConfigError, match=why):
+        parse_suite(raw)
+    raw = copy.deepcopy(TINY)
+    raw["attacks"][0]["label"] = name
+    with pytest.raises(ConfigError, match=why):
+        parse_suite(raw)
+
+
+def test_a_name_as_long_as_allowed_makes_a_folder(tmp_path):
+    raw = copy.deepcopy(TINY)
+    raw["scenarios"][0]["name"] = "s" * MAX_NAME_BYTES
+    parse_suite(raw)
+    (tmp_path / f"scenario={'s' * MAX_NAME_BYTES}").mkdir()  # the partition folder fits
+
+
+def test_bad_command_lines_exit_2_with_a_message(tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", copy.deepcopy(TINY))
+    (tmp_path / "utf16.yaml").write_bytes(config.read_text().encode("utf-16"))
+    assert main(["validate", str(tmp_path / "utf16.yaml")]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+    (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    assert main(["validate", str(tmp_path / "latin1.yaml")]) == 2
+    for trials in ("5:2", "-3:4", "x"):
+        assert main(["run", str(config), "--output", str(tmp_path / "o"), f"--trials={trials}"]) == 2
+        assert "--trials" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["run", str(config), "--output", str(tmp_path / "file")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "absent")]) == 2
+    assert "no results" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert main(["validate", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "8 trials" in out and "saved" not in out
