@@ -50,7 +50,10 @@ def part_files(location: Location) -> list[str]:
 
 
 def read_part(location: Location, path: str, columns: list[str] | None) -> pa.Table | None:
-    """One part file's table, or None (with a warning) if it is not a readable raypoison part."""
+    """One part file's table cast to the current schema (of ``columns``), or None (with a
+    warning) if it is not a readable raypoison part: unreadable, without the key columns, or
+    with a value that does not cast to its column's type (a foreign ``trial: "notanint"``)."""
+    schema = pa.schema([SCHEMA.field(c) for c in (columns or SCHEMA.names)])
     try:
         data = location.read_bytes(path)
         parquet = pq.ParquetFile(io.BytesIO(data))
@@ -60,7 +63,7 @@ def read_part(location: Location, path: str, columns: list[str] | None) -> pa.Ta
                           SkippedFileWarning, stacklevel=3)
             return None
         wanted = [c for c in columns if c in parquet.schema_arrow.names] if columns else None
-        return parquet.read(columns=wanted)
+        return conform(parquet.read(columns=wanted), schema)
     except (pa.ArrowException, OSError, ValueError) as err:
         warnings.warn(f"skipping unreadable part {path}: {err}", SkippedFileWarning, stacklevel=3)
         return None
@@ -75,12 +78,9 @@ def read_table(uri: str, columns: Iterable[str] | None = None) -> pa.Table:
         table = read_part(location, path, columns)
         if table is not None:
             tables.append(table)
-    fields = [SCHEMA.field(c) for c in (columns or SCHEMA.names)]
-    schema = pa.schema(fields)
     if not tables:
-        return schema.empty_table()
-    unified = [conform(t, schema) for t in tables]
-    return pa.concat_tables(unified)
+        return pa.schema([SCHEMA.field(c) for c in (columns or SCHEMA.names)]).empty_table()
+    return pa.concat_tables(tables)
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

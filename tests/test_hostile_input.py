@@ -104,3 +104,33 @@ def test_bad_command_lines_exit_2_with_a_message(tmp_path, capsys):
     assert main(["validate", str(config)]) == 0
     out = capsys.readouterr().out
     assert "8 trials" in out and "saved" not in out
+
+
+def test_a_foreign_part_with_an_uncastable_value_is_skipped_by_every_reader(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raypoison import results
+    from raypoison.compact import compact
+    from raypoison.execution.sink import ParquetSink
+    from raypoison.rows import SCHEMA_VERSION
+    from raypoison.storage import Location
+
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    sink.add([{"schema_version": SCHEMA_VERSION, "trial_id": "t1", "scenario": "s",
+               "attack": "a", "victim": "v", "role": "white-box", "trial": 0, "status": "ok",
+               "success": True, "defense": "none"}])
+    sink.flush()
+    folder = tmp_path / "results" / "scenario=s" / "attack=a"
+    foreign = pa.table({"trial_id": ["t2"], "victim": ["v"], "status": ["ok"],
+                        "trial": ["notanint"], "success": [True]})
+    pq.write_table(foreign, folder / "part-foreign.parquet")
+    with pytest.warns(UserWarning, match="part-foreign.parquet"):
+        df = results.load(str(tmp_path))
+    assert df["trial_id"].tolist() == ["t1"]
+    with pytest.warns(UserWarning, match="part-foreign.parquet"):
+        assert main(["report", str(tmp_path)]) == 0
+    with pytest.warns(UserWarning, match="part-foreign.parquet"):
+        compact(str(tmp_path))
+    with pytest.warns(UserWarning):
+        assert results.load(str(tmp_path))["trial_id"].tolist() == ["t1"]
