@@ -60,21 +60,64 @@ def _pil_image() -> Any:
     return Image.Image
 
 
+MAX_ARRAY_BYTES = 256 * 2**20  # the largest array a third-party pickle may build (a CIFAR batch: 30 MB)
+
+
+def _bounded_array_type(limit: int) -> type:
+    """An ``ndarray`` subclass that refuses to be created with more than ``limit`` bytes: a pickle
+    that calls ``numpy.ndarray(shape)`` itself (26 bytes can ask for 8 GB) is refused before the
+    allocation, while arrays rebuilt from the bytes the pickle carries load as usual."""
+
+    class BoundedArray(np.ndarray):
+        def __new__(cls, shape=(), dtype=float, *args, **kwargs):
+            dims = (shape,) if isinstance(shape, int) else tuple(shape)
+            count = int(np.prod([max(int(d), 0) for d in dims], dtype=np.float64))
+            if count * np.dtype(dtype).itemsize > limit:
+                raise pickle.UnpicklingError(f"refused an array of {count:,} elements "
+                                             f"({np.dtype(dtype)}): over the {limit:,}-byte bound")
+            return super().__new__(cls, shape, dtype, *args, **kwargs)
+
+    return BoundedArray
+
+
+def _plain(value: Any, limit: int) -> Any:
+    """The loaded object with every array a plain ``ndarray``, each checked against the bound."""
+    if isinstance(value, np.ndarray):
+        if value.nbytes > limit:
+            raise pickle.UnpicklingError(f"refused an array of {value.nbytes:,} bytes: over the "
+                                         f"{limit:,}-byte bound")
+        return value.view(np.ndarray) if type(value) is not np.ndarray else value
+    if isinstance(value, list):
+        return [_plain(v, limit) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v, limit) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v, limit) for k, v in value.items()}
+    return value
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Admits numpy arrays and scalars; with ``allow_images``, also Pillow images, which rebuild
     from their mode, size and pixel bytes (the reference trial-folder format stores them)."""
 
     def __init__(self, file, *, encoding: str = "ASCII", allow_images: bool = False,
-                 allow_tensors: bool = False):
+                 allow_tensors: bool = False, max_array_bytes: int = MAX_ARRAY_BYTES):
         super().__init__(file, encoding=encoding)
         self.allow_images = allow_images
         self.allow_tensors = allow_tensors
+        self.max_array_bytes = max_array_bytes
+        self._array = _bounded_array_type(max_array_bytes)
+
+    def load(self) -> Any:
+        return _plain(super().load(), self.max_array_bytes)
 
     def find_class(self, module: str, name: str) -> Any:
         if self.allow_images and (module, name) == ("PIL.Image", "Image"):
             return _pil_image()
         if self.allow_tensors and (module, name) in (tensors := _tensor_globals()):
             return tensors[(module, name)]
+        if (module, name) == ("numpy", "ndarray"):
+            return self._array
         try:
             return _NUMPY_GLOBALS[(module, name)]
         except KeyError:
@@ -85,19 +128,20 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_loads(data: bytes, *, encoding: str = "ASCII", allow_images: bool = False,
-                     allow_tensors: bool = False) -> Any:
+                     allow_tensors: bool = False, max_array_bytes: int = MAX_ARRAY_BYTES) -> Any:
     return RestrictedUnpickler(io.BytesIO(data), encoding=encoding, allow_images=allow_images,
-                               allow_tensors=allow_tensors).load()
+                               allow_tensors=allow_tensors, max_array_bytes=max_array_bytes).load()
 
 
 def restricted_load_file(path: str | Path, *, encoding: str = "ASCII",
-                         allow_images: bool = False, allow_tensors: bool = False) -> Any:
+                         allow_images: bool = False, allow_tensors: bool = False,
+                         max_array_bytes: int = MAX_ARRAY_BYTES) -> Any:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         return restricted_loads(path.read_bytes(), encoding=encoding, allow_images=allow_images,
-                                allow_tensors=allow_tensors)
+                                allow_tensors=allow_tensors, max_array_bytes=max_array_bytes)
     except pickle.UnpicklingError as err:
         raise DataError(f"{path}: {err}") from None
     except Exception as err:  # truncated or not a pickle at all

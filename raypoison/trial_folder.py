@@ -123,7 +123,9 @@ def read_trial_folder(folder: str | Path) -> TrialFolder:
     if missing:
         raise DataError(f"{folder}: not a trial folder (missing {', '.join(missing)})")
     poisons = restricted_load_file(folder / "poisons.pickle", allow_images=True)
-    indices = restricted_load_file(folder / "base_indices.pickle", allow_images=True)
+    # base indices are a few thousand integers at most: a bound of 1 MB
+    indices = restricted_load_file(folder / "base_indices.pickle", allow_images=True,
+                                   max_array_bytes=2**20)
     target = restricted_load_file(folder / "target.pickle", allow_images=True, allow_tensors=True)
     if not isinstance(poisons, list) or not all(isinstance(p, tuple) and len(p) == 2
                                                 for p in poisons):

@@ -134,3 +134,25 @@ def test_a_foreign_part_with_an_uncastable_value_is_skipped_by_every_reader(tmp_
         compact(str(tmp_path))
     with pytest.warns(UserWarning):
         assert results.load(str(tmp_path))["trial_id"].tolist() == ["t1"]
+
+
+def test_the_restricted_unpickler_refuses_to_build_huge_arrays(tmp_path):
+    """26 bytes that call numpy.ndarray((10**9,)) asked for 8 GB before any count check."""
+    import pickle
+
+    import numpy as np
+
+    from raypoison.errors import DataError
+    from raypoison.safe_pickle import restricted_load_file, restricted_loads
+
+    bomb = b"\x80\x02cnumpy\nndarray\nJ\x00\xca\x9a;\x85\x85R."
+    with pytest.raises(pickle.UnpicklingError, match="1,000,000,000 elements"):
+        restricted_loads(bomb)
+    (tmp_path / "base_indices.pickle").write_bytes(bomb)
+    with pytest.raises(DataError, match="base_indices.pickle.*refused an array"):
+        restricted_load_file(tmp_path / "base_indices.pickle")
+    big = pickle.dumps(np.zeros(300_000), protocol=4)  # 2.4 MB, carried in the file
+    with pytest.raises(pickle.UnpicklingError, match="over the 1,048,576-byte bound"):
+        restricted_loads(big, max_array_bytes=2**20)
+    fine = restricted_loads(pickle.dumps({"i": np.arange(5)}, protocol=4))
+    assert type(fine["i"]) is np.ndarray and fine["i"].tolist() == [0, 1, 2, 3, 4]
