@@ -10,7 +10,7 @@ import yaml
 from raypoison.cli import main
 from raypoison.config import MAX_CONFIG_VALUES, MAX_NAME_BYTES, MAX_TRIALS, load_suite, parse_suite
 from raypoison.errors import ConfigError
-from raypoison.spec import count
+from raypoison.spec import count, expand
 from tests.conftest import TINY, write_config
 
 
@@ -156,3 +156,16 @@ def test_the_restricted_unpickler_refuses_to_build_huge_arrays(tmp_path):
         restricted_loads(big, max_array_bytes=2**20)
     fine = restricted_loads(pickle.dumps({"i": np.arange(5)}, protocol=4))
     assert type(fine["i"]) is np.ndarray and fine["i"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_external_poisons_are_keyed_by_their_content_not_their_path(tmp_path):
+    """Overwriting ROOT/0/poisons.pickle used to reuse the old rows ("already done")."""
+    root = tmp_path / "poisons"
+    (root / "0").mkdir(parents=True)
+    (root / "0" / "poisons.pickle").write_bytes(b"first version")
+    raw = copy.deepcopy(TINY)
+    raw["attacks"] = [{"name": "external", "params": {"root": str(root)}}]
+    before = [s.trial_id for s in expand(parse_suite(raw))]
+    (root / "0" / "poisons.pickle").write_bytes(b"second version")
+    after = [s.trial_id for s in expand(parse_suite(raw))]
+    assert set(before).isdisjoint(after)
