@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from raypoison.attacks import Poisons, create_attack
+from raypoison.attacks.base import Attack
 from raypoison.config import ScenarioConfig
 from raypoison.data import ImageData, load_dataset
 from raypoison.data.augment import identity_view
@@ -302,11 +303,31 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
     tick = time.perf_counter()
     try:
         attack = create_attack(attack_cfg)
-        crafted = attack.craft_batch(
-            ctx, [t.setup for t in ready], seeds, [t.spec.index for t in ready])
     except Exception as err:
         for trial in ready:
             trial.fail(err)
+        return [t.rows for t in trials]
+    if type(attack).craft_batch is Attack.craft_batch:
+        # crafting one by one anyway: an error (a bad external folder) fails its own trial only
+        crafted = []
+        for trial, seed in zip(ready, seeds, strict=True):
+            try:
+                crafted.append(attack.craft(ctx, trial.setup, seed, trial.spec.index))
+            except Exception as err:
+                trial.fail(err)
+                crafted.append(None)
+        keep = [i for i, c in enumerate(crafted) if c is not None]
+        ready, seeds, crafted = ([ready[i] for i in keep], [seeds[i] for i in keep],
+                                 [crafted[i] for i in keep])
+    else:
+        try:
+            crafted = attack.craft_batch(
+                ctx, [t.setup for t in ready], seeds, [t.spec.index for t in ready])
+        except Exception as err:
+            for trial in ready:
+                trial.fail(err)
+            return [t.rows for t in trials]
+    if not ready:
         return [t.rows for t in trials]
     share = (time.perf_counter() - tick) / len(ready)
     for trial, seed, result in zip(ready, seeds, crafted, strict=True):

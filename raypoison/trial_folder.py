@@ -73,6 +73,19 @@ def _from_pil(image: object, where: str) -> torch.Tensor:
     return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
 
 
+def _indices(value: object, where: str) -> tuple[int, ...]:
+    """Base indices as integers: an integer array or a list of ints; floats are refused rather
+    than truncated (41748.9 is not an index)."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "iu" and not (array.dtype == object and all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) for v in array.ravel())):
+        raise DataError(f"{where}: base indices must be integers, found {array.dtype} values "
+                        f"such as {array.ravel()[:3].tolist()}")
+    if array.size and int(array.min()) < 0:
+        raise DataError(f"{where}: base indices must be ≥ 0, found {int(array.min())}")
+    return tuple(int(i) for i in array.ravel())
+
+
 def trial_folder_files(trial: TrialFolder) -> dict[str, bytes]:
     """The three files of a trial folder, as bytes (to write anywhere, atomically)."""
     poisons = [(_to_pil(im), int(lbl)) for im, lbl in zip(trial.images, trial.labels, strict=True)]
@@ -143,7 +156,7 @@ def read_trial_folder(folder: str | Path) -> TrialFolder:
     return TrialFolder(
         images=stacked,
         labels=tuple(int(lbl) for _, lbl in poisons),
-        base_indices=tuple(int(i) for i in np.asarray(indices).ravel()),
+        base_indices=_indices(indices, f"{folder}/base_indices.pickle"),
         target_image=_from_pil(target[0], f"{folder}/target.pickle"),
         target_label=int(target[1]),
         patch=patch,

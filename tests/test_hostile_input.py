@@ -169,3 +169,43 @@ def test_external_poisons_are_keyed_by_their_content_not_their_path(tmp_path):
     (root / "0" / "poisons.pickle").write_bytes(b"second version")
     after = [s.trial_id for s in expand(parse_suite(raw))]
     assert set(before).isdisjoint(after)
+
+
+def test_external_folders_reordered_float_indices_and_one_bad_folder_in_a_batch(
+        tmp_path, tiny_raw, tiny_checkpoint):
+    """The right (poison, index) pairs in another order are reordered (the reference accepts
+    them); float indices are refused, not truncated; with craft_batch > 1 a bad folder fails its
+    own trial only."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    from raypoison.trial import TrialContext, run_trials
+    from raypoison.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
+
+    tiny_raw["attacks"] = [{"name": "external", "params": {"root": str(tmp_path)}}]
+    suite = parse_suite(tiny_raw)
+    ctx = TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
+    specs = [s for s in expand(suite)][:3]
+    shifted = {}
+    for spec in specs:
+        setup = ctx.setup(spec.index)
+        bases = ctx.data.train_x[list(setup.base_indices)]
+        shifted[spec.index] = (bases.int() + 3).clamp(0, 255).to(torch.uint8)
+        order = [2, 0, 1] if spec.index == 0 else [0, 1, 2]
+        folder = TrialFolder(shifted[spec.index][order], (setup.base_class,) * 3,
+                             tuple(setup.base_indices[i] for i in order),
+                             ctx.data.test_x[setup.target_index], setup.target_class)
+        write_trial_folder(tmp_path / str(spec.index), folder)
+    floats = np.asarray(ctx.setup(1).base_indices, dtype=np.float64) + 0.9
+    (tmp_path / "1" / "base_indices.pickle").write_bytes(pickle.dumps(floats, protocol=4))
+    from raypoison.errors import DataError
+
+    with pytest.raises(DataError, match="base_indices.pickle.*integers"):
+        read_trial_folder(tmp_path / "1")
+    rows = run_trials(specs, ctx)  # one batch of three trials
+    (reordered,), (bad,), (fine,) = rows
+    assert reordered["status"] == "ok", reordered["error"]
+    assert reordered["poison_linf"] == 3 / 255 and fine["status"] == "ok"
+    assert bad["status"] == "failed" and "integers" in bad["error"]

@@ -4,7 +4,9 @@ target image, ε), so a folder made for another setup or outside the budget is r
 reason, never trained on. ε allows one uint8 step of slack, as the reference's own check does
 (9/255 for 8/255: its PIL conversion truncates), and a row whose poisons use it says so in
 ``poison_check``. A backdoor folder's patch (``target.pickle``'s 4-tuple) becomes the trial's
-trigger, pasted on the target at its stored position at test time."""
+trigger, pasted on the target at its stored position at test time. Poisons given as the setup's
+(poison, index) pairs in another order are put in the setup's order, as the reference evaluator
+accepts any order."""
 
 from __future__ import annotations
 
@@ -27,6 +29,13 @@ class External(Attack):
 
     def craft(self, ctx, setup, seed, index) -> CraftResult:
         folder = read_trial_folder(f"{self.params.root}/{index}")
-        poisons = Poisons(folder.images.to(ctx.device), folder.base_indices, folder.labels,
-                          setup.target_index, target_image=folder.target_image.to(ctx.device))
+        images, indices, labels = folder.images, folder.base_indices, folder.labels
+        wanted = tuple(setup.base_indices)
+        if indices != wanted and len(set(indices)) == len(indices) and set(indices) == set(wanted):
+            position = {i: k for k, i in enumerate(indices)}
+            order = [position[i] for i in wanted]
+            images, indices = images[order], wanted
+            labels = tuple(labels[k] for k in order)
+        poisons = Poisons(images.to(ctx.device), indices, labels, setup.target_index,
+                          target_image=folder.target_image.to(ctx.device))
         return CraftResult(poisons, trigger=folder.trigger())
