@@ -17,7 +17,14 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raypoison.results import PART_PREFIX, conform, deduplicate, part_files, read_part
+from raypoison.results import (
+    PART_PREFIX,
+    conform,
+    deduplicate,
+    part_files,
+    read_part,
+    run_output,
+)
 from raypoison.rows import SCHEMA
 from raypoison.storage import Location
 
@@ -32,7 +39,9 @@ class CompactionSummary:
 
 
 def compact(uri: str) -> CompactionSummary:
-    location = Location.parse(uri)
+    """Compact the run output at ``uri`` (or its ``results/`` folder, as :func:`results.load`
+    accepts)."""
+    location = Location.parse(run_output(uri))
     by_partition: dict[str, list[str]] = defaultdict(list)
     for path in part_files(location):
         by_partition[posixpath.dirname(path)].append(path)

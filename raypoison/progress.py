@@ -11,6 +11,7 @@ import json
 import os
 import posixpath
 import socket
+import warnings
 from typing import Any
 
 import pandas as pd
@@ -38,9 +39,14 @@ def manifests(uri: str) -> list[dict[str, Any]]:
         if not posixpath.basename(info.path).endswith(".json"):
             continue
         try:
-            out.append(json.loads(location.read_bytes(info.path)))
+            manifest = json.loads(location.read_bytes(info.path))
         except (OSError, ValueError):
             continue  # a manifest being rewritten, or foreign: progress is best effort
+        if not isinstance(manifest, dict):
+            warnings.warn(f"skipping {info.path}: a manifest is a JSON object, this is a "
+                          f"{type(manifest).__name__}", UserWarning, stacklevel=2)
+            continue
+        out.append(manifest)
     return sorted(out, key=lambda m: m.get("started_at") or "")
 
 

@@ -209,3 +209,24 @@ def test_external_folders_reordered_float_indices_and_one_bad_folder_in_a_batch(
     assert reordered["status"] == "ok", reordered["error"]
     assert reordered["poison_linf"] == 3 / 255 and fine["status"] == "ok"
     assert bad["status"] == "failed" and "integers" in bad["error"]
+
+
+def test_compact_takes_the_results_folder_and_a_non_object_manifest_is_skipped(tmp_path, capsys):
+    from raypoison import results
+    from raypoison.execution.sink import ParquetSink
+    from raypoison.rows import SCHEMA_VERSION
+    from raypoison.storage import Location
+
+    for run in ("r1", "r2"):
+        sink = ParquetSink(Location.parse(str(tmp_path)), run)
+        sink.add([{"schema_version": SCHEMA_VERSION, "trial_id": f"t-{run}", "scenario": "s",
+                   "attack": "a", "victim": "v", "role": "white-box", "trial": 0,
+                   "status": "ok", "success": True, "defense": "none"}])
+        sink.flush()
+    assert main(["compact", str(tmp_path / "results")]) == 0
+    assert "2 files -> 1" in capsys.readouterr().out
+    assert len(results.load(str(tmp_path))) == 2
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "run-x.json").write_text("[1, 2, 3]")
+    with pytest.warns(UserWarning, match="run-x.json.*JSON object"):
+        assert main(["report", str(tmp_path)]) == 0
