@@ -6,6 +6,7 @@ name (``.name.tmp``) and renamed; object stores make an object visible only once
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import uuid
 from dataclasses import dataclass
@@ -59,9 +60,14 @@ class Location:
                 f.write(data)
             return
         tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        self.fs.move(tmp, path)
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, path)
+        except BaseException:  # a full disk, say: leave no temporary file behind
+            with contextlib.suppress(Exception):
+                self.fs.delete_file(tmp)
+            raise
 
     def list_files(self, path: str) -> list[pafs.FileInfo]:
         if not self.exists(path):

@@ -230,3 +230,36 @@ def test_compact_takes_the_results_folder_and_a_non_object_manifest_is_skipped(t
     (tmp_path / "manifests" / "run-x.json").write_text("[1, 2, 3]")
     with pytest.warns(UserWarning, match="run-x.json.*JSON object"):
         assert main(["report", str(tmp_path)]) == 0
+
+
+def test_a_failed_write_leaves_no_temporary_file_and_a_manifest_that_says_so(ray_cluster,
+                                                                              tmp_path):
+    """Real write failures, as on a disk that fills up during a run: the partition folder's
+    place is taken by a file, so every part write fails with an OS error."""
+    import json
+
+    from raypoison.errors import ResultsError
+    from raypoison.execution.runner import RunOptions, run_suite
+    from raypoison.storage import Location
+    from tests.conftest import noop_raw
+
+    # the storage layer: a failed move leaves no temporary file behind
+    folder = tmp_path / "x"
+    (folder / "taken").mkdir(parents=True)
+    with pytest.raises(OSError):
+        Location.parse(str(folder)).write_bytes(str(folder / "taken"), b"data")
+    assert sorted(p.name for p in folder.iterdir()) == ["taken"]
+
+    raw = noop_raw(trials=30, seconds=0.0)
+    raw["execution"].update(rows_per_file=100_000, flush_seconds=600)
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    (out / "results" / "scenario=tiny-transfer").write_text("a file where a folder goes")
+    with pytest.raises(ResultsError, match="could not write 30 rows.*computes them"):
+        run_suite(parse_suite(raw), RunOptions(output=str(out)))
+    hidden = [p.name for p in (out / "results").iterdir()]
+    assert hidden == ["scenario=tiny-transfer"]  # no hidden .tmp part left behind
+    (manifest,) = (out / "manifests").glob("run-*.json")
+    content = json.loads(manifest.read_text())
+    assert content["status"] == "failed" and content["rows_not_written"] == 30
+    assert "could not write 30 rows" in content["error"]

@@ -10,6 +10,7 @@ finishes); a driver killed before then loses those trials and the next run compu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -235,6 +236,8 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
 
     sink = ParquetSink(location, run_id, rows_per_file=suite.execution.rows_per_file,
                        flush_seconds=suite.execution.flush_seconds)
+    failure: str | None = None  # why the run failed, for the manifest
+    flush_error: Exception | None = None
     progress: Progress | None = None
     scheduler: Scheduler | None = None
     try:
@@ -288,11 +291,18 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
     except KeyboardInterrupt:
         summary.status = "interrupted"
         raise
-    except BaseException:
+    except BaseException as err:
         summary.status = "failed"
+        failure = f"{type(err).__name__}: {str(err)[:500]}"
         raise
     finally:
-        sink.flush()
+        try:
+            sink.flush()
+        except Exception as err:  # e.g. the disk is full: say so, and what was not written
+            summary.status = "failed"
+            failure = failure or f"{type(err).__name__}: {str(err)[:500]}"
+            log.error("run %s: %s", run_id, failure)
+            flush_error = err
         if progress is not None:
             progress.close()
         if scheduler is not None:
@@ -301,7 +311,8 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
             summary.scheduler = dataclasses.asdict(scheduler.stats)
         summary.rows_written, summary.files_written = sink.rows_written, sink.files_written
         summary.seconds = time.monotonic() - start
-        manifest.write(
+        write_final = functools.partial(
+            manifest.write,
             status=summary.status, finished_at=datetime.now(UTC).isoformat(),
             trials={"planned": planned, "skipped_already_done": skipped,
                     "for_added_defenses": for_defenses,
@@ -309,5 +320,12 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
                     "computed": summary.computed, "with_failures": summary.failed},
             output={"rows_written": summary.rows_written, "files_written": summary.files_written},
             scheduler=summary.scheduler, seconds=summary.seconds,
+            error=failure, rows_not_written=sink.rows_lost,
         )
+        try:
+            write_final()
+        except OSError as err:  # the disk that refused the rows may refuse the manifest too
+            log.error("run %s: could not update its manifest %s (%s)", run_id, manifest.path, err)
+        if flush_error is not None and sys.exc_info()[0] is None:
+            raise flush_error
     return summary

@@ -13,6 +13,7 @@ from collections import defaultdict
 
 import pyarrow.parquet as pq
 
+from raypoison.errors import ResultsError
 from raypoison.results import PART_PREFIX, RESULTS_DIR
 from raypoison.rows import to_table
 from raypoison.storage import Location
@@ -30,6 +31,7 @@ class ParquetSink:
         self._sequence = 0
         self.files_written = 0
         self.rows_written = 0
+        self.rows_lost = 0  # rows whose write failed (they are computed again by a rerun)
 
     def add(self, rows: list[dict]) -> None:
         """Buffer the rows of one task: one or more trials of one scenario and attack, so they
@@ -67,6 +69,13 @@ class ParquetSink:
         path = self.location.join(RESULTS_DIR, f"scenario={scenario}", f"attack={attack}", name)
         buffer = io.BytesIO()
         pq.write_table(to_table(rows), buffer, compression="zstd")
-        self.location.write_bytes(path, buffer.getvalue())
+        try:
+            self.location.write_bytes(path, buffer.getvalue())
+        except OSError as err:
+            self.rows_lost += len(rows)
+            raise ResultsError(
+                f"could not write {len(rows)} rows of scenario={scenario}/attack={attack} to "
+                f"{path} ({err}); {self.rows_lost} rows of this run are not in the output, and "
+                "running the same command again computes them") from err
         self.files_written += 1
         self.rows_written += len(rows)
