@@ -10,7 +10,6 @@ finishes); a driver killed before then loses those trials and the next run compu
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -311,20 +310,18 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
             summary.scheduler = dataclasses.asdict(scheduler.stats)
         summary.rows_written, summary.files_written = sink.rows_written, sink.files_written
         summary.seconds = time.monotonic() - start
-        write_final = functools.partial(
-            manifest.write,
-            status=summary.status, finished_at=datetime.now(UTC).isoformat(),
-            trials={"planned": planned, "skipped_already_done": skipped,
-                    "for_added_defenses": for_defenses,
-                    "to_craft_and_train": planned - skipped - from_saved,
-                    "computed": summary.computed, "with_failures": summary.failed},
-            output={"rows_written": summary.rows_written, "files_written": summary.files_written},
-            scheduler=summary.scheduler, seconds=summary.seconds,
-            error=failure, rows_not_written=sink.rows_lost,
-        )
-        try:
-            write_final()
-        except OSError as err:  # the disk that refused the rows may refuse the manifest too
+        try:  # the disk that refused the rows may refuse the manifest too
+            manifest.write(
+                status=summary.status, finished_at=datetime.now(UTC).isoformat(),
+                trials={"planned": planned, "skipped_already_done": skipped,
+                        "for_added_defenses": for_defenses,
+                        "to_craft_and_train": planned - skipped - from_saved,
+                        "computed": summary.computed, "with_failures": summary.failed},
+                output={"rows_written": summary.rows_written, "files_written": summary.files_written},
+                scheduler=summary.scheduler, seconds=summary.seconds,
+                error=failure, rows_not_written=sink.rows_lost,
+            )
+        except OSError as err:
             log.error("run %s: could not update its manifest %s (%s)", run_id, manifest.path, err)
         if flush_error is not None and sys.exc_info()[0] is None:
             raise flush_error
