@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="number of worker actors (default: config)")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
     run.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance")
+    run.add_argument("--share", action="store_true",
+                     help="run beside another live run into the same output instead of refusing "
+                          "(both compute the trials neither has written)")
     run.add_argument("--dashboard", action="store_true",
                      help="start Ray's dashboard with the local instance (on 127.0.0.1)")
 
@@ -105,6 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed, save_poisons=args.save_poisons, workers=args.workers,
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus, dashboard=args.dashboard, config_path=str(Path(args.config)),
+        share=args.share,
     )
     summary = run_suite(suite, options, Path(args.config).read_text())
     print(f"run {summary.run_id} {summary.status}: {summary.planned} trials planned, "
@@ -232,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted: finished trials are saved; run the same command to resume",
-              file=sys.stderr)
+        print("interrupted: finished trials are saved; run the same command to resume"
+              if args.command == "run" else "interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)

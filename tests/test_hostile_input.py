@@ -263,3 +263,18 @@ def test_a_failed_write_leaves_no_temporary_file_and_a_manifest_that_says_so(ray
     content = json.loads(manifest.read_text())
     assert content["status"] == "failed" and content["rows_not_written"] == 30
     assert "could not write 30 rows" in content["error"]
+
+
+def test_an_interrupted_validate_does_not_claim_to_have_saved_trials(tmp_path, capsys,
+                                                                      monkeypatch):
+    """Ctrl-C (or SIGTERM, which the command line turns into the same) during ``validate``."""
+    import raypoison.spec
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(raypoison.spec, "count", interrupted)
+    config = write_config(tmp_path / "c.yaml", copy.deepcopy(TINY))
+    assert main(["validate", str(config)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "saved" not in err

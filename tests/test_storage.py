@@ -1,63 +1,15 @@
 """Results in object storage: local S3- and GCS-compatible servers started by the tests (moto's
-server, gcp-storage-emulator), written through pyarrow's S3 and GCS file systems like any bucket."""
-
-import socket
-import subprocess
-import sys
-import time
+server, gcp-storage-emulator, fixtures in conftest.py), written through pyarrow's S3 and GCS file
+systems like any bucket."""
 
 import pyarrow.fs as pafs
-import pytest
 
 from raypoison import results
 from raypoison.compact import compact
 from raypoison.config import parse_suite
 from raypoison.execution.runner import RunOptions, run_suite
 from raypoison.storage import Location
-from tests.conftest import free_port, noop_raw
-
-
-def _serve(command: list[str], port: int) -> subprocess.Popen:
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return server
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError(f"the test server {command[0]} did not start") from None
-            time.sleep(0.2)
-
-
-@pytest.fixture
-def s3_uri(monkeypatch):
-    pytest.importorskip("moto")
-    port = free_port()
-    server = _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                    port)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    yield (f"s3://raypoison-test/run?endpoint_override=127.0.0.1:{port}&scheme=http"
-           "&region=us-east-1&allow_bucket_creation=true")
-    server.terminate()
-    server.wait(timeout=10)
-
-
-@pytest.fixture
-def gcs_uri():
-    """A GCS emulator; ``anonymous@`` makes pyarrow send no credentials, and the query points
-    its GCS client at the emulator over plain HTTP."""
-    pytest.importorskip("gcp_storage_emulator")
-    port = free_port()
-    server = _serve([sys.executable, "-m", "gcp_storage_emulator", "start", "--host",
-                     "127.0.0.1", "--port", str(port), "--in-memory",
-                     "--default-bucket", "raypoison-test"], port)
-    yield (f"gs://anonymous@raypoison-test/run?scheme=http&endpoint_override=127.0.0.1:{port}"
-           "&retry_limit_seconds=10")
-    server.terminate()
-    server.wait(timeout=10)
+from tests.conftest import noop_raw
 
 
 def _run_resume_compact(uri: str, trials: int, rows_per_file: int, filesystem: type):

@@ -6,6 +6,10 @@
 - Otherwise: start a new local instance with ``address="local"`` (never attach to a stale one
   named in ``/tmp/ray/ray_current_cluster``), dashboard off unless asked for and then bound to
   127.0.0.1, Ray's default authentication left as it is.
+- ``ray.init`` installs SIGTERM handlers that exit at once (the driver's, and the embedded
+  node's, which also kills its processes); the handler that was in place before is put back, so
+  that ``raypoison run`` treats SIGTERM like Ctrl-C: it writes what has finished, marks the
+  manifest ``interrupted`` and exits 130, and ``ray.shutdown`` then stops the embedded instance.
 - If Ray is already initialized (a notebook, a test), use it and leave it running.
 """
 
@@ -13,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +35,10 @@ class RaySession:
     resources: dict[str, float]
 
 
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None,
                 num_gpus: float | None = None, dashboard: bool = False) -> Iterator[RaySession]:
@@ -36,6 +46,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         yield RaySession("existing", None, dict(ray.cluster_resources()))
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    ours = signal.getsignal(signal.SIGTERM) if _main_thread() else None
     if address:
         ray.init(address=address, log_to_driver=True)
         mode = "cluster"
@@ -43,6 +54,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                  include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
         mode = "embedded"
+    if ours is not None:  # ray.init replaced it with one that exits without our cleanup
+        signal.signal(signal.SIGTERM, ours)
     try:
         session = RaySession(mode, address, dict(ray.cluster_resources()))
         log.info("ray: %s instance, resources %s", mode,

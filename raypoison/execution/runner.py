@@ -34,6 +34,7 @@ from raypoison.attacks import ATTACKS
 from raypoison.config import SuiteConfig, to_plain
 from raypoison.execution.checkpoints import check_checkpoint_files, prepare_checkpoints
 from raypoison.execution.cluster import RaySession, ray_session
+from raypoison.execution.lease import Lease, LeaseTimes
 from raypoison.execution.progress import Progress
 from raypoison.execution.scheduler import Scheduler
 from raypoison.execution.sink import ParquetSink
@@ -61,6 +62,8 @@ class RunOptions:
     dashboard: bool = False
     config_path: str | None = None
     progress_stream: Any = None
+    share: bool = False  # go on beside another live run into the same output
+    lease_times: LeaseTimes = field(default_factory=LeaseTimes)
 
 
 @dataclass
@@ -183,31 +186,60 @@ class _Manifest:
                                                         default=str).encode())
 
 
-def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None = None
-              ) -> RunSummary:
-    """Run every pending trial of ``suite`` into ``options.output``."""
-    start = time.monotonic()
+@dataclass
+class _Plan:
+    """What a run will compute: counts for the log and the manifest, and the stored trials."""
+    done: dict[str, Stored]
+    planned: int = 0
+    skipped: int = 0
+    for_defenses: int = 0
+    from_saved: int = 0
+    scenarios_needing_models: list[Any] = field(default_factory=list)
+
+
+def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
+    """One lazy pass over the suite's trials against what the output holds; also validates the
+    filters."""
     filters = {"attacks": options.attacks, "scenarios": options.scenarios,
                "trials": options.trials}
-    location = Location.parse(options.output)
-    done = stored_trials(options.output, include_failed=not options.retry_failed)
-    planned = skipped = for_defenses = from_saved = 0
+    plan = _Plan(stored_trials(options.output, include_failed=not options.retry_failed))
     needing_models: dict[str, Any] = {}  # scenarios with pending trials that load models
     store = VictimStore(location.child_uri("victims"))
-    for spec in expand(suite, **filters):  # one lazy pass; also validates the filters
-        planned += 1
-        todo = plan_trial(spec, done.get(spec.trial_id), not options.retry_failed)
+    for spec in expand(suite, **filters):
+        plan.planned += 1
+        todo = plan_trial(spec, plan.done.get(spec.trial_id), not options.retry_failed)
         if todo is None:
-            skipped += 1
+            plan.skipped += 1
             continue
         if not todo.write_undefended:
-            for_defenses += 1
-            from_saved += store.has(todo)
+            plan.for_defenses += 1
+            plan.from_saved += store.has(todo)
         if ATTACKS.get(spec.attack.name).needs_models:
             needing_models[spec.scenario.name] = spec.scenario
-    scenarios_needing_models = list(needing_models.values())
-    check_checkpoint_files(scenarios_needing_models)  # before anything is written
+    plan.scenarios_needing_models = list(needing_models.values())
+    return plan
+
+
+def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None = None
+              ) -> RunSummary:
+    """Run every pending trial of ``suite`` into ``options.output``, holding the output's lease
+    (:mod:`raypoison.execution.lease`) from planning to the end."""
+    start = time.monotonic()
+    location = Location.parse(options.output)
+    plan = _plan(suite, options, location)  # bad filters and checkpoints: refused, nothing written
+    check_checkpoint_files(plan.scenarios_needing_models)
     run_id = new_run_id()
+    with Lease(location, run_id, share=options.share, times=options.lease_times):
+        plan = _plan(suite, options, location)  # again, under the lease: what is stored now
+        check_checkpoint_files(plan.scenarios_needing_models)
+        return _run_planned(suite, options, config_text, location, run_id, plan, start)
+
+
+def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | None,
+                 location: Location, run_id: str, plan: _Plan, start: float) -> RunSummary:
+    done, planned, skipped = plan.done, plan.planned, plan.skipped
+    for_defenses, from_saved = plan.for_defenses, plan.from_saved
+    scenarios_needing_models = plan.scenarios_needing_models
     summary = RunSummary(run_id=run_id, status="running", planned=planned, skipped=skipped)
     manifest = _Manifest(location, run_id, {
         "run_id": run_id, "suite": suite.name, "status": "running",
@@ -216,7 +248,7 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
         "filters": {"attacks": options.attacks, "scenarios": options.scenarios,
                     "trials": None if options.trials is None else
                     [options.trials.start, options.trials.stop],
-                    "retry_failed": options.retry_failed},
+                    "retry_failed": options.retry_failed, "share": options.share},
         "trials": {"planned": planned, "skipped_already_done": skipped,
                    "for_added_defenses": for_defenses,
                    "to_craft_and_train": planned - skipped - from_saved},
