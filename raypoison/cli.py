@@ -56,10 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--csv", help="also write the success table as CSV to this file (and "
                                       "the defenses' as <name>-defenses.csv)")
     report.add_argument("--markdown", metavar="FILE", help="also write the report as markdown")
-    report.add_argument("--html", metavar="FILE", help="also write the report as HTML")
+    report.add_argument("--html", metavar="FILE",
+                        help="also write the report as one self-contained HTML page (its "
+                             "figures embedded)")
+    report.add_argument("--layout", choices=["auto", "table3", "long"], default="auto",
+                        help="success table layout: table3 is a row per attack and a column per "
+                             "scenario and role, as in the benchmark's Table 3 (auto: table3 "
+                             "when a scenario has the benchmark's name, else a row per cell)")
     report.add_argument("--figures", metavar="DIR",
-                        help="draw figures (PNG) into this folder: success against ε, poison "
-                             "count and patch size where they vary; the defenses' trade-off")
+                        help="draw figures (PNG) into this folder: a forest plot per scenario, "
+                             "the --compare differences, success against ε, poison count and "
+                             "patch size where they vary, the defenses' trade-off")
     report.add_argument("--compare", nargs=2, metavar=("ATTACK_A", "ATTACK_B"),
                         help="paired difference of two attacks' success rates")
     report.add_argument("--against", metavar="URI",
@@ -120,8 +127,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    import tempfile
+
     from raypoison import results
-    from raypoison.defense_report import defense_table
     from raypoison.report_document import assemble, to_html, to_markdown
 
     df = results.load(args.output)
@@ -142,30 +150,42 @@ def _report(args: argparse.Namespace) -> int:
                               f"{known})")
     sections = assemble(df, args.output, interval=args.interval, per_victim=args.per_victim,
                         compare_attacks=tuple(args.compare) if args.compare else None,
-                        against=against)
+                        against=against, layout=args.layout)
     text = to_markdown(sections)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
     if args.csv:
         sections[0].table.to_csv(args.csv, index=False)
-        defended = defense_table(df)
-        if not defended.empty:
+        defended = next((s.table for s in sections if s.title == "Defenses"), None)
+        if defended is not None:
             path = Path(args.csv)
             defended.to_csv(path.with_name(f"{path.stem}-defenses{path.suffix}"), index=False)
-    figures = []
-    if args.figures:
-        from raypoison.figures import sweep_figures, tradeoff_figures
-
-        figures = sweep_figures(df, args.figures, args.interval) + tradeoff_figures(
-            defense_table(df), args.figures)
-        for path in figures:
-            print(f"figure: {path}")
-    if args.html:
-        html_path = Path(args.html)
-        html_path.write_text(to_html(sections, f"raypoison report: {args.output}", figures,
-                                     relative_to=html_path.parent))
+    if not (args.figures or args.html):
+        return EXIT_OK
+    with tempfile.TemporaryDirectory() as scratch:  # figures for the page alone, if no --figures
+        figures = _figures(df, sections, args, Path(args.figures or scratch))
+        if args.figures:
+            for path in figures:
+                print(f"figure: {path}")
+        if args.html:
+            Path(args.html).write_text(to_html(sections, f"raypoison report: {args.output}",
+                                               figures))
     return EXIT_OK
+
+
+def _figures(df, sections: list, args: argparse.Namespace, folder: Path) -> list[Path]:
+    from raypoison.figures import compare_figure, forest_figures, sweep_figures, tradeoff_figures
+
+    by_title = {s.title: s.table for s in sections}
+    figures = forest_figures(sections[0].table, folder, args.interval)
+    if args.compare:
+        diff = next(s.table for s in sections if s.title.endswith("paired by trial"))
+        figures += compare_figure(diff, *args.compare, folder)
+    figures += sweep_figures(df, folder, args.interval)
+    if "Defenses" in by_title:
+        figures += tradeoff_figures(by_title["Defenses"], folder)
+    return figures
 
 
 def _pretrain(args: argparse.Namespace) -> int:

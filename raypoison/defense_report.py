@@ -21,8 +21,8 @@ from raypoison.stats import bootstrap_interval, mean_interval, roc_auc
 
 CONTROL = "none"  # the attack whose models are the clean population
 MEANS = ["clean_accuracy", "attack_success_rate", "clean_accuracy_repaired",
-         "attack_success_rate_repaired", "detection_score", "flag_precision", "flag_recall",
-         "flag_auc"]
+         "attack_success_rate_repaired", "clean_accuracy_loss", "detection_score",
+         "flag_precision", "flag_recall", "flag_auc"]
 
 
 def defended_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -48,7 +48,10 @@ def defense_table(df: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame()
     # the control's models have no poisons to find: precision is undefined there
-    rows = rows.assign(flag_precision=rows["flag_precision"].where(rows["attack_name"] != CONTROL))
+    rows = rows.assign(flag_precision=rows["flag_precision"].where(rows["attack_name"] != CONTROL),
+                       # paired: each model's own accuracy before minus after its repair
+                       clean_accuracy_loss=rows["clean_accuracy"].astype(float)
+                       - rows["clean_accuracy_repaired"].astype(float))
     control = rows[rows["attack_name"] == CONTROL].drop_duplicates(
         ["scenario", "defense", "victim", "trial"])
     out = []

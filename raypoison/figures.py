@@ -127,3 +127,86 @@ def sweep_figures(df: pd.DataFrame, out_dir: str | Path, interval: str = "wilson
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def forest_figures(table: pd.DataFrame, out_dir: str | Path, interval: str = "wilson"
+                   ) -> list[Path]:
+    """A forest plot per scenario of :func:`raypoison.report.success_table`: each attack's
+    success rate (per role) with its 95% interval, the no-attack control drawn apart, and the
+    paper's number as a marker where there is one."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    paths: list[Path] = []
+    if table.empty:
+        return paths
+    for scenario, cells in table.groupby("scenario", sort=True):
+        # "all" pools the other roles: drawn only where the paper reports it (from scratch)
+        published = cells["published"] if "published" in cells.columns else None
+        if published is not None:
+            cells = cells[(cells["role"] != "all") | published.notna()]
+        else:
+            cells = cells[cells["role"] != "all"]
+        cells = cells.sort_values(["attack", "role"], ascending=False).reset_index(drop=True)
+        fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.38 * len(cells)))
+        y = range(len(cells))
+        control = cells["attack"].eq("none").to_numpy()
+        rate = 100 * cells["rate"]
+        err = [(rate - 100 * cells["low"]).clip(lower=0), (100 * cells["high"] - rate).clip(lower=0)]
+        for mask, colour, label in ((~control, "tab:blue", f"ours (95% {interval})"),
+                                    (control, "tab:gray", "no-attack control")):
+            if mask.any():
+                ax.errorbar(rate[mask], [i for i, m in zip(y, mask, strict=True) if m],
+                            xerr=[e[mask] for e in err], fmt="o", color=colour, capsize=3,
+                            label=label)
+        if "published" in cells.columns and cells["published"].notna().any():
+            has = cells["published"].notna().to_numpy()
+            ax.scatter(cells.loc[has, "published"], [i for i, h in zip(y, has, strict=True) if h],
+                       marker="D", color="tab:red", zorder=3, label="paper")
+        ax.set_yticks(list(y), [f"{a} ({r}, n {n})" for a, r, n in zip(
+            cells["attack"], cells["role"], cells["n"], strict=True)])
+        ax.set_xlabel("success rate, % (the target classified as the base class)")
+        ax.set_xlim(-2, 102)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"{scenario}: success rate per attack")
+        fig.tight_layout()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"forest-{_safe(scenario)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def compare_figure(diff: pd.DataFrame, first: str, second: str, out_dir: str | Path
+                   ) -> list[Path]:
+    """The paired differences of :func:`raypoison.compare.compare_attacks` as a forest plot:
+    ``first`` minus ``second`` in percentage points per scenario and role, with the paired
+    bootstrap interval and a line at 0."""
+    plt = _pyplot()
+    if diff.empty:
+        return []
+    rows = diff.sort_values(["scenario", "role"], ascending=False).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.38 * len(rows)))
+    d = 100 * rows["difference"]
+    err = [(d - 100 * rows["low"]).clip(lower=0), (100 * rows["high"] - d).clip(lower=0)]
+    ax.errorbar(d, range(len(rows)), xerr=err, fmt="o", color="tab:blue", capsize=3,
+                label="difference (95% paired bootstrap over trials)")
+    ax.axvline(0, color="black", lw=0.8, label="no difference")
+    ax.set_yticks(list(range(len(rows))), [f"{s} ({r}, {n} pairs)" for s, r, n in zip(
+        rows["scenario"], rows["role"], rows["pairs"], strict=True)])
+    ax.set_xlabel(f"success rate of {first} minus {second}, percentage points")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"{first} against {second}, paired by trial")
+    fig.tight_layout()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"compare-{_safe(first)}-vs-{_safe(second)}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

@@ -1,96 +1,150 @@
-"""A report as a list of sections (title, markdown, table), rendered to markdown or HTML.
+"""A report as a list of sections, rendered to markdown or to one self-contained HTML page.
 
-:func:`assemble` gathers what ``raypoison report`` shows: the success table, the status counts,
-comparisons asked for, the defenses' table, and the progress of the dataset's runs.
+:func:`assemble` gathers what ``raypoison report`` shows, in this order: the success table (in the
+layout of Table 3 or one row per cell, :mod:`raypoison.report_tables`), comparisons asked for,
+the defenses in the paper's layout, the rows by status, and at the end the runs and the methods
+(interval method, resampling, seeds). Every section carries the analysis table (numbers, for CSV)
+and a display frame (formatted strings, for markdown and HTML); the HTML page embeds its
+figures, so it is one file to mail or attach.
 """
 
 from __future__ import annotations
 
+import base64
 import html
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from raypoison import compare, defense_report, progress, report
+from raypoison import compare, defense_report, progress, report, report_tables
+from raypoison.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 
 @dataclass
 class Section:
     title: str
-    markdown: str
-    table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)  # numbers (what --csv writes)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, strings)
+    text: str = ""  # paragraphs (markdown-lite: plain text)
 
 
-def _plain(table: pd.DataFrame) -> str:
-    return table.to_string(index=False) if not table.empty else "(none)"
-
-
-def _percent_table(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    out = table.copy()
-    for c in columns:
-        if c in out.columns:
-            out[c] = (100 * out[c]).round(1)
-    return out
+def _methods(interval: str) -> str:
+    return (
+        f"Success rates carry 95% {interval} intervals. Where a cell holds several outcomes of "
+        "one trial (black-box victims, from-scratch victims), the interval is cluster-robust "
+        "with the trial as the unit (the Wilson interval at the effective sample size of the "
+        "cluster-robust variance; a shared Witches' Brew pool clusters on its crafting models); "
+        "`n_eff` is that effective size. The paper's number is compared with a two-sample test "
+        f"that counts the paper's own sampling error (100 outcomes a cell, 200 for black-box, "
+        f"300 for from-scratch 'all'); {report_tables.DIFFERS_MARK} marks p < 0.05. Paired "
+        "comparisons of two attacks resample trials (percentile bootstrap) and test with the "
+        "exact sign test over trials. Means of the defenses use percentile bootstrap intervals "
+        "over models; detection AUCs resample positives and negatives separately. Every "
+        f"bootstrap draws {BOOTSTRAP_RESAMPLES:,} resamples from seed {BOOTSTRAP_SEED}, so a "
+        "report of the same rows is the same report.")
 
 
 def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim: bool = False,
              compare_attacks: tuple[str, str] | None = None,
-             against: tuple[str, pd.DataFrame] | None = None) -> list[Section]:
+             against: tuple[str, pd.DataFrame] | None = None,
+             layout: str = "auto") -> list[Section]:
     sections = []
     table = report.success_table(df, interval=interval, per_victim=per_victim)
-    sections.append(Section(f"Success rates (95% {interval}; cluster-robust where a trial has "
-                            "several outcomes)", report.to_markdown(table, interval), table))
-    status = report.status_table(df)
-    sections.append(Section("Rows by status", "```\n" + _plain(status) + "\n```", status))
+    if not per_victim and report_tables.uses_table3(table, layout):
+        names = dict(zip(df["attack"], df.get("attack_name", df["attack"]), strict=True))
+        shown = report_tables.success_table3(table, names)
+        title = "Success rates, % [95% interval] (the layout of Table 3)"
+    else:
+        shown = report_tables.success_long(table, interval)
+        title = "Success rates, % [95% interval]"
+    sections.append(Section(title, table, [("", shown)]))
     if compare_attacks is not None:
         first, second = compare_attacks
         diff = compare.compare_attacks(df, first, second)
-        shown = _percent_table(diff, [c for c in diff.columns if c.startswith("rate_")]
-                               + ["difference", "low", "high"])
         sections.append(Section(
-            f"{first} minus {second} (paired by trial; % points, 95% paired bootstrap over "
-            "trials; exact sign test over trials, McNemar's with one victim a trial)",
-            "```\n" + _plain(shown) + "\n```", diff))
+            f"{first} minus {second}, paired by trial", diff,
+            [("", report_tables.compare_display(diff, first, second))],
+            "Percentage points; 95% paired bootstrap over trials; exact sign test over the "
+            "trials where the two differ (McNemar's with one victim a trial)."))
     if against is not None:
         other_uri, other = against
         diff = compare.compare_datasets(df, other)
-        shown = _percent_table(diff, ["rate", "rate_other", "difference", "low", "high"])
-        sections.append(Section(f"This dataset minus {other_uri} (% points, 95% Newcombe)",
-                                "```\n" + _plain(shown) + "\n```", diff))
+        sections.append(Section(f"This dataset minus {other_uri}", diff,
+                                [("", report_tables.against_display(diff))],
+                                "Independent samples; 95% Newcombe intervals, percentage points."))
     defended = defense_report.defense_table(df)
     if not defended.empty:
-        sections.append(Section("Defenses (means with 95% bootstrap intervals; detection AUC "
-                                "against the control)", defense_report.to_markdown(defended),
-                                defended))
+        sections.append(Section("Defenses", defended, report_tables.defense_pivots(defended),
+                                "Means over models with 95% bootstrap intervals; detection AUC "
+                                "against the no-attack control's models of the same victim."))
+    status = report.status_table(df)
+    sections.append(Section("Rows by status", status,
+                            [("", report_tables.status_display(status))]))
     runs = progress.run_table(uri, df)
     if not runs.empty:
-        sections.append(Section("Runs", progress.to_text(runs), runs))
+        sections.append(Section("Runs", runs, text=progress.to_text(runs)))
+    sections.append(Section("Methods", text=_methods(interval)))
     return sections
 
 
 def to_markdown(sections: list[Section]) -> str:
-    return "\n\n".join(f"## {s.title}\n\n{s.markdown}" for s in sections) + "\n"
-
-
-def to_html(sections: list[Section], title: str, figures: list[Path] = (),
-            relative_to: Path | None = None) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-             "</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:"
-             "collapse}td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}</style>"
-             f"</head><body><h1>{html.escape(title)}</h1>"]
+    parts = []
     for s in sections:
-        parts.append(f"<h2>{html.escape(s.title)}</h2>")
-        if s.table.empty:
-            parts.append(f"<pre>{html.escape(s.markdown)}</pre>")
-        else:
-            parts.append(s.table.to_html(index=False, float_format=lambda v: f"{v:.4g}",
-                                         na_rep=""))
-    for path in figures:
-        src = path if relative_to is None else os.path.relpath(Path(path).resolve(),
-                                                               relative_to.resolve())
-        parts.append(f"<h2>{html.escape(Path(path).stem)}</h2>"
-                     f"<img src='{html.escape(str(src))}' style='max-width:100%'>")
+        body = [f"## {s.title}"]
+        if s.text:
+            body.append(s.text)
+        for caption, frame in s.tables:
+            if caption:
+                body.append(f"**{caption}**")
+            body.append(report_tables.markdown_table(frame))
+        parts.append("\n\n".join(body))
+    return "\n\n".join(parts) + "\n"
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:1.5em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0;font-size:.86em;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}tbody tr:nth-child(even){background:#fafafa}
+.scroll{overflow-x:auto}figure{margin:1em 0}figure img{max-width:100%;height:auto}
+figcaption{font-size:.85em;color:#555}p.note{font-size:.9em;color:#444}
+"""
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def to_html(sections: list[Section], title: str, figures: list[Path] = ()) -> str:
+    """One self-contained page: styles inline, figures embedded as data URIs."""
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+             f"<h1>{html.escape(title)}</h1>"]
+    closing = [s for s in sections if s.title in ("Runs", "Methods")]
+    for s in [s for s in sections if s not in closing]:
+        parts.append(_html_section(s))
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for path in figures:
+            name = Path(path).stem
+            parts.append(f"<figure><img alt='{html.escape(name)}' src='{_data_uri(path)}'>"
+                         f"<figcaption>{html.escape(name)}.png</figcaption></figure>")
+    for s in closing:
+        parts.append(_html_section(s))
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _html_section(s: Section) -> str:
+    out = [f"<h2>{html.escape(s.title)}</h2>"]
+    if s.text:
+        out.extend(f"<p class='note'>{html.escape(line)}</p>" for line in s.text.splitlines())
+    for caption, frame in s.tables:
+        if caption:
+            out.append(f"<h3>{html.escape(caption)}</h3>")
+        out.append(f"<div class='scroll'>{report_tables.html_table(frame)}</div>")
+    return "".join(out)

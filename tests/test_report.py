@@ -148,7 +148,8 @@ def test_report_writes_markdown_html_comparisons_figures_and_run_progress(tmp_pa
         in printed
     assert (tmp_path / "r.md").read_text().strip() in printed
     page = (tmp_path / "r.html").read_text()
-    assert "<table" in page and "fig/success-vs-epsilon.png" in page
+    assert "<table" in page and "success-vs-epsilon.png</figcaption>" in page
+    assert "data:image/png;base64," in page and "<img alt='success-vs-epsilon' src='data:" in page
     assert (tmp_path / "fig" / "success-vs-epsilon.png").stat().st_size > 1000
     assert not (tmp_path / "fig" / "success-vs-patch_size.png").exists()  # one value only
     assert main(["report", str(out), "--compare", "strong", "nope"]) == 2
