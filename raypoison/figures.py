@@ -151,7 +151,7 @@ def forest_figures(table: pd.DataFrame, out_dir: str | Path, interval: str = "wi
         else:
             cells = cells[cells["role"] != "all"]
         cells = cells.sort_values(["attack", "role"], ascending=False).reset_index(drop=True)
-        fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.38 * len(cells)))
+        fig, ax = plt.subplots(figsize=(9, 1.4 + 0.38 * len(cells)))
         y = range(len(cells))
         control = cells["attack"].eq("none").to_numpy()
         rate = 100 * cells["rate"]
@@ -172,7 +172,7 @@ def forest_figures(table: pd.DataFrame, out_dir: str | Path, interval: str = "wi
         ax.set_xlim(-2, 102)
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-        ax.set_title(f"{scenario}: success rate per attack")
+        ax.set_title(f"{scenario}: success rate per attack", fontsize=10)
         fig.tight_layout()
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"forest-{_safe(scenario)}.png"
@@ -191,7 +191,7 @@ def compare_figure(diff: pd.DataFrame, first: str, second: str, out_dir: str | P
     if diff.empty:
         return []
     rows = diff.sort_values(["scenario", "role"], ascending=False).reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.38 * len(rows)))
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.38 * len(rows)))
     d = 100 * rows["difference"]
     err = [(d - 100 * rows["low"]).clip(lower=0), (100 * rows["high"] - d).clip(lower=0)]
     ax.errorbar(d, range(len(rows)), xerr=err, fmt="o", color="tab:blue", capsize=3,
@@ -202,7 +202,7 @@ def compare_figure(diff: pd.DataFrame, first: str, second: str, out_dir: str | P
     ax.set_xlabel(f"success rate of {first} minus {second}, percentage points")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"{first} against {second}, paired by trial")
+    ax.set_title(f"{first} against {second}, paired by trial", fontsize=10)
     fig.tight_layout()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

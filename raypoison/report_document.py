@@ -35,7 +35,7 @@ def _methods(interval: str) -> str:
         "one trial (black-box victims, from-scratch victims), the interval is cluster-robust "
         "with the trial as the unit (the Wilson interval at the effective sample size of the "
         "cluster-robust variance; a shared Witches' Brew pool clusters on its crafting models); "
-        "`n_eff` is that effective size. The paper's number is compared with a two-sample test "
+        "n_eff is that effective size. The paper's number is compared with a two-sample test "
         f"that counts the paper's own sampling error (100 outcomes a cell, 200 for black-box, "
         f"300 for from-scratch 'all'); {report_tables.DIFFERS_MARK} marks p < 0.05. Paired "
         "comparisons of two attacks resample trials (percentile bootstrap) and test with the "
@@ -105,7 +105,8 @@ def to_markdown(sections: list[Section]) -> str:
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:1.5em auto;
 padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
+h1{font-size:1.5em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
+h3{font-size:1em;margin:1em 0 .2em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.86em;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}tbody tr:nth-child(even){background:#fafafa}

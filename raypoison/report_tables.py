@@ -90,6 +90,10 @@ def success_long(table: pd.DataFrame, interval: str) -> pd.DataFrame:
     keys = [c for c in ("scenario", "attack", "role", "victim") if c in table.columns]
     published = "published" in table.columns and table["published"].notna().any()
     backdoor = "asr" in table.columns and table["asr"].notna().any()
+    if "role" in table.columns:  # white-box, black-box, then the pooled "all"
+        order = {r: i for i, r in enumerate(ROLE_ORDER)}
+        table = table.assign(_r=table["role"].map(order).fillna(len(order))).sort_values(
+            [k for k in keys if k != "role"][:2] + ["_r"], kind="stable")
     rows = []
     for row in table.itertuples(index=False):
         cells = {k: text(getattr(row, k)) for k in keys}
@@ -193,6 +197,8 @@ DEFENSE_METRICS = {  # column of defense_table -> (title, scale, digits)
     "clean_accuracy_loss": ("Clean accuracy lost by the repair, points [95%, paired]", 100.0, 1),
     "detection_auc": ("Detection ROC AUC against the control [95%]", 1.0, 2),
     "flag_recall": ("Poisons found by data-side detectors (recall), % [95%]", 100.0, 1),
+    "flag_precision": ("Flagged samples that are poisons (precision), % [95%]", 100.0, 1),
+    "flag_auc": ("Data-side poison detection ROC AUC [95%]", 1.0, 2),
 }
 
 
