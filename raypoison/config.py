@@ -79,6 +79,17 @@ def parse_fraction(value: Any, path: str) -> float:
     raise ConfigError(path, f"expected a number or a fraction like '8/255', got {quote(value)}")
 
 
+def parse_share(value: Any, path: str) -> float:
+    """A share: a number such as ``0.01``, or a percentage such as ``"1%"``."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / 100
+        except ValueError:
+            pass
+        raise ConfigError(path, f"expected a share like 0.01 or '1%', got {quote(value)}")
+    return parse_fraction(value, path)
+
+
 _CONFIG_DIR: contextvars.ContextVar[Path] = contextvars.ContextVar("config_dir")
 
 
@@ -500,8 +511,11 @@ class ScenarioConfig:
     patch_size: int = 5
     seed: int = 0
     recipe: RecipeConfig | None = None  # default: the protocol's recipe for the mode
-    # defenses: the last ``trusted_per_class`` training images of each class, never trained on
+    # defenses: the last ``trusted_per_class`` training images of each class, never trained on;
+    # or ``trusted``, a share of the training set (0.01 or "1%", as "Pick your Poison" uses),
+    # split evenly over the classes
     trusted_per_class: int | None = None
+    trusted: float | None = field(default=None, metadata={"parse": parse_share})
     asr_scope: Literal["target_class", "other_classes"] = "target_class"
 
     def __post_init__(self) -> None:
@@ -555,6 +569,12 @@ class ScenarioConfig:
             raise ConfigError(f"{path}.epsilon", f"must be in (0, 1], got {self.epsilon}")
         if self.trusted_per_class is not None:
             _positive(path, "trusted_per_class", self.trusted_per_class)
+        if self.trusted is not None:
+            if self.trusted_per_class is not None:
+                raise ConfigError(f"{path}.trusted", "give trusted or trusted_per_class, not both")
+            if not 0 < self.trusted < 1:
+                raise ConfigError(f"{path}.trusted", f"a share of the training set in (0, 1) "
+                                  f"such as 0.01 or '1%', got {self.trusted:g}")
         if self.train_subset == "random" and self.train_per_class is None:
             raise ConfigError(f"{path}.train_subset", "'random' needs train_per_class")
         if self.train_per_class is not None:
@@ -590,13 +610,25 @@ class ScenarioConfig:
                     f"{self.budget} poisons exceed the {info.min_train_per_class} training images "
                     "of the smallest class",
                 )
-            used = (self.train_per_class or 0) + (self.trusted_per_class or 0)
-            if self.trusted_per_class is not None and used > info.min_train_per_class:
+            # a lower bound of the training set's size where only its smallest class is known
+            trusted = self.trusted_count(info.min_train_per_class * info.num_classes,
+                                         info.num_classes)
+            used = (self.train_per_class or 0) + trusted
+            if trusted and used > info.min_train_per_class:
                 raise ConfigError(
-                    f"{path}.trusted_per_class",
-                    f"{self.trusted_per_class} trusted images and {self.train_per_class or 0} "
+                    f"{path}.trusted" if self.trusted is not None else f"{path}.trusted_per_class",
+                    f"{trusted} trusted images and {self.train_per_class or 0} "
                     f"training images per class exceed the {info.min_train_per_class} of the "
                     "smallest class")
+
+    def trusted_count(self, train_size: int, num_classes: int) -> int:
+        """Trusted images per class: ``trusted_per_class``, or the ``trusted`` share of a
+        training set of ``train_size`` images split evenly (at least 1), or 0 without either."""
+        if self.trusted_per_class is not None:
+            return self.trusted_per_class
+        if self.trusted is not None:
+            return max(1, int(self.trusted * train_size) // num_classes)
+        return 0
 
     def role(self, victim: str, crafted_on: tuple[str, ...] | None = None) -> str:
         """White-box iff the victim is a model the poisons were crafted on: by default the
@@ -708,9 +740,10 @@ class SuiteConfig:
 
         if self.defenses:
             for i, s in enumerate(self.scenarios):
-                if s.trusted_per_class is None:
+                if s.trusted_per_class is None and s.trusted is None:
                     raise ConfigError(f"scenarios[{i}].trusted_per_class",
-                                      "defenses need a trusted set: give trusted_per_class")
+                                      "defenses need a trusted set: give trusted_per_class, or "
+                                      "trusted as a share of the training set (e.g. '1%')")
 
     def scenario(self, name: str) -> ScenarioConfig:
         for s in self.scenarios:

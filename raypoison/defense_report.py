@@ -12,6 +12,7 @@ Only rows with status ``ok`` count.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pandas as pd
@@ -32,6 +33,23 @@ def defended_rows(df: pd.DataFrame) -> pd.DataFrame:
               & df["defense"].notna()]
 
 
+def separate_variants(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one defense label run with different parameters (a changed default, two
+    variants) are different defenses: such labels get a short digest of their parameters,
+    ``pivotal_tuning [3fa2c1]``, so that a table never pools them."""
+    if rows.empty or "defense_params" not in rows.columns:
+        return rows
+    params = rows["defense_params"].fillna("")
+    variants = params.groupby(rows["defense"]).nunique()
+    several = set(variants[variants > 1].index)
+    if not several:
+        return rows
+    digest = params.map(lambda p: hashlib.sha256(p.encode()).hexdigest()[:6])
+    label = rows["defense"].where(~rows["defense"].isin(several),
+                                  rows["defense"] + " [" + digest + "]")
+    return rows.assign(defense=label)
+
+
 def poison_count(rows: pd.DataFrame) -> int:
     """The x of a trade-off: the attack's poison count; 0 for the control (its "poisons" are the
     unchanged bases)."""
@@ -44,7 +62,7 @@ def poison_count(rows: pd.DataFrame) -> int:
 def defense_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (scenario, attack, defense, victim) with ``n`` models, means with
     ``_low``/``_high`` bounds, and ``detection_auc`` with its bounds."""
-    rows = defended_rows(df)
+    rows = separate_variants(defended_rows(df))
     if rows.empty:
         return pd.DataFrame()
     # the control's models have no poisons to find: precision is undefined there
@@ -60,7 +78,10 @@ def defense_table(df: pd.DataFrame) -> pd.DataFrame:
         record = {"scenario": scenario, "attack": attack, "victim": victim,
                   "attack_name": group["attack_name"].iloc[0], "poisons": poison_count(group),
                   "defense": defense, "defense_name": group["defense_name"].iloc[0],
-                  "n": len(group)}
+                  "n": len(group),
+                  "trusted": (int(group["trusted_size"].median())
+                              if "trusted_size" in group.columns
+                              and group["trusted_size"].notna().any() else None)}
         for column in MEANS:
             mean, low, high = mean_interval(group[column].astype(float))
             record.update({column: mean, f"{column}_low": low, f"{column}_high": high})

@@ -75,9 +75,13 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
                                 "Independent samples; 95% Newcombe intervals, percentage points."))
     defended = defense_report.defense_table(df)
     if not defended.empty:
+        sizes = sorted({int(t) for t in defended["trusted"].dropna()})
+        trusted = (f"Trusted set: {' / '.join(map(str, sizes))} clean images"
+                   f"{' (per scenario)' if len(sizes) > 1 else ''}. " if sizes else "")
         sections.append(Section("Defenses", defended, report_tables.defense_pivots(defended),
-                                "Means over models with 95% bootstrap intervals; detection AUC "
-                                "against the no-attack control's models of the same victim."))
+                                f"{trusted}Means over models with 95% bootstrap intervals; "
+                                "detection AUC against the no-attack control's models of the "
+                                "same victim."))
     status = report.status_table(df)
     sections.append(Section("Rows by status", status,
                             [("", report_tables.status_display(status))]))

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from raypoison.feature_bank import TrainingFeatures
 
 Trainable = Literal["head", "all"]
-ExtraLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ExtraLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def train(
     extractor's features under every augmentation view) replaces running the extractor: the same
     random draws pick the same views, so the head sees the same inputs either way.
 
-    ``extra_loss(x, features, logits)`` adds a term to the cross-entropy of each batch (the
+    ``extra_loss(x, features, logits, labels)`` adds a term to the cross-entropy of each batch (the
     repairs of :mod:`raypoison.defenses` use it); ``max_steps`` ends training early.
     """
     if features is not None and trainable != "head":
@@ -126,7 +126,7 @@ def train(
                 logits = model.head(feats)
             loss = F.cross_entropy(logits, labels[idx])
             if extra_loss is not None:
-                loss = loss + extra_loss(x, feats, logits)
+                loss = loss + extra_loss(x, feats, logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

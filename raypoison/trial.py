@@ -184,18 +184,21 @@ class TrialContext:
         return self._triggered[key]
 
     def held_out(self) -> np.ndarray:
-        """The trusted set's training indices: the last ``trusted_per_class`` of each class, in
-        data set order (empty without one). No victim ever trains on them."""
+        """The trusted set's training indices: the last ``trusted_per_class`` of each class (or
+        the ``trusted`` share of the training set, split evenly), in data set order (empty
+        without one). No victim ever trains on them."""
         if self._held_out is None:
-            n = self.scenario.trusted_per_class or 0
+            classes = np.unique(self.train_labels)
+            n = self.scenario.trusted_count(len(self.train_labels), len(classes))
             parts = [np.flatnonzero(self.train_labels == c)[-n:] if n else np.empty(0, np.int64)
-                     for c in np.unique(self.train_labels)]
+                     for c in classes]
             self._held_out = np.sort(np.concatenate(parts)).astype(np.int64)
         return self._held_out
 
     def trusted_set(self) -> TrustedSet:
         index = torch.as_tensor(self.held_out(), device=self.device)
-        return TrustedSet(self.data.train_x[index], self.data.train_y[index])
+        return TrustedSet(self.data.train_x[index], self.data.train_y[index],
+                          test_images=self.data.test_x, test_labels=self.data.test_y)
 
     def training_pool(self, setup: Setup, index: int) -> np.ndarray:
         """The images trial ``index``'s victims train on without an attack, in data set order:
@@ -229,7 +232,7 @@ class TrialContext:
         trusted = np.intersect1d(setup.base_indices, self.held_out())
         if len(trusted):
             raise ValueError(f"base indices {trusted[:5].tolist()} are in the trusted set; "
-                             "lower trusted_per_class")
+                             "lower trusted_per_class (or trusted)")
         return setup
 
 

@@ -25,6 +25,10 @@ from raypoison.models import ImageClassifier
 class TrustedSet:
     images: torch.Tensor  # uint8 [N, C, H, W], on the model's device
     labels: torch.Tensor  # int64 [N]
+    # images the defender may predict on but never trains on: the test split, as the authors'
+    # calibrated trigger inversion scores on it (None where a caller has none)
+    test_images: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -5,24 +5,26 @@ images to that class.
   others. The score is the anomaly index of the smallest mask: its distance below the median of the
   classes' mask norms, in units of their median absolute deviation (× 1.4826); above 2 is the
   paper's threshold for "backdoored".
-- ``calibrated_trigger_inversion`` ("Pick your Poison", as PROTOCOL.md §2 infers it): each class's
-  trigger must flip the suspect model to that class while a copy repaired by Pivotal Tuning keeps
-  the true labels; a backdoor is exactly such a trigger, while a universal adversarial pattern of a
-  clean model fools both copies. Triggers are optimized on half of the trusted images of the other
-  classes and measured on the other half; the score is the largest gap, over classes, between the
-  suspect's and the repaired copy's rate of predicting the class.
+- ``calibrated_trigger_inversion`` ("Pick your Poison", as its authors' code computes it,
+  :class:`CalibratedTriggerInversion`): each class's additive trigger must flip the suspect
+  model to that class while a copy repaired by Pivotal Tuning keeps the true labels; a backdoor
+  is exactly such a trigger, while a universal adversarial pattern of a clean model fools both
+  copies. The score is the largest gap, over classes, between the suspect's and the repaired
+  copy's rate of predicting the class on test images the inversion never saw.
 
-A trigger is ``x' = (1 - m) x + m p`` with a per-pixel mask ``m`` and a pattern ``p``, both through
-a sigmoid, optimized with Adam; ``l1`` weighs the mask's mean.
+Neural Cleanse's trigger is ``x' = (1 - m) x + m p`` with a per-pixel mask ``m`` and a pattern
+``p``, both through a sigmoid, optimized with Adam; ``l1`` weighs the mask's mean.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from raypoison.data.augment import random_crop_flip
 from raypoison.defenses.base import Defense, TrustedSet, frozen_copy
 from raypoison.defenses.registry import DEFENSES
 from raypoison.defenses.tuning import PivotalTuning
@@ -107,26 +109,133 @@ class NeuralCleanse(Defense):
         return anomaly_index(torch.stack(norms))
 
 
+@dataclass(frozen=True)
+class AdditiveTrigger:
+    """A full-image additive trigger: ``clamp(x + delta, 0, 1)`` (delta itself unbounded)."""
+
+    delta: torch.Tensor  # [1, C, H, W]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.delta).clamp(0, 1)
+
+
+def invert_calibrated(suspect: ImageClassifier, repaired: ImageClassifier, images: torch.Tensor,
+                      labels: torch.Tensor, target: int, p: CalibratedTriggerInversion.Params,
+                      seed: int) -> AdditiveTrigger:
+    """The authors' inversion for class ``target``: ``delta`` starts uniform in
+    [0, ``init_scale``), Adam (lr 0.01, betas 0.5, 0.9) for ``steps`` batches of ``images``
+    (float in [0, 1], class ``target`` already removed; shuffled passes, the last batch of a pass
+    smaller), minimizing CE(suspect(x'), target) + ``keep_weight`` × CE(repaired(x'), labels),
+    both models in eval mode. ``augment``: ``reference`` crops (4-pixel padding) and flips each
+    image, as their loader does, then flips the whole batch with probability 0.5 (their explicit
+    transform); ``flip`` only the latter; ``none``."""
+    generator = torch.Generator().manual_seed(seed)
+    device = images.device
+    delta = (torch.rand((1, *images.shape[1:]), generator=generator) * p.init_scale).to(device)
+    delta.requires_grad_(True)
+    optimizer = torch.optim.Adam([delta], lr=p.lr, betas=tuple(p.betas))
+    goal = torch.full((len(images),), target, dtype=torch.long, device=device)
+    order = torch.empty(0, dtype=torch.long)
+    position = 0
+    for _ in range(p.steps):
+        if position >= len(order):
+            order, position = torch.randperm(len(images), generator=generator), 0
+        idx = order[position:position + p.batch_size].to(device)
+        position += p.batch_size
+        x = images[idx]
+        if p.augment == "reference":
+            x = random_crop_flip(x, generator)
+        if p.augment != "none" and torch.rand((), generator=generator) < 0.5:
+            x = x.flip(-1)
+        stamped = (x + delta).clamp(0, 1)
+        loss = (F.cross_entropy(suspect(stamped), goal[idx])
+                + p.keep_weight * F.cross_entropy(repaired(stamped), labels[idx]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return AdditiveTrigger(delta.detach())
+
+
+@torch.no_grad()
+def batched_hit_rate(model: ImageClassifier, images: torch.Tensor, trigger, target: int,
+                     batch_size: int = 512) -> float:
+    """The share of ``images`` (uint8) that ``model`` sends to ``target`` once triggered."""
+    hits = 0
+    for i in range(0, len(images), batch_size):
+        x = trigger.apply(images[i:i + batch_size].float().div_(255))
+        hits += int((model(x).argmax(1) == target).sum())
+    return hits / max(1, len(images))
+
+
+def scoring_split(trusted: TrustedSet, score_on: str, seed: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which trusted images the inversion may fit on (a mask) and the images and labels it is
+    scored on, which it never sees: the test images (``test``), or a seeded half of the
+    trusted set, the other half fitting (``trusted_half``)."""
+    fit = torch.ones(len(trusted), dtype=torch.bool, device=trusted.images.device)
+    if score_on == "trusted_half":
+        fit[torch.randperm(len(trusted), generator=torch.Generator().manual_seed(seed))[
+            len(trusted) // 2:].to(fit.device)] = False
+        return fit, trusted.images[~fit], trusted.labels[~fit]
+    if trusted.test_images is None or trusted.test_labels is None:
+        raise ValueError("score_on: test needs test images beside the trusted set")
+    return fit, trusted.test_images, trusted.test_labels
+
+
 @DEFENSES.register("calibrated_trigger_inversion")
 class CalibratedTriggerInversion(Defense):
+    """The detector of "Pick your Poison" as its authors' code computes it
+    (``calibrated_trigger_inversion.py``). The suspect model is copied, and a calibration copy is
+    repaired by Pivotal Tuning on the trusted set (its own defaults). For each class c, an
+    additive full-image trigger is optimized (:func:`invert_calibrated`) on the trusted images
+    of the other classes to send the suspect to c while the repaired copy keeps the true
+    labels; it is then scored on images the inversion never saw, the test images outside c:
+    the suspect's rate of predicting c minus the repaired copy's. The score is the largest of
+    these over classes; higher is more suspicious (the authors return its negative).
+
+    Named variants: ``trigger: mask`` is this project's earlier detector (a sigmoid mask and
+    pattern with ``inversion``'s optimizer, fit on half of the trusted images and scored on the
+    other half, ``score_on: trusted_half``); ``score_on: trusted_half`` also works with the
+    additive trigger, for a defender who holds no test images."""
+
     @dataclass(frozen=True)
     class Params:
-        inversion: InversionParams = InversionParams(steps=50)
+        trigger: Literal["additive", "mask"] = "additive"
+        steps: int = 50  # per class
+        lr: float = 0.01
+        betas: tuple[float, float] = (0.5, 0.9)
+        init_scale: float = 0.01
+        keep_weight: float = 0.5
+        batch_size: int = 128
+        augment: Literal["reference", "flip", "none"] = "reference"
+        score_on: Literal["test", "trusted_half"] = "test"
+        inversion: InversionParams = InversionParams(steps=50)  # the mask trigger's optimizer
         repair: PivotalTuning.Params = field(default_factory=PivotalTuning.Params)
 
+        def validate(self, path: str) -> None:
+            if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.keep_weight < 0:
+                raise ConfigError(path, "steps and batch_size must be ≥ 1, lr > 0, "
+                                        "keep_weight ≥ 0")
+            if self.trigger == "mask" and self.score_on == "test":
+                raise ConfigError(f"{path}.score_on", "the mask trigger is the earlier variant, "
+                                  "scored on half of the trusted set: use trusted_half")
+
     def detect(self, model, trusted: TrustedSet, seed: int) -> float:
+        p = self.params
         suspect = frozen_copy(model)
-        repaired = frozen_copy(PivotalTuning(self.params.repair).repair(model, trusted, seed))
+        repaired = frozen_copy(PivotalTuning(p.repair).repair(model, trusted, seed))
         images = trusted.images.float() / 255
-        half = torch.zeros(len(images), dtype=torch.bool, device=images.device)
-        half[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[
-            : len(images) // 2].to(images.device)] = True
+        fit, scoring_x, scoring_y = scoring_split(trusted, p.score_on, seed)
         gaps = []
         for c in range(suspect.head.out_features):
-            other = trusted.labels != c
-            fit, held = other & half, other & ~half
-            trigger = invert(suspect, images[fit], c, self.params.inversion, seed + c,
-                             keep=repaired, labels=trusted.labels[fit])
-            gaps.append(hit_rate(suspect, images[held], trigger, c)
-                        - hit_rate(repaired, images[held], trigger, c))
+            train_mask = fit & (trusted.labels != c)
+            if p.trigger == "mask":
+                trigger = invert(suspect, images[train_mask], c, p.inversion, seed + c,
+                                 keep=repaired, labels=trusted.labels[train_mask])
+            else:
+                trigger = invert_calibrated(suspect, repaired, images[train_mask],
+                                            trusted.labels[train_mask], c, p, seed + c)
+            held = scoring_x[scoring_y != c]
+            gaps.append(batched_hit_rate(suspect, held, trigger, c)
+                        - batched_hit_rate(repaired, held, trigger, c))
         return max(gaps)

@@ -1,0 +1,116 @@
+"""Pick your Poison's defenses as their authors' code computes them (Ben-Schneider-code/
+Universal-Backdoor-Attacks), on constructed cases; and the trusted set as a share."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from raypoison.config import parse_suite
+from raypoison.defenses import TrustedSet
+from raypoison.defenses.trigger_inversion import CalibratedTriggerInversion, scoring_split
+from raypoison.defenses.tuning import (
+    RESNET18_PARAMETERS,
+    PivotalTuning,
+    mean_squared_distance,
+    slol,
+)
+from raypoison.errors import ConfigError
+from raypoison.models import build_model
+from raypoison.trial import TrialContext
+from tests.conftest import TINY
+
+
+def test_slol_equals_the_hand_computed_value_of_a_constructed_batch():
+    # two classes in two dimensions: tuned centroids (2, 0), (0, 3); frozen (1, 1), (1, 0)
+    z = torch.tensor([[1.0, 0], [3, 0], [0, 2], [0, 4]])
+    z0 = torch.tensor([[1.0, 1], [1, 1], [0, 0], [2, 0]])
+    y = torch.tensor([0, 0, 1, 1])
+    # C = MᵀM / 2 = [[2, 0], [0, 4.5]]; their C - diag(C) has entries C[i, j] - C[j, j]:
+    # [[0, -4.5], [-2, 0]], norm sqrt(24.25); the one pair's centroid differences (2, -3) and
+    # (0, 1) have cosine -3 / sqrt(13)
+    pair = -3 / math.sqrt(13)
+    assert float(slol(z, z0, y)) == pytest.approx(math.sqrt(24.25) + pair, abs=1e-6)
+    assert float(slol(z, z0, y, fixed=True)) == pytest.approx(pair, abs=1e-6)
+    # labels need not be 0..K-1 (absent classes are ignored). Three classes whose centroid
+    # differences point as the frozen model's do: 3 pairs × cosine 1, a sum and not a mean,
+    # and the frozen model's scale does not matter; C = [[2, 1], [1, 2]] / 3 with the diagonal
+    # zeroed has norm sqrt(2) / 3
+    z3, y3 = torch.tensor([[1.0, 0], [0, 1], [1, 1]]), torch.tensor([0, 5, 9])
+    assert float(slol(z3, z3, y3, fixed=True)) == pytest.approx(math.sqrt(2) / 3 + 3, abs=1e-6)
+    assert float(slol(z3, 2 * z3, y3, fixed=True)) == pytest.approx(math.sqrt(2) / 3 + 3,
+                                                                    abs=1e-6)
+
+
+@pytest.mark.parametrize("arch, size", [("convnet", 32), ("mobilenetv2", 32)])
+def test_the_parameter_term_is_the_mean_over_the_models_own_parameters(arch, size):
+    model = build_model(arch, 10, (0.5,) * 3, (0.25,) * 3, size)
+    anchors = [p.detach().clone() for p in model.parameters()]
+    moved = [p.detach() + 0.1 for p in model.parameters()]
+    n = sum(p.numel() for p in anchors)
+    assert float(mean_squared_distance(moved, anchors)) == pytest.approx(0.01, rel=1e-4)
+    # the earlier rule divided by a ResNet-18's count whatever the model
+    assert float(mean_squared_distance(moved, anchors, RESNET18_PARAMETERS)) == pytest.approx(
+        0.01 * n / RESNET18_PARAMETERS, rel=1e-4)
+    assert PivotalTuning.Params().param_mean == "own"
+
+
+def test_the_defaults_are_the_authors():
+    pt = PivotalTuning.Params()
+    assert (pt.steps, pt.lr, pt.momentum, pt.weight_decay, pt.batch_size) == (
+        2000, 1e-4, 0.9, 0.0, 128)
+    assert (pt.feature_weight, pt.param_weight, pt.feature_loss) == (0.05, 2e4, "slol")
+    cti = CalibratedTriggerInversion.Params()
+    assert (cti.trigger, cti.steps, cti.lr, tuple(cti.betas), cti.init_scale) == (
+        "additive", 50, 0.01, (0.5, 0.9), 0.01)
+    assert (cti.keep_weight, cti.batch_size, cti.score_on) == (0.5, 128, "test")
+    assert cti.repair == pt
+
+
+def test_the_inversion_never_sees_the_images_it_is_scored_on():
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 4, 4).clone()
+    labels = torch.arange(20) % 4
+    test = (100 + torch.arange(8, dtype=torch.uint8)).view(8, 1, 1, 1).expand(8, 3, 4, 4).clone()
+    trusted = TrustedSet(images, labels, test_images=test, test_labels=torch.arange(8) % 4)
+    fit, scored, _ = scoring_split(trusted, "test", seed=0)
+    assert fit.all() and torch.equal(scored, test)  # fit on all trusted images, scored on test
+    fit, scored, scored_labels = scoring_split(trusted, "trusted_half", seed=0)
+    assert int(fit.sum()) == 10 and len(scored) == 10
+    fitted = {int(v) for v in images[fit][:, 0, 0, 0]}
+    assert fitted.isdisjoint(int(v) for v in scored[:, 0, 0, 0])
+    assert torch.equal(scored_labels, labels[~fit])
+    with pytest.raises(ValueError, match="test images"):
+        scoring_split(TrustedSet(images, labels), "test", seed=0)
+
+
+def test_a_trusted_share_of_the_training_set():
+    raw = copy.deepcopy(TINY)  # 4 classes × 40 training images
+    raw["scenarios"][0]["trusted"] = "10%"  # 16 images: 4 per class
+    raw["defenses"] = ["pivotal_tuning"]
+    suite = parse_suite(raw)
+    assert suite.scenarios[0].trusted == pytest.approx(0.1)
+    ctx = TrialContext.create(suite.scenarios[0], {})
+    trusted = ctx.trusted_set()
+    assert len(trusted) == 16 and torch.bincount(trusted.labels).tolist() == [4, 4, 4, 4]
+    assert trusted.test_images is not None and len(trusted.test_images) == 40
+    for bad, why in (("150%", r"in \(0, 1\)"), ("x%", "share like")):
+        raw["scenarios"][0]["trusted"] = bad
+        with pytest.raises(ConfigError, match=why):
+            parse_suite(raw)
+    raw["scenarios"][0].update(trusted=0.01, trusted_per_class=2)
+    with pytest.raises(ConfigError, match="not both"):
+        parse_suite(raw)
+
+
+def test_rows_of_one_defense_label_with_other_parameters_are_never_pooled():
+    import pandas as pd
+
+    from raypoison.defense_report import separate_variants
+
+    rows = pd.DataFrame({"defense": ["pivotal_tuning"] * 3 + ["strip"],
+                         "defense_params": ['{"lr": 0.0001}', '{"lr": 0.0001}', '{"lr": 0.002}',
+                                            "{}"]})
+    labels = separate_variants(rows)["defense"].tolist()
+    assert labels[0] == labels[1] != labels[2] and labels[3] == "strip"
+    assert labels[0].startswith("pivotal_tuning [") and len(set(labels)) == 3
