@@ -396,6 +396,10 @@ class RecipeConfig:
     # It reaches a given accuracy in far fewer epochs, which is what pre-training on a CPU needs.
     schedule: Literal["step", "onecycle"] = "step"
     warmup: float = 0.2
+    # "bf16": forward and loss under bfloat16 autocast (and channels-last memory on CUDA), the
+    # optimizer's weights and steps in float32; on a CPU too (slow there: it exists so the path
+    # is tested). "float32", the default, computes what the protocol's numbers were made with.
+    precision: Literal["float32", "bf16"] = "float32"
 
     def __post_init__(self) -> None:
         # one-cycle has no milestones: left out (the step default) or empty is one recipe, with

@@ -93,6 +93,10 @@ def train(
                          "of the unaugmented view)")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
+    half = recipe.precision == "bf16"
+    on_cuda = images.device.type == "cuda"
+    if half and on_cuda:
+        model.to(memory_format=torch.channels_last)
     if trainable == "head":
         model.eval()
         for p in model.extractor.parameters():
@@ -122,11 +126,15 @@ def train(
                     x = random_crop_flip(x, generator)
                 if recipe.adversarial is not None:
                     x = _adversarial_batch(model, x, labels[idx], recipe, generator, trainable)
-                feats = model.features(x)
-                logits = model.head(feats)
-            loss = F.cross_entropy(logits, labels[idx])
-            if extra_loss is not None:
-                loss = loss + extra_loss(x, feats, logits, labels[idx])
+                if half and on_cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=half):
+                    feats = model.features(x)
+                    logits = model.head(feats)
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=half):
+                loss = F.cross_entropy(logits.float(), labels[idx])
+                if extra_loss is not None:
+                    loss = loss + extra_loss(x, feats, logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -142,6 +150,8 @@ def train(
             break
     loss_value = loss.item() if steps else loss_value
     model.eval()
+    if half and on_cuda:
+        model.to(memory_format=torch.contiguous_format)
     return TrainResult(recipe.epochs, steps, float(loss_value), time.perf_counter() - start)
 
 

@@ -1,0 +1,274 @@
+"""The device check: one command that measures what only a GPU can tell, without Ray.
+
+    python3 benchmarks/gpu_check.py --data data/cifar10-jpeg --out $OUT/gpu_check.json
+    python3 benchmarks/gpu_check.py --tiny            # the CPU, CI-sized: proves it works
+
+The lent GPU machine has PyTorch (and pandas, pyarrow, pyyaml, pillow) but not Ray; the trial code
+is Ray-free, so this runs the project's own training loop and trial path there. Copy the shared
+CIFAR-10 JPEG folder into an ignored folder of the checkout (``data/`` is ignored) and name it in
+the device call's ``carry``. Each stage is timed and guarded: a stage that fails records its error
+and the next one runs, and the JSON is rewritten after every stage, so a run stopped at its limit
+still returns what it measured. Stages:
+
+1. ``environment``: torch, device, memory.
+2. ``epoch``: one epoch of a full-width ResNet-18 on the training set (50,000 images), float32
+   and then bf16 autocast with channels-last (``precision: bf16``), images per second and peak
+   memory each.
+3. ``trials``: one transfer trial per attack (the no-attack control: a 40-epoch head on 2,500
+   images from the feature bank; Feature Collision, Convex and Bullseye Polytope with 25 poisons,
+   Hidden Trigger Backdoor) on the ResNet-18 of stage 2, through ``run_trial`` as a worker runs
+   it; crafting runs with fewer iterations than the protocol's (``--craft-scale``), and the
+   seconds are also reported scaled up to the protocol's count.
+4. ``sharing``: 1, 2 and 4 processes training at once on the one GPU, each capped at its share
+   of the memory (the fractional packing of the workers): aggregate images per second.
+
+Witches' Brew (from-scratch crafting) and the paper-scale fidelity pilot (``--pilot`` in the
+issue) are not here yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+PROTOCOL_ITERATIONS = {"feature_collision": 120, "convex_polytope": 1200,
+                       "bullseye_polytope": 1200, "hidden_trigger_backdoor": 5000}
+
+
+def _dataset(args: argparse.Namespace) -> dict:
+    if args.tiny:
+        return {"name": "synthetic", "params": {"classes": 10, "image_size": 16,
+                                                "train_per_class": 30, "test_per_class": 10,
+                                                "noise": 0.2, "seed": 3}}
+    folder = Path(args.data)
+    return {"name": "imagefolder", "params": {
+        "root": str(folder / "cifar10-jpg-q75.tar.gz"),
+        "train_order": str(folder / "train_labels_original_order.npy"),
+        "test_order": str(folder / "test_labels_first512.npy"),
+        "mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010]}}
+
+
+def _peak_mb(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def _reset_peak(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def stage_environment(args, device, state) -> dict:
+    out: dict[str, Any] = {"torch": torch.__version__, "device": device,
+                           "cpu_threads": torch.get_num_threads(), "tiny": args.tiny}
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        out.update(name=props.name, memory_gb=round(props.total_memory / 2**30, 1),
+                   capability=f"{props.major}.{props.minor}",
+                   bf16=torch.cuda.is_bf16_supported())
+    return out
+
+
+def stage_epoch(args, device, state) -> dict:
+    from raypoison.config import RecipeConfig, build_component
+    from raypoison.data import DATASETS, load_dataset
+    from raypoison.models import build_model, to_device
+    from raypoison.training import accuracy, train
+
+    tick = time.perf_counter()
+    data = load_dataset(build_component(_dataset(args), "dataset", DATASETS))
+    state["data"] = data
+    out: dict[str, Any] = {"decode_seconds": round(time.perf_counter() - tick, 2),
+                           "train_images": len(data.train_y)}
+    data = data.to(device)
+    arch, params = ("convnet", {"width": 8}) if args.tiny else ("resnet18", None)
+    for precision in ("float32", "bf16"):
+        torch.manual_seed(0)
+        model = to_device(build_model(arch, data.num_classes, data.mean, data.std,
+                                      data.image_shape[1], params), device)
+        recipe = RecipeConfig(lr=0.1, epochs=1, milestones=(), batch_size=args.batch_size,
+                              weight_decay=5e-4, precision=precision)
+        _reset_peak(device)
+        result = train(model, data.train_x, data.train_y, recipe=recipe, seed=1,
+                       trainable="all")
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out[precision] = {"seconds": round(result.seconds, 2),
+                          "images_per_second": round(len(data.train_y) / result.seconds, 1),
+                          "peak_memory_mb": _peak_mb(device),
+                          "test_accuracy_after_one_epoch": round(
+                              accuracy(model, data.test_x, data.test_y), 4)}
+        state["model"] = model.cpu()
+    out["arch"] = arch
+    out["bf16_speedup"] = round(out["float32"]["seconds"] / out["bf16"]["seconds"], 2)
+    return out
+
+
+def stage_trials(args, device, state) -> dict:
+    from raypoison.config import parse_suite
+    from raypoison.models import checkpoint_bytes
+    from raypoison.spec import expand
+    from raypoison.trial import TrialContext, run_trial
+
+    model = state["model"]
+    scale = args.craft_scale
+    iterations = {k: max(1, round(v * scale)) for k, v in PROTOCOL_ITERATIONS.items()}
+    raw = {
+        "name": "gpu-check",
+        "scenarios": [{
+            "name": "transfer", "dataset": _dataset(args),
+            "models": {"net": {"arch": model.name, "checkpoint": "net.pt",
+                               **({"params": {"width": 8}} if args.tiny else {})}},
+            "attacker": "net", "victims": ["net"],
+            "budget": 5 if args.tiny else 25, "epsilon": "8/255",
+            "train_per_class": 15 if args.tiny else 250, "trials": 1,
+            "patch_size": 3 if args.tiny else 5,
+            "recipe": {"epochs": 2 if args.tiny else 40, "milestones": [1 if args.tiny else 30]},
+        }],
+        "attacks": [{"name": "none"}]
+        + [{"name": name, "params": {"iterations": iterations[name]}}
+           for name in PROTOCOL_ITERATIONS],
+    }
+    folder = Path(args.scratch)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "net.pt").write_bytes(checkpoint_bytes(model, {"image_size": model_size(state)}))
+    cwd = os.getcwd()
+    os.chdir(folder)  # the checkpoint path is relative to the config's folder (or cwd)
+    try:
+        suite = parse_suite(copy.deepcopy(raw))
+        ctx = TrialContext.create(suite.scenarios[0], {"net": folder / "net.pt"}, device)
+        out: dict[str, Any] = {"craft_scale": scale}
+        for spec in expand(suite):
+            _reset_peak(device)
+            rows = run_trial(spec, ctx)
+            row = rows[0]
+            name = spec.attack.name
+            entry = {k: (round(row[k], 3) if isinstance(row.get(k), float) else row.get(k))
+                     for k in ("status", "seconds_craft", "seconds_train", "seconds_eval",
+                               "seconds_total", "clean_accuracy", "error")}
+            entry["peak_memory_mb"] = _peak_mb(device)
+            if name in iterations and row.get("seconds_craft"):
+                entry["iterations"] = iterations[name]
+                entry["seconds_craft_at_protocol_iterations"] = round(
+                    row["seconds_craft"] * PROTOCOL_ITERATIONS[name] / iterations[name], 1)
+            out[spec.attack.label] = entry
+        return out
+    finally:
+        os.chdir(cwd)
+
+
+def model_size(state) -> int:
+    return int(state["data"].image_shape[1])
+
+
+SHARING_WORKER = """
+import sys, time, torch
+sys.path.insert(0, {root!r})
+from raypoison.models import build_model
+k, seconds, tiny, batch = {k}, {seconds}, {tiny}, {batch}
+device = "cuda" if torch.cuda.is_available() else "cpu"
+if device == "cuda":
+    torch.cuda.set_per_process_memory_fraction(0.9 / k)
+else:
+    torch.set_num_threads(1)
+size = 16 if tiny else 32
+model = build_model("convnet" if tiny else "resnet18", 10, (0.5,) * 3, (0.25,) * 3, size,
+                    {{"width": 8}} if tiny else None).to(device).train()
+opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+x = torch.rand(batch, 3, size, size, device=device)
+y = torch.randint(0, 10, (batch,), device=device)
+steps, start = 0, None
+while True:
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+    opt.zero_grad(); loss.backward(); opt.step(); steps += 1
+    if steps == 3:
+        if device == "cuda": torch.cuda.synchronize()
+        start, counted = time.perf_counter(), 0
+    elif start is not None:
+        counted += 1
+        if time.perf_counter() - start > seconds:
+            break
+if device == "cuda": torch.cuda.synchronize()
+print(counted * batch / (time.perf_counter() - start))
+"""
+
+
+def stage_sharing(args, device, state) -> dict:
+    out = {}
+    seconds = 1 if args.tiny else 20
+    for k in ((1, 2) if args.tiny else (1, 2, 4)):
+        code = SHARING_WORKER.format(root=str(ROOT), k=k, seconds=seconds, tiny=args.tiny,
+                                     batch=16 if args.tiny else args.batch_size)
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(k)]
+        rates = []
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=300)
+            if p.returncode != 0:
+                raise RuntimeError(f"a sharing process failed: {stderr[-800:]}")
+            rates.append(float(stdout.strip().splitlines()[-1]))
+        out[f"processes_{k}"] = {"images_per_second_total": round(sum(rates), 1),
+                                 "per_process": [round(r, 1) for r in rates]}
+    return out
+
+
+STAGES = {"environment": stage_environment, "epoch": stage_epoch, "trials": stage_trials,
+          "sharing": stage_sharing}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="CI-sized, on whatever device")
+    parser.add_argument("--data", default=os.path.join(os.environ.get(
+        "RAYPOISON_DATA_ROOT", "data"), "cifar10-jpeg"), help="the CIFAR-10 JPEG folder")
+    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."),
+                                                      "gpu_check.json"))
+    parser.add_argument("--scratch", default=None, help="a folder for the check's checkpoint")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--craft-scale", type=float, default=None,
+                        help="share of the protocol's crafting iterations (default 0.1; tiny "
+                             "0.01)")
+    parser.add_argument("--stages", default=",".join(STAGES))
+    args = parser.parse_args(argv)
+    args.craft_scale = args.craft_scale or (0.01 if args.tiny else 0.1)
+    Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
+    args.scratch = args.scratch or str(Path(args.out).resolve().parent / "gpu_check_scratch")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    state: dict[str, Any] = {}
+    failed = 0
+    for name in args.stages.split(","):
+        tick = time.perf_counter()
+        try:
+            report[name] = STAGES[name](args, device, state)
+        except Exception as err:  # the next stage still runs; the error is a figure too
+            failed += 1
+            report[name] = {"error": f"{type(err).__name__}: {err}",
+                            "traceback": traceback.format_exc()[-2000:]}
+        report[name]["stage_seconds"] = round(time.perf_counter() - tick, 1)
+        print(f"{name}: {json.dumps(report[name], default=str)[:1500]}", flush=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {args.out}; {failed} stages failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

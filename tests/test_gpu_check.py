@@ -1,0 +1,28 @@
+"""The prepared device check runs end to end in its CI-sized form (on the CPU here), so it is known
+to work before a GPU is lent."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_tiny_measures_every_stage(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["environment"]["tiny"] is True
+    for precision in ("float32", "bf16"):
+        assert report["epoch"][precision]["images_per_second"] > 0
+    trials = report["trials"]
+    for attack in ("none", "feature_collision", "convex_polytope", "bullseye_polytope",
+                   "hidden_trigger_backdoor"):
+        assert trials[attack]["status"] == "ok", trials[attack]
+    assert trials["convex_polytope"]["seconds_craft_at_protocol_iterations"] > \
+        trials["convex_polytope"]["seconds_craft"]
+    assert report["sharing"]["processes_2"]["images_per_second_total"] > 0
