@@ -136,10 +136,6 @@ def run_output(uri: str) -> str:
     return urlunsplit(split._replace(path=posixpath.dirname(split.path.rstrip("/"))))
 
 
-def load_arrow(uri: str, columns: Iterable[str] | None = None) -> pa.Table:
-    return pa.Table.from_pandas(load(uri, columns), preserve_index=False)
-
-
 def committed_trials(uri: str, *, include_failed: bool = True) -> set[str]:
     """Trial ids that already have rows. A trial's rows are written together, so any row counts.
 

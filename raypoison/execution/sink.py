@@ -54,10 +54,6 @@ class ParquetSink:
         for key in list(self._buffers):
             self._write(key)
 
-    @property
-    def buffered_rows(self) -> int:
-        return sum(len(b) for b in self._buffers.values())
-
     def _write(self, key: tuple[str, str]) -> None:
         rows = self._buffers.pop(key, [])
         self._oldest.pop(key, None)
