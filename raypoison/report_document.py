@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from raypoison import compare, defense_report, progress, report, report_tables
+from raypoison import compare, defense_report, report, report_tables, run_status
 from raypoison.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 
@@ -85,9 +85,9 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
     status = report.status_table(df)
     sections.append(Section("Rows by status", status,
                             [("", report_tables.status_display(status))]))
-    runs = progress.run_table(uri, df)
+    runs = run_status.run_table(uri, df)
     if not runs.empty:
-        sections.append(Section("Runs", runs, text=progress.to_text(runs)))
+        sections.append(Section("Runs", runs, text=run_status.to_text(runs)))
     sections.append(Section("Methods", text=_methods(interval)))
     return sections
 
