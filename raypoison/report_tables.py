@@ -229,7 +229,10 @@ def defense_pivots(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                 if k in rows.index else ""
                 for k in frame[keys].itertuples(index=False, name=None)]
         frame["poisons"] = frame["poisons"].map(text)
-        out.append((title, frame))
+        # a scenario or victim shared by every row goes into the caption, not a column
+        shared = [k for k in ("scenario", "victim") if frame[k].nunique() == 1]
+        caption = title + "".join(f"; {k} {frame[k].iloc[0]}" for k in shared)
+        out.append((caption, frame.drop(columns=shared)))
     return out
 
 
