@@ -197,11 +197,13 @@ def compare_figure(diff: pd.DataFrame, first: str, second: str, out_dir: str | P
     ax.errorbar(d, range(len(rows)), xerr=err, fmt="o", color="tab:blue", capsize=3,
                 label="difference (95% paired bootstrap over trials)")
     ax.axvline(0, color="black", lw=0.8, label="no difference")
+    reach = max(5.0, float((100 * rows[["low", "high"]].abs()).max().max()) + 2)
+    ax.set_xlim(-reach, reach)  # at least ±5 points, so a null difference still reads as one
     ax.set_yticks(list(range(len(rows))), [f"{s} ({r}, {n} pairs)" for s, r, n in zip(
         rows["scenario"], rows["role"], rows["pairs"], strict=True)])
     ax.set_xlabel(f"success rate of {first} minus {second}, percentage points")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     ax.set_title(f"{first} against {second}, paired by trial", fontsize=10)
     fig.tight_layout()
     out_dir = Path(out_dir)
