@@ -134,3 +134,12 @@ def gcs_uri():
            "&retry_limit_seconds=10")
     server.terminate()
     server.wait(timeout=10)
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    """Poll ``condition`` every 0.1 s until it holds; TimeoutError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.1)

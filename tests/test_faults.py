@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -13,19 +12,11 @@ import psutil
 from raypoison import results
 from raypoison.config import parse_suite
 from raypoison.execution.runner import RunOptions, run_suite
-from tests.conftest import noop_raw, write_config
+from tests.conftest import noop_raw, wait_for, write_config
 
 
 def _parts(folder: Path) -> list[Path]:
     return list(folder.glob("results/*/*/part-*.parquet"))
-
-
-def _wait_for(condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.1)
 
 
 def _busy_trial_workers() -> list[psutil.Process]:
@@ -52,7 +43,7 @@ def test_killed_worker_loses_no_trial_and_repeats_none(ray_cluster, tmp_path):
     killed: list[int] = []
 
     def assassin():
-        _wait_for(lambda: len(_parts(tmp_path)) >= 1 and _busy_trial_workers())
+        wait_for(lambda: len(_parts(tmp_path)) >= 1 and _busy_trial_workers())
         victim = _busy_trial_workers()[0]
         killed.append(victim.pid)
         victim.send_signal(signal.SIGKILL)
@@ -82,7 +73,7 @@ def test_killed_driver_resumes_without_recomputing(ray_cluster, tmp_path):
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for(lambda: len(_parts(out)) >= 2 or driver.poll() is not None)
+        wait_for(lambda: len(_parts(out)) >= 2 or driver.poll() is not None)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray instance it started
         driver.wait()

@@ -17,7 +17,7 @@ from raypoison import results
 from raypoison.cli import main
 from raypoison.execution.lease import LEASE_DIR, Lease, LeaseError, LeaseTimes
 from raypoison.storage import Location
-from tests.conftest import noop_raw, write_config
+from tests.conftest import noop_raw, wait_for, write_config
 
 FAST = LeaseTimes(heartbeat_seconds=0.1, stale_seconds=1.0, settle_seconds=0.05)
 
@@ -114,14 +114,6 @@ def test_the_lease_works_on_an_object_store(s3_uri):
         pass
 
 
-def _wait_for(condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.1)
-
-
 def test_a_driver_refuses_a_live_output_and_sigterm_ends_a_run_like_ctrl_c(tmp_path, capsys):
     raw = noop_raw(trials=60, seconds=0.3)
     raw["execution"] = {"workers": 1, "cpus_per_worker": 0, "gpus_per_worker": 0,
@@ -134,7 +126,7 @@ def test_a_driver_refuses_a_live_output_and_sigterm_ends_a_run_like_ctrl_c(tmp_p
         env=dict(os.environ, RAY_AUTH_MODE="disabled"), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for(lambda: list(out.glob("results/*/*/part-*.parquet")) or driver.poll() is not None)
+        wait_for(lambda: list(out.glob("results/*/*/part-*.parquet")) or driver.poll() is not None)
         leases = list((out / LEASE_DIR).glob("*.json"))
         assert driver.poll() is None and len(leases) == 1
         running = json.loads(leases[0].read_text())["run_id"]
