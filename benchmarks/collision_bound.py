@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from transfer_run import cached_context, neighbours, transfer_scenario
 
-from raypoison.spec import derive_seed
-from raypoison.stats import wilson
-from raypoison.training import logits, train
+from raypoison.analysis.stats import wilson
+from raypoison.core.identity import derive_seed
+from raypoison.training.loop import logits, train
 
 
 def main() -> None:

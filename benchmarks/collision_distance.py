@@ -33,10 +33,10 @@ from transfer_run import cached_context, neighbours, transfer_scenario
 
 from raypoison.attacks import create_attack
 from raypoison.attacks.crafting import eps_pixels
-from raypoison.config import Component
+from raypoison.core.identity import derive_seed
+from raypoison.core.registry import Component
 from raypoison.data.augment import identity_view
-from raypoison.feature_bank import view_features
-from raypoison.spec import derive_seed
+from raypoison.training.feature_bank import view_features
 
 
 def distances(model, images: torch.Tensor, target: torch.Tensor) -> tuple[float, float, float]:

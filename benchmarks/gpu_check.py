@@ -85,10 +85,11 @@ def stage_environment(args, device, state) -> dict:
 
 
 def stage_epoch(args, device, state) -> dict:
-    from raypoison.config import RecipeConfig, build_component
+    from raypoison.core.registry import build_component
     from raypoison.data import DATASETS, load_dataset
     from raypoison.models import build_model, to_device
-    from raypoison.training import accuracy, train
+    from raypoison.training.loop import accuracy, train
+    from raypoison.training.recipe import RecipeConfig
 
     tick = time.perf_counter()
     data = load_dataset(build_component(_dataset(args), "dataset", DATASETS))
@@ -120,10 +121,10 @@ def stage_epoch(args, device, state) -> dict:
 
 
 def stage_trials(args, device, state) -> dict:
-    from raypoison.config import parse_suite
+    from raypoison.config.specs import expand
+    from raypoison.config.suite import parse_suite
     from raypoison.models import checkpoint_bytes
-    from raypoison.spec import expand
-    from raypoison.trial import TrialContext, run_trial
+    from raypoison.trial.run import TrialContext, run_trial
 
     model = state["model"]
     scale = args.craft_scale

@@ -16,9 +16,9 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from raypoison.report import outcomes
-from raypoison.results import load
-from raypoison.stats import bootstrap_interval, mcnemar_exact, wilson
+from raypoison.analysis.report import outcomes
+from raypoison.analysis.stats import bootstrap_interval, mcnemar_exact, wilson
+from raypoison.store.results import load
 
 KEYS = ["scenario", "attack", "trial", "victim"]
 

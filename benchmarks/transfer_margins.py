@@ -36,10 +36,10 @@ import torch
 from transfer_run import cached_context, transfer_scenario
 
 from raypoison.attacks import create_attack
-from raypoison.feature_bank import view_features
-from raypoison.spec import derive_seed
-from raypoison.training import train
-from raypoison.trial import TrialContext
+from raypoison.core.identity import derive_seed
+from raypoison.training.feature_bank import view_features
+from raypoison.training.loop import train
+from raypoison.trial.run import TrialContext
 
 
 def relative_distance(features: torch.Tensor, target: torch.Tensor) -> float:

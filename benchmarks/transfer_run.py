@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from raypoison.config import ScenarioConfig, SuiteConfig, load_suite
+from raypoison.config.suite import ScenarioConfig, SuiteConfig, load_suite
 from raypoison.execution.checkpoints import local_checkpoint, models_of
-from raypoison.trial import TrialContext
+from raypoison.trial.run import TrialContext
 
 
 def transfer_scenario(config: str, name: str | None) -> tuple[SuiteConfig, ScenarioConfig]:

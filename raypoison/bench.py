@@ -13,7 +13,7 @@ import time
 
 import psutil
 
-from raypoison.config import parse_suite
+from raypoison.config.suite import parse_suite
 
 
 def _suite(trials: int, workers: int):
@@ -37,7 +37,7 @@ def _suite(trials: int, workers: int):
 def scheduler_overhead(trials: int = 10_000, workers: int = 16, gpus: float = 4,
                        output: str | None = None) -> dict:
     from raypoison.execution.runner import RunOptions, run_suite
-    from raypoison.results import read_table
+    from raypoison.store.results import read_table
 
     folder = output or tempfile.mkdtemp(prefix="raypoison-bench-")
     rss_start = psutil.Process().memory_info().rss
@@ -83,11 +83,11 @@ def crafting_seconds(config: str, *, trials: int = 3, attacks: list[str] | None 
     import torch
 
     from raypoison.attacks import ATTACKS, create_attack
-    from raypoison.config import load_suite
+    from raypoison.config.suite import load_suite
+    from raypoison.core.identity import derive_seed
     from raypoison.execution.checkpoints import local_checkpoint, models_of
-    from raypoison.pretrain import pretrain_checkpoint
-    from raypoison.spec import derive_seed
-    from raypoison.trial import TrialContext
+    from raypoison.trial.pretrain import pretrain_checkpoint
+    from raypoison.trial.run import TrialContext
 
     suite = load_suite(config)
     scenario = suite.scenarios[0]

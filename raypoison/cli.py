@@ -102,9 +102,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from raypoison.config import load_suite
+    from raypoison.config.specs import parse_trial_range
+    from raypoison.config.suite import load_suite
     from raypoison.execution.runner import RunOptions, run_suite
-    from raypoison.spec import parse_trial_range
 
     suite = load_suite(args.config)
     if "://" not in args.output and Path(args.output).exists() and not Path(args.output).is_dir():
@@ -129,8 +129,8 @@ def _run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     import tempfile
 
-    from raypoison import results
-    from raypoison.report_document import assemble, to_html, to_markdown
+    from raypoison.analysis.document import assemble, to_html, to_markdown
+    from raypoison.store import results
 
     df = results.load(args.output)
     if df.empty:
@@ -175,7 +175,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _figures(df, sections: list, args: argparse.Namespace, folder: Path) -> list[Path]:
-    from raypoison.figures import compare_figure, forest_figures, sweep_figures, tradeoff_figures
+    from raypoison.analysis.figures import compare_figure, forest_figures, sweep_figures, tradeoff_figures
 
     by_title = {s.title: s.table for s in sections}
     figures = forest_figures(sections[0].table, folder, args.interval)
@@ -189,7 +189,7 @@ def _figures(df, sections: list, args: argparse.Namespace, folder: Path) -> list
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from raypoison.config import load_zoo
+    from raypoison.config.suite import load_zoo
     from raypoison.execution.zoo import pretrain_zoo
 
     entries = pretrain_zoo(load_zoo(args.config), args.output, address=args.address,
@@ -203,8 +203,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from raypoison.config import load_suite
-    from raypoison.spec import count
+    from raypoison.config.specs import count
+    from raypoison.config.suite import load_suite
 
     suite = load_suite(args.config)
     for scenario in suite.scenarios:
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "pretrain":
             return _pretrain(args)
         if args.command == "compact":
-            from raypoison.compact import compact
+            from raypoison.store.compact import compact
 
             done = compact(args.output)
             print(f"compacted {done.partitions} partitions: {done.files_before} files -> "

@@ -12,9 +12,9 @@ import time
 import ray
 from ray.cluster_utils import Cluster
 
-from raypoison import results
-from raypoison.config import parse_suite
+from raypoison.config.suite import parse_suite
 from raypoison.execution.runner import RunOptions, run_suite
+from raypoison.store import results
 from tests.conftest import noop_raw
 
 

@@ -85,8 +85,8 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint() -> bytes:
-    from raypoison.config import parse_suite
-    from raypoison.pretrain import pretrain_checkpoint
+    from raypoison.config.suite import parse_suite
+    from raypoison.trial.pretrain import pretrain_checkpoint
 
     suite = parse_suite(copy.deepcopy(TINY))
     scenario = suite.scenarios[0]

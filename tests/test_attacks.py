@@ -5,9 +5,9 @@ import torch
 
 from raypoison.attacks import create_attack
 from raypoison.attacks.polytope import project_simplex_np, refit_coefficients
-from raypoison.config import parse_suite
-from raypoison.evaluate import check_poisons
-from raypoison.trial import TrialContext
+from raypoison.config.suite import parse_suite
+from raypoison.trial.evaluate import check_poisons
+from raypoison.trial.run import TrialContext
 
 ATTACKS = [
     {"name": "feature_collision", "params": {"iterations": 30, "step": 0.01}},
@@ -72,7 +72,7 @@ def two_models(tiny_checkpoint):
     """The tiny scenario with a second attacker model, pre-trained from another seed."""
     import copy
 
-    from raypoison.pretrain import pretrain_checkpoint
+    from raypoison.trial.pretrain import pretrain_checkpoint
     from tests.conftest import PRETRAIN, TINY
 
     raw = copy.deepcopy(TINY)
@@ -173,9 +173,9 @@ def test_witches_brew_on_an_ensemble_and_the_roles_of_a_pool(two_models):
     call white-box only the victim its poisons were crafted on."""
     import copy
 
+    from raypoison.config.specs import expand
     from raypoison.errors import ConfigError
-    from raypoison.spec import expand
-    from raypoison.trial import run_trial
+    from raypoison.trial.run import run_trial
 
     brew = {"name": "witches_brew", "params": {"iterations": 8, "restarts": 1}}
     both = dict(brew, params=dict(brew["params"], ensemble=True))

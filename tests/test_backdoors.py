@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from raypoison.attacks import create_attack
-from raypoison.config import parse_suite
+from raypoison.config.specs import expand
+from raypoison.config.suite import parse_suite
+from raypoison.data.triggers import TriggerConfig, make_trigger, paste
 from raypoison.errors import ConfigError
-from raypoison.evaluate import check_poisons, evaluate_victim
-from raypoison.spec import expand
-from raypoison.training import predict
-from raypoison.trial import TrialContext, run_trial
-from raypoison.triggers import TriggerConfig, make_trigger, paste
+from raypoison.training.loop import predict
+from raypoison.trial.evaluate import check_poisons, evaluate_victim
+from raypoison.trial.run import TrialContext, run_trial
 from tests.conftest import TINY
 
 BACKDOORS = [

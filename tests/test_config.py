@@ -1,6 +1,6 @@
 import pytest
 
-from raypoison.config import load_suite, parse_suite
+from raypoison.config.suite import load_suite, parse_suite
 from raypoison.errors import ConfigError
 from tests.conftest import write_config
 
@@ -114,7 +114,7 @@ def test_relative_paths_from_variables_follow_the_working_folder(tmp_path, tiny_
 
 def test_a_one_model_attacker_list_is_that_model(tiny_raw):
     """``attacker: [net-a]`` runs as ``attacker: net-a`` and keeps its trial ids."""
-    from raypoison.spec import expand
+    from raypoison.config.specs import expand
 
     plain = parse_suite(tiny_raw)
     listed = parse_suite({**tiny_raw, "scenarios": [dict(tiny_raw["scenarios"][0],

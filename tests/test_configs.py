@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from raypoison.config import load_suite, load_zoo
-from raypoison.setups import sample_setup, save_setups
+from raypoison.config.suite import load_suite, load_zoo
+from raypoison.data.setups import sample_setup, save_setups
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from raypoison.config import build_component
+from raypoison.core.registry import build_component
 from raypoison.data import DATASETS, load_dataset
+from raypoison.data.setups import load_setups, sample_setup, save_setups
 from raypoison.errors import ConfigError, DataError
-from raypoison.setups import load_setups, sample_setup, save_setups
 
 DATA_ROOT = os.environ.get("RAYPOISON_DATA_ROOT")
 needs_shared = pytest.mark.skipif(not DATA_ROOT, reason="set RAYPOISON_DATA_ROOT to ../shared/data")

@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 import torch
 
+from raypoison.analysis.defense_report import defense_table
+from raypoison.analysis.defense_report import to_markdown as defense_markdown
+from raypoison.analysis.figures import tradeoff_figures
+from raypoison.analysis.stats import roc_auc
 from raypoison.attacks import create_attack
-from raypoison.config import parse_suite
-from raypoison.defend import flag_scores
-from raypoison.defense_report import defense_table
-from raypoison.defense_report import to_markdown as defense_markdown
+from raypoison.config.specs import expand
+from raypoison.config.suite import parse_suite
+from raypoison.data.triggers import paste
 from raypoison.defenses import DEFENSES, TrainingSet, create_defense
 from raypoison.errors import ConfigError
-from raypoison.evaluate import check_poisons, evaluate_victim
-from raypoison.figures import tradeoff_figures
-from raypoison.spec import expand
-from raypoison.stats import roc_auc
-from raypoison.training import train
-from raypoison.trial import TrialContext, run_trial
-from raypoison.triggers import paste
+from raypoison.training.loop import train
+from raypoison.trial.defend import flag_scores
+from raypoison.trial.evaluate import check_poisons, evaluate_victim
+from raypoison.trial.run import TrialContext, run_trial
 
 PYP = {
     "name": "pyp-tiny",
@@ -114,7 +114,7 @@ def test_dirty_label_poisons_carry_the_trigger_and_the_target_label(pyp, label):
 
 
 def test_blend_and_warp_triggers_do_what_they_say():
-    from raypoison.triggers import TriggerConfig, make_trigger
+    from raypoison.data.triggers import TriggerConfig, make_trigger
 
     images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
     blend = make_trigger(TriggerConfig(style="blend", alpha=0.25), 3, 16)
@@ -357,10 +357,10 @@ def test_data_side_scoring_counts_only_changed_samples_as_poisons(pyp):
 
 
 def test_retrying_failed_trials_reruns_a_trial_whose_defense_failed(tmp_path):
-    from raypoison import results
-    from raypoison.execution.sink import ParquetSink
-    from raypoison.rows import SCHEMA_VERSION
-    from raypoison.storage import Location
+    from raypoison.store import results
+    from raypoison.store.rows import SCHEMA_VERSION
+    from raypoison.store.sink import ParquetSink
+    from raypoison.store.storage import Location
 
     sink = ParquetSink(Location.parse(str(tmp_path)), "r")
     base = {"schema_version": SCHEMA_VERSION, "scenario": "s", "attack": "a", "victim": "v",
@@ -434,7 +434,7 @@ def test_dirty_label_transfer_trials_run_with_bases_outside_the_feature_bank(tin
     """In transfer mode a dirty-label trial keeps the setup's bases as clean training images;
     those outside the feature bank's pool make the trial run the extractor instead, so it trains
     the same head as a trial without a bank."""
-    import raypoison.trial
+    import raypoison.trial.context
     from tests.conftest import TINY
 
     raw = copy.deepcopy(TINY)
@@ -458,7 +458,7 @@ def test_dirty_label_transfer_trials_run_with_bases_outside_the_feature_bank(tin
         assert row["poisons"] == 6 and 0 <= row["attack_success_rate"] <= 1
         rows.append(row)
     assert outside > 0  # the fallback ran
-    monkeypatch.setattr(raypoison.trial, "MAX_BANK_BYTES", 0)  # no bank at all
+    monkeypatch.setattr(raypoison.trial.context, "MAX_BANK_BYTES", 0)  # no bank at all
     plain = TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
     assert not plain.uses_feature_bank
     for spec, row in zip(expand(suite), rows, strict=True):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import psutil
 
-from raypoison import results
-from raypoison.config import parse_suite
+from raypoison.config.suite import parse_suite
 from raypoison.execution.runner import RunOptions, run_suite
+from raypoison.store import results
 from tests.conftest import noop_raw, wait_for, write_config
 
 

@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from raypoison.cli import main
-from raypoison.config import MAX_CONFIG_VALUES, MAX_NAME_BYTES, MAX_TRIALS, load_suite, parse_suite
+from raypoison.config.specs import count, expand
+from raypoison.config.suite import MAX_CONFIG_VALUES, MAX_TRIALS, load_suite, parse_suite
+from raypoison.core.schema import MAX_NAME_BYTES
 from raypoison.errors import ConfigError
-from raypoison.spec import count, expand
 from tests.conftest import TINY, write_config
 
 
@@ -110,11 +111,11 @@ def test_a_foreign_part_with_an_uncastable_value_is_skipped_by_every_reader(tmp_
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raypoison import results
-    from raypoison.compact import compact
-    from raypoison.execution.sink import ParquetSink
-    from raypoison.rows import SCHEMA_VERSION
-    from raypoison.storage import Location
+    from raypoison.store import results
+    from raypoison.store.compact import compact
+    from raypoison.store.rows import SCHEMA_VERSION
+    from raypoison.store.sink import ParquetSink
+    from raypoison.store.storage import Location
 
     sink = ParquetSink(Location.parse(str(tmp_path)), "r")
     sink.add([{"schema_version": SCHEMA_VERSION, "trial_id": "t1", "scenario": "s",
@@ -142,8 +143,8 @@ def test_the_restricted_unpickler_refuses_to_build_huge_arrays(tmp_path):
 
     import numpy as np
 
+    from raypoison.core.safe_pickle import restricted_load_file, restricted_loads
     from raypoison.errors import DataError
-    from raypoison.safe_pickle import restricted_load_file, restricted_loads
 
     bomb = b"\x80\x02cnumpy\nndarray\nJ\x00\xca\x9a;\x85\x85R."
     with pytest.raises(pickle.UnpicklingError, match="1,000,000,000 elements"):
@@ -181,8 +182,8 @@ def test_external_folders_reordered_float_indices_and_one_bad_folder_in_a_batch(
     import numpy as np
     import torch
 
-    from raypoison.trial import TrialContext, run_trials
-    from raypoison.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
+    from raypoison.formats.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
+    from raypoison.trial.run import TrialContext, run_trials
 
     tiny_raw["attacks"] = [{"name": "external", "params": {"root": str(tmp_path)}}]
     suite = parse_suite(tiny_raw)
@@ -212,10 +213,10 @@ def test_external_folders_reordered_float_indices_and_one_bad_folder_in_a_batch(
 
 
 def test_compact_takes_the_results_folder_and_a_non_object_manifest_is_skipped(tmp_path, capsys):
-    from raypoison import results
-    from raypoison.execution.sink import ParquetSink
-    from raypoison.rows import SCHEMA_VERSION
-    from raypoison.storage import Location
+    from raypoison.store import results
+    from raypoison.store.rows import SCHEMA_VERSION
+    from raypoison.store.sink import ParquetSink
+    from raypoison.store.storage import Location
 
     for run in ("r1", "r2"):
         sink = ParquetSink(Location.parse(str(tmp_path)), run)
@@ -240,7 +241,7 @@ def test_a_failed_write_leaves_no_temporary_file_and_a_manifest_that_says_so(ray
 
     from raypoison.errors import ResultsError
     from raypoison.execution.runner import RunOptions, run_suite
-    from raypoison.storage import Location
+    from raypoison.store.storage import Location
     from tests.conftest import noop_raw
 
     # the storage layer: a failed move leaves no temporary file behind
@@ -268,12 +269,12 @@ def test_a_failed_write_leaves_no_temporary_file_and_a_manifest_that_says_so(ray
 def test_an_interrupted_validate_does_not_claim_to_have_saved_trials(tmp_path, capsys,
                                                                       monkeypatch):
     """Ctrl-C (or SIGTERM, which the command line turns into the same) during ``validate``."""
-    import raypoison.spec
+    import raypoison.config.specs
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(raypoison.spec, "count", interrupted)
+    monkeypatch.setattr(raypoison.config.specs, "count", interrupted)
     config = write_config(tmp_path / "c.yaml", copy.deepcopy(TINY))
     assert main(["validate", str(config)]) == 130
     err = capsys.readouterr().err

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from raypoison import PROTOCOL_VERSION
-from raypoison.config import load_suite, parse_suite
-from raypoison.spec import expand
+from raypoison.config.specs import expand
+from raypoison.config.suite import load_suite, parse_suite
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def test_golden_ids_of_a_config_with_every_attack_and_defense(tmp_path):
 def _write_image_folder(root: Path) -> None:
     """The tiny scenario's synthetic images as PNG files in an ImageFolder layout, plus a trigger
     image."""
-    from raypoison.config import build_component
+    from raypoison.core.registry import build_component
     from raypoison.data import DATASETS, load_dataset
 
     data = load_dataset(build_component(TINY["scenarios"][0]["dataset"], "dataset", DATASETS))
@@ -144,7 +144,7 @@ def test_a_changed_trigger_file_or_external_folder_changes_only_its_attack(tmp_p
 
 @pytest.mark.parametrize("where", ["file", "folder"])
 def test_content_digest_ignores_location_and_sees_one_byte(tmp_path, where):
-    from raypoison.config import content_digest
+    from raypoison.core.identity import content_digest
 
     for name in ("x", "y"):
         if where == "file":

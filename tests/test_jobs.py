@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from raypoison import results
+from raypoison.store import results
 from tests.conftest import free_port, noop_raw, write_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from raypoison import results
 from raypoison.cli import main
 from raypoison.execution.lease import LEASE_DIR, Lease, LeaseError, LeaseTimes
-from raypoison.storage import Location
+from raypoison.store import results
+from raypoison.store.storage import Location
 from tests.conftest import noop_raw, wait_for, write_config
 
 FAST = LeaseTimes(heartbeat_seconds=0.1, stale_seconds=1.0, settle_seconds=0.05)

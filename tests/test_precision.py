@@ -5,10 +5,11 @@ import dataclasses
 
 import torch
 
-from raypoison.config import RecipeConfig, build_component
+from raypoison.core.registry import build_component
 from raypoison.data import DATASETS, load_dataset
 from raypoison.models import build_model
-from raypoison.training import accuracy, train
+from raypoison.training.loop import accuracy, train
+from raypoison.training.recipe import RecipeConfig
 
 
 def test_bf16_autocast_trains_and_evaluates_on_the_cpu():

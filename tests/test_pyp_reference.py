@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from raypoison.config import parse_suite
+from raypoison.config.suite import parse_suite
 from raypoison.defenses import TrustedSet
 from raypoison.defenses.trigger_inversion import CalibratedTriggerInversion, scoring_split
 from raypoison.defenses.tuning import (
@@ -18,7 +18,7 @@ from raypoison.defenses.tuning import (
 )
 from raypoison.errors import ConfigError
 from raypoison.models import build_model
-from raypoison.trial import TrialContext
+from raypoison.trial.run import TrialContext
 from tests.conftest import TINY
 
 
@@ -106,7 +106,7 @@ def test_a_trusted_share_of_the_training_set():
 def test_rows_of_one_defense_label_with_other_parameters_are_never_pooled():
     import pandas as pd
 
-    from raypoison.defense_report import separate_variants
+    from raypoison.analysis.defense_report import separate_variants
 
     rows = pd.DataFrame({"defense": ["pivotal_tuning"] * 3 + ["strip"],
                          "defense_params": ['{"lr": 0.0001}', '{"lr": 0.0001}', '{"lr": 0.002}',

@@ -20,9 +20,9 @@ from raypoison.attacks.crafting import (
 )
 from raypoison.attacks.polytope import project_simplex_np, refit_coefficients
 from raypoison.attacks.witches_brew import best_restart, schedule_milestones
-from raypoison.config import parse_suite
-from raypoison.evaluate import check_poisons
-from raypoison.trial import TrialContext
+from raypoison.config.suite import parse_suite
+from raypoison.trial.evaluate import check_poisons
+from raypoison.trial.run import TrialContext
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +251,7 @@ def test_hidden_trigger_backdoor_schedule_follows_the_data_set():
 
 def test_the_reference_triggers_are_shipped_and_the_backdoors_default_to_them():
     from raypoison.attacks.backdoors import CleanLabelBackdoor, HiddenTriggerBackdoor
-    from raypoison.triggers import TriggerConfig, make_trigger, reference_trigger_path
+    from raypoison.data.triggers import TriggerConfig, make_trigger, reference_trigger_path
 
     for name, size in (("clbd", 5), ("htbd", 5), ("htbd", 8)):
         path = reference_trigger_path(name)
@@ -366,14 +366,14 @@ def test_decoding_fills_one_array(tmp_path):
 
 
 def test_a_backdoor_trial_folder_round_trips_its_trigger(tmp_path):
-    from raypoison.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
-    from raypoison.triggers import TriggerConfig, make_trigger, paste
+    from raypoison.data.triggers import TriggerConfig, make_trigger, paste
+    from raypoison.formats.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
 
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8))
     target = torch.from_numpy(rng.integers(0, 256, (3, 32, 32), dtype=np.uint8))
     trigger = make_trigger(TriggerConfig(kind="reference", name="htbd", offset=5), 5)
-    from raypoison.trial_folder import patch_position
+    from raypoison.formats.trial_folder import patch_position
 
     patch, at = patch_position(trigger, 32, 32)
     assert at == (22, 22)

@@ -5,11 +5,11 @@ import math
 import pandas as pd
 import pytest
 
+from raypoison.analysis.report import success_table, to_markdown
+from raypoison.analysis.stats import clopper_pearson, wilson
 from raypoison.cli import main
-from raypoison.execution.sink import ParquetSink
-from raypoison.report import success_table, to_markdown
-from raypoison.stats import clopper_pearson, wilson
-from raypoison.storage import Location
+from raypoison.store.sink import ParquetSink
+from raypoison.store.storage import Location
 
 
 @pytest.mark.parametrize("k, n, low, high", [
@@ -53,7 +53,7 @@ def test_black_box_cells_pool_their_victims_and_failures_do_not_count():
 
 
 def test_report_command_prints_cells_with_n_and_intervals(tmp_path, capsys):
-    from raypoison.rows import SCHEMA_VERSION
+    from raypoison.store.rows import SCHEMA_VERSION
 
     sink = ParquetSink(Location.parse(str(tmp_path)), "r")
     for row in _rows():
@@ -91,7 +91,7 @@ def test_published_numbers_sit_beside_ours_and_flag_when_they_differ():
 
 
 def test_newcombe_and_mcnemar_match_known_values():
-    from raypoison.stats import mcnemar_exact, newcombe_difference
+    from raypoison.analysis.stats import mcnemar_exact, newcombe_difference
 
     # Newcombe (1998), table II example: 56/70 vs 48/80 -> 0.2000 [0.0524, 0.3339]
     d, low, high = newcombe_difference(56, 70, 48, 80)
@@ -114,7 +114,7 @@ def _paired_rows():
 
 
 def test_paired_comparison_of_two_attacks():
-    from raypoison.compare import compare_attacks
+    from raypoison.analysis.compare import compare_attacks
 
     diff = compare_attacks(pd.DataFrame(_paired_rows()), "strong", "weak").iloc[0]
     assert diff["pairs"] == 30 and diff["only_first"] == 9 and diff["only_second"] == 0
@@ -127,7 +127,7 @@ def test_paired_comparison_of_two_attacks():
 def test_report_writes_markdown_html_comparisons_figures_and_run_progress(tmp_path, capsys):
     import json
 
-    from raypoison.rows import SCHEMA_VERSION
+    from raypoison.store.rows import SCHEMA_VERSION
 
     out, other = tmp_path / "out", tmp_path / "other"
     for folder, rows in ((out, _paired_rows()), (other, _paired_rows()[:20])):
@@ -182,7 +182,7 @@ def test_a_pooled_cell_whose_victims_agree_is_as_wide_as_one_victim():
     """Every victim of a trial with the same outcome: 200 outcomes carry the information of 100,
     and the interval is one victim's (the plain Wilson interval over 200 would be about 1/√2 as
     wide); victims that disagree, here anti-correlated, give the narrower interval over 200."""
-    from raypoison.stats import wilson
+    from raypoison.analysis.stats import wilson
 
     agree = success_table(pd.DataFrame(_pooled_rows(True))).iloc[0]
     one_victim = wilson(30, 100)
@@ -210,7 +210,7 @@ def test_trials_sharing_a_crafting_model_cluster_on_it():
 
 def test_paired_comparison_resamples_trials_not_victims():
     """Two victims per trial that always agree: the paired difference counts each trial once."""
-    from raypoison.compare import compare_attacks
+    from raypoison.analysis.compare import compare_attacks
 
     rows = []
     for trial in range(30):

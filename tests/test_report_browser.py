@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from raypoison.cli import main
-from raypoison.execution.sink import ParquetSink
-from raypoison.storage import Location
+from raypoison.store.sink import ParquetSink
+from raypoison.store.storage import Location
 from tests.test_report_format import _benchmark_rows
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which(

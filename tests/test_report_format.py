@@ -4,13 +4,13 @@ import struct
 
 import pandas as pd
 
+from raypoison.analysis.document import assemble, to_html, to_markdown
+from raypoison.analysis.report import success_table
+from raypoison.analysis.tables import interval_cell, markdown_table, success_long, success_table3
 from raypoison.cli import main
-from raypoison.execution.sink import ParquetSink
-from raypoison.report import success_table
-from raypoison.report_document import assemble, to_html, to_markdown
-from raypoison.report_tables import interval_cell, markdown_table, success_long, success_table3
-from raypoison.rows import SCHEMA_VERSION
-from raypoison.storage import Location
+from raypoison.store.rows import SCHEMA_VERSION
+from raypoison.store.sink import ParquetSink
+from raypoison.store.storage import Location
 
 
 def test_a_cell_reads_rate_and_interval_in_percent_and_missing_is_empty():

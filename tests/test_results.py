@@ -5,10 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raypoison import results
-from raypoison.execution.sink import ParquetSink
-from raypoison.rows import SCHEMA_VERSION
-from raypoison.storage import Location
+from raypoison.store import results
+from raypoison.store.rows import SCHEMA_VERSION
+from raypoison.store.sink import ParquetSink
+from raypoison.store.storage import Location
 
 
 def row(trial, victim="v", status="ok", minutes=0, scenario="s", attack="a"):
@@ -113,7 +113,7 @@ def test_duckdb_reads_the_dataset_with_hive_partitions(tmp_path):
 
 
 def test_compaction_keeps_exactly_the_deduplicated_rows(tmp_path):
-    from raypoison.compact import compact
+    from raypoison.store.compact import compact
 
     sink = ParquetSink(Location.parse(str(tmp_path)), "r", rows_per_file=3)
     for i in range(20):

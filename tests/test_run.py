@@ -5,12 +5,12 @@ from collections import Counter
 
 import ray
 
-from raypoison import results
-from raypoison.config import parse_suite
+from raypoison.config.specs import expand
+from raypoison.config.suite import parse_suite
 from raypoison.execution.runner import RunOptions, run_suite
 from raypoison.execution.worker import TrialTask, TrialWorker
 from raypoison.models import load_checkpoint
-from raypoison.spec import expand
+from raypoison.store import results
 from tests.conftest import noop_raw
 
 

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from raypoison import results
-from raypoison.config import parse_suite
+from raypoison.config.suite import parse_suite
 from raypoison.execution.runner import RunOptions, run_suite
+from raypoison.store import results
 from tests.test_defenses import PYP
 
 
@@ -96,8 +96,8 @@ def test_triggers_round_trip_through_the_saved_state(style):
 
     import torch
 
-    from raypoison.triggers import TriggerConfig, make_trigger
-    from raypoison.victims import trigger_from_state, trigger_state
+    from raypoison.data.triggers import TriggerConfig, make_trigger
+    from raypoison.trial.victims import trigger_from_state, trigger_state
 
     trigger = make_trigger(TriggerConfig(style=style, kind="checkerboard"), 3, 16)
     buffer = io.BytesIO()

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from raypoison.config import parse_suite
+from raypoison.config.specs import count, expand, parse_trial_range
+from raypoison.config.suite import parse_suite
+from raypoison.core.identity import trial_id
+from raypoison.data.setups import clean_training_indices, sample_setup
 from raypoison.errors import ConfigError
-from raypoison.setups import clean_training_indices, sample_setup
-from raypoison.spec import count, expand, parse_trial_range, trial_id
 
 
 def test_ids_are_deterministic_and_unique(tiny_raw):

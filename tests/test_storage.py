@@ -4,11 +4,11 @@ systems like any bucket."""
 
 import pyarrow.fs as pafs
 
-from raypoison import results
-from raypoison.compact import compact
-from raypoison.config import parse_suite
+from raypoison.config.suite import parse_suite
 from raypoison.execution.runner import RunOptions, run_suite
-from raypoison.storage import Location
+from raypoison.store import results
+from raypoison.store.compact import compact
+from raypoison.store.storage import Location
 from tests.conftest import noop_raw
 
 

@@ -5,13 +5,13 @@ import torch
 
 from raypoison.attacks.base import Poisons
 from raypoison.attacks.crafting import descend, quantize
-from raypoison.config import parse_suite
+from raypoison.config.specs import expand
+from raypoison.config.suite import parse_suite
 from raypoison.data import load_dataset
 from raypoison.data.augment import random_crop_flip
-from raypoison.evaluate import check_poisons
 from raypoison.models import load_checkpoint
-from raypoison.spec import expand
-from raypoison.trial import TrialContext, run_trial
+from raypoison.trial.evaluate import check_poisons
+from raypoison.trial.run import TrialContext, run_trial
 
 
 @pytest.fixture
@@ -115,9 +115,9 @@ def test_an_error_inside_a_trial_becomes_failure_rows(tiny_raw):
 
 
 def test_banked_features_train_the_same_head_as_running_the_extractor(ctx):
-    from raypoison.feature_bank import TrainingFeatures
-    from raypoison.setups import clean_training_indices
-    from raypoison.training import train
+    from raypoison.data.setups import clean_training_indices
+    from raypoison.training.feature_bank import TrainingFeatures
+    from raypoison.training.loop import train
 
     suite, context = ctx
     assert context.uses_feature_bank
@@ -142,8 +142,8 @@ def test_a_head_trained_without_augmentation_banks_only_the_unaugmented_view(tin
                                                                             tiny_checkpoint):
     import dataclasses
 
-    from raypoison.setups import clean_training_indices
-    from raypoison.training import train
+    from raypoison.data.setups import clean_training_indices
+    from raypoison.training.loop import train
 
     tiny_raw["scenarios"][0]["recipe"]["augment"] = False
     scenario = parse_suite(tiny_raw).scenarios[0]
@@ -170,7 +170,7 @@ def test_a_head_trained_without_augmentation_banks_only_the_unaugmented_view(tin
 
 def test_reference_trial_folders_are_imported_checked_and_evaluated(tmp_path, tiny_raw,
                                                                      tiny_checkpoint):
-    from raypoison.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
+    from raypoison.formats.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
 
     tiny_raw["attacks"] = [{"name": "external", "params": {"root": str(tmp_path)}}]
     suite = parse_suite(tiny_raw)
@@ -202,9 +202,9 @@ def test_reference_trial_folders_are_imported_checked_and_evaluated(tmp_path, ti
 def test_onecycle_schedule_warms_up_decays_and_trains(tiny_raw):
     """The one-cycle schedule rises to the peak lr over the warm-up, falls towards 0 by the last
     step, and trains the small ConvNet well above chance on the tiny data."""
-    from raypoison.config import RecipeConfig
     from raypoison.models import build_model
-    from raypoison.training import _schedule, accuracy, train
+    from raypoison.training.loop import _schedule, accuracy, train
+    from raypoison.training.recipe import RecipeConfig
 
     recipe = RecipeConfig(lr=0.1, epochs=10, milestones=(), schedule="onecycle", warmup=0.3,
                           batch_size=32)

@@ -4,11 +4,11 @@ import json
 
 import yaml
 
-from raypoison.adversarial import robust_accuracy
-from raypoison.config import load_zoo
+from raypoison.config.suite import load_zoo
 from raypoison.data import load_dataset
 from raypoison.execution.zoo import pretrain_zoo
 from raypoison.models import load_checkpoint
+from raypoison.training.adversarial import robust_accuracy
 
 DATASET = {"name": "synthetic", "params": {"classes": 4, "image_size": 12, "train_per_class": 60,
                                            "test_per_class": 25, "noise": 0.2, "seed": 5}}

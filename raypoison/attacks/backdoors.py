@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from raypoison.adversarial import pgd
 from raypoison.attacks.base import Attack, CraftResult, Poisons
 from raypoison.attacks.crafting import project, quantize, scheduled_descend
 from raypoison.attacks.registry import ATTACKS
-from raypoison.config import parse_fraction
+from raypoison.core.schema import parse_fraction
+from raypoison.data.triggers import TriggerConfig, make_trigger, paste
 from raypoison.errors import ConfigError
-from raypoison.triggers import TriggerConfig, make_trigger, paste
+from raypoison.training.adversarial import pgd
 
 
 def _poisons(setup, images) -> Poisons:
@@ -59,8 +59,8 @@ class CleanLabelBackdoor(Attack):
         return not params.model  # it crafts on its own model when it names one
 
     def craft(self, ctx, setup, seed, index) -> CraftResult:
-        p, epsilon = self.params, ctx.scenario.epsilon
-        model = ctx.model(p.model or ctx.scenario.attackers[0])
+        p, epsilon = self.params, ctx.epsilon
+        model = ctx.model(p.model or ctx.attackers[0])
         bases_u8 = ctx.data.train_x[list(setup.base_indices)]
         bases = bases_u8.float() / 255
         labels = torch.full((len(bases),), setup.base_class, device=bases.device)
@@ -71,7 +71,7 @@ class CleanLabelBackdoor(Attack):
                           generator=generator)
         with torch.no_grad():
             after = torch.nn.functional.cross_entropy(model(adversarial), labels)
-        trigger = make_trigger(p.trigger, ctx.scenario.patch_size, ctx.data.image_shape[1])
+        trigger = make_trigger(p.trigger, ctx.patch_size, ctx.data.image_shape[1])
         stamped = project(paste(adversarial, trigger), bases, epsilon)
         images = quantize(stamped, bases_u8, epsilon)
         # the losses are the adversarial model's on the bases, before and after PGD (it rises)
@@ -129,11 +129,11 @@ class HiddenTriggerBackdoor(Attack):
                     self.decay_every or (1000 if tiny else 2000))
 
     def craft(self, ctx, setup, seed, index) -> CraftResult:
-        p, epsilon = self.params, ctx.scenario.epsilon
-        model = ctx.model(ctx.scenario.attackers[0])
+        p, epsilon = self.params, ctx.epsilon
+        model = ctx.model(ctx.attackers[0])
         bases_u8 = ctx.data.train_x[list(setup.base_indices)]
         bases = bases_u8.float() / 255
-        trigger = make_trigger(p.trigger, ctx.scenario.patch_size, ctx.data.image_shape[1])
+        trigger = make_trigger(p.trigger, ctx.patch_size, ctx.data.image_shape[1])
         generator = torch.Generator().manual_seed(seed)
         pool = torch.nonzero(ctx.data.train_y.cpu() == setup.target_class).flatten()
         chosen = pool[torch.randperm(len(pool), generator=generator)[:len(bases)]]
@@ -148,7 +148,7 @@ class HiddenTriggerBackdoor(Attack):
         def objective(x: torch.Tensor) -> torch.Tensor:
             return (model.features(x) - goals[0]).pow(2).sum(dim=1)
 
-        decay, decay_every = p.schedule(ctx.scenario.dataset.name)
+        decay, decay_every = p.schedule(ctx.dataset_name)
         out = scheduled_descend(objective, bases, bases, epsilon, iterations=p.iterations,
                                 lr=p.lr, decay=decay, decay_every=decay_every,
                                 stop_below=p.stop_below, before_step=re_pair)

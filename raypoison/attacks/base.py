@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-if TYPE_CHECKING:
-    from raypoison.config import ScenarioConfig
-    from raypoison.setups import Setup
-    from raypoison.trial import TrialContext
-    from raypoison.triggers import Trigger
+from raypoison.attacks.context import CraftingContext
+from raypoison.data.setups import Setup
+from raypoison.data.triggers import Trigger
 
 
 @dataclass
@@ -40,6 +38,13 @@ class CraftResult:
 
 
 class Attack:
+    """An attack: ``craft`` turns a trial's setup into poisons (and a trigger, for backdoors).
+
+    It sees the trial through :class:`CraftingContext` only. The class methods are checked when a
+    config is loaded, before anything runs; their ``scenario`` is a
+    :class:`raypoison.config.suite.ScenarioConfig` (typed loosely: attacks sit below the config).
+    """
+
     name: ClassVar[str]
     needs_models: ClassVar[bool] = True  # False: the trial loads no model and trains nothing
     # True: poisons are training images of other classes, relabelled as the base class and not
@@ -60,7 +65,7 @@ class Attack:
         self.params = params
 
     @classmethod
-    def required_models(cls, params: Any, scenario: ScenarioConfig) -> list[str]:
+    def required_models(cls, params: Any, scenario: Any) -> list[str]:
         """Models of the scenario the attack crafts on, beyond its attacker (checked up front)."""
         return []
 
@@ -70,20 +75,20 @@ class Attack:
         return cls.uses_attacker
 
     @classmethod
-    def scenario_problem(cls, params: Any, scenario: ScenarioConfig) -> str | None:
+    def scenario_problem(cls, params: Any, scenario: Any) -> str | None:
         """Why these parameters cannot run in ``scenario``, or None (checked up front)."""
         return None
 
     @classmethod
-    def poison_count(cls, params: Any, scenario: ScenarioConfig) -> int:
+    def poison_count(cls, params: Any, scenario: Any) -> int:
         """How many poisons a trial must have (the checks hold the attack to it)."""
         return scenario.budget
 
-    def craft(self, ctx: TrialContext, setup: Setup, seed: int, index: int) -> CraftResult:
+    def craft(self, ctx: CraftingContext, setup: Setup, seed: int, index: int) -> CraftResult:
         """Poisons for trial ``index`` with ``setup``; ``seed`` drives any randomness."""
         return self.craft_batch(ctx, [setup], [seed], [index])[0]
 
-    def craft_batch(self, ctx: TrialContext, setups: list[Setup], seeds: list[int],
+    def craft_batch(self, ctx: CraftingContext, setups: list[Setup], seeds: list[int],
                     indices: list[int]) -> list[CraftResult]:
         """Several trials at once. Attacks that can optimize many trials' poisons in one batch
         against the same frozen model override this (the results match crafting one by one, up
@@ -92,12 +97,12 @@ class Attack:
                                                                   strict=True)]
 
 
-def crafting_models(ctx: TrialContext) -> list[torch.nn.Module]:
+def crafting_models(ctx: CraftingContext) -> list[torch.nn.Module]:
     """The frozen models the scenario's attacks craft on: one, or an ensemble."""
-    return [ctx.model(name) for name in ctx.scenario.attackers]
+    return [ctx.model(name) for name in ctx.attackers]
 
 
-def base_poisons(ctx: TrialContext, setup: Setup) -> Poisons:
+def base_poisons(ctx: CraftingContext, setup: Setup) -> Poisons:
     """The unmodified bases, labelled with the base class: the starting point of every attack."""
     images = ctx.data.train_x[list(setup.base_indices)].clone()
     labels = (setup.base_class,) * len(setup.base_indices)
@@ -113,7 +118,7 @@ class TrialBatch:
     counts: list[int]  # poisons per trial
 
     @classmethod
-    def stack(cls, ctx: TrialContext, setups: list[Setup]) -> TrialBatch:
+    def stack(cls, ctx: CraftingContext, setups: list[Setup]) -> TrialBatch:
         bases = torch.cat([ctx.data.train_x[list(s.base_indices)] for s in setups])
         targets = ctx.data.test_x[[s.target_index for s in setups]].float() / 255
         return cls(bases, targets, [len(s.base_indices) for s in setups])

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from raypoison.attacks.base import Attack, CraftResult, base_poisons
 from raypoison.attacks.registry import ATTACKS
+from raypoison.data.triggers import TriggerConfig, make_trigger
 from raypoison.errors import ConfigError
-from raypoison.triggers import TriggerConfig, make_trigger
 
 
 @ATTACKS.register("none")
@@ -28,7 +28,7 @@ class NoAttack(Attack):
     def craft(self, ctx, setup, seed, index) -> CraftResult:
         trigger = None
         if self.params.trigger is not None:
-            trigger = make_trigger(self.params.trigger, ctx.scenario.patch_size,
+            trigger = make_trigger(self.params.trigger, ctx.patch_size,
                                    ctx.data.image_shape[1])
         return CraftResult(base_poisons(ctx, setup), trigger=trigger)
 

@@ -8,7 +8,7 @@ attack success rate counts triggered test images classified as it.
 
 The poisons replace their source images in the victim's training set, which keeps its size.
 Sources are drawn, with the trial's crafting seed, from the images the victim would have trained
-on without an attack (:meth:`raypoison.trial.TrialContext.training_pool`). These poisons are not
+on without an attack (:meth:`raypoison.trial.context.TrialContext.training_pool`). These poisons are not
 bounded by ε; the checks make sure of their count, labels and sources instead.
 
 WaNet is the warping trigger alone: its "noise mode" (extra randomly warped images that keep
@@ -23,8 +23,8 @@ import numpy as np
 
 from raypoison.attacks.base import Attack, CraftResult, Poisons
 from raypoison.attacks.registry import ATTACKS
+from raypoison.data.triggers import TriggerConfig, make_trigger, paste
 from raypoison.errors import ConfigError
-from raypoison.triggers import TriggerConfig, make_trigger, paste
 
 
 class DirtyLabelBackdoor(Attack):
@@ -44,7 +44,7 @@ class DirtyLabelBackdoor(Attack):
                              f"{len(candidates)} images outside the target class")
         rng = np.random.default_rng([seed, index])
         chosen = np.sort(rng.choice(candidates, size=p.poisons, replace=False))
-        trigger = make_trigger(p.trigger, ctx.scenario.patch_size, ctx.data.image_shape[1])
+        trigger = make_trigger(p.trigger, ctx.patch_size, ctx.data.image_shape[1])
         sources = ctx.data.train_x[chosen.tolist()] if len(chosen) else ctx.data.train_x[:0]
         images = paste(sources, trigger)
         poisons = Poisons(images, tuple(int(i) for i in chosen),

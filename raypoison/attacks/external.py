@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from raypoison.attacks.base import Attack, CraftResult, Poisons
 from raypoison.attacks.registry import ATTACKS
-from raypoison.config import parse_path
-from raypoison.trial_folder import read_trial_folder
+from raypoison.core.schema import parse_path
+from raypoison.formats.trial_folder import read_trial_folder
 
 
 @ATTACKS.register("external")

@@ -82,9 +82,9 @@ class FeatureCollision(Attack):
 
         start = (1 - p.blend) * bases + p.blend * batch.targets[group]
         rule = descend_lagged if p.step_rule == "reference" else descend
-        out = rule(objective, start, bases, ctx.scenario.epsilon,
+        out = rule(objective, start, bases, ctx.epsilon,
                    iterations=p.iterations, step=p.step, decay=p.decay)
-        images = quantize(out.images, batch.bases_u8, ctx.scenario.epsilon)
+        images = quantize(out.images, batch.bases_u8, ctx.epsilon)
         per_trial = torch.zeros(len(setups), device=bases.device)
         initial = per_trial.index_add(0, group, out.loss_initial) / torch.as_tensor(
             batch.counts, device=bases.device)

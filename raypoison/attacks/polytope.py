@@ -117,10 +117,10 @@ class _Polytope(Attack):
 
         p, bases = self.params, batch.bases
         std = torch.tensor(ctx.data.std, dtype=bases.dtype, device=bases.device).view(1, -1, 1, 1)
-        out = adam_descend(objective, bases, bases, ctx.scenario.epsilon,
+        out = adam_descend(objective, bases, bases, ctx.epsilon,
                            iterations=p.iterations, lr=p.lr, scale=std,
                            milestones=tuple(p.decay_ites), gamma=p.decay_ratio)
-        images = quantize(out.images, batch.bases_u8, ctx.scenario.epsilon)
+        images = quantize(out.images, batch.bases_u8, ctx.epsilon)
         return batch.split(images, setups, iterations=out.iterations,
                            loss_initial=out.loss_initial, loss_final=out.loss_final)
 

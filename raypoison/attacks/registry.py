@@ -1,4 +1,4 @@
 from raypoison.attacks.base import Attack
-from raypoison.registry import Registry
+from raypoison.core.registry import Registry
 
 ATTACKS: Registry[Attack] = Registry("attack")

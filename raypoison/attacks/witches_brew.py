@@ -40,13 +40,15 @@ import torch
 import torch.nn.functional as F
 
 from raypoison.attacks.base import Attack, CraftResult, Poisons
+from raypoison.attacks.context import CraftingContext
 from raypoison.attacks.crafting import CraftOutcome, adam_descend, quantize
 from raypoison.attacks.registry import ATTACKS
-from raypoison.config import RecipeConfig
+from raypoison.core.identity import derive_seed
 from raypoison.data.augment import apply_crop_flip, apply_shift_flip, draw_crop_flip, draw_shift_flip
+from raypoison.data.setups import Setup
 from raypoison.errors import ConfigError
-from raypoison.spec import derive_seed
-from raypoison.training import train
+from raypoison.training.loop import train
+from raypoison.training.recipe import RecipeConfig
 
 
 def schedule_milestones(iterations: int) -> tuple[int, ...]:
@@ -102,7 +104,7 @@ class WitchesBrew(Attack):
         return None
 
     def crafted_on(self, ctx, index: int) -> tuple[str, ...]:
-        names = ctx.scenario.attackers
+        names = ctx.attackers
         return names if self.params.ensemble else (names[index % len(names)],)
 
     def models_for_trial(self, ctx, setup, index: int) -> list[torch.nn.Module]:
@@ -121,7 +123,7 @@ class WitchesBrew(Attack):
         target = ctx.data.test_x[setup.target_index : setup.target_index + 1].float() / 255
         labels = torch.full((len(bases),), setup.base_class, device=bases.device)
         generator = torch.Generator().manual_seed(seed)
-        epsilon = ctx.scenario.epsilon
+        epsilon = ctx.epsilon
         mean = torch.tensor(ctx.data.mean, device=bases.device).view(1, -1, 1, 1)
         std = torch.tensor(ctx.data.std, device=bases.device).view(1, -1, 1, 1)
         chunks = [slice(i, i + p.pbatch) for i in range(0, len(bases), p.pbatch)]
@@ -179,15 +181,15 @@ class WitchesBrew(Attack):
                             else ",".join(names)))
 
 
-def train_crafting_model(ctx, name: str, setup, index: int,
+def train_crafting_model(ctx: CraftingContext, name: str, setup: Setup, index: int,
                          recipe: RecipeConfig | None = None) -> torch.nn.Module:
     """A model of ``name``'s architecture trained from scratch for trial ``index`` alone, on the
     trial's clean training set with ``recipe`` (default: the scenario's); frozen, in eval mode."""
-    scenario, data = ctx.scenario, ctx.data
-    seed = derive_seed(scenario.seed, index, name, "crafting-model")
+    data = ctx.data
+    seed = derive_seed(ctx.seed, index, name, "crafting-model")
     model = ctx.fresh_victim(name, seed)  # from scratch: fresh_model runs in scratch scenarios
     pool = torch.as_tensor(ctx.training_pool(setup, index))
-    recipe = recipe or scenario.training_recipe
+    recipe = recipe or ctx.training_recipe
     train(model, data.train_x[pool], data.train_y[pool], recipe=recipe, seed=seed, trainable="all")
     model.eval()
     for q in model.parameters():

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raypoison.config import parse_path
+from raypoison.core.schema import parse_path
 from raypoison.data.base import DatasetInfo, DataSource, ImageData
 from raypoison.data.registry import DATASETS
 from raypoison.errors import DataError
-from raypoison.safe_pickle import restricted_load_file
+from raypoison.core.safe_pickle import restricted_load_file
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # PROTOCOL.md §1, also used for CIFAR-100 pre-training
 CIFAR_STD = (0.2023, 0.1994, 0.2010)

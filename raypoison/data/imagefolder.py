@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raypoison.config import optional_path, parse_path
+from raypoison.core.schema import optional_path, parse_path
 from raypoison.data.base import DataSource, ImageData
 from raypoison.data.files import decode, iter_files, stack
 from raypoison.data.registry import DATASETS

@@ -1,4 +1,4 @@
 from raypoison.data.base import DataSource
-from raypoison.registry import Registry
+from raypoison.core.registry import Registry
 
 DATASETS: Registry[DataSource] = Registry("data set")

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from raypoison.config import parse_path
+from raypoison.core.schema import parse_path
 from raypoison.data.base import DatasetInfo, DataSource, ImageData
 from raypoison.data.files import decode_files
 from raypoison.data.registry import DATASETS

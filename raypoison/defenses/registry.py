@@ -1,4 +1,4 @@
+from raypoison.core.registry import Registry
 from raypoison.defenses.base import Defense
-from raypoison.registry import Registry
 
 DEFENSES: Registry[Defense] = Registry("defense")

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raypoison.config import RecipeConfig
 from raypoison.defenses.base import (
     Defense,
     TrustedSet,
@@ -33,7 +32,8 @@ from raypoison.defenses.base import (
 from raypoison.defenses.registry import DEFENSES
 from raypoison.errors import ConfigError
 from raypoison.models import ImageClassifier
-from raypoison.training import accuracy, train
+from raypoison.training.loop import accuracy, train
+from raypoison.training.recipe import RecipeConfig
 
 
 @dataclass(frozen=True)

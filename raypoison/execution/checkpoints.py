@@ -11,10 +11,11 @@ from pathlib import Path
 
 import ray
 
-from raypoison.config import ModelConfig, ScenarioConfig, digest, identity_of
+from raypoison.config.suite import ModelConfig, ScenarioConfig
+from raypoison.core.identity import pretrained_key
 from raypoison.errors import DataError
 from raypoison.models import load_checkpoint
-from raypoison.storage import Location
+from raypoison.store.storage import Location
 
 log = logging.getLogger("raypoison")
 
@@ -22,7 +23,7 @@ log = logging.getLogger("raypoison")
 def pretrain_task(model_cfg: ModelConfig, dataset) -> bytes:
     import torch
 
-    from raypoison.pretrain import pretrain_checkpoint
+    from raypoison.trial.pretrain import pretrain_checkpoint
 
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources()
                                      .get("CPU", 1))))
@@ -40,9 +41,8 @@ def pretrained_name(cfg: ModelConfig, scenario: ScenarioConfig) -> str:
     """File name of a pre-trained model in a run's ``models/`` cache: arch plus a hash of what
     defines it (architecture parameters, pre-training recipe and seed, the data set it pre-trains
     on), so scenarios that differ only in their victims' data share it."""
-    key = digest({"arch": cfg.arch, "params": identity_of(cfg.params),
-                  "pretrain": identity_of(cfg.pretrain),
-                  "dataset": identity_of(cfg.pretrain.dataset_for(scenario.dataset))})
+    key = pretrained_key(cfg.arch, cfg.params, cfg.pretrain,
+                         cfg.pretrain.dataset_for(scenario.dataset))
     return f"{cfg.arch}-{key}.pt"
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from raypoison.errors import RaypoisonError
-from raypoison.storage import Location
+from raypoison.store.storage import Location
 
 log = logging.getLogger("raypoison")
 

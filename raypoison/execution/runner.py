@@ -31,18 +31,20 @@ import ray
 
 from raypoison import PROTOCOL_VERSION, __version__
 from raypoison.attacks import ATTACKS
-from raypoison.config import SuiteConfig, to_plain
+from raypoison.config.specs import TrialSpec, expand
+from raypoison.config.suite import SuiteConfig
+from raypoison.core.identity import defense_key
+from raypoison.core.schema import to_plain
 from raypoison.execution.checkpoints import check_checkpoint_files, prepare_checkpoints
 from raypoison.execution.cluster import RaySession, ray_session
 from raypoison.execution.lease import Lease, LeaseTimes
 from raypoison.execution.progress import Progress
 from raypoison.execution.scheduler import Scheduler
-from raypoison.execution.sink import ParquetSink
 from raypoison.execution.worker import TrialTask, start_worker
-from raypoison.results import Stored, stored_trials
-from raypoison.spec import TrialSpec, defense_key, expand
-from raypoison.storage import Location
-from raypoison.victims import VictimStore
+from raypoison.store.results import Stored, stored_trials
+from raypoison.store.sink import ParquetSink
+from raypoison.store.storage import Location
+from raypoison.trial.victims import VictimStore
 
 log = logging.getLogger("raypoison")
 

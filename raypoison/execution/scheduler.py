@@ -28,7 +28,7 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 from raypoison.execution.worker import TrialTask
-from raypoison.rows import STATUS_OK, describe_error, failure_rows
+from raypoison.store.rows import STATUS_OK, describe_error, failure_rows
 
 log = logging.getLogger("raypoison")
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import ray
 
-from raypoison.rows import describe_error, failure_rows
-from raypoison.spec import TrialSpec
+from raypoison.config.specs import TrialSpec
+from raypoison.store.rows import describe_error, failure_rows
 
 
 @dataclass(frozen=True)
@@ -27,21 +27,21 @@ class TrialTask:
     run_id: str
     checkpoints: Mapping[str, Any]  # model name -> ObjectRef of checkpoint bytes
     poisons_uri: str | None = None  # export poisons under here, one trial folder per trial
-    victims_uri: str | None = None  # saved victims live here (raypoison.victims)
+    victims_uri: str | None = None  # saved victims live here (raypoison.trial.victims)
     save_victims: bool = False  # keep every trained victim there
 
 
 def poisons_folder(uri: str, spec: TrialSpec) -> str:
     """``<uri>/scenario=…/attack=…/<trial index>``: the folder an ``external`` attack reads."""
-    from raypoison.storage import Location
+    from raypoison.store.storage import Location
 
     return Location.parse(uri).child_uri(f"scenario={spec.scenario.name}",
                                          f"attack={spec.attack.label}", str(spec.index))
 
 
 def _exporter(uri: str):
-    from raypoison.storage import Location
-    from raypoison.trial_folder import TrialFolder, patch_position, trial_folder_files
+    from raypoison.formats.trial_folder import TrialFolder, patch_position, trial_folder_files
+    from raypoison.store.storage import Location
 
     def save(spec, setup, poisons, data, trigger=None) -> None:
         folder = Location.parse(poisons_folder(uri, spec))
@@ -75,7 +75,7 @@ class TrialWorker:
                 "pid": os.getpid(), "trials_run": self.trials_run}
 
     def _context(self, task: TrialTask):
-        from raypoison.trial import TrialContext
+        from raypoison.trial.run import TrialContext
 
         scenario = task.specs[0].scenario
         key = scenario.name
@@ -91,10 +91,10 @@ class TrialWorker:
 
     def run(self, task: TrialTask, attempt: int = 1) -> list[dict]:
         """The rows of every trial of the task."""
-        from raypoison.trial import run_trials
+        from raypoison.trial.run import run_trials
 
         try:
-            from raypoison.victims import VictimStore
+            from raypoison.trial.victims import VictimStore
 
             exporter = _exporter(task.poisons_uri) if task.poisons_uri else None
             victims = VictimStore(task.victims_uri) if task.victims_uri else None

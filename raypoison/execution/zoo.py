@@ -12,11 +12,12 @@ import logging
 
 import ray
 
-from raypoison.config import ZooConfig, to_plain
+from raypoison.config.suite import ZooConfig
+from raypoison.core.schema import to_plain
 from raypoison.execution.checkpoints import pretrain_task
 from raypoison.execution.cluster import ray_session
 from raypoison.models import load_checkpoint
-from raypoison.storage import Location
+from raypoison.store.storage import Location
 
 log = logging.getLogger("raypoison")
 

@@ -1,4 +1,4 @@
+from raypoison.core.registry import Registry
 from raypoison.models.base import ImageClassifier
-from raypoison.registry import Registry
 
 MODELS: Registry[ImageClassifier] = Registry("model")

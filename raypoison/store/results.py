@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raypoison.rows import KEY, NO_DEFENSE, SCHEMA, STATUS_OK
-from raypoison.storage import Location
+from raypoison.store.rows import KEY, NO_DEFENSE, SCHEMA, STATUS_OK
+from raypoison.store.storage import Location
 
 RESULTS_DIR = "results"
 REQUIRED = ("trial_id", "victim", "status")  # a part without these is not ours

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raypoison.results import (
+from raypoison.store.results import (
     PART_PREFIX,
     conform,
     deduplicate,
@@ -25,8 +25,8 @@ from raypoison.results import (
     read_part,
     run_output,
 )
-from raypoison.rows import SCHEMA
-from raypoison.storage import Location
+from raypoison.store.rows import SCHEMA
+from raypoison.store.storage import Location
 
 
 @dataclass

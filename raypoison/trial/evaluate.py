@@ -10,10 +10,10 @@ import torch
 from raypoison.attacks.base import Poisons
 from raypoison.attacks.crafting import eps_pixels
 from raypoison.data import ImageData
+from raypoison.data.setups import Setup
+from raypoison.data.triggers import Trigger, paste
 from raypoison.models import ImageClassifier
-from raypoison.setups import Setup
-from raypoison.training import logits, predict
-from raypoison.triggers import Trigger, paste
+from raypoison.training.loop import logits, predict
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from raypoison.core.safe_pickle import restricted_load_file
+from raypoison.data.triggers import PatchTrigger, Trigger
 from raypoison.errors import DataError
-from raypoison.safe_pickle import restricted_load_file
-from raypoison.triggers import PatchTrigger, Trigger
 
 FILES = ("poisons.pickle", "base_indices.pickle", "target.pickle")
 

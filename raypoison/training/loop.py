@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 
-from raypoison.adversarial import pgd
-from raypoison.config import RecipeConfig
 from raypoison.data.augment import draw_crop_flip, identity_view, random_crop_flip, view_index
 from raypoison.models.base import ImageClassifier
+from raypoison.training.adversarial import pgd
+from raypoison.training.recipe import RecipeConfig
 
 if TYPE_CHECKING:
-    from raypoison.feature_bank import TrainingFeatures
+    from raypoison.training.feature_bank import TrainingFeatures
 
 Trainable = Literal["head", "all"]
 ExtraLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -47,7 +47,7 @@ def _optimizer(params, recipe: RecipeConfig) -> torch.optim.Optimizer:
 def _schedule(optimizer: torch.optim.Optimizer, recipe: RecipeConfig,
               steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     """The learning-rate schedule of ``recipe``: stepped per epoch ("step") or per batch
-    ("onecycle", see :class:`~raypoison.config.RecipeConfig`)."""
+    ("onecycle", see :class:`~raypoison.training.recipe.RecipeConfig`)."""
     if recipe.schedule == "step":
         return torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=list(recipe.milestones), gamma=recipe.gamma)

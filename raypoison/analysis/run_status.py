@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from raypoison.storage import Location
+from raypoison.store.storage import Location
 
 
 def _alive(pid: int) -> bool:

@@ -1,7 +1,7 @@
 """The report's tables as a reader sees them: cells formatted the way the paper prints them.
 
-Analysis tables (:mod:`raypoison.report`, :mod:`raypoison.compare`,
-:mod:`raypoison.defense_report`) keep numbers; the functions here turn them into frames of
+Analysis tables (:mod:`raypoison.analysis.report`, :mod:`raypoison.analysis.compare`,
+:mod:`raypoison.analysis.defense_report`) keep numbers; the functions here turn them into frames of
 strings, one cell per published number: a rate is ``22.0 [14.9, 31.2]`` (percent, one decimal,
 the 95% interval in the same cell), a missing value is an empty cell (never ``None`` or ``nan``).
 :func:`markdown_table` and :func:`html_table` render such a frame.
@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from raypoison.report import PUBLISHED
+from raypoison.analysis.report import PUBLISHED
 
 LAYOUTS = ("auto", "table3", "long")
 # the paper's row order; other attacks follow by name, the control last

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from raypoison.defense_report import CONTROL
+from raypoison.analysis.defense_report import CONTROL
 
 
 def _pyplot():
@@ -94,8 +94,8 @@ def sweep_figures(df: pd.DataFrame, out_dir: str | Path, interval: str = "wilson
     """Success rate against each of ε, poison count and patch size that takes more than one value
     in the dataset: a line per attack family and role, pooling every row that shares the value
     (so a sweep should vary one thing at a time), with the 95% ``interval``."""
-    from raypoison.report import outcomes, with_role_all
-    from raypoison.stats import INTERVALS
+    from raypoison.analysis.report import outcomes, with_role_all
+    from raypoison.analysis.stats import INTERVALS
 
     plt = _pyplot()
     done = outcomes(df)

@@ -8,27 +8,18 @@ new ids. The suite's defenses are not part of it either: a defense's rows are ke
 the victim and the defense's own label and parameters, so adding a defense to a finished
 benchmark computes that defense's rows and nothing else of the trials already done.
 
-A trial's setup (:mod:`raypoison.setups`) never depends on the attack, so attacks are compared
+A trial's setup (:mod:`raypoison.data.setups`) never depends on the attack, so attacks are compared
 on identical targets.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from raypoison import PROTOCOL_VERSION
-from raypoison.config import (
-    Component,
-    ScenarioConfig,
-    SuiteConfig,
-    canonical_json,
-    digest,
-    identity_of,
-    to_plain,
-)
+from raypoison.config.suite import ScenarioConfig, SuiteConfig
+from raypoison.core.identity import trial_id_maker
+from raypoison.core.registry import Component
 from raypoison.errors import ConfigError
 
 
@@ -42,46 +33,6 @@ class TrialSpec:
     defenses: tuple[Component, ...] = ()
     # False: the trial's undefended rows are stored already; only ``defenses`` are to be written
     write_undefended: bool = True
-
-
-def _component_identity(c: Component) -> dict:
-    return {"name": c.name, "label": c.label, "params": identity_of(c.params)}
-
-
-def _identity(scenario: ScenarioConfig, attack: Component) -> dict:
-    return {
-        "protocol": PROTOCOL_VERSION,
-        "scenario": scenario.identity(),
-        "attack": _component_identity(attack),
-    }
-
-
-def trial_id(scenario: ScenarioConfig, attack: Component, index: int) -> str:
-    """The id of trial ``index``: a hash of the canonical JSON of its identity and index."""
-    return digest({**_identity(scenario, attack), "trial": index})
-
-
-def defense_key(defense: Component) -> tuple[str, str]:
-    """What tells a defense's rows apart within a trial and victim: its label and its parameters
-    as the rows store them (``defense``, ``defense_params``)."""
-    return defense.label, json.dumps(to_plain(defense.params), sort_keys=True)
-
-
-def _id_maker(scenario: ScenarioConfig, attack: Component):
-    """:func:`trial_id` for many indices, serializing the identity once: in canonical JSON the
-    key ``trial`` sorts last, so the text is the identity's text with the index appended."""
-    prefix = canonical_json(_identity(scenario, attack))[:-1] + ',"trial":'
-
-    def make(index: int) -> str:
-        return hashlib.sha256(f"{prefix}{index}}}".encode()).hexdigest()[:16]
-
-    return make
-
-
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from any parts (same parts => same seed, in every process)."""
-    text = "\x1f".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 def parse_trial_range(text: str | None) -> range | None:
@@ -119,7 +70,7 @@ def expand(
         indices = range(scenario.trials)
         if trials is not None:
             indices = range(max(trials.start, 0), min(trials.stop, scenario.trials))
-        makers = [_id_maker(scenario, attack) for attack in chosen_attacks]
+        makers = [trial_id_maker(scenario, attack) for attack in chosen_attacks]
         for index in indices:
             for attack, make_id in zip(chosen_attacks, makers, strict=True):
                 yield TrialSpec(make_id(index), suite.name, scenario, attack, index,

@@ -17,8 +17,8 @@ import math
 
 import pandas as pd
 
-from raypoison.rows import NO_DEFENSE, STATUS_OK
-from raypoison.stats import bootstrap_interval, mean_interval, roc_auc
+from raypoison.analysis.stats import bootstrap_interval, mean_interval, roc_auc
+from raypoison.store.rows import NO_DEFENSE, STATUS_OK
 
 CONTROL = "none"  # the attack whose models are the clean population
 MEANS = ["clean_accuracy", "attack_success_rate", "clean_accuracy_repaired",

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from raypoison.report import outcomes, with_role_all
-from raypoison.stats import bootstrap_interval, mcnemar_exact, newcombe_difference
+from raypoison.analysis.report import outcomes, with_role_all
+from raypoison.analysis.stats import bootstrap_interval, mcnemar_exact, newcombe_difference
 
 
 def compare_attacks(df: pd.DataFrame, first: str, second: str) -> pd.DataFrame:

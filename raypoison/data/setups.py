@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from raypoison.errors import DataError
-from raypoison.safe_pickle import restricted_load_file
+from raypoison.core.safe_pickle import restricted_load_file
 
 REFERENCE_KEYS = ("target class", "target index", "base class", "base indices")
 

@@ -24,18 +24,7 @@ The shape of a file (see ``configs/smoke.yaml`` for a complete one)::
 
 from __future__ import annotations
 
-import contextvars
-import dataclasses
-import fnmatch
-import functools
-import hashlib
 import itertools
-import json
-import os
-import re
-import reprlib
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,414 +32,24 @@ from typing import Any, Literal
 
 import yaml
 
+from raypoison.core.identity import identity_of
+from raypoison.core.registry import Component, build_component
+from raypoison.core.schema import (
+    CONFIG_DIR,
+    build,
+    check_name,
+    optional_path,
+    parse_fraction,
+    parse_share,
+    positive,
+    quote,
+)
 from raypoison.errors import ConfigError
+from raypoison.training.recipe import DEFAULT_RECIPES, RecipeConfig
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# Bounds on what a config may ask for (README, "How a run behaves"):
-MAX_NAME_BYTES = 200  # a partition folder is "scenario=<name>": 255 bytes is the usual limit
+# Bounds on what a config may ask for (README, "How a run behaves"); the name's is in core.schema
 MAX_TRIALS = 10_000_000  # trials of one scenario
 MAX_CONFIG_VALUES = 1_000_000  # values of a config once its YAML aliases are expanded
-
-_QUOTE = reprlib.Repr()
-_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxtuple, _QUOTE.maxdict = 3, 6, 6, 6
-_QUOTE.maxset, _QUOTE.maxstring, _QUOTE.maxother = 6, 80, 80
-
-
-def quote(value: Any) -> str:
-    """``repr(value)`` cut to a bounded prefix (at most a few hundred characters, in bounded
-    time, whatever the value): what error messages quote of the input."""
-    return _QUOTE.repr(value)
-
-
-def parse_fraction(value: Any, path: str) -> float:
-    """Accept a number or a fraction written as ``"8/255"``."""
-    if isinstance(value, bool):
-        raise ConfigError(path, f"expected a number or a fraction like '8/255', got {quote(value)}")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*([0-9.]+)\s*/\s*([0-9.]+)\s*", value)
-        try:
-            if match:
-                return float(match.group(1)) / float(match.group(2))
-            return float(value)
-        except (ValueError, ZeroDivisionError):
-            pass
-    raise ConfigError(path, f"expected a number or a fraction like '8/255', got {quote(value)}")
-
-
-def parse_share(value: Any, path: str) -> float:
-    """A share: a number such as ``0.01``, or a percentage such as ``"1%"``."""
-    if isinstance(value, str) and value.strip().endswith("%"):
-        try:
-            return float(value.strip()[:-1]) / 100
-        except ValueError:
-            pass
-        raise ConfigError(path, f"expected a share like 0.01 or '1%', got {quote(value)}")
-    return parse_fraction(value, path)
-
-
-_CONFIG_DIR: contextvars.ContextVar[Path] = contextvars.ContextVar("config_dir")
-
-
-def parse_path(value: Any, path: str) -> str:
-    """A file or folder that must exist, with ``$VARS`` expanded. A relative path is relative to
-    the config file's folder, unless it starts with a variable: then to the working folder.
-
-    Data and checkpoints are never found through paths built into the code; a config names them,
-    typically through an environment variable such as ``$RAYPOISON_DATA_ROOT``.
-    """
-    if not isinstance(value, str) or not value:
-        raise ConfigError(path, f"expected a path, got {quote(value)}")
-    expanded = os.path.expanduser(os.path.expandvars(value))
-    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
-    if unset:
-        raise ConfigError(path, f"environment variable {unset[0]} is not set (in {quote(value)})")
-    resolved = Path(expanded)
-    if not resolved.is_absolute():
-        # a path written in the file is relative to the file; one that comes from a variable
-        # (``$RAYPOISON_DATA_ROOT/…`` with a relative value) is relative to where it was set
-        base = Path.cwd() if value.lstrip().startswith("$") else _CONFIG_DIR.get(Path.cwd())
-        resolved = (base / resolved).resolve()
-    if not resolved.exists():
-        raise ConfigError(path, f"not found: {resolved}")
-    return str(resolved)
-
-
-def optional_path(value: Any, path: str) -> str | None:
-    return None if value is None else parse_path(value, path)
-
-
-@functools.lru_cache(maxsize=4096)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """A file's SHA-256, cached in the process for as long as its size and time stay the same."""
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_digest(path: str) -> str:
-    """Content hash of a file, so that trial ids follow a file's content, not its location."""
-    stat = os.stat(path)
-    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)[:16]
-
-
-def content_digest(path: str, patterns: tuple[str, ...] | None = None) -> str:
-    """What a file or folder contributes to an identity (trial ids, model cache keys): a hash of
-    its content, never of where it lies, so the same data under another path, on another
-    machine, gives the same ids, and one changed byte gives new ones.
-
-    A file is hashed whole. A folder is hashed as the sorted list of its files' relative paths
-    and contents; ``patterns`` (relative-path globs) keep only the files a loader reads. Hashes
-    are cached in the process per (path, size, modification time): the first planning of a run
-    reads the data once (about 0.1 s for the 19 MB CIFAR-10 JPEG archive).
-    """
-    root = Path(path)
-    if root.is_file():
-        return file_digest(str(root))
-    h = hashlib.sha256()
-    for file in sorted((p for p in root.rglob("*") if p.is_file()),
-                       key=lambda p: p.relative_to(root).as_posix()):
-        relative = file.relative_to(root).as_posix()
-        if patterns is not None and not any(fnmatch.fnmatchcase(relative, pat)
-                                            for pat in patterns):
-            continue
-        h.update(f"{relative}\0{file_digest(str(file))}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if origin in (dict, Mapping):
-        return "a mapping"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, path)
-            except ConfigError as err:
-                errors.append(err)
-        if len(errors) == 1:
-            raise errors[0]
-        raise ConfigError(path, f"expected {_type_name(tp)}, got {quote(value)}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(path, f"expected {_type_name(tp)}, got {quote(value)}")
-        return value
-    if origin is tuple:
-        (item_tp, *_rest) = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(path, f"expected a list, got {quote(value)}")
-        return tuple(_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value))
-    if origin in (dict, Mapping):
-        key_tp, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(path, f"expected a mapping, got {quote(value)}")
-        return types.MappingProxyType(
-            {str(k): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
-        )
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(path, f"expected true or false, got {quote(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"expected an integer, got {quote(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(path, f"expected a number, got {quote(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, f"expected a string, got {quote(value)}")
-        return value
-    raise TypeError(f"config type {tp!r} at {path} is not supported")  # a bug, not user input
-
-
-def build(cls: type, raw: Any, path: str) -> Any:
-    """Build the frozen dataclass ``cls`` from a YAML mapping, checking keys, types and values.
-
-    A field's ``metadata["parse"]`` may convert a raw value; a class's ``validate(path)`` method
-    checks values once all fields are converted.
-    """
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(path, f"expected a mapping, got {quote(raw)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    prefix = f"{path}." if path else ""
-    for key in raw:
-        if key not in fields:
-            known = ", ".join(fields)
-            raise ConfigError(f"{prefix}{key}", f"unknown key (expected one of: {known})")
-    values = {}
-    for name, f in fields.items():
-        key_path = f"{prefix}{name}"
-        if name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(key_path, "required key is missing")
-            continue
-        parse = f.metadata.get("parse")
-        if parse is not None:
-            values[name] = parse(raw[name], key_path)
-        else:
-            values[name] = _convert(raw[name], hints[name], key_path)
-    obj = cls(**values)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate(path)
-    return obj
-
-
-def to_plain(obj: Any) -> Any:
-    """Config object -> JSON-able value (for hashing, manifests and rows)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_plain(v) for v in obj]
-    return obj
-
-
-def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
-def identity_of(obj: Any) -> Any:
-    """Like :func:`to_plain`, without fields left at their defaults, and with every path (a field
-    parsed by :func:`parse_path` or :func:`optional_path`) replaced by ``{"content": digest}``
-    (:func:`content_digest`; a field's ``metadata["content"]`` may name the files that count).
-
-    Identities (trial ids, cache keys) are built from this form, so adding a new option with a
-    default to a config class keeps every existing id, and with it every result already computed,
-    and moving the data keeps them too.
-    """
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if value == _default_of(f):
-                continue
-            if f.metadata.get("parse") in (parse_path, optional_path) and isinstance(value, str):
-                out[f.name] = {"content": content_digest(value, f.metadata.get("content"))}
-            else:
-                out[f.name] = identity_of(value)
-        return out
-    if isinstance(obj, Mapping):
-        return {str(k): identity_of(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [identity_of(v) for v in obj]
-    return obj
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"))
-
-
-def digest(obj: Any, length: int = 16) -> str:
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
-
-
-def _positive(path: str, name: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = "≥ 0" if allow_zero else "> 0"
-        raise ConfigError(f"{path}.{name}", f"must be {bound}, got {value}")
-
-
-def _check_name(path: str, value: str) -> None:
-    """A name that can become a partition folder (``scenario=<name>``): letters, digits and
-    ``_ . -``, starting with a letter or digit, the whole string (no trailing newline), and at
-    most :data:`MAX_NAME_BYTES` bytes."""
-    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-        raise ConfigError(path, f"{quote(value)} is not a valid name (letters, digits, '_', '.', "
-                                "'-', starting with a letter or digit)")
-    if len(value.encode()) > MAX_NAME_BYTES:
-        raise ConfigError(path, f"{quote(value)} is longer than {MAX_NAME_BYTES} bytes, too long "
-                                "for a results folder")
-
-
-@dataclass(frozen=True)
-class Component:
-    """A registry entry chosen by name, with its validated ``Params`` instance.
-
-    ``label`` tells two entries of the same name apart (e.g. an attack at two strengths); it
-    defaults to the name and names the results partition.
-    """
-
-    name: str
-    params: Any = None
-    label: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.label:
-            object.__setattr__(self, "label", self.name)
-
-
-def build_component(raw: Any, path: str, registry: Any) -> Component:
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    if not isinstance(raw, dict):
-        raise ConfigError(path, f"expected a mapping with a 'name', got {quote(raw)}")
-    for key in raw:
-        if key not in ("name", "params", "label"):
-            raise ConfigError(f"{path}.{key}", "unknown key (expected one of: name, params, label)")
-    if "name" not in raw:
-        raise ConfigError(f"{path}.name", "required key is missing")
-    name = _convert(raw["name"], str, f"{path}.name")
-    cls = registry.get(name, f"{path}.name")
-    params = build(cls.Params, raw.get("params"), f"{path}.params")
-    label = _convert(raw.get("label", name), str, f"{path}.label")
-    _check_name(f"{path}.label", label)
-    return Component(name=name, params=params, label=label)
-
-
-@dataclass(frozen=True)
-class RecipeConfig:
-    """A training recipe. Defaults are the transfer recipe of the benchmark (PROTOCOL.md §1)."""
-
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 2e-4
-    epochs: int = 40
-    batch_size: int = 128
-    milestones: tuple[int, ...] = (30,)
-    gamma: float = 0.1
-    augment: bool = True
-    adversarial: AdversarialConfig | None = None
-    # "step": lr × gamma at each milestone epoch (the protocol's recipes). "onecycle": lr rises
-    # linearly to ``lr`` over the first ``warmup`` fraction of the batches, then falls linearly
-    # towards 0 (it would reach 0 one batch after the last); milestones and gamma do not apply.
-    # It reaches a given accuracy in far fewer epochs, which is what pre-training on a CPU needs.
-    schedule: Literal["step", "onecycle"] = "step"
-    warmup: float = 0.2
-    # "bf16": forward and loss under bfloat16 autocast (and channels-last memory on CUDA), the
-    # optimizer's weights and steps in float32; on a CPU too (slow there: it exists so the path
-    # is tested). "float32", the default, computes what the protocol's numbers were made with.
-    precision: Literal["float32", "bf16"] = "float32"
-
-    def __post_init__(self) -> None:
-        # one-cycle has no milestones: left out (the step default) or empty is one recipe, with
-        # one trial id and one cache key
-        if self.schedule == "onecycle" and self.milestones == RecipeConfig.milestones:
-            object.__setattr__(self, "milestones", ())
-
-    def validate(self, path: str) -> None:
-        _positive(path, "lr", self.lr)
-        _positive(path, "epochs", self.epochs)
-        _positive(path, "batch_size", self.batch_size)
-        _positive(path, "weight_decay", self.weight_decay, allow_zero=True)
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"{path}.momentum", f"must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError(f"{path}.warmup", f"must be in [0, 1), got {self.warmup}")
-        if self.schedule == "onecycle":
-            if self.milestones:
-                raise ConfigError(f"{path}.milestones",
-                                  "applies to schedule 'step' only; schedule 'onecycle' has none")
-            return
-        for i, m in enumerate(self.milestones):
-            if not 0 < m < self.epochs:
-                raise ConfigError(
-                    f"{path}.milestones[{i}]", f"must lie in (0, epochs={self.epochs}), got {m}"
-                )
-
-
-@dataclass(frozen=True)
-class AdversarialConfig:
-    """PGD adversarial training: each batch is replaced by its PGD examples (Madry et al.)."""
-
-    epsilon: float = field(default=8 / 255, metadata={"parse": parse_fraction})
-    step: float = field(default=2 / 255, metadata={"parse": parse_fraction})
-    steps: int = 7
-
-    def validate(self, path: str) -> None:
-        if not 0 < self.epsilon <= 1:
-            raise ConfigError(f"{path}.epsilon", f"must be in (0, 1], got {self.epsilon}")
-        _positive(path, "step", self.step)
-        _positive(path, "steps", self.steps)
-
-
-DEFAULT_RECIPES = {
-    # PROTOCOL.md §1: a linear head on a frozen extractor, 40 epochs, lr 0.01 -> 0.001 at 30
-    "transfer": RecipeConfig(),
-    # not fixed by the protocol: the transfer recipe with every layer trainable
-    "finetune": RecipeConfig(),
-    # PROTOCOL.md §1: 200 epochs, lr 0.1, x0.1 at epochs 100 and 150
-    "scratch": RecipeConfig(lr=0.1, epochs=200, milestones=(100, 150)),
-}
 
 
 @dataclass(frozen=True)
@@ -536,11 +135,11 @@ class ScenarioConfig:
         return self.recipe or DEFAULT_RECIPES[self.mode]
 
     def validate(self, path: str) -> None:
-        _check_name(f"{path}.name", self.name)
+        check_name(f"{path}.name", self.name)
         if not self.models:
             raise ConfigError(f"{path}.models", "at least one model is required")
         for name in self.models:
-            _check_name(f"{path}.models.{name}", name)
+            check_name(f"{path}.models.{name}", name)
         if not self.attackers:
             raise ConfigError(f"{path}.attacker", "at least one model is required")
         for i, name in enumerate(self.attackers):
@@ -563,16 +162,16 @@ class ScenarioConfig:
                 if not self.models[name].has_weights:
                     raise ConfigError(f"{path}.models.{name}", "needs a 'checkpoint' or a "
                                       f"'pretrain' ({self.mode} victims start from trained weights)")
-        _positive(path, "budget", self.budget)
-        _positive(path, "trials", self.trials)
+        positive(path, "budget", self.budget)
+        positive(path, "trials", self.trials)
         if self.trials > MAX_TRIALS:
             raise ConfigError(f"{path}.trials", f"{self.trials:,} trials; a scenario may have at "
                                                 f"most {MAX_TRIALS:,}")
-        _positive(path, "patch_size", self.patch_size)
+        positive(path, "patch_size", self.patch_size)
         if not 0 < self.epsilon <= 1:
             raise ConfigError(f"{path}.epsilon", f"must be in (0, 1], got {self.epsilon}")
         if self.trusted_per_class is not None:
-            _positive(path, "trusted_per_class", self.trusted_per_class)
+            positive(path, "trusted_per_class", self.trusted_per_class)
         if self.trusted is not None:
             if self.trusted_per_class is not None:
                 raise ConfigError(f"{path}.trusted", "give trusted or trusted_per_class, not both")
@@ -582,14 +181,14 @@ class ScenarioConfig:
         if self.train_subset == "random" and self.train_per_class is None:
             raise ConfigError(f"{path}.train_subset", "'random' needs train_per_class")
         if self.train_per_class is not None:
-            _positive(path, "train_per_class", self.train_per_class)
+            positive(path, "train_per_class", self.train_per_class)
             if self.train_per_class < self.budget:
                 raise ConfigError(
                     f"{path}.train_per_class",
                     f"must be at least the budget ({self.budget}), got {self.train_per_class}",
                 )
         if self.setups is not None:
-            from raypoison.setups import load_setups
+            from raypoison.data.setups import load_setups
 
             try:
                 setups = load_setups(self.setups)
@@ -665,7 +264,7 @@ class ExecutionConfig:
     max_in_flight: int | None = None  # tasks submitted at once (default: 2 per worker)
     craft_batch: int = 1  # trials of one attack per task, their poisons crafted in one batch
     # keep every trained victim and the trial's poisons under OUTPUT/victims/, so defenses added
-    # later run on them without crafting or training (raypoison.victims)
+    # later run on them without crafting or training (raypoison.trial.victims)
     save_victims: bool = False
     max_attempts: int = 3
     max_restarts: int = 3
@@ -674,23 +273,23 @@ class ExecutionConfig:
     progress_seconds: float = 10.0
 
     def validate(self, path: str) -> None:
-        _positive(path, "workers", self.workers)
-        _positive(path, "cpus_per_worker", self.cpus_per_worker, allow_zero=True)
-        _positive(path, "gpus_per_worker", self.gpus_per_worker, allow_zero=True)
+        positive(path, "workers", self.workers)
+        positive(path, "cpus_per_worker", self.cpus_per_worker, allow_zero=True)
+        positive(path, "gpus_per_worker", self.gpus_per_worker, allow_zero=True)
         if self.pretrain_cpus is not None:
-            _positive(path, "pretrain_cpus", self.pretrain_cpus)
+            positive(path, "pretrain_cpus", self.pretrain_cpus)
         if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
             raise ConfigError(
                 f"{path}.gpus_per_worker", "above 1 it must be a whole number of GPUs"
             )
         if self.max_in_flight is not None:
-            _positive(path, "max_in_flight", self.max_in_flight)
-        _positive(path, "craft_batch", self.craft_batch)
-        _positive(path, "max_attempts", self.max_attempts)
-        _positive(path, "max_restarts", self.max_restarts, allow_zero=True)
-        _positive(path, "rows_per_file", self.rows_per_file)
-        _positive(path, "flush_seconds", self.flush_seconds)
-        _positive(path, "progress_seconds", self.progress_seconds)
+            positive(path, "max_in_flight", self.max_in_flight)
+        positive(path, "craft_batch", self.craft_batch)
+        positive(path, "max_attempts", self.max_attempts)
+        positive(path, "max_restarts", self.max_restarts, allow_zero=True)
+        positive(path, "rows_per_file", self.rows_per_file)
+        positive(path, "flush_seconds", self.flush_seconds)
+        positive(path, "progress_seconds", self.progress_seconds)
 
     def in_flight_limit(self, workers: int) -> int:
         return self.max_in_flight or 2 * workers
@@ -709,7 +308,7 @@ class SuiteConfig:
     description: str = ""
 
     def validate(self, path: str) -> None:
-        _check_name("name", self.name)
+        check_name("name", self.name)
         if not self.scenarios:
             raise ConfigError("scenarios", "at least one scenario is required")
         seen: set[str] = set()
@@ -819,11 +418,11 @@ def _build_in(cls: type, raw: Any, base_dir: Path | None) -> Any:
     """Build a top-level config, resolving relative paths against ``base_dir``."""
     if not isinstance(raw, dict):
         raise ConfigError("", "the config file must hold a mapping at its top level")
-    token = _CONFIG_DIR.set(base_dir or Path.cwd())
+    token = CONFIG_DIR.set(base_dir or Path.cwd())
     try:
         return build(cls, raw, "")
     finally:
-        _CONFIG_DIR.reset(token)
+        CONFIG_DIR.reset(token)
 
 
 def expanded_size(value: Any, limit: int = MAX_CONFIG_VALUES) -> int:
@@ -893,7 +492,7 @@ class ZooEntry:
     def validate(self, path: str) -> None:
         from raypoison.models import MODELS
 
-        _check_name(f"{path}.name", self.name)
+        check_name(f"{path}.name", self.name)
         cls = MODELS.get(self.arch, f"{path}.arch")
         object.__setattr__(self, "params", build(cls.Params, self.params, f"{path}.params"))
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -916,13 +515,13 @@ class ZooConfig:
     gpus_per_task: float = 0.0
 
     def validate(self, path: str) -> None:
-        _check_name("name", self.name)
+        check_name("name", self.name)
         names = [m.name for m in self.models]
         for i, n in enumerate(names):
             if names.index(n) != i:
                 raise ConfigError(f"models[{i}].name", f"{n!r} is used twice")
-        _positive(path or "zoo", "cpus_per_task", self.cpus_per_task, allow_zero=True)
-        _positive(path or "zoo", "gpus_per_task", self.gpus_per_task, allow_zero=True)
+        positive(path or "zoo", "cpus_per_task", self.cpus_per_task, allow_zero=True)
+        positive(path or "zoo", "gpus_per_task", self.gpus_per_task, allow_zero=True)
 
 
 def load_zoo(path: str | Path) -> ZooConfig:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from raypoison.config import optional_path
+from raypoison.core.schema import optional_path
 from raypoison.errors import ConfigError, DataError
 
 Corner = Literal["bottom-right", "bottom-left", "top-right", "top-left"]

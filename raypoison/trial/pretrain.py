@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from raypoison.adversarial import robust_accuracy
-from raypoison.config import Component, ModelConfig, to_plain
+from raypoison.config.suite import ModelConfig
+from raypoison.core.registry import Component
+from raypoison.core.schema import to_plain
 from raypoison.data import ImageData, load_dataset
 from raypoison.models import build_model, checkpoint_bytes, to_device
-from raypoison.training import accuracy, train
+from raypoison.training.adversarial import robust_accuracy
+from raypoison.training.loop import accuracy, train
 
 
 def pretrain(model_cfg: ModelConfig, data: ImageData, device: str = "cpu"):

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from raypoison.attacks.base import Poisons
+from raypoison.data.triggers import BlendTrigger, PatchTrigger, Trigger, WarpTrigger
 from raypoison.errors import DataError
-from raypoison.storage import Location
-from raypoison.triggers import BlendTrigger, PatchTrigger, Trigger, WarpTrigger
+from raypoison.store.storage import Location
 
 
 def trigger_state(trigger: Trigger | None) -> dict[str, Any] | None:

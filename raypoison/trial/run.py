@@ -7,25 +7,20 @@ phase and carry the message, so one broken trial never stops a run.
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from raypoison.attacks import Poisons, create_attack
 from raypoison.attacks.base import Attack
-from raypoison.config import ScenarioConfig
-from raypoison.data import ImageData, load_dataset
-from raypoison.data.augment import identity_view
-from raypoison.defend import run_defenses
-from raypoison.defenses import TrainingSet, TrustedSet
-from raypoison.evaluate import asr_members, check_poisons, evaluate_victim, poisons_fit
-from raypoison.feature_bank import TrainingFeatures, view_features
-from raypoison.models import ImageClassifier, build_model, load_checkpoint, to_device
-from raypoison.rows import (
+from raypoison.config.specs import TrialSpec
+from raypoison.core.identity import derive_seed
+from raypoison.data import ImageData
+from raypoison.data.setups import Setup
+from raypoison.defenses import TrainingSet
+from raypoison.store.rows import (
     STATUS_FAILED,
     STATUS_OK,
     STATUS_REJECTED,
@@ -34,207 +29,11 @@ from raypoison.rows import (
     per_victim,
     trial_fields,
 )
-from raypoison.setups import Setup, clean_training_indices, load_setups, sample_setup
-from raypoison.spec import TrialSpec, derive_seed
-from raypoison.training import train
-from raypoison.triggers import paste
-from raypoison.victims import VictimStore
-
-VIEWS = 162  # crop offsets (9 x 9) x flips, for the protocol's 4-pixel padding
-MAX_BANK_BYTES = 4 * 2**30  # a larger bank would not fit beside the models on a shared GPU
-
-
-class TrialContext:
-    """What the trials of one scenario share: the data set on the device and the pretrained models.
-
-    A worker builds it once per scenario. Models are loaded on first use; callers get frozen shared
-    copies (:meth:`model`) or fresh trainable ones (:meth:`fresh_victim`).
-    """
-
-    def __init__(self, scenario: ScenarioConfig, data: ImageData,
-                 checkpoints: Mapping[str, bytes | str | Path], device: str = "cpu"):
-        self.scenario = scenario
-        self.device = device
-        self.data = data.to(device)
-        self.train_labels = data.train_y.cpu().numpy()
-        self.test_labels = data.test_y.cpu().numpy()
-        self._checkpoints = dict(checkpoints)
-        self._models: dict[str, ImageClassifier] = {}
-        self._setups = load_setups(scenario.setups) if scenario.setups else None
-        self._banks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._test_features: dict[str, torch.Tensor] = {}
-        self._triggered: dict[tuple, torch.Tensor] = {}
-        self._held_out: np.ndarray | None = None
-
-    @classmethod
-    def create(cls, scenario: ScenarioConfig, checkpoints: Mapping[str, bytes | str | Path],
-               device: str = "cpu") -> TrialContext:
-        return cls(scenario, load_dataset(scenario.dataset), checkpoints, device)
-
-    def model(self, name: str) -> ImageClassifier:
-        """The pretrained model ``name``, frozen and in eval mode; do not train it."""
-        if name not in self._models:
-            if name not in self._checkpoints:
-                raise KeyError(f"no checkpoint was given for model {name!r}")
-            model, _meta = load_checkpoint(
-                self._checkpoints[name], where=f"model {name!r}", arch=self.scenario.models[name].arch,
-                mean=self.data.mean, std=self.data.std, image_size=self.data.image_shape[1],
-                params=self.scenario.models[name].params)
-            expected = self.scenario.models[name].arch
-            if model.name != expected:
-                raise ValueError(f"model {name!r}: checkpoint holds {model.name}, "
-                                 f"the scenario says {expected}")
-            model = to_device(model, self.device).eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            self._models[name] = model
-        return self._models[name]
-
-    def fresh_victim(self, name: str, seed: int) -> ImageClassifier:
-        """The victim ``name`` ready to train: in transfer and fine-tune modes a copy of the
-        pretrained model with a new head for this data set's classes; from scratch, a new network
-        initialized from ``seed``."""
-        if self.scenario.mode == "scratch":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                cfg = self.scenario.models[name]
-                return to_device(build_model(cfg.arch, self.data.num_classes, self.data.mean,
-                                             self.data.std, self.data.image_shape[1],
-                                             cfg.params), self.device)
-        model = copy.deepcopy(self.model(name))
-        if model.head.out_features != self.data.num_classes:
-            model.head = torch.nn.Linear(model.feature_dim, self.data.num_classes).to(self.device)
-        model.reset_head(seed)
-        trainable = model.parameters() if self.scenario.mode == "finetune" else model.head.parameters()
-        for p in trainable:
-            p.requires_grad_(True)
-        return model
-
-    @property
-    def uses_feature_bank(self) -> bool:
-        """Transfer trials on a fixed-size training set train heads on banked features."""
-        s = self.scenario
-        if s.mode != "transfer" or s.train_per_class is None or s.train_subset != "first":
-            return False  # a bank covers the fixed pool of first images only
-        pool = (s.train_per_class + s.budget) * self.data.num_classes
-        widest = max(self.model(v).feature_dim for v in s.victims)
-        views = VIEWS if self.bank_views is None else len(self.bank_views)
-        return views * pool * widest * 4 <= MAX_BANK_BYTES
-
-    @property
-    def bank_views(self) -> list[int] | None:
-        """The views a victim's head trains on: None (all 162) with augmentation, else only the
-        image as it is."""
-        return None if self.scenario.training_recipe.augment else [identity_view()]
-
-    def feature_pool(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Victim ``name``'s bank over the pool of clean images every trial draws from (the first
-        ``train_per_class + budget`` of each class), and the pool row of each training index."""
-        if name not in self._banks:
-            s = self.scenario
-            per_class = s.train_per_class + s.budget
-            pool = np.sort(np.concatenate([np.flatnonzero(self.train_labels == c)[:per_class]
-                                           for c in np.unique(self.train_labels)]))
-            row_of = torch.full((len(self.train_labels),), -1, dtype=torch.long)
-            row_of[torch.as_tensor(pool)] = torch.arange(len(pool))
-            bank = view_features(self.model(name), self.data.train_x[torch.as_tensor(pool)],
-                                 views=self.bank_views)
-            self._banks[name] = (bank, row_of.to(self.device))
-        return self._banks[name]
-
-    def training_features(self, name: str, clean: torch.Tensor, poisons: torch.Tensor
-                          ) -> TrainingFeatures | None:
-        """Banked features of a victim's training set (``clean`` indices, then ``poisons``), or
-        None when a clean image lies outside the bank's pool (a dirty-label trial keeps bases
-        that may lie anywhere in their class): then the trial runs the extractor."""
-        bank, row_of = self.feature_pool(name)
-        rows = row_of[clean]
-        if not bool((rows >= 0).all()):
-            return None
-        return TrainingFeatures(bank, rows, self.model(name), poisons.to(self.device),
-                                pool_views=self.bank_views)
-
-    def test_features(self, name: str) -> torch.Tensor | None:
-        """Features of the test set under victim ``name``'s frozen extractor (transfer mode only)."""
-        if self.scenario.mode != "transfer":
-            return None
-        if name not in self._test_features:
-            model = self.model(name)
-            with torch.no_grad():
-                self._test_features[name] = torch.cat([
-                    model.features(self.data.test_x[i:i + 1024].float().div_(255))
-                    for i in range(0, len(self.data.test_x), 1024)])
-        return self._test_features[name]
-
-    def triggered_features(self, name: str, setup: Setup, trigger) -> torch.Tensor | None:
-        """Features of the test images an attack success rate counts (:func:`asr_members`), with
-        ``trigger`` applied, under victim ``name``'s frozen extractor (transfer mode only);
-        cached per image set and trigger."""
-        if self.scenario.mode != "transfer":
-            return None
-        scope = self.scenario.asr_scope
-        which = setup.target_class if scope == "target_class" else setup.base_class
-        key = (name, scope, which, trigger.description)
-        if key not in self._triggered:
-            images = paste(self.data.test_x[asr_members(self.data, setup, scope)], trigger)
-            with torch.no_grad():
-                self._triggered[key] = torch.cat([
-                    self.model(name).features(images[i:i + 1024].float().div_(255))
-                    for i in range(0, len(images), 1024)])
-        return self._triggered[key]
-
-    def held_out(self) -> np.ndarray:
-        """The trusted set's training indices: the last ``trusted_per_class`` of each class (or
-        the ``trusted`` share of the training set, split evenly), in data set order (empty
-        without one). No victim ever trains on them."""
-        if self._held_out is None:
-            classes = np.unique(self.train_labels)
-            n = self.scenario.trusted_count(len(self.train_labels), len(classes))
-            parts = [np.flatnonzero(self.train_labels == c)[-n:] if n else np.empty(0, np.int64)
-                     for c in classes]
-            self._held_out = np.sort(np.concatenate(parts)).astype(np.int64)
-        return self._held_out
-
-    def trusted_set(self) -> TrustedSet:
-        index = torch.as_tensor(self.held_out(), device=self.device)
-        return TrustedSet(self.data.train_x[index], self.data.train_y[index],
-                          test_images=self.data.test_x, test_labels=self.data.test_y)
-
-    def training_pool(self, setup: Setup, index: int) -> np.ndarray:
-        """The images trial ``index``'s victims train on without an attack, in data set order:
-        the clean images of :func:`clean_training_indices` and the setup's bases. Poisons replace
-        members of it (the bases, or a dirty-label attack's sources)."""
-        s = self.scenario
-        subset_seed = (derive_seed(s.seed, index, "subset")
-                       if s.train_subset == "random" else None)
-        clean = clean_training_indices(self.train_labels, setup, s.train_per_class,
-                                       random_seed=subset_seed, held_out=self.held_out())
-        return np.sort(np.concatenate([clean, np.asarray(setup.base_indices, dtype=np.int64)]))
-
-    def setup(self, index: int) -> Setup:
-        """Trial ``index``'s setup: from the scenario's setups file, or the seeded sampler."""
-        if self._setups is None:
-            return sample_setup(self.train_labels, self.test_labels, budget=self.scenario.budget,
-                                seed=self.scenario.seed, index=index, exclude=self.held_out())
-        setup = self._setups[index]
-        exact = self.data.test_exact if self.data.test_exact is not None else len(self.test_labels)
-        if not 0 <= setup.target_index < exact:
-            raise ValueError(
-                f"target index {setup.target_index} cannot be resolved: this copy of the data set "
-                f"has the first {exact} test images in their original order")
-        if self.test_labels[setup.target_index] != setup.target_class:
-            raise ValueError(f"test image {setup.target_index} is not of the setup's target "
-                             f"class {setup.target_class}: is the test set in its original order?")
-        wrong = [i for i in setup.base_indices if self.train_labels[i] != setup.base_class]
-        if wrong:
-            raise ValueError(f"base indices {wrong[:5]} are not of the base class "
-                             f"{setup.base_class}: is the training set in its original order?")
-        trusted = np.intersect1d(setup.base_indices, self.held_out())
-        if len(trusted):
-            raise ValueError(f"base indices {trusted[:5].tolist()} are in the trusted set; "
-                             "lower trusted_per_class (or trusted)")
-        return setup
-
+from raypoison.training.loop import train
+from raypoison.trial.context import TrialContext
+from raypoison.trial.defend import run_defenses
+from raypoison.trial.evaluate import check_poisons, evaluate_victim, poisons_fit
+from raypoison.trial.victims import VictimStore
 
 PoisonSink = Callable[..., None]  # (spec, setup, poisons, data, trigger)
 

@@ -1,7 +1,7 @@
 """A report as a list of sections, rendered to markdown or to one self-contained HTML page.
 
 :func:`assemble` gathers what ``raypoison report`` shows, in this order: the success table (in the
-layout of Table 3 or one row per cell, :mod:`raypoison.report_tables`), comparisons asked for,
+layout of Table 3 or one row per cell, :mod:`raypoison.analysis.tables`), comparisons asked for,
 the defenses in the paper's layout, the rows by status, and at the end the runs and the methods
 (interval method, resampling, seeds). Every section carries the analysis table (numbers, for CSV)
 and a display frame (formatted strings, for markdown and HTML); the HTML page embeds its
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from raypoison import compare, defense_report, report, report_tables, run_status
-from raypoison.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from raypoison.analysis import compare, defense_report, report, run_status
+from raypoison.analysis import tables as report_tables
+from raypoison.analysis.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from raypoison import PROTOCOL_VERSION, __version__
-from raypoison.config import to_plain
+from raypoison.core.schema import to_plain
 
 SCHEMA_VERSION = 4
 KEY = ("trial_id", "victim", "defense")

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from raypoison.rows import NO_DEFENSE, STATUS_OK
-from raypoison.stats import INTERVALS, clustered_wilson, mean_interval, two_sample_p
+from raypoison.analysis.stats import INTERVALS, clustered_wilson, mean_interval, two_sample_p
+from raypoison.store.rows import NO_DEFENSE, STATUS_OK
 
 # Outcomes behind each published cell: 100 trials; black-box pools two victims, from-scratch
 # "all" three (PROTOCOL.md §1)

@@ -12,15 +12,15 @@ from typing import Any
 
 import torch
 
-from raypoison.config import Component
+from raypoison.analysis.stats import roc_auc
+from raypoison.core.registry import Component
 from raypoison.data import ImageData
+from raypoison.data.setups import Setup
+from raypoison.data.triggers import Trigger
 from raypoison.defenses import TrainingSet, TrustedSet, create_defense
-from raypoison.evaluate import evaluate_victim
 from raypoison.models import ImageClassifier
-from raypoison.rows import STATUS_FAILED, describe_error
-from raypoison.setups import Setup
-from raypoison.stats import roc_auc
-from raypoison.triggers import Trigger
+from raypoison.store.rows import STATUS_FAILED, describe_error
+from raypoison.trial.evaluate import evaluate_victim
 
 
 def run_defenses(defenses: tuple[Component, ...], model: ImageClassifier, *, data: ImageData,

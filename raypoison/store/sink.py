@@ -14,9 +14,9 @@ from collections import defaultdict
 import pyarrow.parquet as pq
 
 from raypoison.errors import ResultsError
-from raypoison.results import PART_PREFIX, RESULTS_DIR
-from raypoison.rows import to_table
-from raypoison.storage import Location
+from raypoison.store.results import PART_PREFIX, RESULTS_DIR
+from raypoison.store.rows import to_table
+from raypoison.store.storage import Location
 
 
 class ParquetSink:
