@@ -95,8 +95,11 @@ def crafting_seconds(config: str, *, trials: int = 3, attacks: list[str] | None 
     for name in models_of(scenario):
         cfg = scenario.models[name]
         path = local_checkpoint(cfg, scenario, models_dir)
-        blobs[name] = (path.read_bytes() if path is not None else
-                       pretrain_checkpoint(cfg, cfg.pretrain.dataset_for(scenario.dataset)))
+        if path is not None:
+            blobs[name] = path.read_bytes()
+        else:
+            assert cfg.pretrain is not None  # models_of keeps models with weights
+            blobs[name] = pretrain_checkpoint(cfg, cfg.pretrain.dataset_for(scenario.dataset))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ctx = TrialContext.create(scenario, blobs, device)
     chosen = [a for a in suite.attacks if ATTACKS.get(a.name).needs_models

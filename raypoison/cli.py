@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                           "(both compute the trials neither has written)")
     run.add_argument("--dashboard", action="store_true",
                      help="start Ray's dashboard with the local instance (on 127.0.0.1)")
+    run.set_defaults(handler=_run)
 
     report = sub.add_parser("report", help="success rates with intervals from a results dataset")
     report.add_argument("output", help="the run's output folder or URI")
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="paired difference of two attacks' success rates")
     report.add_argument("--against", metavar="URI",
                         help="difference of each cell against another results dataset")
+    report.set_defaults(handler=_report)
 
     pre = sub.add_parser("pretrain", help="train the victim zoo of a zoo config as Ray tasks")
     pre.add_argument("config", help="zoo YAML file")
@@ -78,13 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else local)")
     pre.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
     pre.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance")
+    pre.set_defaults(handler=_pretrain)
 
     compact = sub.add_parser("compact", help="rewrite a run's parts into one deduplicated part "
                                              "per partition")
     compact.add_argument("output", help="the run's output folder or URI")
+    compact.set_defaults(handler=_compact)
 
     validate = sub.add_parser("validate", help="check a config and count its trials")
     validate.add_argument("config")
+    validate.set_defaults(handler=_validate)
 
     bench = sub.add_parser("bench", help="print performance figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -93,11 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     sched.add_argument("--workers", type=int, default=16)
     sched.add_argument("--gpus", type=float, default=4, help="logical GPUs of the local instance")
     sched.add_argument("--output", help="where to write the rows (default: a temporary folder)")
+    sched.set_defaults(handler=_bench_scheduler)
     craft = bench_sub.add_parser("crafting", help="seconds to craft one trial, per attack")
     craft.add_argument("config", help="benchmark YAML; its first scenario is used")
     craft.add_argument("--trials", type=int, default=3)
     craft.add_argument("--attacks", type=_csv, help="attack labels (default: all that craft)")
     craft.add_argument("--models", help="a run's models/ folder with pre-trained checkpoints")
+    craft.set_defaults(handler=_bench_crafting)
     return parser
 
 
@@ -181,7 +188,8 @@ def _figures(df, sections: list, args: argparse.Namespace, folder: Path) -> list
     figures = forest_figures(sections[0].table, folder, args.interval)
     if args.compare:
         diff = next(s.table for s in sections if s.title.endswith("paired by trial"))
-        figures += compare_figure(diff, *args.compare, folder)
+        first, second = args.compare
+        figures += compare_figure(diff, first, second, folder)
     figures += sweep_figures(df, folder, args.interval)
     if "Defenses" in by_title:
         figures += tradeoff_figures(by_title["Defenses"], folder)
@@ -214,7 +222,33 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _compact(args: argparse.Namespace) -> int:
+    from raypoison.store.compact import compact
+
+    done = compact(args.output)
+    print(f"compacted {done.partitions} partitions: {done.files_before} files -> "
+          f"{done.files_after}, {done.rows_before} rows -> {done.rows_after}")
+    return EXIT_OK
+
+
+def _bench_crafting(args: argparse.Namespace) -> int:
+    from raypoison.bench import crafting_seconds
+
+    crafting_seconds(args.config, trials=args.trials, attacks=args.attacks,
+                     models_dir=args.models)
+    return EXIT_OK
+
+
+def _bench_scheduler(args: argparse.Namespace) -> int:
+    from raypoison.bench import scheduler_overhead
+
+    scheduler_overhead(trials=args.trials, workers=args.workers, gpus=args.gpus,
+                       output=args.output)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line: each sub-command's parser names its handler (``set_defaults``)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -224,31 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "validate":
-            return _validate(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "pretrain":
-            return _pretrain(args)
-        if args.command == "compact":
-            from raypoison.store.compact import compact
-
-            done = compact(args.output)
-            print(f"compacted {done.partitions} partitions: {done.files_before} files -> "
-                  f"{done.files_after}, {done.rows_before} rows -> {done.rows_after}")
-            return EXIT_OK
-        if args.command == "bench":
-            from raypoison.bench import crafting_seconds, scheduler_overhead
-
-            if args.bench == "crafting":
-                crafting_seconds(args.config, trials=args.trials, attacks=args.attacks,
-                                 models_dir=args.models)
-            else:
-                scheduler_overhead(trials=args.trials, workers=args.workers, gpus=args.gpus,
-                                   output=args.output)
-            return EXIT_OK
+        return args.handler(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -261,7 +271,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return EXIT_ERROR
 
 
 if __name__ == "__main__":

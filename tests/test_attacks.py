@@ -58,7 +58,7 @@ def test_crafting_in_a_batch_matches_crafting_one_by_one(context, which):
     suite, ctx = context
     attack = create_attack(suite.attacks[which])
     setups = [ctx.setup(i) for i in range(3)]
-    together = attack.craft_batch(ctx, setups, [1, 2, 3], [0, 1, 2])
+    together = attack.craft_many(ctx, setups, [1, 2, 3], [0, 1, 2])
     for i, setup in enumerate(setups):
         alone = attack.craft(ctx, setup, seed=i + 1, index=i)
         difference = (together[i].poisons.images.int() - alone.poisons.images.int()).abs()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def to_html(sections: list[Section], title: str, figures: list[Path] = ()) -> str:
+def to_html(sections: list[Section], title: str, figures: Sequence[Path] = ()) -> str:
     """One self-contained page: styles inline, figures embedded as data URIs."""
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
              "<meta name='viewport' content='width=device-width, initial-scale=1'>"

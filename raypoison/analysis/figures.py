@@ -44,7 +44,7 @@ def tradeoff_figures(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths: list[Path] = []
     if table.empty:
         return paths
     for (scenario, victim), in_scenario in table.groupby(["scenario", "victim"]):

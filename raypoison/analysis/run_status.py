@@ -31,7 +31,7 @@ def _alive(pid: int) -> bool:
 
 def manifests(uri: str) -> list[dict[str, Any]]:
     location = Location.parse(uri)
-    out = []
+    out: list[dict[str, Any]] = []
     root = location.join("manifests")
     if not location.exists(root):
         return out

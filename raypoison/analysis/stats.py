@@ -9,7 +9,7 @@ from statistics import NormalDist
 import numpy as np
 
 
-def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval; well behaved near 0 and 1, where success rates of attacks live."""
     if n == 0:
         return (math.nan, math.nan)

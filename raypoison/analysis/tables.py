@@ -136,7 +136,7 @@ def success_table3(table: pd.DataFrame, names: dict[str, str] | None = None) -> 
     # a scenario with both white- and black-box cells shows those, as the paper does
     columns = [(s, r) for s, r in columns
                if r != "all" or not ((table["scenario"] == s) & (table["role"] != "all")).any()]
-    attacks = sorted(set(table["attack"]), key=lambda a: _attack_sort_key(names.get(a, a), a))
+    attacks = sorted(set(table["attack"]), key=lambda a: _attack_sort_key(names.get(a) or a, a))
     with_paper = {c for c in columns
                   if table[(table["scenario"] == c[0]) & (table["role"] == c[1])]
                   ["published"].notna().any()}

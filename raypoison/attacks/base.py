@@ -8,8 +8,10 @@ from typing import Any, ClassVar
 import torch
 
 from raypoison.attacks.context import CraftingContext
+from raypoison.core.registry import NoParams
 from raypoison.data.setups import Setup
 from raypoison.data.triggers import Trigger
+from raypoison.models.base import ImageClassifier
 
 
 @dataclass
@@ -57,9 +59,7 @@ class Attack:
     # reference's truncating PIL conversion (its own check allows 9/255 for 8/255)
     rounding_slack: ClassVar[int] = 0
 
-    @dataclass(frozen=True)
-    class Params:
-        pass
+    Params: ClassVar[type[Any]] = NoParams  # each attack's frozen dataclass
 
     def __init__(self, params: Any):
         self.params = params
@@ -86,9 +86,9 @@ class Attack:
 
     def craft(self, ctx: CraftingContext, setup: Setup, seed: int, index: int) -> CraftResult:
         """Poisons for trial ``index`` with ``setup``; ``seed`` drives any randomness."""
-        return self.craft_batch(ctx, [setup], [seed], [index])[0]
+        return self.craft_many(ctx, [setup], [seed], [index])[0]
 
-    def craft_batch(self, ctx: CraftingContext, setups: list[Setup], seeds: list[int],
+    def craft_many(self, ctx: CraftingContext, setups: list[Setup], seeds: list[int],
                     indices: list[int]) -> list[CraftResult]:
         """Several trials at once. Attacks that can optimize many trials' poisons in one batch
         against the same frozen model override this (the results match crafting one by one, up
@@ -97,7 +97,7 @@ class Attack:
                                                                   strict=True)]
 
 
-def crafting_models(ctx: CraftingContext) -> list[torch.nn.Module]:
+def crafting_models(ctx: CraftingContext) -> list[ImageClassifier]:
     """The frozen models the scenario's attacks craft on: one, or an ensemble."""
     return [ctx.model(name) for name in ctx.attackers]
 

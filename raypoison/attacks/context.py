@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from raypoison.data.base import ImageData
 from raypoison.data.setups import Setup
+from raypoison.models.base import ImageClassifier
 from raypoison.training.recipe import RecipeConfig
 
 
@@ -65,11 +65,11 @@ class CraftingContext(Protocol):
         """The training labels as a numpy array (for index arithmetic)."""
         ...
 
-    def model(self, name: str) -> torch.nn.Module:
+    def model(self, name: str) -> ImageClassifier:
         """The frozen model ``name`` in eval mode; do not train it."""
         ...
 
-    def fresh_victim(self, name: str, seed: int) -> torch.nn.Module:
+    def fresh_victim(self, name: str, seed: int) -> ImageClassifier:
         """A trainable model of ``name``'s kind, initialized from ``seed``."""
         ...
 
@@ -88,7 +88,7 @@ class StandaloneContext:
     """
 
     data: ImageData
-    models: Mapping[str, torch.nn.Module]
+    models: Mapping[str, ImageClassifier]
     epsilon: float = 8 / 255
     patch_size: int = 5
     attackers: tuple[str, ...] = ()
@@ -96,7 +96,7 @@ class StandaloneContext:
     seed: int = 0
     training_recipe: RecipeConfig = field(default_factory=RecipeConfig)
     device: str = "cpu"
-    build_model: Callable[[str, int], torch.nn.Module] | None = None
+    build_model: Callable[[str, int], ImageClassifier] | None = None
 
     def __post_init__(self) -> None:
         if not self.attackers:
@@ -113,10 +113,10 @@ class StandaloneContext:
     def train_labels(self) -> np.ndarray:
         return self.data.train_y.cpu().numpy()
 
-    def model(self, name: str) -> torch.nn.Module:
+    def model(self, name: str) -> ImageClassifier:
         return self.models[name]
 
-    def fresh_victim(self, name: str, seed: int) -> torch.nn.Module:
+    def fresh_victim(self, name: str, seed: int) -> ImageClassifier:
         if self.build_model is None:
             raise ValueError("this StandaloneContext cannot make a fresh model: pass "
                              "build_model=(name, seed) -> model")

@@ -200,6 +200,7 @@ def adam_descend(
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         if signed:
+            assert delta.grad is not None
             delta.grad.sign_()
         optimizer.step()
         with torch.no_grad():
@@ -245,4 +246,5 @@ def scheduled_descend(
             break
     with torch.no_grad():
         final = objective(x)
-    return CraftOutcome(x.detach(), done, initial, final.detach())
+    return CraftOutcome(x.detach(), done, final.detach() if initial is None else initial,
+                        final.detach())

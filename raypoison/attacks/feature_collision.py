@@ -64,7 +64,7 @@ class FeatureCollision(Attack):
             if self.beta < 0:
                 raise ConfigError(f"{path}.beta", f"must be ≥ 0, got {self.beta}")
 
-    def craft_batch(self, ctx, setups, seeds, indices) -> list[CraftResult]:
+    def craft_many(self, ctx, setups, seeds, indices) -> list[CraftResult]:
         """Every poison descends on its own, so trials batch exactly."""
         p = self.params
         models = crafting_models(ctx)
@@ -92,6 +92,7 @@ class FeatureCollision(Attack):
             batch.counts, device=bases.device)
         results = batch.split(images, setups, iterations=out.iterations, loss_initial=initial,
                               loss_final=final)
+        assert out.per_image_iterations is not None and out.rose is not None  # the rules keep them
         for t, result in enumerate(results):
             mine = group == t
             result.iterations = int(out.per_image_iterations[mine].max())

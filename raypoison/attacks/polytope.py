@@ -77,7 +77,7 @@ def refit_coefficients(coefficients: np.ndarray, features: np.ndarray, target: n
         return float(np.sqrt(max(c @ gram @ c - 2 * c @ linear + offset, 0.0)))
 
     y = rng.standard_normal(len(coefficients))
-    lipschitz = np.linalg.norm(gram @ y) / max(np.linalg.norm(y), 1e-300)
+    lipschitz = float(np.linalg.norm(gram @ y)) / max(float(np.linalg.norm(y)), 1e-300)
     step = 2 / max(lipschitz, 1e-300)
     c = coefficients.astype(np.float64)
     current = residual(c)
@@ -87,7 +87,7 @@ def refit_coefficients(coefficients: np.ndarray, features: np.ndarray, target: n
             step /= 2
             continue
         projected = project_simplex_np(moved)
-        if np.linalg.norm(c - projected) / max(np.linalg.norm(c), 1e-8) < tolerance:
+        if float(np.linalg.norm(c - projected)) / max(float(np.linalg.norm(c)), 1e-8) < tolerance:
             return c, done
         c, current = projected, residual(projected)
     return c, max_steps
@@ -102,7 +102,7 @@ class _Polytope(Attack):
         """Per-trial losses [trials] of a batch whose poisons come in groups of ``counts``."""
         raise NotImplementedError
 
-    def craft_batch(self, ctx, setups, seeds, indices) -> list[CraftResult]:
+    def craft_many(self, ctx, setups, seeds, indices) -> list[CraftResult]:
         batch = TrialBatch.stack(ctx, setups)
         losses = []
         for m, model in enumerate(crafting_models(ctx)):

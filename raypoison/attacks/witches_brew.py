@@ -33,8 +33,9 @@ trial's crafting seed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,7 @@ from raypoison.core.identity import derive_seed
 from raypoison.data.augment import apply_crop_flip, apply_shift_flip, draw_crop_flip, draw_shift_flip
 from raypoison.data.setups import Setup
 from raypoison.errors import ConfigError
+from raypoison.models.base import ImageClassifier
 from raypoison.training.loop import train
 from raypoison.training.recipe import RecipeConfig
 
@@ -60,7 +62,18 @@ def schedule_milestones(iterations: int) -> tuple[int, ...]:
 def best_restart(outcomes: list[CraftOutcome]) -> CraftOutcome:
     """The restart the reference keeps: the lowest loss in its last iteration (computed before
     the last step), not the loss after it; the first of equals."""
-    return min(outcomes, key=lambda out: float(out.loss_last.sum()))
+    return min(outcomes, key=lambda out: float(_loss_last(out).sum()))
+
+
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``sum(terms)``, left to right as Python adds (the order the results were made with)."""
+    return cast(torch.Tensor, sum(terms))
+
+
+def _loss_last(outcome: CraftOutcome) -> torch.Tensor:
+    if outcome.loss_last is None:
+        raise ValueError("a restart's outcome keeps no last loss")
+    return outcome.loss_last
 
 
 @ATTACKS.register("witches_brew")
@@ -135,7 +148,7 @@ class WitchesBrew(Attack):
                 weights = list(model.parameters())
                 grad = [g.detach() for g in torch.autograd.grad(
                     F.cross_entropy(model(target), labels[:1]), weights)]
-                targets.append((model, weights, grad, torch.sqrt(sum(g.pow(2).sum()
+                targets.append((model, weights, grad, torch.sqrt(_total(g.pow(2).sum()
                                                                      for g in grad))))
 
             def augmented(x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +167,7 @@ class WitchesBrew(Attack):
                             F.cross_entropy(model(x[chunk]), labels[chunk]), weights,
                             create_graph=True)
                         dot = sum((g * t).sum() for g, t in zip(grads, target_grad, strict=True))
-                        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+                        norm = torch.sqrt(_total(g.pow(2).sum() for g in grads))
                         losses.append(1 - dot / (norm * target_norm + 1e-12))
                 return torch.stack(losses).mean().reshape(1)
 
@@ -182,7 +195,7 @@ class WitchesBrew(Attack):
 
 
 def train_crafting_model(ctx: CraftingContext, name: str, setup: Setup, index: int,
-                         recipe: RecipeConfig | None = None) -> torch.nn.Module:
+                         recipe: RecipeConfig | None = None) -> ImageClassifier:
     """A model of ``name``'s architecture trained from scratch for trial ``index`` alone, on the
     trial's clean training set with ``recipe`` (default: the scenario's); frozen, in eval mode."""
     data = ctx.data

@@ -16,6 +16,11 @@ from raypoison.errors import ConfigError
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class NoParams:
+    """The ``Params`` of a registry entry that declares none: a config may set nothing."""
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
@@ -30,6 +35,10 @@ class Registry(Generic[T]):
             return cls
 
         return decorate
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plugin a test registered for itself)."""
+        self._entries.pop(name, None)
 
     def get(self, name: str, path: str = "") -> type[T]:
         try:

@@ -10,6 +10,7 @@ unrestricted ``torch.load`` that the tensor's own pickle names.
 
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 from pathlib import Path
@@ -23,11 +24,13 @@ _NUMPY_GLOBALS = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
+_multiarray = importlib.import_module("numpy._core.multiarray")
+_numeric = importlib.import_module("numpy._core.numeric")
 for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _NUMPY_GLOBALS[(_module, "_reconstruct")] = np._core.multiarray._reconstruct
-    _NUMPY_GLOBALS[(_module, "scalar")] = np._core.multiarray.scalar
+    _NUMPY_GLOBALS[(_module, "_reconstruct")] = _multiarray._reconstruct
+    _NUMPY_GLOBALS[(_module, "scalar")] = _multiarray.scalar
 for _module in ("numpy.core.numeric", "numpy._core.numeric"):
-    _NUMPY_GLOBALS[(_module, "_frombuffer")] = np._core.numeric._frombuffer
+    _NUMPY_GLOBALS[(_module, "_frombuffer")] = _numeric._frombuffer
 
 
 def _storage_from_bytes(data: bytes) -> Any:

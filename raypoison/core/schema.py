@@ -151,7 +151,7 @@ def convert(value: Any, tp: Any, path: str) -> Any:
             {str(k): convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
         )
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, path)
+        return build(typing.cast(type, tp), value, path)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(path, f"expected true or false, got {quote(value)}")

@@ -39,7 +39,8 @@ def apply_crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: t
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    return apply_crop_flip(x, *draw_crop_flip(len(x), generator, padding), padding)
+    dy, dx, flip = draw_crop_flip(len(x), generator, padding)
+    return apply_crop_flip(x, dy, dx, flip, padding)
 
 
 def view_index(dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int = 4):

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from raypoison.core.registry import NoParams
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -74,8 +76,7 @@ class DataSource:
 
     name: ClassVar[str]
 
-    class Params:  # replaced by each source's frozen dataclass
-        pass
+    Params: ClassVar[type[Any]] = NoParams  # each source's frozen dataclass
 
     @classmethod
     def describe(cls, params: Any) -> DatasetInfo | None:

@@ -12,6 +12,7 @@ from those after it.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def _read_batches(folder: Path, names: list[str], label_key: bytes):
 
 
 class _Cifar(DataSource):
-    Params = CifarParams
+    Params: ClassVar[type[Any]] = CifarParams
     folder: str
     train_files: list[str]
     test_files: list[str]

@@ -72,4 +72,5 @@ def decode_files(paths: list[Path], where: str) -> np.ndarray:
             raise DataError(f"{where}: images differ in size: {path} is {image.shape[:2]}, "
                             f"the first is {out.shape[2:]}")
         out[i] = image.transpose(2, 0, 1)
+    assert out is not None  # paths is not empty
     return out

@@ -120,7 +120,7 @@ class ImageFolder(DataSource):
             perm = np.concatenate([head, rest])
             test_x, test_y = test_x[perm], test_y[perm]
             test_exact = len(prefix)
-        data = ImageData(torch.from_numpy(train_x), torch.from_numpy(train_y),
+        images = ImageData(torch.from_numpy(train_x), torch.from_numpy(train_y),
                          torch.from_numpy(test_x), torch.from_numpy(test_y), tuple(classes),
                          params.mean or (), params.std or (), test_exact)
         if params.classes is not None:
@@ -128,9 +128,9 @@ class ImageFolder(DataSource):
             if beyond:
                 raise DataError(f"{root}: classes {beyond} do not exist; the folder has "
                                 f"{len(classes)} classes, 0 to {len(classes) - 1}")
-            data = data.select_classes(params.classes)
+            images = images.select_classes(params.classes)
         if not (params.mean and params.std):  # measure them on the images kept
-            x = data.train_x.float() / 255
-            data.mean = params.mean or tuple(x.mean(dim=(0, 2, 3)).tolist())
-            data.std = params.std or tuple(x.std(dim=(0, 2, 3)).tolist())
-        return data
+            x = images.train_x.float() / 255
+            images.mean = params.mean or tuple(x.mean(dim=(0, 2, 3)).tolist())
+            images.std = params.std or tuple(x.std(dim=(0, 2, 3)).tolist())
+        return images

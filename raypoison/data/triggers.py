@@ -154,6 +154,7 @@ def _pattern(cfg: TriggerConfig, height: int, width: int) -> torch.Tensor:
         cells = (torch.arange(height)[:, None] + torch.arange(width)[None, :]) % 2
         return (cells * 255).expand(3, height, width)
     path = reference_trigger_path(cfg.name) if cfg.kind == "reference" else cfg.path
+    assert path is not None  # TriggerConfig.validate: an image trigger names its file
     try:
         with Image.open(path) as image:
             resized = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
@@ -165,7 +166,7 @@ def _pattern(cfg: TriggerConfig, height: int, width: int) -> torch.Tensor:
 
 def reference_trigger_path(name: str) -> Path:
     """The shipped copy of the benchmark's trigger image ``name`` (``clbd`` or ``htbd``)."""
-    return Path(__file__).parent / "assets" / "triggers" / f"{name}.png"
+    return Path(__file__).parent.parent / "assets" / "triggers" / f"{name}.png"
 
 
 def _warp_grid(cfg: TriggerConfig, size: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from raypoison.core.registry import NoParams
 from raypoison.models import ImageClassifier
 
 
@@ -51,9 +52,7 @@ class Flags:
 class Defense:
     name: ClassVar[str]
 
-    @dataclass(frozen=True)
-    class Params:
-        pass
+    Params: ClassVar[type[Any]] = NoParams  # each defense's frozen dataclass
 
     def __init__(self, params: Any):
         self.params = params

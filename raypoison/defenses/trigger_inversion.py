@@ -73,6 +73,7 @@ def invert(suspect: ImageClassifier, images: torch.Tensor, target: int, params: 
         x = trigger.apply(images[idx])
         loss = F.cross_entropy(suspect(x), goal[idx]) + params.l1 * trigger.mask.mean()
         if keep is not None:
+            assert labels is not None  # keep comes with the labels it keeps
             loss = loss + F.cross_entropy(keep(x), labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -133,7 +134,8 @@ def invert_calibrated(suspect: ImageClassifier, repaired: ImageClassifier, image
     device = images.device
     delta = (torch.rand((1, *images.shape[1:]), generator=generator) * p.init_scale).to(device)
     delta.requires_grad_(True)
-    optimizer = torch.optim.Adam([delta], lr=p.lr, betas=tuple(p.betas))
+    beta1, beta2 = p.betas
+    optimizer = torch.optim.Adam([delta], lr=p.lr, betas=(beta1, beta2))
     goal = torch.full((len(images),), target, dtype=torch.long, device=device)
     order = torch.empty(0, dtype=torch.long)
     position = 0
@@ -229,6 +231,7 @@ class CalibratedTriggerInversion(Defense):
         gaps = []
         for c in range(suspect.head.out_features):
             train_mask = fit & (trusted.labels != c)
+            trigger: InvertedTrigger | AdditiveTrigger
             if p.trigger == "mask":
                 trigger = invert(suspect, images[train_mask], c, p.inversion, seed + c,
                                  keep=repaired, labels=trusted.labels[train_mask])

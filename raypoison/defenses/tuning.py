@@ -193,6 +193,8 @@ class ChannelMask(nn.Module):
         super().__init__()
         self.register_buffer("keep", keep.float())
 
+    keep: torch.Tensor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.keep
 
@@ -247,7 +249,7 @@ def _attention_layers(model: ImageClassifier, sample: torch.Tensor) -> list[nn.M
     calls: dict[int, int] = {}
     for module, _ in outputs:
         calls[id(module)] = calls.get(id(module), 0) + 1
-    last_at: dict[tuple[int, int], nn.Module] = {}
+    last_at: dict[tuple[int, ...], nn.Module] = {}
     for module, out in outputs:
         if calls[id(module)] == 1 and isinstance(out, torch.Tensor) and out.dim() == 4 \
                 and out.shape[-1] > 1:

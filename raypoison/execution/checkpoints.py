@@ -41,6 +41,7 @@ def pretrained_name(cfg: ModelConfig, scenario: ScenarioConfig) -> str:
     """File name of a pre-trained model in a run's ``models/`` cache: arch plus a hash of what
     defines it (architecture parameters, pre-training recipe and seed, the data set it pre-trains
     on), so scenarios that differ only in their victims' data share it."""
+    assert cfg.pretrain is not None  # a cached model is a pre-trained one
     key = pretrained_key(cfg.arch, cfg.params, cfg.pretrain,
                          cfg.pretrain.dataset_for(scenario.dataset))
     return f"{cfg.arch}-{key}.pt"
@@ -98,6 +99,7 @@ def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, 
                     else:
                         log.info("pre-training %s (%s) for scenario %s", name, cfg.arch,
                                  scenario.name)
+                        assert cfg.pretrain is not None  # no checkpoint: models_of keeps it
                         refs[key] = task.remote(cfg, cfg.pretrain.dataset_for(scenario.dataset))
                         to_cache[key] = path
             out[scenario.name][name] = refs[key]

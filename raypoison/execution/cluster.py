@@ -51,7 +51,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         ray.init(address=address, log_to_driver=True)
         mode = "cluster"
     else:
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,  # type: ignore[arg-type]
                  include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
         mode = "embedded"
     if ours is not None:  # ray.init replaced it with one that exits without our cleanup

@@ -127,9 +127,8 @@ def plan_trial(spec: TrialSpec, stored: Stored | None, include_failed: bool) -> 
 
 def _pending(suite: SuiteConfig, options: RunOptions, done: dict[str, Stored]
              ) -> Iterator[TrialSpec]:
-    filters = {"attacks": options.attacks, "scenarios": options.scenarios,
-               "trials": options.trials}
-    for spec in expand(suite, **filters):
+    for spec in expand(suite, attacks=options.attacks, scenarios=options.scenarios,
+                       trials=options.trials):
         todo = plan_trial(spec, done.get(spec.trial_id), not options.retry_failed)
         if todo is not None:
             yield todo
@@ -202,12 +201,11 @@ class _Plan:
 def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
     """One lazy pass over the suite's trials against what the output holds; also validates the
     filters."""
-    filters = {"attacks": options.attacks, "scenarios": options.scenarios,
-               "trials": options.trials}
     plan = _Plan(stored_trials(options.output, include_failed=not options.retry_failed))
     needing_models: dict[str, Any] = {}  # scenarios with pending trials that load models
     store = VictimStore(location.child_uri("victims"))
-    for spec in expand(suite, **filters):
+    for spec in expand(suite, attacks=options.attacks, scenarios=options.scenarios,
+                       trials=options.trials):
         plan.planned += 1
         todo = plan_trial(spec, plan.done.get(spec.trial_id), not options.retry_failed)
         if todo is None:

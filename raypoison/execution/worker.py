@@ -11,12 +11,12 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import ray
 
 from raypoison.config.specs import TrialSpec
-from raypoison.store.rows import describe_error, failure_rows
+from raypoison.store.rows import check_rows, describe_error, failure_rows, stamp
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,21 @@ def _exporter(uri: str):
             folder.write_bytes(folder.join(name), blob)
 
     return save
+
+
+def checked_rows(specs: tuple[TrialSpec, ...], per_trial: list[list[dict]], **where: Any
+                 ) -> list[dict]:
+    """Each trial's rows stamped with ``where`` (run, worker, node, attempt) and checked against
+    the schema here, in the worker: a trial whose rows the schema cannot hold is replaced by its
+    failure rows, saying which field, so the driver never receives a row it cannot write."""
+    out = []
+    for spec, rows in zip(specs, per_trial, strict=True):
+        rows = stamp(rows, **where)
+        problem = check_rows(rows)
+        if problem is not None:
+            rows = stamp(failure_rows(spec, f"rows: {problem}"), **where)
+        out.extend(rows)
+    return out
 
 
 class TrialWorker:
@@ -102,13 +117,9 @@ class TrialWorker:
                                    task.save_victims)
         except Exception as err:  # loading the scenario failed: every trial of it says why
             per_trial = [failure_rows(spec, describe_error(err, "load")) for spec in task.specs]
-        rows = [row for trial_rows in per_trial for row in trial_rows]
         self.trials_run += len(task.specs)
-        stamp = {"run_id": task.run_id, "worker": self.identity, "node": self.node,
-                 "attempt": attempt, "ray_version": ray.__version__}
-        for row in rows:
-            row.update(stamp)
-        return rows
+        return checked_rows(task.specs, per_trial, run_id=task.run_id, worker=self.identity,
+                            node=self.node, attempt=attempt, ray_version=ray.__version__)
 
 
 def start_worker(*, num_cpus: float, num_gpus: float, max_restarts: int,
@@ -116,4 +127,5 @@ def start_worker(*, num_cpus: float, num_gpus: float, max_restarts: int,
     remote = ray.remote(TrialWorker).options(
         num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0,
     )
-    return remote.remote(gpu_fraction=num_gpus, cpu_threads=cpu_threads)
+    return cast(ray.actor.ActorHandle, remote.remote(gpu_fraction=num_gpus,
+                                                     cpu_threads=cpu_threads))

@@ -7,14 +7,17 @@ work in pixel space and the ε ball means what it says.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
+from raypoison.core.registry import NoParams
 
-def to_device(model: nn.Module, device: str | torch.device) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def to_device(model: M, device: str | torch.device) -> M:
     """``model`` on ``device``; on a CPU its convolution weights also go channels-last.
 
     Channels-last made a quarter-width ResNet-18 on the 2-core development machine 1.8 times
@@ -31,10 +34,12 @@ def to_device(model: nn.Module, device: str | torch.device) -> nn.Module:
 
 class ImageClassifier(nn.Module):
     name: ClassVar[str]
-
-    @dataclass(frozen=True)
-    class Params:
-        """Architecture parameters a config may set (none by default)."""
+    # the architecture parameters a config may set: a frozen dataclass (none by default)
+    Params: ClassVar[type[Any]] = NoParams
+    mean: torch.Tensor  # buffers [1, C, 1, 1]: the data set's normalization
+    std: torch.Tensor
+    head: nn.Linear
+    extractor: nn.Module
 
     def __init__(
         self, extractor: nn.Module, feature_dim: int, num_classes: int,

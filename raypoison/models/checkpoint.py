@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -35,7 +35,7 @@ def build_model(arch: str, num_classes: int, mean, std, image_size: int = 32,
         params = cls.Params()
     elif not dataclasses.is_dataclass(params):
         params = cls.Params(**dict(params))
-    model = cls(num_classes=num_classes, mean=tuple(mean), std=tuple(std), image_size=image_size,
+    model = cast(Any, cls)(num_classes=num_classes, mean=tuple(mean), std=tuple(std), image_size=image_size,
                 **dataclasses.asdict(params))
     model.arch_params = params
     return model

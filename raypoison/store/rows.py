@@ -2,10 +2,15 @@
 README.
 
 Rows are plain dicts while they travel from a worker to the driver; the sink turns them into Arrow
-tables with :data:`SCHEMA`. ``(trial_id, victim, defense)`` is the key: readers keep one row per
-key. Every trial has a row per victim with ``defense = "none"`` (the undefended model); a suite
-with defenses adds a row per victim and defense, which repeats the undefended model's fields and
-adds the defense's own.
+tables with :data:`SCHEMA`. Every producer (the trial, its defenses, the worker's stamp, the
+scheduler's failure rows) gathers fields in :class:`Fields`, which refuses a name outside the
+schema where it is set, and builds rows with :func:`trial_rows`; the worker then checks each
+trial's rows against the schema's types (:func:`check_rows`), so a bad value becomes that trial's
+failure row, with a message, in the worker, and never reaches the driver's buffers.
+
+``(trial_id, victim, defense)`` is the key: readers keep one row per key. Every trial has a row per
+victim with ``defense = "none"`` (the undefended model); a suite with defenses adds a row per
+victim and defense, which repeats the undefended model's fields and adds the defense's own.
 
 Version 2 added the defense columns and ``poisons``; a version-1 part reads as defense ``none``.
 Version 3 added ``target_margin`` and ``poisons_fit``; older parts read them as nulls.
@@ -110,13 +115,39 @@ SCHEMA = pa.schema(
 COLUMNS = frozenset(SCHEMA.names)
 
 
+class RowFieldError(ValueError):
+    """A row field outside :data:`SCHEMA`, or a value its column cannot hold."""
+
+
+class Fields(dict):
+    """Row fields being gathered: a name outside :data:`SCHEMA` is refused where it is set."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__()
+        self.update(*args, **kwargs)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in COLUMNS:
+            raise RowFieldError(f"row field {key!r} is not in the schema")
+        super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-def trial_fields(spec) -> dict[str, Any]:
+def trial_fields(spec) -> Fields:
     """The fields every row of a trial shares, known before it runs."""
-    return {
+    return Fields({
         "schema_version": SCHEMA_VERSION,
         "protocol_version": PROTOCOL_VERSION,
         "suite": spec.suite,
@@ -130,11 +161,11 @@ def trial_fields(spec) -> dict[str, Any]:
         "patch_size": spec.scenario.patch_size,
         "seed_setup": spec.scenario.seed,
         "raypoison_version": __version__,
-    }
+    })
 
 
-def per_victim(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | None = None,
-               crafted_on: tuple[str, ...] | None = None):
+def trial_rows(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | None = None,
+               crafted_on: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Complete rows, every schema field set: per victim, the undefended row (``common`` and the
     victim's own fields), then, if the defenses ran on it, a row per defense of the spec that
     adds that defense's fields (``per[victim]["defenses"][label]``). A trial that failed, was
@@ -144,18 +175,54 @@ def per_victim(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | No
     for victim in scenario.victims:
         own = dict((per or {}).get(victim, {}))
         defended = own.pop("defenses", {})
-        row = dict.fromkeys(SCHEMA.names)
+        row = Fields(dict.fromkeys(SCHEMA.names))
         row.update(common)
         row.update(victim=victim, victim_arch=scenario.models[victim].arch,
                    role=scenario.role(victim, crafted_on), defense=NO_DEFENSE)
         row.update(own)
         if spec.write_undefended:
-            out.append(row)
+            out.append(dict(row))
         for defense in spec.defenses if defended or not spec.write_undefended else ():
-            extra = {"defense": defense.label, "defense_name": defense.name,
-                     "defense_params": json.dumps(to_plain(defense.params), sort_keys=True)}
-            out.append({**row, **extra, **defended.get(defense.label, {})})
+            defended_row = Fields(row)
+            defended_row.update(defense=defense.label, defense_name=defense.name,
+                                defense_params=json.dumps(to_plain(defense.params), sort_keys=True))
+            defended_row.update(defended.get(defense.label, {}))
+            out.append(dict(defended_row))
     return out
+
+
+def stamp(rows: list[dict[str, Any]], **fields: Any) -> list[dict[str, Any]]:
+    """``rows`` with ``fields`` (who ran them, where) set on each: the worker's stamp."""
+    checked = Fields(fields)
+    for row in rows:
+        row.update(checked)
+    return rows
+
+
+def check_rows(rows: list[dict[str, Any]]) -> str | None:
+    """What is wrong with ``rows`` against :data:`SCHEMA` (the first unknown field, or the first
+    column whose values its type cannot hold, with the value), or None if nothing is."""
+    for row in rows:
+        unknown = sorted(set(row) - COLUMNS)
+        if unknown:
+            return f"row field {unknown[0]!r} is not in the schema"
+    for field in SCHEMA:
+        values = [row.get(field.name) for row in rows]
+        try:
+            pa.array(values, type=field.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError) as err:
+            bad = next((v for v in values if not _fits(v, field.type)), values[0])
+            return (f"row field {field.name!r} ({field.type}) cannot hold {type(bad).__name__} "
+                    f"{str(bad)[:80]!r}: {err}")
+    return None
+
+
+def _fits(value: Any, type_: pa.DataType) -> bool:
+    try:
+        pa.array([value], type=type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+        return False
+    return True
 
 
 def describe_error(err: BaseException, phase: str | None = None) -> str:
@@ -170,7 +237,7 @@ def failure_rows(spec, error: str, *, started_at: datetime | None = None,
     common = trial_fields(spec)
     common.update(status=status, error=error, started_at=started_at or now(), finished_at=now())
     common.update(extra)
-    return per_victim(spec, common)
+    return trial_rows(spec, common)
 
 
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:

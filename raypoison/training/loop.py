@@ -158,6 +158,7 @@ def train(
 def _adversarial_batch(model, x, y, recipe: RecipeConfig, generator, trainable) -> torch.Tensor:
     """PGD examples of the batch, made in eval mode so they do not touch BatchNorm statistics."""
     adv = recipe.adversarial
+    assert adv is not None
     model.eval()
     x = pgd(model, x, y, epsilon=adv.epsilon, step=adv.step, steps=adv.steps, generator=generator)
     if trainable == "all":

@@ -143,6 +143,7 @@ class TrialContext:
         ``train_per_class + budget`` of each class), and the pool row of each training index."""
         if name not in self._banks:
             s = self.scenario
+            assert s.train_per_class is not None  # uses_feature_bank says so
             per_class = s.train_per_class + s.budget
             pool = np.sort(np.concatenate([np.flatnonzero(self.train_labels == c)[:per_class]
                                            for c in np.unique(self.train_labels)]))

@@ -19,25 +19,25 @@ from raypoison.data.setups import Setup
 from raypoison.data.triggers import Trigger
 from raypoison.defenses import TrainingSet, TrustedSet, create_defense
 from raypoison.models import ImageClassifier
-from raypoison.store.rows import STATUS_FAILED, describe_error
+from raypoison.store.rows import STATUS_FAILED, Fields, describe_error
 from raypoison.trial.evaluate import evaluate_victim
 
 
 def run_defenses(defenses: tuple[Component, ...], model: ImageClassifier, *, data: ImageData,
                  setup: Setup, trigger: Trigger | None, trusted: TrustedSet,
                  training: TrainingSet, is_poison: torch.Tensor, seeds: list[int],
-                 asr_scope: str) -> dict[str, dict[str, Any]]:
+                 asr_scope: str) -> dict[str, Fields]:
     """Each defense's row fields, by label."""
     out = {}
     for defense, seed in zip(defenses, seeds, strict=True):
         tick = time.perf_counter()
         try:
-            fields = _one(create_defense(defense), model, data=data, setup=setup, trigger=trigger,
-                          trusted=trusted, training=training, is_poison=is_poison, seed=seed,
-                          asr_scope=asr_scope)
-        except Exception as err:  # one defense's failure is that defense's row
-            fields = {"status": STATUS_FAILED,
-                      "error": describe_error(err, f"defense {defense.label}")}
+            fields = Fields(_one(create_defense(defense), model, data=data, setup=setup,
+                                 trigger=trigger, trusted=trusted, training=training,
+                                 is_poison=is_poison, seed=seed, asr_scope=asr_scope))
+        except Exception as err:  # one defense's failure (a bad field too) is that defense's row
+            fields = Fields(status=STATUS_FAILED,
+                            error=describe_error(err, f"defense {defense.label}"))
         fields.update(trusted_size=len(trusted), seconds_defense=time.perf_counter() - tick)
         out[defense.label] = fields
     return out
@@ -75,11 +75,11 @@ def flag_scores(scores: torch.Tensor, flagged: torch.Tensor, is_poison: torch.Te
     flagged, is_poison = flagged.bool().cpu(), is_poison.bool().cpu()
     hits = int((flagged & is_poison).sum())
     n_flagged, n_poison = int(flagged.sum()), int(is_poison.sum())
-    scores = scores.detach().float().cpu().numpy()
+    values = scores.detach().float().cpu().numpy()
     mask = is_poison.numpy()
     return {
         "flagged": n_flagged,
         "flag_precision": hits / n_flagged if n_flagged and n_poison else None,
         "flag_recall": hits / n_poison if n_poison else None,
-        "flag_auc": roc_auc(scores[mask], scores[~mask]) if n_poison else None,
+        "flag_auc": roc_auc(values[mask], values[~mask]) if n_poison else None,
     }

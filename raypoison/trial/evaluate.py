@@ -169,6 +169,7 @@ def _head_or_model(model: ImageClassifier, features: torch.Tensor | None,
                    images: torch.Tensor | None) -> torch.Tensor:
     """Logits from banked ``features`` through the head alone, else from running ``images``."""
     if features is None:
+        assert images is not None
         return logits(model, images)
     with torch.no_grad():
         return model.head(features)

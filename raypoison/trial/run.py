@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from raypoison.attacks import Poisons, create_attack
-from raypoison.attacks.base import Attack
+from raypoison.attacks.base import Attack, CraftResult
 from raypoison.config.specs import TrialSpec
 from raypoison.core.identity import derive_seed
 from raypoison.data import ImageData
@@ -26,8 +27,8 @@ from raypoison.store.rows import (
     STATUS_REJECTED,
     describe_error,
     now,
-    per_victim,
     trial_fields,
+    trial_rows,
 )
 from raypoison.training.loop import train
 from raypoison.trial.context import TrialContext
@@ -51,6 +52,8 @@ def run_trial(spec: TrialSpec, ctx: TrialContext, save_poisons: PoisonSink | Non
 class _Trial:
     """The state of one trial while it runs: its shared row fields, clock and current phase."""
 
+    setup: Setup  # set first thing; a trial without one has failed (its rows are set)
+
     def __init__(self, spec: TrialSpec, ctx: TrialContext):
         self.spec = spec
         self.clock = time.perf_counter()
@@ -58,7 +61,6 @@ class _Trial:
         self.common.update(started_at=now(), device=str(ctx.device),
                            torch_version=torch.__version__)
         self.phase = "setup"
-        self.setup: Setup | None = None
         self.rows: list[dict] | None = None
         self.crafted_on: tuple[str, ...] | None = None  # None: the scenario's attackers
 
@@ -99,7 +101,7 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
             trial.fail(err)
     ready = [t for t in trials if t.rows is None]
     if not ready:
-        return [t.rows for t in trials]
+        return _rows_of(trials)
     scenario, attack_cfg = ready[0].spec.scenario, ready[0].spec.attack
     seeds = [derive_seed(scenario.seed, t.spec.index, attack_cfg.label, "craft") for t in ready]
     tick = time.perf_counter()
@@ -108,29 +110,29 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
     except Exception as err:
         for trial in ready:
             trial.fail(err)
-        return [t.rows for t in trials]
-    if type(attack).craft_batch is Attack.craft_batch:
+        return _rows_of(trials)
+    if type(attack).craft_many is Attack.craft_many:
         # crafting one by one anyway: an error (a bad external folder) fails its own trial only
-        crafted = []
+        each: list[CraftResult | None] = []
         for trial, seed in zip(ready, seeds, strict=True):
             try:
-                crafted.append(attack.craft(ctx, trial.setup, seed, trial.spec.index))
+                each.append(attack.craft(ctx, trial.setup, seed, trial.spec.index))
             except Exception as err:
                 trial.fail(err)
-                crafted.append(None)
-        keep = [i for i, c in enumerate(crafted) if c is not None]
-        ready, seeds, crafted = ([ready[i] for i in keep], [seeds[i] for i in keep],
-                                 [crafted[i] for i in keep])
+                each.append(None)
+        keep = [i for i, c in enumerate(each) if c is not None]
+        ready, seeds = [ready[i] for i in keep], [seeds[i] for i in keep]
+        crafted = [c for c in each if c is not None]
     else:
         try:
-            crafted = attack.craft_batch(
+            crafted = attack.craft_many(
                 ctx, [t.setup for t in ready], seeds, [t.spec.index for t in ready])
         except Exception as err:
             for trial in ready:
                 trial.fail(err)
-            return [t.rows for t in trials]
+            return _rows_of(trials)
     if not ready:
-        return [t.rows for t in trials]
+        return _rows_of(trials)
     share = (time.perf_counter() - tick) / len(ready)
     for trial, seed, result in zip(ready, seeds, crafted, strict=True):
         trial.crafted_on = result.crafted_on
@@ -144,7 +146,16 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
             _after_crafting(trial, result, ctx, save_poisons, attack, store)
         except Exception as err:
             trial.fail(err)
-    return [t.rows for t in trials]
+    return _rows_of(trials)
+
+
+def _rows_of(trials: list[_Trial]) -> list[list[dict]]:
+    """Each trial's rows: by now every trial has finished, or failed."""
+    out = []
+    for trial in trials:
+        assert trial.rows is not None, trial.spec.trial_id
+        out.append(trial.rows)
+    return out
 
 
 def _crafting_model(scenario, attack, result) -> str | None:
@@ -228,7 +239,7 @@ def _defend_saved(trial: _Trial, ctx: TrialContext, store: VictimStore) -> None:
     poisons, trigger, common = store.load_trial(spec, ctx.device)
     trial.common.update(common)
     clean, images, labels = _training_set(ctx, ctx.training_pool(setup, spec.index), poisons)
-    per = {}
+    per: dict[str, dict[str, Any]] = {}
     for victim in scenario.victims:
         seed_train = derive_seed(scenario.seed, spec.index, victim, "train")
         model = ctx.fresh_victim(victim, seed_train)
@@ -245,7 +256,7 @@ def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None,
     (and save it, with a ``store``), and run the suite's defenses on it."""
     scenario, data = spec.scenario, ctx.data
     clean, images, labels = _training_set(ctx, pool, poisons)
-    per = {}
+    per: dict[str, dict[str, Any]] = {}
     banked = ctx.uses_feature_bank
     for victim in scenario.victims:
         seed_train = derive_seed(scenario.seed, spec.index, victim, "train")
@@ -293,4 +304,4 @@ def _changed(poisons: Poisons, data: ImageData) -> torch.Tensor:
 def _finish(spec, common, clock, status, per=None, error=None, crafted_on=None) -> list[dict]:
     common.update(status=status, error=error, finished_at=now(),
                   seconds_total=time.perf_counter() - clock)
-    return per_victim(spec, common, per if status == STATUS_OK else None, crafted_on)
+    return trial_rows(spec, common, per if status == STATUS_OK else None, crafted_on)

@@ -25,6 +25,7 @@ import torch
 from raypoison.attacks.base import Poisons
 from raypoison.data.triggers import BlendTrigger, PatchTrigger, Trigger, WarpTrigger
 from raypoison.errors import DataError
+from raypoison.models.base import ImageClassifier
 from raypoison.store.storage import Location
 
 
@@ -86,7 +87,7 @@ class VictimStore:
             "target_index": poisons.target_index, "trigger": trigger_state(trigger),
             "fields": fields}))
 
-    def save_victim(self, spec, victim: str, model: torch.nn.Module, *, head_only: bool,
+    def save_victim(self, spec, victim: str, model: ImageClassifier, *, head_only: bool,
                     seed_train: int, fields: dict[str, Any]) -> None:
         module = model.head if head_only else model
         state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
@@ -115,7 +116,7 @@ class VictimStore:
                           tuple(blob["labels"]), int(blob["target_index"]))
         return poisons, trigger_from_state(blob["trigger"]), dict(blob["fields"])
 
-    def load_victim(self, spec, victim: str, model: torch.nn.Module, seed_train: int
+    def load_victim(self, spec, victim: str, model: ImageClassifier, seed_train: int
                     ) -> dict[str, Any]:
         """Load the saved weights into ``model`` (a fresh victim built with ``seed_train``);
         returns the undefended row's fields."""
