@@ -86,8 +86,8 @@ def crafting_seconds(config: str, *, trials: int = 3, attacks: list[str] | None 
     from raypoison.config.suite import load_suite
     from raypoison.core.identity import derive_seed
     from raypoison.execution.checkpoints import local_checkpoint, models_of
+    from raypoison.trial.context import TrialContext
     from raypoison.trial.pretrain import pretrain_checkpoint
-    from raypoison.trial.run import TrialContext
 
     suite = load_suite(config)
     scenario = suite.scenarios[0]

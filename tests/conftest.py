@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -143,3 +145,39 @@ def wait_for(condition, timeout: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met")
         time.sleep(0.1)
+
+
+# ``cluster``: the test starts or joins a real Ray instance. Found from the test's source, the
+# module helpers it calls and the fixtures it uses, so a new test is marked without anyone
+# remembering to (pyproject.toml declares the markers; ``slow`` is set by hand on the test).
+_STARTS_RAY = ("ray_cluster", "run_suite(", 'main(["run"', 'main(["pretrain"', "pretrain_zoo(",
+               '"raypoison.cli", "run"', "jobs/run.py", "jobs/pretrain.py", "ray.init(",
+               "tests.autoscaling_run")
+
+
+def _starts_ray(func, module, seen: set) -> bool:
+    try:
+        source = inspect.getsource(func)
+    except (OSError, TypeError):
+        return False
+    if any(token in source for token in _STARTS_RAY):
+        return True
+    for name in re.findall(r"\b(_?[a-z]\w*)\(", source):
+        helper = getattr(module, name, None)
+        if inspect.isfunction(helper) and helper.__module__ == module.__name__ \
+                and helper not in seen:
+            seen.add(helper)
+            if _starts_ray(helper, module, seen):
+                return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        module = item.module
+        funcs = [item.function]
+        for defs in item._fixtureinfo.name2fixturedefs.values():
+            funcs += [d.func for d in defs if getattr(d.func, "__module__", "") == module.__name__]
+        if "ray_cluster" in item.fixturenames or any(
+                _starts_ray(f, module, set()) for f in funcs):
+            item.add_marker(pytest.mark.cluster)

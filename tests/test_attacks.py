@@ -6,8 +6,8 @@ import torch
 from raypoison.attacks import create_attack
 from raypoison.attacks.polytope import project_simplex_np, refit_coefficients
 from raypoison.config.suite import parse_suite
+from raypoison.trial.context import TrialContext
 from raypoison.trial.evaluate import check_poisons
-from raypoison.trial.run import TrialContext
 
 ATTACKS = [
     {"name": "feature_collision", "params": {"iterations": 30, "step": 0.01}},
@@ -25,6 +25,7 @@ def context(tiny_checkpoint):
     return suite, TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", range(len(ATTACKS)), ids=[a["name"] for a in ATTACKS])
 def test_attack_descends_stays_in_the_ball_and_repeats(context, which):
     suite, ctx = context
@@ -53,6 +54,7 @@ def test_simplex_projection_and_coefficient_refit():
     assert np.allclose(c, target, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", range(3), ids=[a["name"] for a in ATTACKS[:3]])
 def test_crafting_in_a_batch_matches_crafting_one_by_one(context, which):
     suite, ctx = context
@@ -95,6 +97,7 @@ def _with_attacker(two_models, attacker, attacks, mode="transfer"):
     return suite, TrialContext.create(suite.scenarios[0], checkpoints)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", range(3), ids=[a["name"] for a in ATTACKS[:3]])
 def test_an_ensemble_of_attackers_pulls_every_model_toward_the_target(two_models, which):
     """Crafted on net-a and net-b together, the poisons' features on net-b lie closer to the
@@ -120,6 +123,7 @@ def test_an_ensemble_of_attackers_pulls_every_model_toward_the_target(two_models
         assert distance(both.poisons.images) < distance(alone.poisons.images)
 
 
+@pytest.mark.slow
 def test_witches_brew_crafts_each_trial_on_one_model_of_the_pool(two_models):
     brew = {"name": "witches_brew", "params": {"iterations": 8, "restarts": 1}}
     suite, pool = _with_attacker(two_models, ["net-a", "net-b"], [brew])
@@ -135,6 +139,7 @@ def test_witches_brew_crafts_each_trial_on_one_model_of_the_pool(two_models):
                            attack.craft(other, pool.setup(0), seed=5, index=0).poisons.images)
 
 
+@pytest.mark.slow
 def test_witches_brew_can_train_its_own_crafting_model_per_trial(two_models):
     from raypoison.attacks.witches_brew import WitchesBrew, train_crafting_model
     from raypoison.errors import ConfigError
@@ -168,6 +173,7 @@ def test_witches_brew_can_train_its_own_crafting_model_per_trial(two_models):
     assert (predicted == ctx.data.test_y).float().mean() > 0.5
 
 
+@pytest.mark.slow
 def test_witches_brew_on_an_ensemble_and_the_roles_of_a_pool(two_models):
     """An ensemble trial crafts on both models (unlike either alone); in a pool each trial's rows
     call white-box only the victim its poisons were crafted on."""
@@ -206,6 +212,7 @@ def test_witches_brew_on_an_ensemble_and_the_roles_of_a_pool(two_models):
                      1: {"net-a": "black-box", "net-b": "white-box"}}
 
 
+@pytest.mark.slow
 def test_feature_collision_l2_penalty_keeps_poisons_nearer_their_bases(context):
     """Poison Frogs' variant: with beta > 0 the poisons move less from their bases (the start is
     blended with the target, so the penalty pulls them back) and the loss still falls. The

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_pool_grows_as_nodes_join_and_a_leaving_node_loses_no_trial(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tests.autoscaling_run", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=600, cwd=REPO)

@@ -11,8 +11,9 @@ from raypoison.config.suite import parse_suite
 from raypoison.data.triggers import TriggerConfig, make_trigger, paste
 from raypoison.errors import ConfigError
 from raypoison.training.loop import predict
+from raypoison.trial.context import TrialContext
 from raypoison.trial.evaluate import check_poisons, evaluate_victim
-from raypoison.trial.run import TrialContext, run_trial
+from raypoison.trial.run import run_trial
 from tests.conftest import TINY
 
 BACKDOORS = [
@@ -57,6 +58,7 @@ def test_trigger_from_a_file_is_resized(tmp_path):
     assert trigger.pattern[0].min() == 255 and trigger.pattern[1:].max() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", range(2), ids=["clbd", "htbd"])
 def test_backdoor_poisons_stay_in_the_ball_and_repeat(context, which):
     suite, ctx = context
@@ -95,6 +97,7 @@ def test_evaluation_pastes_the_trigger_like_the_attack(context):
             float((expected == setup.base_class).float().mean()))
 
 
+@pytest.mark.slow
 def test_backdoor_trials_record_trigger_and_attack_success_rate(context):
     suite, ctx = context
     specs = [s for s in expand(suite) if s.index == 0]

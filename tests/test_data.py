@@ -146,6 +146,7 @@ def cifar10_jpeg():
                   test_order=str(root / "test_labels_first512.npy"))
 
 
+@pytest.mark.slow
 @needs_shared
 def test_reference_setups_point_at_their_base_class_in_the_jpeg_copy(cifar10_jpeg):
     root = Path(DATA_ROOT)
@@ -163,6 +164,7 @@ def test_reference_setups_point_at_their_base_class_in_the_jpeg_copy(cifar10_jpe
                 assert test_labels[s.target_index] == s.target_class
 
 
+@pytest.mark.slow
 @needs_shared
 def test_restored_images_are_the_files_the_order_names(cifar10_jpeg):
     import tarfile

@@ -20,9 +20,10 @@ from raypoison.data.triggers import paste
 from raypoison.defenses import DEFENSES, TrainingSet, create_defense
 from raypoison.errors import ConfigError
 from raypoison.training.loop import train
+from raypoison.trial.context import TrialContext
 from raypoison.trial.defend import flag_scores
 from raypoison.trial.evaluate import check_poisons, evaluate_victim
-from raypoison.trial.run import TrialContext, run_trial
+from raypoison.trial.run import run_trial
 
 PYP = {
     "name": "pyp-tiny",
@@ -195,6 +196,7 @@ def outcomes(pyp, twins):
     return outcome, outcome(bad), outcome(clean)
 
 
+@pytest.mark.slow
 def test_badnets_implants_a_backdoor_the_clean_twin_lacks(outcomes):
     _, bad, clean = outcomes
     assert bad.attack_success_rate > 0.5
@@ -202,6 +204,7 @@ def test_badnets_implants_a_backdoor_the_clean_twin_lacks(outcomes):
     assert abs(bad.clean_accuracy - clean.clean_accuracy) < 0.05
 
 
+@pytest.mark.slow
 def test_pivotal_tuning_lowers_attack_success_keeping_clean_accuracy(pyp, twins, outcomes):
     suite, ctx = pyp
     name = "pivotal_tuning"
@@ -216,6 +219,7 @@ def test_pivotal_tuning_lowers_attack_success_keeping_clean_accuracy(pyp, twins,
     assert outcome(bad).attack_success_rate == before.attack_success_rate  # suspect untouched
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["neural_cleanse", "calibrated_trigger_inversion"])
 def test_detection_scores_separate_a_backdoored_model_from_its_clean_twin(pyp, twins, name):
     suite, ctx = pyp
@@ -226,6 +230,7 @@ def test_detection_scores_separate_a_backdoored_model_from_its_clean_twin(pyp, t
     assert defense.detect(bad, trusted, 1) > defense.detect(clean, trusted, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CHEAP))
 def test_every_defense_runs_on_a_small_model(pyp, twins, name):
     suite, ctx = pyp
@@ -274,6 +279,7 @@ def test_flag_scores_count_precision_recall_and_auc():
     assert np.isnan(roc_auc([], [1]))
 
 
+@pytest.mark.slow
 def test_a_trial_with_defenses_writes_a_row_per_victim_and_defense(pyp):
     raw = copy.deepcopy(PYP)
     raw["attacks"] = [raw["attacks"][1]]
@@ -396,6 +402,7 @@ def test_configs_sweep_and_validate_defenses():
     assert set(CHEAP) == set(DEFENSES.names())
 
 
+@pytest.mark.slow
 def test_report_tables_and_draws_the_trade_off(pyp, tmp_path):
     """Real rows of real trials (two seeds of the control and of BadNets) into the table and
     the figure."""

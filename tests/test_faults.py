@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import psutil
+import pytest
 
 from raypoison.config.suite import parse_suite
 from raypoison.execution.runner import RunOptions, run_suite
@@ -36,6 +37,7 @@ def _busy_trial_workers() -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.slow
 def test_killed_worker_loses_no_trial_and_repeats_none(ray_cluster, tmp_path):
     raw = noop_raw(trials=40, seconds=0.25)
     raw["execution"] = {"workers": 2, "cpus_per_worker": 0, "gpus_per_worker": 0.25,
@@ -60,6 +62,7 @@ def test_killed_worker_loses_no_trial_and_repeats_none(ray_cluster, tmp_path):
     assert (raw_rows["attempt"] >= 2).any()  # the interrupted trial ran again
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes_without_recomputing(ray_cluster, tmp_path):
     raw = noop_raw(trials=80, seconds=0.2)
     raw["execution"] = {"workers": 2, "cpus_per_worker": 0, "gpus_per_worker": 0,

@@ -183,7 +183,8 @@ def test_external_folders_reordered_float_indices_and_one_bad_folder_in_a_batch(
     import torch
 
     from raypoison.formats.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
-    from raypoison.trial.run import TrialContext, run_trials
+    from raypoison.trial.context import TrialContext
+    from raypoison.trial.run import run_trials
 
     tiny_raw["attacks"] = [{"name": "external", "params": {"root": str(tmp_path)}}]
     suite = parse_suite(tiny_raw)
@@ -233,6 +234,7 @@ def test_compact_takes_the_results_folder_and_a_non_object_manifest_is_skipped(t
         assert main(["report", str(tmp_path)]) == 0
 
 
+@pytest.mark.slow
 def test_a_failed_write_leaves_no_temporary_file_and_a_manifest_that_says_so(ray_cluster,
                                                                               tmp_path):
     """Real write failures, as on a disk that fills up during a run: the partition folder's

@@ -104,6 +104,7 @@ def _folder_config(root: Path) -> dict:
     return raw
 
 
+@pytest.mark.slow
 def test_the_same_data_in_another_folder_gives_the_same_ids_and_resumes(ray_cluster, tmp_path):
     from raypoison.execution.runner import RunOptions, run_suite
 

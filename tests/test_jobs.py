@@ -68,6 +68,7 @@ def _submit(address: str, config: Path, output: Path) -> subprocess.CompletedPro
         time.sleep(2)
 
 
+@pytest.mark.slow
 def test_a_submitted_job_runs_the_benchmark_and_a_resubmission_resumes(head_node, tmp_path):
     raw = noop_raw(trials=12, seconds=0.0, victims=2)
     raw["execution"] = {"workers": 2, "cpus_per_worker": 0, "gpus_per_worker": 0,

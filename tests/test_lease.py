@@ -102,6 +102,7 @@ def test_share_goes_on_beside_a_live_run_and_others_still_refuse(tmp_path):
         _lease(str(tmp_path), "third").acquire()
 
 
+@pytest.mark.slow
 def test_the_lease_works_on_an_object_store(s3_uri):
     times = LeaseTimes(heartbeat_seconds=0.5, stale_seconds=30.0)  # settles 1.1 s (S3 seconds)
     with _lease(s3_uri, "store-a", times=times):
@@ -114,6 +115,7 @@ def test_the_lease_works_on_an_object_store(s3_uri):
         pass
 
 
+@pytest.mark.slow
 def test_a_driver_refuses_a_live_output_and_sigterm_ends_a_run_like_ctrl_c(tmp_path, capsys):
     raw = noop_raw(trials=60, seconds=0.3)
     raw["execution"] = {"workers": 1, "cpus_per_worker": 0, "gpus_per_worker": 0,

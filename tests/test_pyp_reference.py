@@ -18,7 +18,7 @@ from raypoison.defenses.tuning import (
 )
 from raypoison.errors import ConfigError
 from raypoison.models import build_model
-from raypoison.trial.run import TrialContext
+from raypoison.trial.context import TrialContext
 from tests.conftest import TINY
 
 

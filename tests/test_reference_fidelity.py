@@ -21,8 +21,8 @@ from raypoison.attacks.crafting import (
 from raypoison.attacks.polytope import project_simplex_np, refit_coefficients
 from raypoison.attacks.witches_brew import best_restart, schedule_milestones
 from raypoison.config.suite import parse_suite
+from raypoison.trial.context import TrialContext
 from raypoison.trial.evaluate import check_poisons
-from raypoison.trial.run import TrialContext
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,7 @@ def test_adam_on_normalized_units_steps_lr_times_scale_and_decays_at_milestones(
     assert out.loss_last is not None
 
 
+@pytest.mark.slow
 def test_convex_polytope_refit_meets_the_reference_tolerance():
     """The refit runs until a projected step changes the coefficients by less than 1e-6 relative
     (the point before that step is returned), far past the old fixed 20 steps on an

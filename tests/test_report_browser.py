@@ -45,6 +45,7 @@ def _render(page: Path, tmp_path: Path) -> dict:
     return json.loads(html.unescape(found.group(1)))
 
 
+@pytest.mark.slow
 def test_the_html_report_renders_in_chromium_with_every_figure(tmp_path):
     out = tmp_path / "out"
     sink = ParquetSink(Location.parse(str(out)), "r")

@@ -3,6 +3,7 @@
 import json
 from collections import Counter
 
+import pytest
 import ray
 
 from raypoison.config.specs import expand
@@ -14,6 +15,7 @@ from raypoison.store import results
 from tests.conftest import noop_raw
 
 
+@pytest.mark.slow
 def test_run_writes_one_row_per_trial_and_victim_and_resumes(ray_cluster, tmp_path, tiny_raw):
     other = {"name": "synthetic", "params": {"classes": 6, "image_size": 12,
                                               "train_per_class": 20, "test_per_class": 5}}
@@ -50,6 +52,7 @@ def test_run_writes_one_row_per_trial_and_victim_and_resumes(ray_cluster, tmp_pa
     assert (third.planned, third.skipped, third.computed) == (5, 4, 1)
 
 
+@pytest.mark.slow
 def test_an_error_in_a_worker_trial_becomes_failure_rows(ray_cluster, tiny_raw):
     suite = parse_suite(tiny_raw)
     spec = next(s for s in expand(suite) if s.attack.label == "feature_collision")
@@ -62,6 +65,7 @@ def test_an_error_in_a_worker_trial_becomes_failure_rows(ray_cluster, tiny_raw):
     ray.kill(worker)
 
 
+@pytest.mark.slow
 def test_many_trivial_trials_stay_bounded(ray_cluster, tmp_path):
     raw = noop_raw(trials=400, seconds=0.0, victims=2)
     raw["execution"] = {"workers": 4, "cpus_per_worker": 0, "gpus_per_worker": 0.25,
@@ -77,6 +81,7 @@ def test_many_trivial_trials_stay_bounded(ray_cluster, tmp_path):
     # is asserted deterministically in test_trials_spread_over_every_worker_that_is_up.
 
 
+@pytest.mark.slow
 def test_trials_spread_over_every_worker_that_is_up(ray_cluster):
     """Least-loaded dispatch with a per-worker cap: once every worker answers, each gets about
     its share of the trials (each trial sleeps, so no worker is faster), and each runs once."""
@@ -100,6 +105,7 @@ def test_trials_spread_over_every_worker_that_is_up(ray_cluster):
     assert len(per_worker) == 4 and min(per_worker.values()) >= 15, per_worker
 
 
+@pytest.mark.slow
 def test_exported_poisons_evaluate_the_same_through_the_external_attack(ray_cluster, tmp_path,
                                                                          tiny_raw):
     suite = parse_suite(tiny_raw)
@@ -119,6 +125,7 @@ def test_exported_poisons_evaluate_the_same_through_the_external_attack(ray_clus
         assert imported[column].tolist() == crafted[column].tolist(), column
 
 
+@pytest.mark.slow
 def test_batched_crafting_gives_the_same_outcomes(ray_cluster, tmp_path, tiny_raw):
     from raypoison.execution.runner import batches
 

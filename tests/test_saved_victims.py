@@ -26,6 +26,7 @@ def _manifest(out, summary):
     return json.loads((out / "manifests" / f"run-{summary.run_id}.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_defense_added_later_runs_on_the_saved_victims_only(ray_cluster, tmp_path):
     out = tmp_path / "out"
     first = run_suite(_suite(["spectral_signatures"]), RunOptions(output=str(out)))
@@ -57,6 +58,7 @@ def test_a_defense_added_later_runs_on_the_saved_victims_only(ray_cluster, tmp_p
     assert (third.planned, third.skipped, third.computed) == (4, 4, 0)
 
 
+@pytest.mark.slow
 def test_without_saved_victims_a_new_defense_retrains_and_still_writes_only_its_rows(
         ray_cluster, tmp_path):
     out = tmp_path / "out"
@@ -76,6 +78,7 @@ def test_without_saved_victims_a_new_defense_retrains_and_still_writes_only_its_
     assert (strip["clean_accuracy"] == none.loc[strip.index, "clean_accuracy"]).all()  # same victim
 
 
+@pytest.mark.slow
 def test_a_saved_victim_of_another_trial_is_refused(ray_cluster, tmp_path):
     out = tmp_path / "out"
     run_suite(_suite(["spectral_signatures"], trials=1), RunOptions(output=str(out)))

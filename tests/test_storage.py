@@ -3,6 +3,7 @@ server, gcp-storage-emulator, fixtures in conftest.py), written through pyarrow'
 systems like any bucket."""
 
 import pyarrow.fs as pafs
+import pytest
 
 from raypoison.config.suite import parse_suite
 from raypoison.execution.runner import RunOptions, run_suite
@@ -37,11 +38,13 @@ def _run_resume_compact(uri: str, trials: int, rows_per_file: int, filesystem: t
     return first, done
 
 
+@pytest.mark.slow
 def test_a_run_writes_resumes_and_compacts_in_gcs(ray_cluster, gcs_uri):
     first, _ = _run_resume_compact(gcs_uri, 12, 8, pafs.GcsFileSystem)
     assert first.files_written >= 3
 
 
+@pytest.mark.slow
 def test_a_run_writes_resumes_and_compacts_in_s3(ray_cluster, s3_uri):
     first, done = _run_resume_compact(s3_uri, 30, 10, pafs.S3FileSystem)
     assert first.files_written >= 6 and done.files_after == 1

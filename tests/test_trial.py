@@ -10,8 +10,9 @@ from raypoison.config.suite import parse_suite
 from raypoison.data import load_dataset
 from raypoison.data.augment import random_crop_flip
 from raypoison.models import load_checkpoint
+from raypoison.trial.context import TrialContext
 from raypoison.trial.evaluate import check_poisons
-from raypoison.trial.run import TrialContext, run_trial
+from raypoison.trial.run import run_trial
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 
 from raypoison.config.suite import load_zoo
@@ -16,6 +17,7 @@ RECIPE = {"lr": 0.05, "epochs": 8, "milestones": [6], "batch_size": 32, "augment
 ATTACK = {"epsilon": "16/255", "step": "4/255", "steps": 5}
 
 
+@pytest.mark.slow
 def test_zoo_trains_each_seed_once_and_adversarial_training_is_more_robust(ray_cluster, tmp_path):
     zoo_file = tmp_path / "zoo.yaml"
     zoo_file.write_text(yaml.safe_dump({

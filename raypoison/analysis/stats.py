@@ -4,9 +4,11 @@ intervals for the defenses' scores and means."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from statistics import NormalDist
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def wilson(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
@@ -60,7 +62,7 @@ def clopper_pearson(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 INTERVALS = {"wilson": wilson, "clopper-pearson": clopper_pearson}
 
 
-def roc_auc(positives, negatives) -> float:
+def roc_auc(positives: ArrayLike, negatives: ArrayLike) -> float:
     """Area under the ROC curve: P(a positive scores above a negative), ties counting half
     (the Mann-Whitney statistic). NaN when either side is empty."""
     pos, neg = np.asarray(positives, dtype=float), np.asarray(negatives, dtype=float)
@@ -76,7 +78,7 @@ BOOTSTRAP_SEED = 20231
 BOOTSTRAP_RESAMPLES = 2000
 
 
-def bootstrap_interval(statistic, *samples, confidence: float = 0.95,
+def bootstrap_interval(statistic: Callable[..., float], *samples: ArrayLike, confidence: float = 0.95,
                        resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(*samples)``, each sample resampled with
     replacement on its own (a fixed seed, so a report is reproducible). NaN if a sample is empty."""
@@ -91,7 +93,7 @@ def bootstrap_interval(statistic, *samples, confidence: float = 0.95,
     return (float(np.nanquantile(values, alpha)), float(np.nanquantile(values, 1 - alpha)))
 
 
-def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+def mean_interval(values: ArrayLike, confidence: float = 0.95) -> tuple[float, float, float]:
     """Mean of ``values`` with its percentile bootstrap interval."""
     array = np.asarray(values, dtype=float)
     array = array[~np.isnan(array)]

@@ -19,13 +19,16 @@ class. Rows also carry the attack success rate over the target class's triggered
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from raypoison.attacks.base import Attack, CraftResult, Poisons
+from raypoison.attacks.context import CraftingContext
 from raypoison.attacks.crafting import project, quantize, scheduled_descend
 from raypoison.attacks.registry import ATTACKS
 from raypoison.core.schema import parse_fraction
+from raypoison.data.setups import Setup
 from raypoison.data.triggers import TriggerConfig, make_trigger, paste
 from raypoison.errors import ConfigError
 from raypoison.training.adversarial import pgd
@@ -51,14 +54,14 @@ class CleanLabelBackdoor(Attack):
                 raise ConfigError(path, "step must be > 0 and steps ≥ 1")
 
     @classmethod
-    def required_models(cls, params, scenario) -> list[str]:
+    def required_models(cls, params: Any, scenario: Any) -> list[str]:
         return [params.model] if params.model else []
 
     @classmethod
-    def needs_attacker_weights(cls, params) -> bool:
+    def needs_attacker_weights(cls, params: Any) -> bool:
         return not params.model  # it crafts on its own model when it names one
 
-    def craft(self, ctx, setup, seed, index) -> CraftResult:
+    def craft(self, ctx: CraftingContext, setup: Setup, seed: int, index: int) -> CraftResult:
         p, epsilon = self.params, ctx.epsilon
         model = ctx.model(p.model or ctx.attackers[0])
         bases_u8 = ctx.data.train_x[list(setup.base_indices)]
@@ -128,7 +131,7 @@ class HiddenTriggerBackdoor(Attack):
             return (self.decay if self.decay is not None else (0.5 if tiny else 0.95),
                     self.decay_every or (1000 if tiny else 2000))
 
-    def craft(self, ctx, setup, seed, index) -> CraftResult:
+    def craft(self, ctx: CraftingContext, setup: Setup, seed: int, index: int) -> CraftResult:
         p, epsilon = self.params, ctx.epsilon
         model = ctx.model(ctx.attackers[0])
         bases_u8 = ctx.data.train_x[list(setup.base_indices)]

@@ -7,7 +7,9 @@ import time
 from dataclasses import dataclass
 
 from raypoison.attacks.base import Attack, CraftResult, base_poisons
+from raypoison.attacks.context import CraftingContext
 from raypoison.attacks.registry import ATTACKS
+from raypoison.data.setups import Setup
 from raypoison.data.triggers import TriggerConfig, make_trigger
 from raypoison.errors import ConfigError
 
@@ -25,7 +27,7 @@ class NoAttack(Attack):
     class Params:
         trigger: TriggerConfig | None = None
 
-    def craft(self, ctx, setup, seed, index) -> CraftResult:
+    def craft(self, ctx: CraftingContext, setup: Setup, seed: int, index: int) -> CraftResult:
         trigger = None
         if self.params.trigger is not None:
             trigger = make_trigger(self.params.trigger, ctx.patch_size,
@@ -49,7 +51,7 @@ class Noop(Attack):
             if self.seconds < 0:
                 raise ConfigError(f"{path}.seconds", f"must be ≥ 0, got {self.seconds}")
 
-    def craft(self, ctx, setup, seed, index) -> CraftResult:
+    def craft(self, ctx: CraftingContext, setup: Setup, seed: int, index: int) -> CraftResult:
         if self.params.seconds:
             time.sleep(self.params.seconds)
         return CraftResult(None)

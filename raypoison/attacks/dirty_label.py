@@ -18,11 +18,14 @@ their labels, which makes the backdoor harder to find) is not implemented.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from raypoison.attacks.base import Attack, CraftResult, Poisons
+from raypoison.attacks.context import CraftingContext
 from raypoison.attacks.registry import ATTACKS
+from raypoison.data.setups import Setup
 from raypoison.data.triggers import TriggerConfig, make_trigger, paste
 from raypoison.errors import ConfigError
 
@@ -32,10 +35,10 @@ class DirtyLabelBackdoor(Attack):
     uses_attacker = False
 
     @classmethod
-    def poison_count(cls, params, scenario) -> int:
+    def poison_count(cls, params: Any, scenario: Any) -> int:
         return params.poisons
 
-    def craft(self, ctx, setup, seed, index) -> CraftResult:
+    def craft(self, ctx: CraftingContext, setup: Setup, seed: int, index: int) -> CraftResult:
         p = self.params
         pool = ctx.training_pool(setup, index)
         candidates = pool[ctx.train_labels[pool] != setup.base_class]

@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from raypoison.attacks.base import Attack, CraftResult, Poisons
+from raypoison.attacks.context import CraftingContext
 from raypoison.attacks.registry import ATTACKS
 from raypoison.core.schema import parse_path
+from raypoison.data.setups import Setup
 from raypoison.formats.trial_folder import read_trial_folder
 
 
@@ -27,7 +29,7 @@ class External(Attack):
     class Params:
         root: str = field(metadata={"parse": parse_path})
 
-    def craft(self, ctx, setup, seed, index) -> CraftResult:
+    def craft(self, ctx: CraftingContext, setup: Setup, seed: int, index: int) -> CraftResult:
         folder = read_trial_folder(f"{self.params.root}/{index}")
         images, indices, labels = folder.images, folder.base_indices, folder.labels
         wanted = tuple(setup.base_indices)

@@ -35,8 +35,10 @@ from typing import Literal
 import torch
 
 from raypoison.attacks.base import Attack, CraftResult, TrialBatch, crafting_models
+from raypoison.attacks.context import CraftingContext
 from raypoison.attacks.crafting import descend, descend_lagged, quantize
 from raypoison.attacks.registry import ATTACKS
+from raypoison.data.setups import Setup
 from raypoison.errors import ConfigError
 
 
@@ -64,7 +66,8 @@ class FeatureCollision(Attack):
             if self.beta < 0:
                 raise ConfigError(f"{path}.beta", f"must be ≥ 0, got {self.beta}")
 
-    def craft_many(self, ctx, setups, seeds, indices) -> list[CraftResult]:
+    def craft_many(self, ctx: CraftingContext, setups: list[Setup], seeds: list[int],
+                   indices: list[int]) -> list[CraftResult]:
         """Every poison descends on its own, so trials batch exactly."""
         p = self.params
         models = crafting_models(ctx)

@@ -23,9 +23,12 @@ import numpy as np
 import torch
 
 from raypoison.attacks.base import Attack, CraftResult, TrialBatch, crafting_models
-from raypoison.attacks.crafting import adam_descend, quantize
+from raypoison.attacks.context import CraftingContext
+from raypoison.attacks.crafting import Objective, adam_descend, quantize
 from raypoison.attacks.registry import ATTACKS
+from raypoison.data.setups import Setup
 from raypoison.errors import ConfigError
+from raypoison.models.base import ImageClassifier
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,13 @@ class _Polytope(Attack):
     crafts_on_several = True
     combine = "mean"  # how the ensemble's per-model losses make one
 
-    def objective(self, model, target_features, counts, seeds):
+    def objective(self, model: ImageClassifier, target_features: torch.Tensor, counts: list[int],
+                  seeds: list[int]) -> Objective:
         """Per-trial losses [trials] of a batch whose poisons come in groups of ``counts``."""
         raise NotImplementedError
 
-    def craft_many(self, ctx, setups, seeds, indices) -> list[CraftResult]:
+    def craft_many(self, ctx: CraftingContext, setups: list[Setup], seeds: list[int],
+                   indices: list[int]) -> list[CraftResult]:
         batch = TrialBatch.stack(ctx, setups)
         losses = []
         for m, model in enumerate(crafting_models(ctx)):
@@ -129,7 +134,8 @@ class _Polytope(Attack):
 class ConvexPolytope(_Polytope):
     combine = "sum"
 
-    def objective(self, model, target_features, counts, seeds):
+    def objective(self, model: ImageClassifier, target_features: torch.Tensor, counts: list[int],
+                  seeds: list[int]) -> Objective:
         norms = target_features.pow(2).sum(1)
         coefficients = [np.full(n, 1 / n) for n in counts]
         rngs = [np.random.default_rng(seed) for seed in seeds]
@@ -150,7 +156,8 @@ class ConvexPolytope(_Polytope):
 
 @ATTACKS.register("bullseye_polytope")
 class BullseyePolytope(_Polytope):
-    def objective(self, model, target_features, counts, seeds):
+    def objective(self, model: ImageClassifier, target_features: torch.Tensor, counts: list[int],
+                  seeds: list[int]) -> Objective:
         norms = target_features.norm(dim=1)
 
         def loss(x: torch.Tensor) -> torch.Tensor:

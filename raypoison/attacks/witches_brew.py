@@ -110,24 +110,25 @@ class WitchesBrew(Attack):
         return not params.fresh_model
 
     @classmethod
-    def scenario_problem(cls, params: Any, scenario) -> str | None:
+    def scenario_problem(cls, params: Any, scenario: Any) -> str | None:
         if params.fresh_model and scenario.mode != "scratch":
             return (f"fresh_model trains a network from scratch with the scenario's recipe; a "
                     f"{scenario.mode} scenario's recipe is not one for that")
         return None
 
-    def crafted_on(self, ctx, index: int) -> tuple[str, ...]:
+    def crafted_on(self, ctx: CraftingContext, index: int) -> tuple[str, ...]:
         names = ctx.attackers
         return names if self.params.ensemble else (names[index % len(names)],)
 
-    def models_for_trial(self, ctx, setup, index: int) -> list[torch.nn.Module]:
+    def models_for_trial(self, ctx: CraftingContext, setup: Setup, index: int
+                         ) -> list[ImageClassifier]:
         """The pool model of trial ``index``, all of them (``ensemble``), or a fresh one."""
         names = self.crafted_on(ctx, index)
         if self.params.fresh_model:
             return [train_crafting_model(ctx, names[0], setup, index, self.params.recipe)]
         return [ctx.model(name) for name in names]
 
-    def craft(self, ctx, setup, seed, index) -> CraftResult:
+    def craft(self, ctx: CraftingContext, setup: Setup, seed: int, index: int) -> CraftResult:
         p = self.params
         models = self.models_for_trial(ctx, setup, index)
         params = [q for m in models for q in m.parameters()]

@@ -14,7 +14,7 @@ import importlib
 import io
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -103,7 +103,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     """Admits numpy arrays and scalars; with ``allow_images``, also Pillow images, which rebuild
     from their mode, size and pixel bytes (the reference trial-folder format stores them)."""
 
-    def __init__(self, file, *, encoding: str = "ASCII", allow_images: bool = False,
+    def __init__(self, file: IO[bytes], *, encoding: str = "ASCII", allow_images: bool = False,
                  allow_tensors: bool = False, max_array_bytes: int = MAX_ARRAY_BYTES):
         super().__init__(file, encoding=encoding)
         self.allow_images = allow_images

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 
-def draw_crop_flip(n: int, generator: torch.Generator, padding: int = 4):
+def draw_crop_flip(n: int, generator: torch.Generator, padding: int = 4
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random ``(dy, dx, flip)`` for ``n`` images, from a CPU generator."""
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
@@ -43,7 +44,8 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
     return apply_crop_flip(x, dy, dx, flip, padding)
 
 
-def view_index(dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int = 4):
+def view_index(dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, padding: int = 4
+               ) -> torch.Tensor:
     return (dy * (2 * padding + 1) + dx) * 2 + flip.long()
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from raypoison.defenses.base import Defense, Flags, TrainingSet, TrustedSet, features_of
 from raypoison.defenses.registry import DEFENSES
 from raypoison.errors import ConfigError
+from raypoison.models.base import ImageClassifier
 
 
 def _per_label(labels: torch.Tensor):
@@ -43,7 +44,8 @@ class SpectralSignatures(Defense):
             if not 0 < self.expected_rate < 1:
                 raise ConfigError(f"{path}.expected_rate", "must be in (0, 1)")
 
-    def flag(self, training: TrainingSet, model, trusted, seed) -> Flags:
+    def flag(self, training: TrainingSet, model: ImageClassifier, trusted: TrustedSet,
+             seed: int) -> Flags:
         feats = features_of(model, training.images)
         scores = torch.zeros(len(feats), device=feats.device)
         flagged = torch.zeros(len(feats), dtype=torch.bool, device=feats.device)
@@ -82,7 +84,8 @@ class ActivationClustering(Defense):
             if self.dims < 1 or not 0 < self.max_size <= 0.5:
                 raise ConfigError(path, "dims must be ≥ 1 and max_size in (0, 0.5]")
 
-    def flag(self, training: TrainingSet, model, trusted, seed) -> Flags:
+    def flag(self, training: TrainingSet, model: ImageClassifier, trusted: TrustedSet,
+             seed: int) -> Flags:
         feats = features_of(model, training.images)
         generator = torch.Generator().manual_seed(seed)
         scores = torch.zeros(len(feats), device=feats.device)
@@ -130,7 +133,8 @@ class Strip(Defense):
             if self.blends < 1 or not 0 < self.frr < 1:
                 raise ConfigError(path, "blends must be ≥ 1 and frr in (0, 1)")
 
-    def flag(self, training: TrainingSet, model, trusted: TrustedSet, seed) -> Flags:
+    def flag(self, training: TrainingSet, model: ImageClassifier, trusted: TrustedSet,
+             seed: int) -> Flags:
         generator = torch.Generator().manual_seed(seed)
         reference = _blend_entropy(model, trusted.images, trusted.images, self.params.blends,
                                    generator)
@@ -150,7 +154,8 @@ class DeepKnn(Defense):
             if self.k < 1:
                 raise ConfigError(f"{path}.k", f"must be ≥ 1, got {self.k}")
 
-    def flag(self, training: TrainingSet, model, trusted, seed) -> Flags:
+    def flag(self, training: TrainingSet, model: ImageClassifier, trusted: TrustedSet,
+             seed: int) -> Flags:
         feats = F.normalize(features_of(model, training.images), dim=1)
         labels = training.labels
         k = min(self.params.k, len(feats) - 1)

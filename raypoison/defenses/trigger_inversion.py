@@ -99,7 +99,7 @@ def anomaly_index(norms: torch.Tensor) -> float:
 class NeuralCleanse(Defense):
     Params = InversionParams
 
-    def detect(self, model, trusted: TrustedSet, seed: int) -> float:
+    def detect(self, model: ImageClassifier, trusted: TrustedSet, seed: int) -> float:
         suspect = frozen_copy(model)
         images = trusted.images.float() / 255
         norms = []
@@ -159,7 +159,8 @@ def invert_calibrated(suspect: ImageClassifier, repaired: ImageClassifier, image
 
 
 @torch.no_grad()
-def batched_hit_rate(model: ImageClassifier, images: torch.Tensor, trigger, target: int,
+def batched_hit_rate(model: ImageClassifier, images: torch.Tensor,
+                     trigger: InvertedTrigger | AdditiveTrigger, target: int,
                      batch_size: int = 512) -> float:
     """The share of ``images`` (uint8) that ``model`` sends to ``target`` once triggered."""
     hits = 0
@@ -222,7 +223,7 @@ class CalibratedTriggerInversion(Defense):
                 raise ConfigError(f"{path}.score_on", "the mask trigger is the earlier variant, "
                                   "scored on half of the trusted set: use trusted_half")
 
-    def detect(self, model, trusted: TrustedSet, seed: int) -> float:
+    def detect(self, model: ImageClassifier, trusted: TrustedSet, seed: int) -> float:
         p = self.params
         suspect = frozen_copy(model)
         repaired = frozen_copy(PivotalTuning(p.repair).repair(model, trusted, seed))

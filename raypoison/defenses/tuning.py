@@ -15,8 +15,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ def _fine_tune(model: ImageClassifier, trusted: TrustedSet, params: TuneParams, 
 class FineTuning(Defense):
     Params = TuneParams
 
-    def repair(self, model, trusted, seed):
+    def repair(self, model: ImageClassifier, trusted: TrustedSet, seed: int) -> ImageClassifier:
         return _fine_tune(model, trusted, self.params, seed)
 
 
@@ -106,12 +107,13 @@ def slol(features: torch.Tensor, frozen: torch.Tensor, labels: torch.Tensor, *,
     return a + (cos * off_pairs).sum() / 2
 
 
-def mean_squared_distance(params, anchors, count: int | None = None) -> torch.Tensor:
+def mean_squared_distance(params: Iterable[torch.Tensor], anchors: Iterable[torch.Tensor],
+                          count: int | None = None) -> torch.Tensor:
     """The squared distance of ``params`` to ``anchors`` summed over every element, divided by
     ``count`` (default: the number of elements, which makes it the mean over the model's own
     parameters, as the authors' parameter loss is)."""
     params, anchors = list(params), list(anchors)
-    total = sum(((q - a) ** 2).sum() for q, a in zip(params, anchors, strict=True))
+    total = cast(torch.Tensor, sum(((q - a) ** 2).sum() for q, a in zip(params, anchors, strict=True)))
     return total / (count if count is not None else sum(a.numel() for a in anchors))
 
 
@@ -155,7 +157,7 @@ class PivotalTuning(Defense):
             if self.steps < 1 or self.lr <= 0 or self.batch_size < 1:
                 raise ConfigError(path, "steps and batch_size must be ≥ 1, lr > 0")
 
-    def repair(self, model, trusted, seed):
+    def repair(self, model: ImageClassifier, trusted: TrustedSet, seed: int) -> ImageClassifier:
         p = self.params
         original = frozen_copy(model)
         tuned = trainable_copy(model)
@@ -211,7 +213,7 @@ class FinePruning(Defense):
             if not 0 <= self.max_drop < 1 or not 0 < self.max_ratio < 1:
                 raise ConfigError(path, "max_drop must be in [0, 1), max_ratio in (0, 1)")
 
-    def repair(self, model, trusted, seed):
+    def repair(self, model: ImageClassifier, trusted: TrustedSet, seed: int) -> ImageClassifier:
         p = self.params
         pruned = trainable_copy(model)
         activity = features_of(pruned, trusted.images).mean(0)
@@ -278,7 +280,7 @@ class NeuralAttentionDistillation(Defense):
             if self.beta < 0:
                 raise ConfigError(f"{path}.beta", f"must be ≥ 0, got {self.beta}")
 
-    def repair(self, model, trusted, seed):
+    def repair(self, model: ImageClassifier, trusted: TrustedSet, seed: int) -> ImageClassifier:
         p = self.params
         teacher = frozen_copy(_fine_tune(model, trusted, p.teacher, seed))
         student = trainable_copy(model)

@@ -13,6 +13,7 @@ import ray
 
 from raypoison.config.suite import ModelConfig, ScenarioConfig
 from raypoison.core.identity import pretrained_key
+from raypoison.core.registry import Component
 from raypoison.errors import DataError
 from raypoison.models import load_checkpoint
 from raypoison.store.storage import Location
@@ -20,7 +21,7 @@ from raypoison.store.storage import Location
 log = logging.getLogger("raypoison")
 
 
-def pretrain_task(model_cfg: ModelConfig, dataset) -> bytes:
+def pretrain_task(model_cfg: ModelConfig, dataset: Component) -> bytes:
     import torch
 
     from raypoison.trial.pretrain import pretrain_checkpoint

@@ -90,7 +90,7 @@ class TrialWorker:
                 "pid": os.getpid(), "trials_run": self.trials_run}
 
     def _context(self, task: TrialTask):
-        from raypoison.trial.run import TrialContext
+        from raypoison.trial.context import TrialContext
 
         scenario = task.specs[0].scenario
         key = scenario.name

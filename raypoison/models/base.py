@@ -7,6 +7,7 @@ work in pixel space and the ε ball means what it says.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -43,7 +44,7 @@ class ImageClassifier(nn.Module):
 
     def __init__(
         self, extractor: nn.Module, feature_dim: int, num_classes: int,
-        mean: tuple[float, ...], std: tuple[float, ...],
+        mean: Sequence[float], std: Sequence[float],
     ):
         super().__init__()
         self.extractor = extractor

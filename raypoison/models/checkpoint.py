@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,7 +28,8 @@ FORMAT = "raypoison/1"
 HEAD_NAMES = ("linear", "classifier", "fc")
 
 
-def build_model(arch: str, num_classes: int, mean, std, image_size: int = 32,
+def build_model(arch: str, num_classes: int, mean: Sequence[float], std: Sequence[float],
+                image_size: int = 32,
                 params: Any = None) -> ImageClassifier:
     """A new ``arch``; ``params`` is its ``Params`` instance or a mapping of its fields."""
     cls = MODELS.get(arch)
@@ -77,7 +79,8 @@ def _from_reference(state: dict, arch: str, mean, std, image_size: int, where: s
 
 
 def load_checkpoint(source: bytes | str | Path, where: str = "", *, arch: str | None = None,
-                    mean=None, std=None, image_size: int = 32,
+                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                    image_size: int = 32,
                     params: Any = None) -> tuple[ImageClassifier, dict]:
     """Rebuild a model from checkpoint bytes or a file; returns ``(model, meta)``.
 

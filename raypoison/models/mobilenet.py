@@ -3,6 +3,9 @@ variant; 1280 penultimate features. Module names follow that variant's layout.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -30,7 +33,7 @@ class Block(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False),
                                           nn.BatchNorm2d(c_out))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
@@ -51,7 +54,7 @@ class MobileNetV2Features(nn.Module):
         self.conv2 = nn.Conv2d(320, 1280, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(1280)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(self.layers(out))))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
@@ -59,5 +62,5 @@ class MobileNetV2Features(nn.Module):
 
 @MODELS.register("mobilenetv2")
 class MobileNetV2(ImageClassifier):
-    def __init__(self, num_classes: int, mean, std, image_size: int = 32):
+    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float], image_size: int = 32):
         super().__init__(MobileNetV2Features(), 1280, num_classes, mean, std)

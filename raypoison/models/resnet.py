@@ -7,8 +7,10 @@ Module names follow the common CIFAR ResNet layout (``conv1``, ``bn1``, ``layer1
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -29,7 +31,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
                                           nn.BatchNorm2d(c_out))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
@@ -53,7 +55,7 @@ class ResNetFeatures(nn.Module):
             layers.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
@@ -76,7 +78,8 @@ class ResNetParams:
 class ResNet18(ImageClassifier):
     Params = ResNetParams
 
-    def __init__(self, num_classes: int, mean, std, image_size: int = 32, width: int = 64):
+    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float],
+                 image_size: int = 32, width: int = 64):
         super().__init__(ResNetFeatures((2, 2, 2, 2), large_stem=False, width=width), 8 * width,
                          num_classes, mean, std)
 
@@ -85,6 +88,7 @@ class ResNet18(ImageClassifier):
 class ResNet34(ImageClassifier):
     Params = ResNetParams
 
-    def __init__(self, num_classes: int, mean, std, image_size: int = 32, width: int = 64):
+    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float],
+                 image_size: int = 32, width: int = 64):
         super().__init__(ResNetFeatures((3, 4, 6, 3), large_stem=image_size >= 64, width=width),
                          8 * width, num_classes, mean, std)

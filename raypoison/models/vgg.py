@@ -5,6 +5,9 @@ CIFAR VGG layout (``features``, ``classifier``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import nn
 
 from raypoison.models.base import ImageClassifier
@@ -18,11 +21,12 @@ PLANS = {
 
 
 class VGGFeatures(nn.Module):
-    def __init__(self, plan):
+    def __init__(self, plan: Sequence[int | str]):
         super().__init__()
-        layers, c_in = [], 3
+        layers: list[nn.Module] = []
+        c_in = 3
         for item in plan:
-            if item == "M":
+            if isinstance(item, str):  # "M"
                 layers.append(nn.MaxPool2d(2, 2))
             else:
                 layers += [nn.Conv2d(c_in, item, 3, padding=1), nn.BatchNorm2d(item),
@@ -31,18 +35,18 @@ class VGGFeatures(nn.Module):
         layers.append(nn.AvgPool2d(1, 1))
         self.features = nn.Sequential(*layers)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.features(x)
         return nn.functional.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
 @MODELS.register("vgg11")
 class VGG11(ImageClassifier):
-    def __init__(self, num_classes: int, mean, std, image_size: int = 32):
+    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float], image_size: int = 32):
         super().__init__(VGGFeatures(PLANS["vgg11"]), 512, num_classes, mean, std)
 
 
 @MODELS.register("vgg16")
 class VGG16(ImageClassifier):
-    def __init__(self, num_classes: int, mean, std, image_size: int = 32):
+    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float], image_size: int = 32):
         super().__init__(VGGFeatures(PLANS["vgg16"]), 512, num_classes, mean, std)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import traceback
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -115,6 +115,32 @@ SCHEMA = pa.schema(
 COLUMNS = frozenset(SCHEMA.names)
 
 
+class TrialLike(Protocol):
+    """What rows read of a trial spec (:class:`raypoison.config.specs.TrialSpec`, which sits above
+    the store): its identity, scenario (name, ε, victims, roles), attack and defenses."""
+
+    @property
+    def trial_id(self) -> str: ...
+
+    @property
+    def suite(self) -> str: ...
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def write_undefended(self) -> bool: ...
+
+    @property
+    def scenario(self) -> Any: ...
+
+    @property
+    def attack(self) -> Any: ...
+
+    @property
+    def defenses(self) -> tuple[Any, ...]: ...
+
+
 class RowFieldError(ValueError):
     """A row field outside :data:`SCHEMA`, or a value its column cannot hold."""
 
@@ -145,7 +171,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def trial_fields(spec) -> Fields:
+def trial_fields(spec: TrialLike) -> Fields:
     """The fields every row of a trial shares, known before it runs."""
     return Fields({
         "schema_version": SCHEMA_VERSION,
@@ -164,7 +190,7 @@ def trial_fields(spec) -> Fields:
     })
 
 
-def trial_rows(spec, common: dict[str, Any], per: dict[str, dict[str, Any]] | None = None,
+def trial_rows(spec: TrialLike, common: dict[str, Any], per: dict[str, dict[str, Any]] | None = None,
                crafted_on: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Complete rows, every schema field set: per victim, the undefended row (``common`` and the
     victim's own fields), then, if the defenses ran on it, a row per defense of the spec that
@@ -231,7 +257,7 @@ def describe_error(err: BaseException, phase: str | None = None) -> str:
     return f"{where}{type(err).__name__}: {err}\n{tail}"
 
 
-def failure_rows(spec, error: str, *, started_at: datetime | None = None,
+def failure_rows(spec: TrialLike, error: str, *, started_at: datetime | None = None,
                  status: str = STATUS_FAILED, **extra: Any) -> list[dict[str, Any]]:
     """Rows that record a trial which could not run, with the reason."""
     common = trial_fields(spec)

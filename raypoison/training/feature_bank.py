@@ -50,7 +50,8 @@ def view_features(model: ImageClassifier, images: torch.Tensor, padding: int = 4
     return out
 
 
-def decode_view(views: torch.Tensor, padding: int = 4):
+def decode_view(views: torch.Tensor, padding: int = 4
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dy, dx, flip)`` of view numbers (the inverse of :func:`view_index`)."""
     side = 2 * padding + 1
     return views // 2 // side, views // 2 % side, (views % 2).bool()

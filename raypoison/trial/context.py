@@ -18,7 +18,7 @@ from raypoison.core.identity import derive_seed
 from raypoison.data import ImageData, load_dataset
 from raypoison.data.augment import identity_view
 from raypoison.data.setups import Setup, clean_training_indices, load_setups, sample_setup
-from raypoison.data.triggers import paste
+from raypoison.data.triggers import Trigger, paste
 from raypoison.defenses import TrustedSet
 from raypoison.models import ImageClassifier, build_model, load_checkpoint, to_device
 from raypoison.training.feature_bank import TrainingFeatures, view_features
@@ -178,7 +178,8 @@ class TrialContext:
                     for i in range(0, len(self.data.test_x), 1024)])
         return self._test_features[name]
 
-    def triggered_features(self, name: str, setup: Setup, trigger) -> torch.Tensor | None:
+    def triggered_features(self, name: str, setup: Setup, trigger: Trigger
+                           ) -> torch.Tensor | None:
         """Features of the test images an attack success rate counts (:func:`asr_members`), with
         ``trigger`` applied, under victim ``name``'s frozen extractor (transfer mode only);
         cached per image set and trigger."""

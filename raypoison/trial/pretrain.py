@@ -7,18 +7,21 @@ the adversarially trained model) builds on this in ``raypoison pretrain``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from raypoison.config.suite import ModelConfig
 from raypoison.core.registry import Component
 from raypoison.core.schema import to_plain
 from raypoison.data import ImageData, load_dataset
-from raypoison.models import build_model, checkpoint_bytes, to_device
+from raypoison.models import ImageClassifier, build_model, checkpoint_bytes, to_device
 from raypoison.training.adversarial import robust_accuracy
 from raypoison.training.loop import accuracy, train
 
 
-def pretrain(model_cfg: ModelConfig, data: ImageData, device: str = "cpu"):
+def pretrain(model_cfg: ModelConfig, data: ImageData, device: str = "cpu"
+             ) -> tuple[ImageClassifier, dict[str, Any]]:
     """Train ``model_cfg`` on ``data`` from its seed; returns ``(model, meta)``."""
     assert model_cfg.pretrain is not None
     with torch.random.fork_rng(devices=[]):  # seeded weight init without touching global state

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from raypoison.attacks.base import Poisons
+from raypoison.config.specs import TrialSpec
 from raypoison.data.triggers import BlendTrigger, PatchTrigger, Trigger, WarpTrigger
 from raypoison.errors import DataError
 from raypoison.models.base import ImageClassifier
@@ -73,12 +74,12 @@ class VictimStore:
         return self.location.join(f"scenario={spec.scenario.name}", f"attack={spec.attack.label}",
                                   spec.trial_id, f"{name}.pt")
 
-    def has(self, spec) -> bool:
+    def has(self, spec: TrialSpec) -> bool:
         """Whether the trial and every victim of its scenario are saved."""
         return all(self.location.exists(self._path(spec, name))
                    for name in ("trial", *spec.scenario.victims))
 
-    def save_trial(self, spec, poisons: Poisons, trigger: Trigger | None,
+    def save_trial(self, spec: TrialSpec, poisons: Poisons, trigger: Trigger | None,
                    fields: dict[str, Any]) -> None:
         """The trial's poisons and trigger, and its row fields known after crafting."""
         self.location.write_bytes(self._path(spec, "trial"), _dump({
@@ -87,7 +88,7 @@ class VictimStore:
             "target_index": poisons.target_index, "trigger": trigger_state(trigger),
             "fields": fields}))
 
-    def save_victim(self, spec, victim: str, model: ImageClassifier, *, head_only: bool,
+    def save_victim(self, spec: TrialSpec, victim: str, model: ImageClassifier, *, head_only: bool,
                     seed_train: int, fields: dict[str, Any]) -> None:
         module = model.head if head_only else model
         state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
@@ -106,7 +107,7 @@ class VictimStore:
             raise DataError(f"{path}: saved for another trial, not {spec.trial_id}")
         return blob
 
-    def load_trial(self, spec, device: str | torch.device
+    def load_trial(self, spec: TrialSpec, device: str | torch.device
                    ) -> tuple[Poisons, Trigger | None, dict[str, Any]]:
         blob = self._load(spec, "trial")
         if blob.get("index") != spec.index:
@@ -116,7 +117,7 @@ class VictimStore:
                           tuple(blob["labels"]), int(blob["target_index"]))
         return poisons, trigger_from_state(blob["trigger"]), dict(blob["fields"])
 
-    def load_victim(self, spec, victim: str, model: ImageClassifier, seed_train: int
+    def load_victim(self, spec: TrialSpec, victim: str, model: ImageClassifier, seed_train: int
                     ) -> dict[str, Any]:
         """Load the saved weights into ``model`` (a fresh victim built with ``seed_train``);
         returns the undefended row's fields."""
