@@ -1,4 +1,4 @@
-"""``raypoison run | report | pretrain | compact | validate | bench``.
+"""``raypoison run | report | plan | pretrain | compact | validate | bench``.
 
 Exit codes: 0 done (failed trials are data, counted in the summary), 1 an unexpected error,
 2 bad input (config, filters, data, checkpoints; nothing is written), 130 interrupted.
@@ -86,6 +86,22 @@ def _parser() -> argparse.ArgumentParser:
                                              "per partition")
     compact.add_argument("output", help="the run's output folder or URI")
     compact.set_defaults(handler=_compact)
+
+    plan = sub.add_parser("plan", help="what a config will cost: FLOPs per phase and hours on a "
+                                       "named device, before anything runs")
+    plan.add_argument("config", help="benchmark YAML file")
+    plan.add_argument("--device", default="h100",
+                      help="a100, h100, h200, or a device of the calibration file (default: h100)")
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs the config runs on (default 1)")
+    plan.add_argument("--calibration", metavar="FILE",
+                      help="measured devices (JSON), e.g. benchmarks/calibration.json")
+    plan.add_argument("--calibrate", metavar="NAME",
+                      help="time real steps on this machine (one worker, the config's "
+                           "cpus_per_worker threads) and save them as device NAME in "
+                           "--calibration")
+    plan.add_argument("--attacks", type=_csv, help="only these attack labels, comma separated")
+    plan.add_argument("--scenarios", type=_csv, help="only these scenarios, comma separated")
+    plan.set_defaults(handler=_plan)
 
     validate = sub.add_parser("validate", help="check a config and count its trials")
     validate.add_argument("config")
@@ -207,6 +223,38 @@ def _pretrain(args: argparse.Namespace) -> int:
         print(f"{e['name']} seed {e['seed']} ({e['arch']}): clean accuracy "
               f"{e['clean_accuracy']:.3f}" + (f", robust {robust:.3f}" if robust is not None
                                               else ""))
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from raypoison.config.suite import load_suite
+    from raypoison.data import load_dataset
+    from raypoison.execution import cost
+
+    suite = load_suite(args.config)
+    for option, wanted, known in (("--scenarios", args.scenarios, [s.name for s in suite.scenarios]),
+                                  ("--attacks", args.attacks, [a.label for a in suite.attacks])):
+        unknown = sorted(set(wanted or ()) - set(known))
+        if unknown:
+            raise ConfigError(option, f"unknown {unknown} (known: {', '.join(known)})")
+    if args.calibrate:
+        if not args.calibration:
+            raise ConfigError("--calibrate", "needs --calibration FILE to write to")
+        scenario = suite.scenarios[0]
+        shape = cost.data_shape(load_dataset(scenario.dataset))
+        threads = max(1, int(suite.execution.cpus_per_worker))
+        device = cost.calibrate(scenario.models[scenario.attackers[0]], shape, threads)
+        cost.write_calibration(args.calibration, args.calibrate, device)
+        print(f"{args.calibrate}: {device.float32 / 1e9:.3g} GFLOP/s, "
+              f"{device.seconds_per_step * 1e3:.3g} ms per step -> {args.calibration}")
+    devices = cost.load_devices(args.calibration)
+    name = args.calibrate or args.device
+    if name not in devices:
+        raise ConfigError("--device", f"unknown device {name!r} (known: {', '.join(devices)})")
+    plans = cost.plan_suite(suite, attacks=args.attacks, scenarios=args.scenarios)
+    print(cost.render(plans, name, devices[name], gpus=args.gpus,
+                      gpus_per_worker=suite.execution.gpus_per_worker,
+                      cpu_workers=suite.execution.workers))
     return EXIT_OK
 
 

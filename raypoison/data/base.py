@@ -17,6 +17,12 @@ class DatasetInfo:
 
     num_classes: int
     min_train_per_class: int
+    # the images' shape and the splits' sizes, where the parameters tell them (the cost planner
+    # then needs no data)
+    image_size: int | None = None
+    channels: int = 3
+    train_size: int | None = None
+    test_size: int | None = None
 
 
 @dataclass

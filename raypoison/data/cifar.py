@@ -65,7 +65,7 @@ class _Cifar(DataSource):
 
     @classmethod
     def describe(cls, params) -> DatasetInfo:
-        return DatasetInfo(cls.classes, 50_000 // cls.classes)
+        return DatasetInfo(cls.classes, 50_000 // cls.classes, 32, 3, 50_000, 10_000)
 
     @classmethod
     def load(cls, params: CifarParams) -> ImageData:

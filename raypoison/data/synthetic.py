@@ -59,7 +59,9 @@ class Synthetic(DataSource):
 
     @classmethod
     def describe(cls, params: SyntheticParams) -> DatasetInfo:
-        return DatasetInfo(params.classes, params.train_per_class)
+        return DatasetInfo(params.classes, params.train_per_class, params.image_size, 3,
+                           params.classes * params.train_per_class,
+                           params.classes * params.test_per_class)
 
     @classmethod
     def load(cls, params: SyntheticParams) -> ImageData:

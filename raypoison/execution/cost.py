@@ -1,0 +1,540 @@
+"""What a config will cost before it runs: FLOPs per phase, counted on real steps of its models,
+and the time they take on a named device.
+
+Nothing here is a hand formula for a network's FLOPs. Every figure is a count by
+:class:`torch.utils.flop_counter.FlopCounterMode` of code this project runs:
+
+- training: one real optimizer step of :func:`raypoison.training.loop.train` (``max_steps=1``) at
+  the recipe's batch size, times the recipe's steps; in transfer mode with a feature bank, the
+  bank (the frozen extractor on the pool under every view, once per worker) plus one real step of
+  the linear head and the poisons' extractor passes;
+- crafting and defenses: the attack's ``craft`` and the defense's ``detect``/``repair``/``flag``
+  run on models of the scenario's architectures (random weights: FLOPs do not depend on them) and
+  random images of the data set's shape, with every iteration count of their parameters
+  (``iterations``, ``steps``, ``epochs``, nested ones too) set to 1, then each in turn to 2; the
+  difference is that loop's cost per iteration, so the configured counts scale it exactly for
+  loops whose cost does not change from one iteration to the next. The result is an upper bound
+  where a loop may stop early (Feature Collision's step rule, a loss threshold).
+- evaluation: the forward pass over the test set.
+
+Time is ``FLOPs / rate + steps × seconds_per_step`` with the device's rate (float32 or bf16, by
+the recipe) and a fixed cost per step (what dominates tiny steps: a linear head on a CPU). Rates
+of A100 and H100/H200 come from published peak throughput times an assumed utilization; a
+measured figure replaces them (``raypoison plan --calibrate NAME`` times real steps here and
+writes them to a calibration file, which ``--calibration`` reads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from raypoison.attacks import ATTACKS
+from raypoison.attacks.context import StandaloneContext
+from raypoison.config.suite import ModelConfig, ScenarioConfig, SuiteConfig
+from raypoison.core.registry import Component
+from raypoison.core.schema import to_plain
+from raypoison.data import DATASETS, ImageData, load_dataset
+from raypoison.data.setups import Setup
+from raypoison.defenses import DEFENSES, TrainingSet, TrustedSet
+from raypoison.execution.checkpoints import models_of, pretrained_name
+from raypoison.models import ImageClassifier, build_model
+from raypoison.training.loop import train
+from raypoison.training.recipe import RecipeConfig
+
+PHASES = ("pretrain", "bank", "craft", "train", "defend", "eval")
+LOOP_FIELDS = ("iterations", "steps", "epochs")
+VIEWS = 162  # crop offsets (9 x 9) x flips: what a feature bank holds with augmentation
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device's effective throughput: FLOP/s in float32 and bf16, and a fixed cost per step."""
+
+    description: str
+    float32: float
+    bf16: float
+    seconds_per_step: float = 0.0
+    source: str = "published"
+    kind: str = "gpu"  # "gpu": one device per GPU, shared by 1 / gpus_per_worker workers;
+    # "cpu": the rate of one worker with cpus_per_worker threads
+
+    def seconds(self, count: Count, precision: str = "float32") -> float:
+        rate = self.bf16 if precision == "bf16" else self.float32
+        return count.flops / rate + count.steps * self.seconds_per_step
+
+
+UTILIZATION = 0.3  # an assumption for small-image ResNets, until gpu_check measures it
+STEP_SECONDS = 1e-3  # an assumption: Python and kernel launches per step, until measured
+DEVICES = {
+    # published dense peaks (NVIDIA data sheets): A100 SXM 19.5 TFLOP/s float32 (156 with TF32),
+    # 312 bf16; H100 SXM 67 float32, 989 bf16; the H200 has the H100's compute
+    "a100": Device("NVIDIA A100 SXM, 30% of published peak, 1 ms per step assumed",
+                   19.5e12 * UTILIZATION, 312e12 * UTILIZATION, STEP_SECONDS),
+    "h100": Device("NVIDIA H100 SXM, 30% of published peak, 1 ms per step assumed",
+                   67e12 * UTILIZATION, 989e12 * UTILIZATION, STEP_SECONDS),
+    "h200": Device("NVIDIA H200, 30% of the H100's published peak, 1 ms per step assumed",
+                   67e12 * UTILIZATION, 989e12 * UTILIZATION, STEP_SECONDS),
+}
+
+
+@dataclass
+class Count:
+    """FLOPs and the number of steps (optimizer steps, crafting iterations, forward batches)."""
+
+    flops: float = 0.0
+    steps: float = 0.0
+
+    def __add__(self, other: Count) -> Count:
+        return Count(self.flops + other.flops, self.steps + other.steps)
+
+    def __mul__(self, k: float) -> Count:
+        return Count(self.flops * k, self.steps * k)
+
+
+@dataclass
+class Cell:
+    """One scenario and attack: its trials and what one trial costs, per phase."""
+
+    scenario: str
+    attack: str
+    trials: int
+    per_trial: dict[str, Count]
+    precision: str = "float32"
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScenarioCost:
+    name: str
+    shared: dict[str, Count]  # once per run (pre-training) or per worker (feature bank)
+    cells: list[Cell]
+    precision: str = "float32"
+
+
+def counted(fn: Callable[[], Any]) -> float:
+    """The FLOPs of running ``fn`` (forward and backward ops, as PyTorch dispatches them)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+# -- data and models of the right shape ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shape:
+    classes: int
+    channels: int
+    size: int
+    train: int
+    test: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def data_shape(data: ImageData) -> Shape:
+    return Shape(data.num_classes, data.train_x.shape[1], data.train_x.shape[2],
+                 len(data.train_y), len(data.test_y), tuple(data.mean), tuple(data.std))
+
+
+def random_data(shape: Shape, train_per_class: int, test_per_class: int = 1) -> ImageData:
+    """Random images of ``shape``, ``train_per_class`` of each class (FLOPs ignore the pixels)."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = per_class * shape.classes
+        x = torch.randint(0, 256, (n, shape.channels, shape.size, shape.size), generator=g,
+                          dtype=torch.uint8)
+        return x, torch.arange(shape.classes).repeat_interleave(per_class)
+
+    (tx, ty), (vx, vy) = split(train_per_class), split(test_per_class)
+    return ImageData(tx, ty, vx, vy, tuple(str(c) for c in range(shape.classes)), shape.mean,
+                     shape.std)
+
+
+def fresh(cfg: ModelConfig, shape: Shape, seed: int = 0) -> ImageClassifier:
+    torch.manual_seed(seed)
+    return build_model(cfg.arch, shape.classes, shape.mean, shape.std, shape.size, cfg.params)
+
+
+def _frozen(model: ImageClassifier) -> ImageClassifier:
+    model.eval()
+    for q in model.parameters():
+        q.requires_grad_(False)
+    return model
+
+
+def train_step(cfg: ModelConfig, shape: Shape, recipe: RecipeConfig, trainable: str) -> float:
+    """FLOPs of one real optimizer step of the training loop at the recipe's batch size."""
+    model = fresh(cfg, shape)
+    data = random_data(shape, max(1, -(-recipe.batch_size // shape.classes)))
+    x, y = data.train_x[:recipe.batch_size], data.train_y[:recipe.batch_size]
+    return counted(lambda: train(model, x, y, recipe=recipe, seed=0,
+                                 trainable=trainable,  # type: ignore[arg-type]
+                                 max_steps=1))
+
+
+def forward_per_image(cfg: ModelConfig, shape: Shape, head: bool = True) -> float:
+    model = _frozen(fresh(cfg, shape))
+    x = torch.rand(8, shape.channels, shape.size, shape.size)
+    with torch.no_grad():
+        flops = counted(lambda: model(x) if head else model.features(x))
+    return flops / 8
+
+
+def head_step(cfg: ModelConfig, shape: Shape, batch_size: int) -> float:
+    """One real step of a linear head on banked features (forward, backward, SGD)."""
+    model = fresh(cfg, shape)
+    head = torch.nn.Linear(model.feature_dim, shape.classes)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9)
+    feats = torch.randn(batch_size, model.feature_dim)
+    labels = torch.randint(0, shape.classes, (batch_size,))
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(head(feats), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return counted(step)
+
+
+# -- iteration counts of a plugin's parameters -------------------------------------------------
+
+def loop_fields(params: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Paths of the integer loop counts in a (nested) Params dataclass."""
+    if not dataclasses.is_dataclass(params):
+        return
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if f.name in LOOP_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+            yield (*prefix, f.name)
+        elif dataclasses.is_dataclass(value):
+            yield from loop_fields(value, (*prefix, f.name))
+
+
+def _get(params: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        params = getattr(params, name)
+    return params
+
+
+def _set(params: Any, path: tuple[str, ...], value: Any) -> Any:
+    if len(path) == 1:
+        return dataclasses.replace(params, **{path[0]: value})
+    return dataclasses.replace(params, **{path[0]: _set(getattr(params, path[0]), path[1:],
+                                                          value)})
+
+
+def extrapolated(params: Any, run: Callable[[Any], Any]) -> Count:
+    """The FLOPs of ``run(params)`` from runs with its loop counts at 1 and, one at a time, 2."""
+    paths = list(loop_fields(params))
+    base = params
+    for path in paths:
+        base = _set(base, path, 1)
+    once = counted(lambda: run(base))
+    total = Count(once, 1)
+    for path in paths:
+        n = _get(params, path)
+        if n <= 1:
+            continue
+        unit = counted(functools.partial(run, _set(base, path, 2))) - once
+        total = total + Count(max(unit, 0.0) * (n - 1), n - 1)
+    return total
+
+
+# -- the phases --------------------------------------------------------------------------------
+
+def banked(scenario: ScenarioConfig) -> bool:
+    """Whether the victims' heads train on a feature bank (as TrialContext decides, short of its
+    memory cap)."""
+    return (scenario.mode == "transfer" and scenario.train_per_class is not None
+            and scenario.train_subset == "first")
+
+
+def training(scenario: ScenarioConfig, shape: Shape, victim: str) -> tuple[Count, Count]:
+    """(per trial, shared per worker) training cost of one victim."""
+    cfg, recipe = scenario.models[victim], scenario.training_recipe
+    n = scenario.train_per_class * shape.classes if scenario.train_per_class else shape.train
+    steps = recipe.epochs * math.ceil(n / recipe.batch_size)
+    if banked(scenario):
+        views = VIEWS if recipe.augment else 1
+        pool = (scenario.train_per_class + scenario.budget) * shape.classes  # type: ignore[operator]
+        extractor = forward_per_image(cfg, shape, head=False)
+        shared = Count(views * pool * extractor, math.ceil(views * pool / 512))
+        poisons = Count(recipe.epochs * scenario.budget * extractor, 0)
+        return Count(head_step(cfg, shape, recipe.batch_size) * steps, steps) + poisons, shared
+    trainable = "head" if scenario.mode == "transfer" else "all"
+    return Count(train_step(cfg, shape, recipe, trainable) * steps, steps), Count()
+
+
+def pretraining(cfg: ModelConfig, shape: Shape) -> Count:
+    assert cfg.pretrain is not None
+    recipe = cfg.pretrain.recipe
+    steps = recipe.epochs * math.ceil(shape.train / recipe.batch_size)
+    return Count(train_step(cfg, shape, recipe, "all") * steps, steps)
+
+
+def crafting(attack: Component, scenario: ScenarioConfig, shape: Shape) -> tuple[Count, list[str]]:
+    cls = ATTACKS.get(attack.name)
+    if not cls.needs_models:
+        return Count(), []
+    notes = []
+    params = attack.params
+    extra = Count()
+    if getattr(params, "fresh_model", False):  # a crafting model trained for the trial alone
+        recipe = getattr(params, "recipe", None) or scenario.training_recipe
+        name = scenario.attackers[0]
+        n = scenario.train_per_class * shape.classes if scenario.train_per_class else shape.train
+        steps = recipe.epochs * math.ceil(n / recipe.batch_size)
+        extra = Count(train_step(scenario.models[name], shape, recipe, "all") * steps, steps)
+        params = dataclasses.replace(params, fresh_model=False)
+        notes.append("crafting includes training its own model")
+    budget = cls.poison_count(attack.params, scenario)
+    data = random_data(shape, budget + 2)
+    models = {name: _frozen(fresh(scenario.models[name], shape, i))
+              for i, name in enumerate(dict.fromkeys((*scenario.attackers,
+                                                      *cls.required_models(params, scenario))))}
+    ctx = StandaloneContext(data, models, epsilon=scenario.epsilon,
+                            patch_size=scenario.patch_size, attackers=scenario.attackers,
+                            dataset_name=scenario.dataset.name, seed=scenario.seed,
+                            training_recipe=scenario.training_recipe)
+    per = budget + 2
+    setup = Setup(target_class=0, target_index=0, base_class=1,
+                  base_indices=tuple(range(per, per + budget)))
+    count = extrapolated(params, lambda p: cls(p).craft(ctx, setup, 0, 0))
+    return count + extra, notes
+
+
+def defending(defense: Component, scenario: ScenarioConfig, shape: Shape, victim: str,
+              n_train: int) -> Count:
+    cls = DEFENSES.get(defense.name)
+    trusted_per_class = max(1, scenario.trusted_count(shape.train, shape.classes))
+    data = random_data(shape, trusted_per_class, test_per_class=max(1, shape.test // shape.classes))
+    trusted = TrustedSet(data.train_x, data.train_y, test_images=data.test_x,
+                         test_labels=data.test_y)
+    small = min(n_train, 256)
+    sample = random_data(shape, max(1, small // shape.classes))
+    training_set = TrainingSet(sample.train_x, sample.train_y)
+    model = _frozen(fresh(scenario.models[victim], shape))
+
+    def run(params: Any) -> None:
+        d = cls(params)
+        d.detect(model, trusted, 0)
+        d.repair(model, trusted, 0)
+
+    def flag() -> None:
+        cls(defense.params).flag(training_set, model, trusted, 0)
+
+    return extrapolated(defense.params, run) + Count(counted(flag) * n_train / len(sample.train_y),
+                                                     1)
+
+
+def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
+               scenarios: list[str] | None = None,
+               load: Callable[[Component], ImageData] = load_dataset) -> list[ScenarioCost]:
+    """Every scenario's costs: shared (pre-training, feature banks) and per trial, per attack."""
+    out = []
+    shapes: dict[str, Shape] = {}
+    pretrained: set[str] = set()
+
+    def shape_of(component: Component) -> Shape:
+        key = json.dumps(to_plain(component), default=str, sort_keys=True)
+        if key not in shapes:
+            info = DATASETS.get(component.name).describe(component.params)
+            if info is not None and info.image_size and info.train_size and info.test_size:
+                half = (0.5,) * info.channels  # a model's FLOPs do not depend on its normalization
+                shapes[key] = Shape(info.num_classes, info.channels, info.image_size,
+                                    info.train_size, info.test_size, half, half)
+            else:  # only the files can tell: load them once
+                shapes[key] = data_shape(load(component))
+        return shapes[key]
+
+    for scenario in suite.scenarios:
+        if scenarios and scenario.name not in scenarios:
+            continue
+        shape = shape_of(scenario.dataset)
+        shared: dict[str, Count] = {p: Count() for p in PHASES}
+        for name in models_of(scenario):
+            cfg = scenario.models[name]
+            if cfg.pretrain is not None and cfg.checkpoint is None:
+                key = pretrained_name(cfg, scenario)
+                if key not in pretrained:  # scenarios that share a model pre-train it once
+                    pretrained.add(key)
+                    shared["pretrain"] += pretraining(cfg, shape_of(cfg.pretrain.dataset_for(
+                        scenario.dataset)))
+        per_victim = {}
+        for victim in scenario.victims:
+            per_trial, bank = training(scenario, shape, victim)
+            shared["bank"] += bank
+            per_victim[victim] = per_trial
+        n_train = (scenario.train_per_class * shape.classes if scenario.train_per_class
+                   else shape.train)
+        evaluation = Count()
+        for victim in scenario.victims:
+            cfg = scenario.models[victim]
+            if banked(scenario):  # test features once per worker, then the head per trial
+                shared["eval"] += Count(forward_per_image(cfg, shape, head=False) * shape.test,
+                                        math.ceil(shape.test / 512))
+                head = fresh(cfg, shape).head
+                feats = torch.randn(shape.test, head.in_features)
+                evaluation += Count(counted(functools.partial(head, feats)), 1)
+            else:
+                evaluation += Count(forward_per_image(cfg, shape) * shape.test,
+                                    math.ceil(shape.test / 512))
+        defend = Count()
+        for defense in suite.defenses:
+            for victim in scenario.victims:
+                defend += defending(defense, scenario, shape, victim, n_train)
+        cells = []
+        for attack in suite.attacks:
+            if attacks and attack.label not in attacks:
+                continue
+            craft, notes = crafting(attack, scenario, shape)
+            cls = ATTACKS.get(attack.name)
+            trains = cls.needs_models and attack.name != "noop"
+            per: dict[str, Count] = {
+                "craft": craft,
+                "train": sum(per_victim.values(), Count()) if trains else Count(),
+                "defend": defend if trains else Count(),
+                "eval": evaluation if trains else Count(),
+            }
+            cells.append(Cell(scenario.name, attack.label, scenario.trials, per,
+                              scenario.training_recipe.precision, notes))
+        out.append(ScenarioCost(scenario.name, shared, cells, scenario.training_recipe.precision))
+    return out
+
+
+# -- devices and calibration -------------------------------------------------------------------
+
+def load_devices(calibration: str | Path | None) -> dict[str, Device]:
+    """The built-in table, with the measured devices of a calibration file added or replaced."""
+    devices = dict(DEVICES)
+    if calibration is not None and Path(calibration).is_file():
+        for name, d in json.loads(Path(calibration).read_text()).get("devices", {}).items():
+            devices[name] = Device(d["description"], d["float32"], d.get("bf16", d["float32"]),
+                                   d.get("seconds_per_step", 0.0), d.get("source", "measured"),
+                                   d.get("kind", "gpu"))
+    return devices
+
+
+def calibrate(cfg: ModelConfig, shape: Shape, threads: int, repeats: int = 5) -> Device:
+    """This machine's float32 rate and cost per step, from timed real steps of ``cfg``: full
+    training steps at batch 128 (FLOPs dominate) and head steps (the fixed cost dominates)."""
+    torch.set_num_threads(threads)
+    recipe = RecipeConfig(batch_size=128, epochs=1, milestones=())
+    big_flops = train_step(cfg, shape, recipe, "all")
+    small_flops = head_step(cfg, shape, 128)
+    model = fresh(cfg, shape)
+    data = random_data(shape, -(-128 // shape.classes))
+    x, y = data.train_x[:128], data.train_y[:128]
+    train(model, x, y, recipe=recipe, seed=0, max_steps=1)  # warm up
+    tick = time.perf_counter()
+    for _ in range(repeats):
+        train(model, x, y, recipe=recipe, seed=0, max_steps=1)
+    big = (time.perf_counter() - tick) / repeats
+    head = torch.nn.Linear(model.feature_dim, shape.classes)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9)
+    feats, labels = torch.randn(128, model.feature_dim), torch.randint(0, shape.classes, (128,))
+    tick, n = time.perf_counter(), 2000
+    for _ in range(n):
+        loss = torch.nn.functional.cross_entropy(head(feats), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    small = (time.perf_counter() - tick) / n
+    rate = (big_flops - small_flops) / max(big - small, 1e-9)
+    overhead = max(small - small_flops / rate, 0.0)
+    return Device(f"one worker of this machine, {threads} thread(s), measured on {cfg.arch}",
+                  rate, rate, overhead, source=f"measured {time.strftime('%Y-%m-%d')}", kind="cpu")
+
+
+def write_calibration(path: str | Path, name: str, device: Device) -> None:
+    target = Path(path)
+    doc = json.loads(target.read_text()) if target.is_file() else {"devices": {}}
+    doc["devices"][name] = dataclasses.asdict(device)
+    target.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+# -- the printed plan --------------------------------------------------------------------------
+
+def _flops(x: float) -> str:
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x / 1e6:.3g} MFLOP"
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.3g} h" if seconds >= 360 else f"{seconds:.3g} s"
+
+
+@dataclass
+class Totals:
+    flops: float
+    device_seconds: float
+    workers: int
+
+
+def totals(plans: list[ScenarioCost], device: Device, workers: int) -> Totals:
+    """All FLOPs and device-seconds: the cells, pre-training once, and per-worker costs (banks,
+    cached test features) once per worker that runs the scenario."""
+    flops, seconds = 0.0, 0.0
+    for plan in plans:
+        for phase, count in plan.shared.items():
+            k = workers if phase in ("bank", "eval") else 1
+            flops += count.flops * k
+            seconds += device.seconds(count, plan.precision) * k
+        for cell in plan.cells:
+            for count in cell.per_trial.values():
+                flops += count.flops * cell.trials
+                seconds += device.seconds(count, cell.precision) * cell.trials
+    return Totals(flops, seconds, workers)
+
+
+def render(plans: list[ScenarioCost], device_name: str, device: Device, *, gpus: int,
+           gpus_per_worker: float, cpu_workers: int) -> str:
+    """The plan as markdown: per scenario and attack, trials, FLOPs per trial by phase, seconds
+    per trial and the cell's device-hours; then the whole config on ``gpus`` devices."""
+    on_gpu = device.kind == "gpu"
+    workers = (max(1, int(gpus / gpus_per_worker)) if on_gpu and gpus_per_worker > 0
+               else cpu_workers)
+    lines = [f"Device: {device_name} ({device.description}; {device.float32 / 1e12:.3g} "
+             f"TFLOP/s float32, {device.bf16 / 1e12:.3g} bf16, "
+             f"{device.seconds_per_step * 1e3:.3g} ms per step; {device.source})", ""]
+    for plan in plans:
+        lines.append(f"## {plan.name}")
+        shared = [f"{p} {_flops(c.flops)} ({_hours(device.seconds(c, plan.precision))})"
+                  for p, c in plan.shared.items() if c.flops]
+        if shared:
+            lines.append("Shared: " + ", ".join(shared) + " (pre-training once; bank and test "
+                         "features once per worker)")
+        lines.append("")
+        lines.append("| attack | trials | craft | train | defend | eval | s / trial | device-hours |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for cell in plan.cells:
+            per = sum((device.seconds(c, cell.precision) for c in cell.per_trial.values()), 0.0)
+            row = [cell.attack, str(cell.trials)] + [_flops(cell.per_trial[p].flops)
+                                                   for p in ("craft", "train", "defend", "eval")]
+            row += [f"{per:.3g}", f"{per * cell.trials / 3600:.3g}"]
+            lines.append("| " + " | ".join(row) + " |")
+            for note in cell.notes:
+                lines.append(f"  ({cell.attack}: {note})")
+        lines.append("")
+    t = totals(plans, device, workers)
+    unit = "GPU" if on_gpu else "worker"
+    lines.append(f"Whole config: {_flops(t.flops)}, {t.device_seconds / 3600:.3g} {unit}-hours "
+                 f"at this device's rate; on {gpus if on_gpu else workers} {unit}(s) "
+                 f"({workers} workers) about {t.device_seconds / 3600 / (gpus if on_gpu else workers):.3g} "
+                 "h of wall time, if the workers keep every device busy.")
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""The cost planner counts FLOPs of real steps and scales loop counts exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from raypoison.attacks import create_attack
+from raypoison.attacks.context import StandaloneContext
+from raypoison.cli import main
+from raypoison.config.suite import parse_suite
+from raypoison.data.setups import Setup
+from raypoison.execution import cost
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    steps: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Loops:
+    iterations: int = 5
+    inner: Inner = Inner()
+    width: int = 16  # not a loop count: left alone
+
+
+def _work(p: Loops) -> None:
+    x = torch.randn(p.width, p.width)
+    y = x @ x  # a fixed cost
+    for _ in range(p.iterations):
+        y = y @ x
+    for _ in range(p.inner.steps):
+        y = (y @ x) @ x
+
+
+def test_extrapolation_from_one_and_two_iterations_is_exact_for_nested_loops():
+    assert list(cost.loop_fields(Loops())) == [("iterations",), ("inner", "steps")]
+    for p in (Loops(), Loops(iterations=40, inner=Inner(steps=7)), Loops(iterations=1)):
+        direct = cost.counted(lambda p=p: _work(p))
+        assert cost.extrapolated(p, _work).flops == pytest.approx(direct, rel=1e-9)
+    # and it does count: more iterations, more FLOPs
+    assert cost.extrapolated(Loops(iterations=40), _work).flops > \
+        cost.extrapolated(Loops(), _work).flops
+
+
+def test_feature_collision_crafting_counts_what_crafting_at_full_length_executes(
+        tiny_raw, tiny_checkpoint):
+    scenario = parse_suite(tiny_raw).scenarios[0]
+    shape = cost.Shape(4, 3, 12, 160, 40, (0.5,) * 3, (0.5,) * 3)
+    attack = create_attack("feature_collision", {"iterations": 12, "step": 0.01,
+                                                 "step_rule": "refuse"})
+    data = cost.random_data(shape, 5)
+    ctx = StandaloneContext(data, {"net-a": cost._frozen(cost.fresh(scenario.models["net-a"],
+                                                                    shape))},
+                            epsilon=16 / 255)
+    setup = Setup(target_class=0, target_index=0, base_class=1, base_indices=(5, 6, 7))
+    full = cost.counted(lambda: attack.craft(ctx, setup, 0, 0))
+    planned = cost.extrapolated(attack.params,
+                                lambda p: type(attack)(p).craft(ctx, setup, 0, 0)).flops
+    assert planned == pytest.approx(full, rel=1e-6)
+
+
+def test_a_plan_counts_every_phase_and_scales_with_the_config(tiny_raw):
+    tiny_raw["attacks"] = [{"name": "none"},
+                           {"name": "feature_collision", "label": "fc10",
+                            "params": {"iterations": 10, "step": 0.01}},
+                           {"name": "feature_collision", "label": "fc40",
+                            "params": {"iterations": 40, "step": 0.01}}]
+    [plan] = cost.plan_suite(parse_suite(tiny_raw))
+    cells = {c.attack: c for c in plan.cells}
+    assert plan.shared["pretrain"].flops > 0 and plan.shared["bank"].flops > 0
+    assert cells["none"].per_trial["craft"].flops == 0
+    ten, forty = (cells[a].per_trial["craft"].flops for a in ("fc10", "fc40"))
+    assert 3.5 < forty / ten < 4.05  # the loop dominates; a small fixed part
+    assert cells["none"].per_trial["train"].flops == cells["fc10"].per_trial["train"].flops > 0
+    recipe = parse_suite(tiny_raw).scenarios[0].training_recipe
+    assert cells["none"].per_trial["train"].steps >= recipe.epochs * 48 // recipe.batch_size
+
+
+def test_plan_prints_the_table_and_refuses_an_unknown_device(tiny_raw, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(tiny_raw))
+    assert main(["plan", str(config), "--device", "a100", "--gpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| feature_collision | 4 |" in out and "| none | 4 |" in out
+    assert "Whole config:" in out and "on 2 GPU(s) (8 workers)" in out
+    assert main(["plan", str(config), "--device", "tpu9"]) == 2
+    assert "unknown device 'tpu9'" in capsys.readouterr().err
+
+
+def test_calibration_measures_this_machine_and_is_read_back(tiny_raw, tmp_path):
+    scenario = parse_suite(tiny_raw).scenarios[0]
+    shape = cost.Shape(4, 3, 12, 160, 40, (0.5,) * 3, (0.5,) * 3)
+    device = cost.calibrate(scenario.models["net-a"], shape, threads=1, repeats=2)
+    assert device.kind == "cpu" and device.float32 > 1e6 and device.seconds_per_step > 0
+    path = tmp_path / "calibration.json"
+    cost.write_calibration(path, "here", device)
+    assert cost.load_devices(path)["here"] == device
+    assert "h100" in cost.load_devices(path)  # the built-in table stays
