@@ -255,7 +255,8 @@ def _dataset_component(raw: Any, path: str) -> Component:
 
 @dataclass(frozen=True)
 class ExecutionConfig:
-    """How a run uses Ray. None of it changes a trial's result, so none of it is in trial ids."""
+    """How a run uses Ray. None of it changes a trial's result (``batch_heads`` up to float
+    rounding), so none of it is in trial ids."""
 
     workers: int = 2
     cpus_per_worker: float = 1.0
@@ -263,6 +264,9 @@ class ExecutionConfig:
     pretrain_cpus: float | None = None  # CPUs of a pre-training task (default: cpus_per_worker)
     max_in_flight: int | None = None  # tasks submitted at once (default: 2 per worker)
     craft_batch: int = 1  # trials of one attack per task, their poisons crafted in one batch
+    # a task's transfer heads (on a feature bank) train in one stacked computation: equal to one
+    # by one up to float rounding, so off by default (rows stay bit-for-bit reproducible)
+    batch_heads: bool = False
     # keep every trained victim and the trial's poisons under OUTPUT/victims/, so defenses added
     # later run on them without crafting or training (raypoison.trial.victims)
     save_victims: bool = False

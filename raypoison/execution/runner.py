@@ -294,7 +294,8 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
             def tasks() -> Iterator[TrialTask]:
                 for specs in batches(_pending(suite, options, done), suite.execution.craft_batch):
                     yield TrialTask(specs, run_id, checkpoints.get(specs[0].scenario.name, {}),
-                                    poisons_uri, victims_uri, suite.execution.save_victims)
+                                    poisons_uri, victims_uri, suite.execution.save_victims,
+                                    suite.execution.batch_heads)
 
             def on_rows(rows: list[dict]) -> None:
                 sink.add(rows)

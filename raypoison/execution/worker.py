@@ -29,6 +29,7 @@ class TrialTask:
     poisons_uri: str | None = None  # export poisons under here, one trial folder per trial
     victims_uri: str | None = None  # saved victims live here (raypoison.trial.victims)
     save_victims: bool = False  # keep every trained victim there
+    batch_heads: bool = False  # train the trials' transfer heads together (execution.batch_heads)
 
 
 def poisons_folder(uri: str, spec: TrialSpec) -> str:
@@ -114,7 +115,7 @@ class TrialWorker:
             exporter = _exporter(task.poisons_uri) if task.poisons_uri else None
             victims = VictimStore(task.victims_uri) if task.victims_uri else None
             per_trial = run_trials(list(task.specs), self._context(task), exporter, victims,
-                                   task.save_victims)
+                                   task.save_victims, task.batch_heads)
         except Exception as err:  # loading the scenario failed: every trial of it says why
             per_trial = [failure_rows(spec, describe_error(err, "load")) for spec in task.specs]
         self.trials_run += len(task.specs)

@@ -155,6 +155,70 @@ def train(
     return TrainResult(recipe.epochs, steps, float(loss_value), time.perf_counter() - start)
 
 
+def train_heads(models: list[ImageClassifier], labels: list[torch.Tensor], *,
+                recipe: RecipeConfig, seeds: list[int],
+                features: list[TrainingFeatures]) -> list[TrainResult]:
+    """The head path of :func:`train` for several models at once: ``models[k]``'s linear head on
+    ``features[k]`` with ``labels[k]``, from ``seeds[k]``, all in one stacked computation.
+
+    Each head draws the same batches and views from its own generator as :func:`train` would, and
+    the optimizer's update is elementwise (SGD with momentum and weight decay, or Adam), so every
+    head ends where training it alone ends, up to float rounding of the batched products. The
+    training sets must have one size (the trials of a scenario do).
+    """
+    sizes = {len(y) for y in labels}
+    if len(sizes) != 1 or not models:
+        raise ValueError(f"batched heads need training sets of one size, got {sorted(sizes)}")
+    if recipe.augment and not all(f.holds_every_view for f in features):
+        raise ValueError("augmented training draws views the feature bank does not hold (a bank "
+                         "of the unaugmented view)")
+    start = time.perf_counter()
+    (n,) = sizes
+    for model in models:
+        model.eval()
+        for q in model.extractor.parameters():
+            q.requires_grad_(False)
+    weight = torch.stack([m.head.weight.detach() for m in models]).clone().requires_grad_(True)
+    bias = torch.stack([m.head.bias.detach() for m in models]).clone().requires_grad_(True)
+    optimizer = _optimizer([weight, bias], recipe)
+    per_step = recipe.schedule == "onecycle"
+    schedule = _schedule(optimizer, recipe, steps_per_epoch=-(-n // recipe.batch_size))
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    device = labels[0].device
+    steps, loss = 0, torch.full((len(models),), float("nan"))
+    for _ in range(recipe.epochs):
+        orders = [torch.randperm(n, generator=g).to(device) for g in generators]
+        for start_i in range(0, n, recipe.batch_size):
+            feats, targets = [], []
+            for order, g, bank, y in zip(orders, generators, features, labels, strict=True):
+                idx = order[start_i:start_i + recipe.batch_size]
+                if recipe.augment:
+                    views = view_index(*draw_crop_flip(len(idx), g)).to(idx.device)
+                else:
+                    views = torch.full_like(idx, identity_view())
+                feats.append(bank.lookup(idx, views))
+                targets.append(y[idx])
+            logits = torch.baddbmm(bias[:, None, :], torch.stack(feats), weight.transpose(1, 2))
+            k, b, c = logits.shape
+            loss = F.cross_entropy(logits.float().reshape(k * b, c), torch.stack(targets).reshape(-1),
+                                   reduction="none").view(k, b).mean(1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()  # each head's gradient is its own loss's
+            optimizer.step()
+            if per_step:
+                schedule.step()
+            steps += 1
+        if not per_step:
+            schedule.step()
+    with torch.no_grad():
+        for i, model in enumerate(models):
+            model.head.weight.copy_(weight[i])
+            model.head.bias.copy_(bias[i])
+    seconds = (time.perf_counter() - start) / len(models)
+    final = loss.detach()
+    return [TrainResult(recipe.epochs, steps, float(final[i]), seconds) for i in range(len(models))]
+
+
 def _adversarial_batch(model, x, y, recipe: RecipeConfig, generator, trainable) -> torch.Tensor:
     """PGD examples of the batch, made in eval mode so they do not touch BatchNorm statistics."""
     adv = recipe.adversarial

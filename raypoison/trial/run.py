@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,9 @@ from raypoison.config.specs import TrialSpec
 from raypoison.core.identity import derive_seed
 from raypoison.data import ImageData
 from raypoison.data.setups import Setup
+from raypoison.data.triggers import Trigger
 from raypoison.defenses import TrainingSet
+from raypoison.models import ImageClassifier
 from raypoison.store.rows import (
     STATUS_FAILED,
     STATUS_OK,
@@ -30,7 +33,7 @@ from raypoison.store.rows import (
     trial_fields,
     trial_rows,
 )
-from raypoison.training.loop import train
+from raypoison.training.loop import TrainResult, train, train_heads
 from raypoison.trial.context import TrialContext
 from raypoison.trial.defend import run_defenses
 from raypoison.trial.evaluate import check_poisons, evaluate_victim, poisons_fit
@@ -74,7 +77,7 @@ class _Trial:
 
 def run_trials(specs: list[TrialSpec], ctx: TrialContext,
                save_poisons: PoisonSink | None = None, victims: VictimStore | None = None,
-               save_victims: bool = False) -> list[list[dict]]:
+               save_victims: bool = False, batch_heads: bool = False) -> list[list[dict]]:
     """Run trials of one scenario and one attack, crafting their poisons in one batch.
 
     Returns each trial's rows, in order. Crafting time is shared evenly among the batch's trials;
@@ -134,6 +137,9 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
     if not ready:
         return _rows_of(trials)
     share = (time.perf_counter() - tick) / len(ready)
+    # transfer heads on a feature bank can train together (execution.batch_heads)
+    together = batch_heads and len(ready) > 1 and ctx.uses_feature_bank
+    waiting: list[_Ready] = []
     for trial, seed, result in zip(ready, seeds, crafted, strict=True):
         trial.crafted_on = result.crafted_on
         trial.common.update(seed_craft=seed, seconds_craft=share, craft_batch=len(ready),
@@ -143,9 +149,13 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
                             attack_loss_rose=result.loss_rose,
                             crafting_model=_crafting_model(scenario, attack, result))
         try:
-            _after_crafting(trial, result, ctx, save_poisons, attack, store)
+            job = _after_crafting(trial, result, ctx, save_poisons, attack, store, together)
+            if job is not None:
+                waiting.append(job)
         except Exception as err:
             trial.fail(err)
+    if waiting:
+        _train_heads_together(waiting, ctx)
     return _rows_of(trials)
 
 
@@ -170,11 +180,13 @@ def _crafting_model(scenario, attack, result) -> str | None:
 
 
 def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons, attack,
-                    store: VictimStore | None = None) -> None:
+                    store: VictimStore | None = None, defer: bool = False) -> _Ready | None:
+    """Check the poisons, save them, then train and evaluate the victims; with ``defer``, return
+    the checked trial for training with others instead."""
     spec, setup, scenario = trial.spec, trial.setup, trial.spec.scenario
     if crafted.poisons is None:
         trial.finish(STATUS_OK)
-        return
+        return None
     trial.phase = "check"
     tick = time.perf_counter()
     pool = ctx.training_pool(setup, spec.index)
@@ -186,7 +198,7 @@ def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons, att
                         seconds_check=time.perf_counter() - tick)
     if not check.valid:
         trial.finish(STATUS_REJECTED, error=f"check: {check.reason}")
-        return
+        return None
     if save_poisons is not None:
         trial.phase = "save"
         save_poisons(spec, setup, crafted.poisons, ctx.data, crafted.trigger)
@@ -195,8 +207,11 @@ def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons, att
         trial.common["trigger"] = crafted.trigger.description
     if store is not None:
         store.save_trial(spec, crafted.poisons, crafted.trigger, _saved_fields(trial.common))
+    if defer:
+        return _Ready(trial, pool, crafted.poisons, crafted.trigger, store)
     trial.finish(STATUS_OK, _train_and_evaluate(spec, ctx, setup, pool, crafted.poisons,
                                                 crafted.trigger, store))
+    return None
 
 
 def _saved_fields(common: dict) -> dict:
@@ -254,7 +269,7 @@ def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None,
                         store: VictimStore | None = None) -> dict[str, dict]:
     """Train each victim on the pool with the poisons in place of their sources, evaluate it
     (and save it, with a ``store``), and run the suite's defenses on it."""
-    scenario, data = spec.scenario, ctx.data
+    scenario = spec.scenario
     clean, images, labels = _training_set(ctx, pool, poisons)
     per: dict[str, dict[str, Any]] = {}
     banked = ctx.uses_feature_bank
@@ -265,27 +280,105 @@ def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None,
         fit = train(model, images, labels, recipe=scenario.training_recipe, seed=seed_train,
                     trainable="head" if scenario.mode == "transfer" else "all",
                     features=features)
-        tick = time.perf_counter()
-        outcome = evaluate_victim(
-            model, data, setup, test_features=ctx.test_features(victim), trigger=trigger,
-            triggered_features=(ctx.triggered_features(victim, setup, trigger)
-                                if trigger is not None else None),
-            asr_scope=scenario.asr_scope)
-        per[victim] = {
-            "seed_train": seed_train, "seconds_train": fit.seconds,
-            "seconds_eval": time.perf_counter() - tick, "success": outcome.success,
-            "target_pred": outcome.target_pred, "clean_accuracy": outcome.clean_accuracy,
-            "attack_success_rate": outcome.attack_success_rate,
-            "target_margin": outcome.target_margin,
-            "poisons_fit": poisons_fit(model, poisons),
-        }
-        if store is not None:
-            store.save_victim(spec, victim, model, head_only=scenario.mode == "transfer",
-                              seed_train=seed_train, fields=per[victim])
-        if spec.defenses:
-            per[victim]["defenses"] = _defend(spec, ctx, setup, model, victim, poisons, trigger,
-                                              clean, images, labels)
+        per[victim] = _evaluate(spec, ctx, setup, victim, model, fit, seed_train, poisons,
+                                trigger, store, (clean, images, labels))
     return per
+
+
+def _evaluate(spec: TrialSpec, ctx: TrialContext, setup: Setup, victim: str,
+              model: ImageClassifier, fit: TrainResult, seed_train: int, poisons: Poisons,
+              trigger: Trigger | None, store: VictimStore | None,
+              training_set: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    """A trained victim's row fields: its evaluation, saved (with a ``store``), then defended."""
+    scenario = spec.scenario
+    tick = time.perf_counter()
+    outcome = evaluate_victim(
+        model, ctx.data, setup, test_features=ctx.test_features(victim), trigger=trigger,
+        triggered_features=(ctx.triggered_features(victim, setup, trigger)
+                            if trigger is not None else None),
+        asr_scope=scenario.asr_scope)
+    fields: dict[str, Any] = {
+        "seed_train": seed_train, "seconds_train": fit.seconds,
+        "seconds_eval": time.perf_counter() - tick, "success": outcome.success,
+        "target_pred": outcome.target_pred, "clean_accuracy": outcome.clean_accuracy,
+        "attack_success_rate": outcome.attack_success_rate,
+        "target_margin": outcome.target_margin,
+        "poisons_fit": poisons_fit(model, poisons),
+    }
+    if store is not None:
+        store.save_victim(spec, victim, model, head_only=scenario.mode == "transfer",
+                          seed_train=seed_train, fields=fields)
+    if spec.defenses:
+        fields["defenses"] = _defend(spec, ctx, setup, model, victim, poisons, trigger,
+                                     *training_set)
+    return fields
+
+
+@dataclass
+class _Ready:
+    """A trial whose poisons passed the checks, waiting for its victims to be trained."""
+
+    trial: _Trial
+    pool: np.ndarray
+    poisons: Poisons
+    trigger: Trigger | None
+    store: VictimStore | None
+
+
+def _train_heads_together(jobs: list[_Ready], ctx: TrialContext) -> None:
+    """Train the heads of several transfer trials' victims in one stacked computation per victim
+    (:func:`raypoison.training.loop.train_heads`), then evaluate each trial; the heads equal
+    training them one by one up to float rounding."""
+    scenario = jobs[0].trial.spec.scenario
+    sets = {}
+    for job in list(jobs):
+        try:
+            sets[id(job)] = _training_set(ctx, job.pool, job.poisons)
+        except Exception as err:
+            job.trial.fail(err)
+            jobs.remove(job)
+    sizes = [len(sets[id(job)][2]) for job in jobs]
+    alone = [job for job, n in zip(jobs, sizes, strict=True) if sizes.count(n) == 1 or n != sizes[0]]
+    for job in alone:  # a training set of another size than the batch's: trained on its own
+        trial = job.trial
+        try:
+            trial.finish(STATUS_OK, _train_and_evaluate(trial.spec, ctx, trial.setup, job.pool,
+                                                        job.poisons, job.trigger, job.store))
+        except Exception as err:
+            trial.fail(err)
+    jobs = [job for job in jobs if job not in alone]
+    if not jobs:
+        return
+    trained: dict[int, dict[str, tuple[ImageClassifier, TrainResult, int]]] = {
+        id(job): {} for job in jobs}
+    try:
+        for victim in scenario.victims:
+            seeds = [derive_seed(scenario.seed, job.trial.spec.index, victim, "train")
+                     for job in jobs]
+            models = [ctx.fresh_victim(victim, seed) for seed in seeds]
+            features = []
+            for job in jobs:
+                bank = ctx.training_features(victim, sets[id(job)][0], job.poisons.images)
+                if bank is None:
+                    raise ValueError(f"victim {victim!r} has no feature bank to train heads on")
+                features.append(bank)
+            fits = train_heads(models, [sets[id(job)][2] for job in jobs],
+                               recipe=scenario.training_recipe, seeds=seeds, features=features)
+            for job, model, fit, seed in zip(jobs, models, fits, seeds, strict=True):
+                trained[id(job)][victim] = (model, fit, seed)
+    except Exception as err:  # the batch's training failed: each of its trials says so
+        for job in jobs:
+            job.trial.fail(err)
+        return
+    for job in jobs:
+        trial = job.trial
+        try:
+            per = {victim: _evaluate(trial.spec, ctx, trial.setup, victim, model, fit, seed,
+                                     job.poisons, job.trigger, job.store, sets[id(job)])
+                   for victim, (model, fit, seed) in trained[id(job)].items()}
+            trial.finish(STATUS_OK, per)
+        except Exception as err:
+            trial.fail(err)
 
 
 def _changed(poisons: Poisons, data: ImageData) -> torch.Tensor:
