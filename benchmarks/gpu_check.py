@@ -124,7 +124,8 @@ def stage_trials(args, device, state) -> dict:
     from raypoison.config.specs import expand
     from raypoison.config.suite import parse_suite
     from raypoison.models import checkpoint_bytes
-    from raypoison.trial.run import TrialContext, run_trial
+    from raypoison.trial.context import TrialContext
+    from raypoison.trial.run import run_trial
 
     model = state["model"]
     scale = args.craft_scale

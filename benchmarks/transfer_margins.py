@@ -39,7 +39,7 @@ from raypoison.attacks import create_attack
 from raypoison.core.identity import derive_seed
 from raypoison.training.feature_bank import view_features
 from raypoison.training.loop import train
-from raypoison.trial.run import TrialContext
+from raypoison.trial.context import TrialContext
 
 
 def relative_distance(features: torch.Tensor, target: torch.Tensor) -> float:

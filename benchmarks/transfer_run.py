@@ -11,7 +11,7 @@ import torch
 
 from raypoison.config.suite import ScenarioConfig, SuiteConfig, load_suite
 from raypoison.execution.checkpoints import local_checkpoint, models_of
-from raypoison.trial.run import TrialContext
+from raypoison.trial.context import TrialContext
 
 
 def transfer_scenario(config: str, name: str | None) -> tuple[SuiteConfig, ScenarioConfig]:

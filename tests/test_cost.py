@@ -101,3 +101,15 @@ def test_calibration_measures_this_machine_and_is_read_back(tiny_raw, tmp_path):
     cost.write_calibration(path, "here", device)
     assert cost.load_devices(path)["here"] == device
     assert "h100" in cost.load_devices(path)  # the built-in table stays
+
+
+def test_loss_thresholds_do_not_cut_the_count_short(tiny_raw):
+    """Hidden Trigger Backdoor stops once its loss falls below ``stop_below``; on random weights
+    that would be at once, so the plan switches the threshold off and counts every iteration."""
+    tiny_raw["attacks"] = [{"name": "hidden_trigger_backdoor", "label": f"htbd{n}",
+                            "params": {"iterations": n}} for n in (10, 40)]
+    [plan] = cost.plan_suite(parse_suite(tiny_raw))
+    ten, forty = (c.per_trial["craft"].flops for c in plan.cells)
+    assert ten > 0 and 3.5 < forty / ten < 4.05
+    assert cost.never_stopping(plan_params := parse_suite(tiny_raw).attacks[0].params) \
+        .stop_below is None and plan_params.stop_below == 10.0

@@ -2,7 +2,7 @@
 and the time they take on a named device.
 
 Nothing here is a hand formula for a network's FLOPs. Every figure is a count by
-:class:`torch.utils.flop_counter.FlopCounterMode` of code this project runs:
+the formulas of :mod:`torch.utils.flop_counter` on the ops of code this project runs:
 
 - training: one real optimizer step of :func:`raypoison.training.loop.train` (``max_steps=1``) at
   the recipe's batch size, times the recipe's steps; in transfer mode with a feature bank, the
@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from raypoison.attacks import ATTACKS
 from raypoison.attacks.context import StandaloneContext
@@ -48,13 +49,19 @@ from raypoison.data import DATASETS, ImageData, load_dataset
 from raypoison.data.setups import Setup
 from raypoison.defenses import DEFENSES, TrainingSet, TrustedSet
 from raypoison.execution.checkpoints import models_of, pretrained_name
-from raypoison.models import ImageClassifier, build_model
+from raypoison.models import ImageClassifier, build_model, to_device
 from raypoison.training.loop import train
 from raypoison.training.recipe import RecipeConfig
 
 PHASES = ("pretrain", "bank", "craft", "train", "defend", "eval")
 LOOP_FIELDS = ("iterations", "steps", "epochs")
+# parameters that end a loop early on a loss threshold, and the value that never does: the plan
+# counts the configured iterations (on random weights a threshold would stop at once)
+STOP_FIELDS = {"stop_below": None}
 VIEWS = 162  # crop offsets (9 x 9) x flips: what a feature bank holds with augmentation
+# crafting FLOPs grow with the poison count (every poison passes the model each iteration); a
+# larger budget is counted on this many poisons and scaled, so planning 500 poisons stays fast
+MAX_COUNTED_POISONS = 25
 
 
 @dataclass(frozen=True)
@@ -122,11 +129,30 @@ class ScenarioCost:
     precision: str = "float32"
 
 
+class _FlopCount(TorchDispatchMode):
+    """Every dispatched op's FLOPs by :data:`torch.utils.flop_counter.flop_registry` (the formulas
+    of ``FlopCounterMode``), without its per-module tracking: that tracking's backward hooks break
+    ``torch.autograd.grad`` on an input, which the attacks and PGD call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+                           ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
 def counted(fn: Callable[[], Any]) -> float:
     """The FLOPs of running ``fn`` (forward and backward ops, as PyTorch dispatches them)."""
-    with FlopCounterMode(display=False) as counter:
+    with _FlopCount() as counter:
         fn()
-    return float(counter.get_total_flops())
+    return float(counter.total)
 
 
 # -- data and models of the right shape ------------------------------------------------------
@@ -236,8 +262,24 @@ def _set(params: Any, path: tuple[str, ...], value: Any) -> Any:
                                                           value)})
 
 
+def never_stopping(params: Any) -> Any:
+    """``params`` with every early stop of :data:`STOP_FIELDS` (nested ones too) switched off."""
+    if not dataclasses.is_dataclass(params) or isinstance(params, type):
+        return params
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if f.name in STOP_FIELDS:
+            changes[f.name] = STOP_FIELDS[f.name]
+        elif dataclasses.is_dataclass(value):
+            changes[f.name] = never_stopping(value)
+    return dataclasses.replace(params, **changes)
+
+
 def extrapolated(params: Any, run: Callable[[Any], Any]) -> Count:
-    """The FLOPs of ``run(params)`` from runs with its loop counts at 1 and, one at a time, 2."""
+    """The FLOPs of ``run(params)`` from runs with its loop counts at 1 and, one at a time, 2
+    (early stops switched off: :func:`never_stopping`)."""
+    params = never_stopping(params)
     paths = list(loop_fields(params))
     base = params
     for path in paths:
@@ -301,7 +343,8 @@ def crafting(attack: Component, scenario: ScenarioConfig, shape: Shape) -> tuple
         params = dataclasses.replace(params, fresh_model=False)
         notes.append("crafting includes training its own model")
     budget = cls.poison_count(attack.params, scenario)
-    data = random_data(shape, budget + 2)
+    counted_poisons = min(budget, MAX_COUNTED_POISONS)
+    data = random_data(shape, counted_poisons + 2)
     models = {name: _frozen(fresh(scenario.models[name], shape, i))
               for i, name in enumerate(dict.fromkeys((*scenario.attackers,
                                                       *cls.required_models(params, scenario))))}
@@ -309,11 +352,14 @@ def crafting(attack: Component, scenario: ScenarioConfig, shape: Shape) -> tuple
                             patch_size=scenario.patch_size, attackers=scenario.attackers,
                             dataset_name=scenario.dataset.name, seed=scenario.seed,
                             training_recipe=scenario.training_recipe)
-    per = budget + 2
+    per = counted_poisons + 2
     setup = Setup(target_class=0, target_index=0, base_class=1,
-                  base_indices=tuple(range(per, per + budget)))
+                  base_indices=tuple(range(per, per + counted_poisons)))
     count = extrapolated(params, lambda p: cls(p).craft(ctx, setup, 0, 0))
-    return count + extra, notes
+    scale = budget / counted_poisons
+    if scale > 1 and count.flops:
+        notes.append(f"crafting counted on {counted_poisons} poisons, scaled to {budget}")
+    return Count(count.flops * scale, count.steps) + extra, notes
 
 
 def defending(defense: Component, scenario: ScenarioConfig, shape: Shape, victim: str,
@@ -428,21 +474,24 @@ def load_devices(calibration: str | Path | None) -> dict[str, Device]:
     return devices
 
 
-def calibrate(cfg: ModelConfig, shape: Shape, threads: int, repeats: int = 5) -> Device:
+def calibrate(cfg: ModelConfig, shape: Shape, threads: int, repeats: int = 7) -> Device:
     """This machine's float32 rate and cost per step, from timed real steps of ``cfg``: full
     training steps at batch 128 (FLOPs dominate) and head steps (the fixed cost dominates)."""
     torch.set_num_threads(threads)
     recipe = RecipeConfig(batch_size=128, epochs=1, milestones=())
     big_flops = train_step(cfg, shape, recipe, "all")
     small_flops = head_step(cfg, shape, 128)
-    model = fresh(cfg, shape)
+    model = to_device(fresh(cfg, shape), "cpu")  # as workers hold it (channels-last on a CPU)
     data = random_data(shape, -(-128 // shape.classes))
     x, y = data.train_x[:128], data.train_y[:128]
-    train(model, x, y, recipe=recipe, seed=0, max_steps=1)  # warm up
-    tick = time.perf_counter()
-    for _ in range(repeats):
+    for _ in range(3):  # warm up (the first steps of a process run far slower)
         train(model, x, y, recipe=recipe, seed=0, max_steps=1)
-    big = (time.perf_counter() - tick) / repeats
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        train(model, x, y, recipe=recipe, seed=0, max_steps=1)
+        times.append(time.perf_counter() - tick)
+    big = sorted(times)[len(times) // 2]  # the median step
     head = torch.nn.Linear(model.feature_dim, shape.classes)
     optimizer = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9)
     feats, labels = torch.randn(128, model.feature_dim), torch.randint(0, shape.classes, (128,))
