@@ -228,22 +228,17 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from raypoison.config.suite import load_suite
-    from raypoison.data import load_dataset
     from raypoison.execution import cost
 
     suite = load_suite(args.config)
-    for option, wanted, known in (("--scenarios", args.scenarios, [s.name for s in suite.scenarios]),
-                                  ("--attacks", args.attacks, [a.label for a in suite.attacks])):
-        unknown = sorted(set(wanted or ()) - set(known))
-        if unknown:
-            raise ConfigError(option, f"unknown {unknown} (known: {', '.join(known)})")
+    plans = cost.plan_suite(suite, attacks=args.attacks, scenarios=args.scenarios)
     if args.calibrate:
         if not args.calibration:
             raise ConfigError("--calibrate", "needs --calibration FILE to write to")
-        scenario = suite.scenarios[0]
-        shape = cost.data_shape(load_dataset(scenario.dataset))
+        # on the first planned scenario's attacker and data shape (its data already read)
+        scenario = next(s for s in suite.scenarios if s.name == plans[0].name)
         threads = max(1, int(suite.execution.cpus_per_worker))
-        device = cost.calibrate(scenario.models[scenario.attackers[0]], shape, threads)
+        device = cost.calibrate(scenario.models[scenario.attackers[0]], plans[0].shape, threads)
         cost.write_calibration(args.calibration, args.calibrate, device)
         print(f"{args.calibrate}: {device.float32 / 1e9:.3g} GFLOP/s, "
               f"{device.seconds_per_step * 1e3:.3g} ms per step -> {args.calibration}")
@@ -251,7 +246,6 @@ def _plan(args: argparse.Namespace) -> int:
     name = args.calibrate or args.device
     if name not in devices:
         raise ConfigError("--device", f"unknown device {name!r} (known: {', '.join(devices)})")
-    plans = cost.plan_suite(suite, attacks=args.attacks, scenarios=args.scenarios)
     print(cost.render(plans, name, devices[name], gpus=args.gpus,
                       gpus_per_worker=suite.execution.gpus_per_worker,
                       cpu_workers=suite.execution.workers))

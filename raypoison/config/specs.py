@@ -14,13 +14,16 @@ on identical targets.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from raypoison.config.suite import ScenarioConfig, SuiteConfig
 from raypoison.core.identity import trial_id_maker
 from raypoison.core.registry import Component
 from raypoison.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,8 @@ def expand(
     The order keeps one scenario's trials together (a worker loads its data and models once) and
     an index's attacks side by side (they share a target).
     """
-    chosen_attacks = _select(suite.attacks, attacks, "--attacks", lambda a: a.label)
-    chosen_scenarios = _select(suite.scenarios, scenarios, "--scenarios", lambda s: s.name)
+    chosen_attacks = select(suite.attacks, attacks, "--attacks", lambda a: a.label)
+    chosen_scenarios = select(suite.scenarios, scenarios, "--scenarios", lambda s: s.name)
     for scenario in chosen_scenarios:
         indices = range(scenario.trials)
         if trials is not None:
@@ -80,8 +83,8 @@ def expand(
 def count(suite: SuiteConfig, *, attacks: Iterable[str] | None = None,
           scenarios: Iterable[str] | None = None, trials: range | None = None) -> int:
     """How many trials :func:`expand` yields with these filters, by arithmetic (no walk)."""
-    chosen_attacks = _select(suite.attacks, attacks, "--attacks", lambda a: a.label)
-    chosen_scenarios = _select(suite.scenarios, scenarios, "--scenarios", lambda s: s.name)
+    chosen_attacks = select(suite.attacks, attacks, "--attacks", lambda a: a.label)
+    chosen_scenarios = select(suite.scenarios, scenarios, "--scenarios", lambda s: s.name)
     total = 0
     for scenario in chosen_scenarios:
         indices = range(scenario.trials)
@@ -91,7 +94,10 @@ def count(suite: SuiteConfig, *, attacks: Iterable[str] | None = None,
     return total
 
 
-def _select(items, wanted, option: str, key):
+def select(items: Iterable[T], wanted: Iterable[str] | None, option: str,
+           key: Callable[[T], str]) -> list[T]:
+    """``items`` whose ``key`` is in ``wanted`` (all when None); an unknown name is a
+    ``ConfigError`` naming ``option`` and the known names."""
     if wanted is None:
         return list(items)
     wanted = list(wanted)

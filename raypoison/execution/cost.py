@@ -42,6 +42,7 @@ from torch.utils.flop_counter import flop_registry
 
 from raypoison.attacks import ATTACKS
 from raypoison.attacks.context import StandaloneContext
+from raypoison.config.specs import select
 from raypoison.config.suite import ModelConfig, ScenarioConfig, SuiteConfig
 from raypoison.core.registry import Component
 from raypoison.core.schema import to_plain
@@ -121,9 +122,21 @@ class Cell:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Shape:
+    classes: int
+    channels: int
+    size: int
+    train: int
+    test: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
 @dataclass
 class ScenarioCost:
     name: str
+    shape: Shape  # of its data set
     shared: dict[str, Count]  # once per run (pre-training) or per worker (feature bank)
     cells: list[Cell]
     precision: str = "float32"
@@ -156,17 +169,6 @@ def counted(fn: Callable[[], Any]) -> float:
 
 
 # -- data and models of the right shape ------------------------------------------------------
-
-@dataclass(frozen=True)
-class Shape:
-    classes: int
-    channels: int
-    size: int
-    train: int
-    test: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
 
 def data_shape(data: ImageData) -> Shape:
     return Shape(data.num_classes, data.train_x.shape[1], data.train_x.shape[2],
@@ -297,6 +299,16 @@ def extrapolated(params: Any, run: Callable[[Any], Any]) -> Count:
 
 # -- the phases --------------------------------------------------------------------------------
 
+def train_size(scenario: ScenarioConfig, shape: Shape) -> int:
+    """The images a victim of ``scenario`` trains on."""
+    return scenario.train_per_class * shape.classes if scenario.train_per_class else shape.train
+
+
+def steps_of(recipe: RecipeConfig, n: int) -> int:
+    """Optimizer steps of ``recipe`` on ``n`` images."""
+    return recipe.epochs * math.ceil(n / recipe.batch_size)
+
+
 def banked(scenario: ScenarioConfig) -> bool:
     """Whether the victims' heads train on a feature bank (as TrialContext decides, short of its
     memory cap)."""
@@ -307,8 +319,7 @@ def banked(scenario: ScenarioConfig) -> bool:
 def training(scenario: ScenarioConfig, shape: Shape, victim: str) -> tuple[Count, Count]:
     """(per trial, shared per worker) training cost of one victim."""
     cfg, recipe = scenario.models[victim], scenario.training_recipe
-    n = scenario.train_per_class * shape.classes if scenario.train_per_class else shape.train
-    steps = recipe.epochs * math.ceil(n / recipe.batch_size)
+    steps = steps_of(recipe, train_size(scenario, shape))
     if banked(scenario):
         views = VIEWS if recipe.augment else 1
         pool = (scenario.train_per_class + scenario.budget) * shape.classes  # type: ignore[operator]
@@ -323,7 +334,7 @@ def training(scenario: ScenarioConfig, shape: Shape, victim: str) -> tuple[Count
 def pretraining(cfg: ModelConfig, shape: Shape) -> Count:
     assert cfg.pretrain is not None
     recipe = cfg.pretrain.recipe
-    steps = recipe.epochs * math.ceil(shape.train / recipe.batch_size)
+    steps = steps_of(recipe, shape.train)
     return Count(train_step(cfg, shape, recipe, "all") * steps, steps)
 
 
@@ -337,8 +348,7 @@ def crafting(attack: Component, scenario: ScenarioConfig, shape: Shape) -> tuple
     if getattr(params, "fresh_model", False):  # a crafting model trained for the trial alone
         recipe = getattr(params, "recipe", None) or scenario.training_recipe
         name = scenario.attackers[0]
-        n = scenario.train_per_class * shape.classes if scenario.train_per_class else shape.train
-        steps = recipe.epochs * math.ceil(n / recipe.batch_size)
+        steps = steps_of(recipe, train_size(scenario, shape))
         extra = Count(train_step(scenario.models[name], shape, recipe, "all") * steps, steps)
         params = dataclasses.replace(params, fresh_model=False)
         notes.append("crafting includes training its own model")
@@ -406,9 +416,8 @@ def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
                 shapes[key] = data_shape(load(component))
         return shapes[key]
 
-    for scenario in suite.scenarios:
-        if scenarios and scenario.name not in scenarios:
-            continue
+    chosen_attacks = select(suite.attacks, attacks, "--attacks", lambda a: a.label)
+    for scenario in select(suite.scenarios, scenarios, "--scenarios", lambda s: s.name):
         shape = shape_of(scenario.dataset)
         shared: dict[str, Count] = {p: Count() for p in PHASES}
         for name in models_of(scenario):
@@ -424,8 +433,7 @@ def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
             per_trial, bank = training(scenario, shape, victim)
             shared["bank"] += bank
             per_victim[victim] = per_trial
-        n_train = (scenario.train_per_class * shape.classes if scenario.train_per_class
-                   else shape.train)
+        n_train = train_size(scenario, shape)
         evaluation = Count()
         for victim in scenario.victims:
             cfg = scenario.models[victim]
@@ -443,12 +451,9 @@ def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
             for victim in scenario.victims:
                 defend += defending(defense, scenario, shape, victim, n_train)
         cells = []
-        for attack in suite.attacks:
-            if attacks and attack.label not in attacks:
-                continue
+        for attack in chosen_attacks:
             craft, notes = crafting(attack, scenario, shape)
-            cls = ATTACKS.get(attack.name)
-            trains = cls.needs_models and attack.name != "noop"
+            trains = ATTACKS.get(attack.name).needs_models
             per: dict[str, Count] = {
                 "craft": craft,
                 "train": sum(per_victim.values(), Count()) if trains else Count(),
@@ -457,7 +462,8 @@ def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
             }
             cells.append(Cell(scenario.name, attack.label, scenario.trials, per,
                               scenario.training_recipe.precision, notes))
-        out.append(ScenarioCost(scenario.name, shared, cells, scenario.training_recipe.precision))
+        out.append(ScenarioCost(scenario.name, shape, shared, cells,
+                                scenario.training_recipe.precision))
     return out
 
 

@@ -115,11 +115,7 @@ def train(
         for start_i in range(0, n, recipe.batch_size):
             idx = order[start_i:start_i + recipe.batch_size]
             if features is not None:
-                if recipe.augment:
-                    views = view_index(*draw_crop_flip(len(idx), generator)).to(idx.device)
-                else:
-                    views = torch.full_like(idx, identity_view())
-                logits = model.head(features.lookup(idx, views))
+                logits = model.head(features.lookup(idx, _views(idx, generator, recipe.augment)))
             else:
                 x = images[idx].float().div_(255)
                 if recipe.augment:
@@ -153,6 +149,13 @@ def train(
     if half and on_cuda:
         model.to(memory_format=torch.contiguous_format)
     return TrainResult(recipe.epochs, steps, float(loss_value), time.perf_counter() - start)
+
+
+def _views(idx: torch.Tensor, generator: torch.Generator, augment: bool) -> torch.Tensor:
+    """The bank views of a batch: drawn crops and flips, or the unaugmented view."""
+    if augment:
+        return view_index(*draw_crop_flip(len(idx), generator)).to(idx.device)
+    return torch.full_like(idx, identity_view())
 
 
 def train_heads(models: list[ImageClassifier], labels: list[torch.Tensor], *,
@@ -192,11 +195,7 @@ def train_heads(models: list[ImageClassifier], labels: list[torch.Tensor], *,
             feats, targets = [], []
             for order, g, bank, y in zip(orders, generators, features, labels, strict=True):
                 idx = order[start_i:start_i + recipe.batch_size]
-                if recipe.augment:
-                    views = view_index(*draw_crop_flip(len(idx), g)).to(idx.device)
-                else:
-                    views = torch.full_like(idx, identity_view())
-                feats.append(bank.lookup(idx, views))
+                feats.append(bank.lookup(idx, _views(idx, g, recipe.augment)))
                 targets.append(y[idx])
             logits = torch.baddbmm(bias[:, None, :], torch.stack(feats), weight.transpose(1, 2))
             k, b, c = logits.shape

@@ -329,7 +329,6 @@ def _train_heads_together(jobs: list[_Ready], ctx: TrialContext) -> None:
     """Train the heads of several transfer trials' victims in one stacked computation per victim
     (:func:`raypoison.training.loop.train_heads`), then evaluate each trial; the heads equal
     training them one by one up to float rounding."""
-    scenario = jobs[0].trial.spec.scenario
     sets = {}
     for job in list(jobs):
         try:
@@ -337,18 +336,25 @@ def _train_heads_together(jobs: list[_Ready], ctx: TrialContext) -> None:
         except Exception as err:
             job.trial.fail(err)
             jobs.remove(job)
-    sizes = [len(sets[id(job)][2]) for job in jobs]
-    alone = [job for job, n in zip(jobs, sizes, strict=True) if sizes.count(n) == 1 or n != sizes[0]]
-    for job in alone:  # a training set of another size than the batch's: trained on its own
-        trial = job.trial
+    groups: dict[int, list[_Ready]] = {}
+    for job in jobs:  # heads train together with others of the same training-set size
+        groups.setdefault(len(sets[id(job)][2]), []).append(job)
+    for group in groups.values():
+        if len(group) > 1:
+            _train_group(group, ctx, sets)
+            continue
+        trial, job = group[0].trial, group[0]
         try:
             trial.finish(STATUS_OK, _train_and_evaluate(trial.spec, ctx, trial.setup, job.pool,
                                                         job.poisons, job.trigger, job.store))
         except Exception as err:
             trial.fail(err)
-    jobs = [job for job in jobs if job not in alone]
-    if not jobs:
-        return
+
+
+def _train_group(jobs: list[_Ready], ctx: TrialContext,
+                 sets: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+    """One victim at a time, every job's head in one :func:`train_heads`; then each trial."""
+    scenario = jobs[0].trial.spec.scenario
     trained: dict[int, dict[str, tuple[ImageClassifier, TrainResult, int]]] = {
         id(job): {} for job in jobs}
     try:
