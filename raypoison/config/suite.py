@@ -270,6 +270,9 @@ class ExecutionConfig:
     # keep every trained victim and the trial's poisons under OUTPUT/victims/, so defenses added
     # later run on them without crafting or training (raypoison.trial.victims)
     save_victims: bool = False
+    # decode each data set once for the run and share it through Ray's object store, one copy
+    # per node (raypoison.execution.datasets); false: every worker decodes it itself
+    share_data: bool = True
     max_attempts: int = 3
     max_restarts: int = 3
     rows_per_file: int = 2000

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from raypoison.core.registry import NoParams
@@ -63,6 +65,35 @@ class ImageData:
         exact = None if self.test_exact is None else int(test[:self.test_exact].sum())
         return ImageData(self.train_x[train], train_y[train], self.test_x[test], test_y[test],
                          tuple(self.classes[k] for k in keep), self.mean, self.std, exact)
+
+    def to_arrays(self) -> dict[str, Any]:
+        """This data set as numpy arrays and plain values, the form Ray's object store shares
+        without a copy: every process on a node that gets it maps the same memory."""
+        arrays = {name: np.ascontiguousarray(getattr(self, name).cpu().numpy())
+                  for name in ("train_x", "train_y", "test_x", "test_y")}
+        return {**arrays, "classes": self.classes, "mean": self.mean, "std": self.std,
+                "test_exact": self.test_exact}
+
+    @classmethod
+    def from_arrays(cls, packed: dict[str, Any]) -> ImageData:
+        """The inverse of :meth:`to_arrays`, without copying the arrays.
+
+        Arrays from the object store are read-only and shared by every worker of the node, so
+        nothing may write into these tensors in place; the trial code only indexes them (a copy)
+        or moves them to a device (a copy on a GPU). ``tests/test_shared_data.py`` checks that a
+        run of every kind of trial leaves them unchanged.
+        """
+        with warnings.catch_warnings():  # torch warns that the arrays are not writable
+            warnings.simplefilter("ignore", UserWarning)
+            train_x, train_y, test_x, test_y = (
+                torch.from_numpy(packed[name]) for name in ("train_x", "train_y", "test_x", "test_y"))
+        return cls(train_x, train_y, test_x, test_y, tuple(packed["classes"]), tuple(packed["mean"]),
+                   tuple(packed["std"]), packed["test_exact"])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size()
+                   for t in (self.train_x, self.train_y, self.test_x, self.test_y))
 
     def to(self, device: torch.device | str) -> ImageData:
         return ImageData(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -15,21 +16,27 @@ from raypoison.config.suite import ModelConfig, ScenarioConfig
 from raypoison.core.identity import pretrained_key
 from raypoison.core.registry import Component
 from raypoison.errors import DataError
+from raypoison.execution.datasets import SharedDatasets, project_errors
 from raypoison.models import load_checkpoint
 from raypoison.store.storage import Location
 
 log = logging.getLogger("raypoison")
 
 
-def pretrain_task(model_cfg: ModelConfig, dataset: Component) -> bytes:
+def pretrain_task(model_cfg: ModelConfig, dataset: Component,
+                  arrays: dict[str, Any] | None = None) -> bytes:
+    """Pre-train on ``arrays`` (the data set decoded once, from the object store) or, without
+    them, on the data set decoded here."""
     import torch
 
+    from raypoison.data import ImageData
     from raypoison.trial.pretrain import pretrain_checkpoint
 
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources()
                                      .get("CPU", 1))))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return pretrain_checkpoint(model_cfg, dataset, device)
+    data = ImageData.from_arrays(arrays) if arrays is not None else None
+    return pretrain_checkpoint(model_cfg, dataset, device, data)
 
 
 def models_of(scenario: ScenarioConfig) -> list[str]:
@@ -77,8 +84,10 @@ def check_checkpoint_files(scenarios: list[ScenarioConfig]) -> None:
 
 
 def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, num_cpus: float,
-                        num_gpus: float) -> dict[str, dict[str, ray.ObjectRef]]:
-    """Object refs of checkpoint bytes, per scenario and model name."""
+                        num_gpus: float, datasets: SharedDatasets | None = None
+                        ) -> dict[str, dict[str, ray.ObjectRef]]:
+    """Object refs of checkpoint bytes, per scenario and model name. A model to pre-train gets its
+    data set from ``datasets`` (decoded once for the run) where given."""
     refs: dict[str, ray.ObjectRef] = {}
     to_cache: dict[str, str] = {}
     task = ray.remote(pretrain_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2)
@@ -101,11 +110,14 @@ def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, 
                         log.info("pre-training %s (%s) for scenario %s", name, cfg.arch,
                                  scenario.name)
                         assert cfg.pretrain is not None  # no checkpoint: models_of keeps it
-                        refs[key] = task.remote(cfg, cfg.pretrain.dataset_for(scenario.dataset))
+                        dataset = cfg.pretrain.dataset_for(scenario.dataset)
+                        arrays = datasets.ref(dataset) if datasets is not None else None
+                        refs[key] = task.remote(cfg, dataset, arrays)
                         to_cache[key] = path
             out[scenario.name][name] = refs[key]
     for key, path in to_cache.items():
-        blob = ray.get(refs[key])
+        with project_errors():
+            blob = ray.get(refs[key])
         _model, meta = load_checkpoint(blob, where=path)
         log.info("pre-trained %s: clean test accuracy %.3f", path.rsplit("/", 1)[-1],
                  meta.get("clean_accuracy", float("nan")))

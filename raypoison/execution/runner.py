@@ -37,6 +37,7 @@ from raypoison.core.identity import defense_key
 from raypoison.core.schema import to_plain
 from raypoison.execution.checkpoints import check_checkpoint_files, prepare_checkpoints
 from raypoison.execution.cluster import RaySession, ray_session
+from raypoison.execution.datasets import SharedDatasets
 from raypoison.execution.lease import Lease, LeaseTimes
 from raypoison.execution.progress import Progress
 from raypoison.execution.scheduler import Scheduler
@@ -196,6 +197,20 @@ class _Plan:
     for_defenses: int = 0
     from_saved: int = 0
     scenarios_needing_models: list[Any] = field(default_factory=list)
+    scenarios_pending: list[Any] = field(default_factory=list)  # with trials to run
+
+
+def _record_worker_decodes(manifest: _Manifest, handles: list[Any]) -> None:
+    """How many data sets the live workers decoded themselves (0 when they all shared the run's
+    decode), into the manifest's ``data`` record."""
+    try:
+        pings = ray.get([h.ping.remote() for h in handles], timeout=30)
+    except Exception as err:  # a worker that cannot answer does not fail a finished run
+        log.warning("could not ask the workers what they decoded (%s)", err)
+        return
+    manifest.write(data={**manifest.content.get("data", {"shared": False}),
+                         "worker_decodes": sum(p.get("decodes", 0) for p in pings),
+                         "workers_asked": len(pings)})
 
 
 def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
@@ -203,6 +218,7 @@ def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
     filters."""
     plan = _Plan(stored_trials(options.output, include_failed=not options.retry_failed))
     needing_models: dict[str, Any] = {}  # scenarios with pending trials that load models
+    pending: dict[str, Any] = {}
     store = VictimStore(location.child_uri("victims"))
     for spec in expand(suite, attacks=options.attacks, scenarios=options.scenarios,
                        trials=options.trials):
@@ -214,9 +230,11 @@ def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
         if not todo.write_undefended:
             plan.for_defenses += 1
             plan.from_saved += store.has(todo)
+        pending[spec.scenario.name] = spec.scenario
         if ATTACKS.get(spec.attack.name).needs_models:
             needing_models[spec.scenario.name] = spec.scenario
     plan.scenarios_needing_models = list(needing_models.values())
+    plan.scenarios_pending = list(pending.values())
     return plan
 
 
@@ -281,9 +299,21 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
             manifest.write(ray={"mode": session.mode, "address": session.address,
                                 "resources": session.resources, "workers": workers,
                                 "cpus_per_worker": cpus, "gpus_per_worker": gpus})
-            checkpoints = prepare_checkpoints(
-                scenarios_needing_models, location,
-                num_cpus=suite.execution.pretrain_cpus or cpus or 1, num_gpus=gpus)
+            task_cpus = suite.execution.pretrain_cpus or cpus or 1
+            # decoded before any worker holds the CPUs the decode tasks need
+            datasets = SharedDatasets(num_cpus=task_cpus) if suite.execution.share_data else None
+            data_refs = {s.name: datasets.ref(s.dataset) for s in plan.scenarios_pending
+                         } if datasets is not None else {}
+            if datasets is not None:
+                datasets.decodes()  # a data set that cannot be read stops the run here
+            checkpoints = prepare_checkpoints(scenarios_needing_models, location,
+                                              num_cpus=task_cpus, num_gpus=gpus,
+                                              datasets=datasets)
+            if datasets is not None:  # with those that only pre-training reads
+                decodes = datasets.decodes()
+                manifest.write(data={"shared": True, "decodes": decodes})
+                log.info("decoded %d data set(s) once for the run: %s", len(decodes),
+                         ", ".join(f"{d['dataset']} in {d['seconds']:.1f} s" for d in decodes))
 
             # absolute, so workers find it whatever their working folder
             poisons_uri = location.child_uri("poisons") if options.save_poisons else None
@@ -293,9 +323,10 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
 
             def tasks() -> Iterator[TrialTask]:
                 for specs in batches(_pending(suite, options, done), suite.execution.craft_batch):
-                    yield TrialTask(specs, run_id, checkpoints.get(specs[0].scenario.name, {}),
+                    name = specs[0].scenario.name
+                    yield TrialTask(specs, run_id, checkpoints.get(name, {}),
                                     poisons_uri, victims_uri, suite.execution.save_victims,
-                                    suite.execution.batch_heads)
+                                    suite.execution.batch_heads, data_refs.get(name))
 
             def on_rows(rows: list[dict]) -> None:
                 sink.add(rows)
@@ -315,6 +346,7 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
             )
             try:
                 scheduler.run(tasks())
+                _record_worker_decodes(manifest, scheduler.handles)
             finally:
                 for handle in scheduler.handles:  # free their resources for the autoscaler
                     with suppress(Exception):

@@ -30,6 +30,8 @@ class TrialTask:
     victims_uri: str | None = None  # saved victims live here (raypoison.trial.victims)
     save_victims: bool = False  # keep every trained victim there
     batch_heads: bool = False  # train the trials' transfer heads together (execution.batch_heads)
+    data: Any = None  # ObjectRef of the scenario's data set as arrays (execution.datasets); None:
+    # the worker decodes it itself
 
 
 def poisons_folder(uri: str, spec: TrialSpec) -> str:
@@ -85,12 +87,14 @@ class TrialWorker:
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self.node = ray.get_runtime_context().get_node_id()[:12]
         self.trials_run = 0
+        self.decodes = 0  # data sets this worker decoded itself (not from the object store)
 
     def ping(self) -> dict[str, Any]:
         return {"worker": self.identity, "node": self.node, "device": self.device,
-                "pid": os.getpid(), "trials_run": self.trials_run}
+                "pid": os.getpid(), "trials_run": self.trials_run, "decodes": self.decodes}
 
     def _context(self, task: TrialTask):
+        from raypoison.data import ImageData, load_dataset
         from raypoison.trial.context import TrialContext
 
         scenario = task.specs[0].scenario
@@ -100,8 +104,13 @@ class TrialWorker:
                 self._contexts.pop(next(iter(self._contexts)))  # drop the oldest scenario
             names = list(task.checkpoints)
             blobs = ray.get([task.checkpoints[n] for n in names]) if names else []
-            self._contexts[key] = TrialContext.create(
-                scenario, dict(zip(names, blobs, strict=True)), self.device
+            if task.data is not None:  # the node's shared copy, mapped without a copy
+                data = ImageData.from_arrays(ray.get(task.data))
+            else:
+                data = load_dataset(scenario.dataset)
+                self.decodes += 1
+            self._contexts[key] = TrialContext(
+                scenario, data, dict(zip(names, blobs, strict=True)), self.device
             )
         return self._contexts[key]
 

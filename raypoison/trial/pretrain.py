@@ -50,8 +50,11 @@ def pretrain(model_cfg: ModelConfig, data: ImageData, device: str = "cpu"
     return model, meta
 
 
-def pretrain_checkpoint(model_cfg: ModelConfig, dataset: Component, device: str = "cpu") -> bytes:
-    data = load_dataset(dataset)
+def pretrain_checkpoint(model_cfg: ModelConfig, dataset: Component, device: str = "cpu",
+                        data: ImageData | None = None) -> bytes:
+    """The checkpoint of ``model_cfg`` pre-trained on ``dataset`` (``data``: that data set,
+    already decoded)."""
+    data = load_dataset(dataset) if data is None else data
     model, meta = pretrain(model_cfg, data, device)
     meta["dataset"] = to_plain(dataset)
     return checkpoint_bytes(model.cpu(), meta)

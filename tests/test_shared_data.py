@@ -1,0 +1,104 @@
+"""One decode per run: data sets are decoded once, by a Ray task, and every worker maps that copy
+from the object store (raypoison.execution.datasets)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from raypoison.config.specs import expand
+from raypoison.config.suite import parse_suite
+from raypoison.data import ImageData, load_dataset
+from raypoison.errors import DataError
+from raypoison.execution.runner import RunOptions, run_suite
+from raypoison.store.results import read_table
+from raypoison.trial.context import TrialContext
+from raypoison.trial.run import run_trials
+from tests.conftest import noop_raw
+
+
+def _manifest(output: Path) -> dict:
+    (path,) = (output / "manifests").glob("run-*.json")
+    return json.loads(path.read_text())
+
+
+def _run(raw: dict, output: Path) -> dict:
+    run_suite(parse_suite(raw), RunOptions(output=str(output), num_cpus=2,
+                                           progress_stream=io.StringIO()))
+    return _manifest(output)
+
+
+def test_workers_share_one_decode_of_the_data_set(ray_cluster, tmp_path):
+    raw = noop_raw(trials=12, seconds=0.05)
+    raw["execution"]["workers"] = 2
+    manifest = _run(raw, tmp_path / "shared")
+    data = manifest["data"]
+    assert data["shared"] is True
+    assert len(data["decodes"]) == 1  # one scenario, one data set
+    assert data["decodes"][0]["dataset"] == "synthetic" and data["decodes"][0]["bytes"] > 0
+    assert data["workers_asked"] == 2 and data["worker_decodes"] == 0
+    assert read_table(str(tmp_path / "shared"), ["trial_id"]).num_rows == 12
+
+    raw["execution"]["share_data"] = False  # the old way: each worker decodes for itself
+    manifest = _run(raw, tmp_path / "apart")
+    assert "decodes" not in manifest["data"]
+    assert manifest["data"]["worker_decodes"] >= 1
+
+
+def test_shared_arrays_are_mapped_not_copied_and_trials_never_write_them(ray_cluster, tiny_raw,
+                                                                         tiny_checkpoint):
+    """Every worker of a node maps the same read-only memory, so a trial that wrote into the data
+    set in place would corrupt its neighbours' trials: run every kind of trial on it and compare."""
+    ray = ray_cluster
+    tiny_raw["attacks"] = [{"name": "none"},
+                           {"name": "feature_collision", "params": {"iterations": 5}},
+                           {"name": "bullseye_polytope", "params": {"iterations": 5}},
+                           {"name": "clean_label_backdoor", "params": {"steps": 2}},
+                           {"name": "badnets", "params": {"poisons": 3}}]
+    tiny_raw["defenses"] = [{"name": "spectral_signatures"}]
+    tiny_raw["scenarios"][0]["trusted_per_class"] = 2
+    suite = parse_suite(tiny_raw)
+    scenario = suite.scenarios[0]
+    arrays = ray.get(ray.put(load_dataset(scenario.dataset).to_arrays()))
+    before = {k: hashlib.sha256(arrays[k].tobytes()).hexdigest()
+              for k in ("train_x", "train_y", "test_x", "test_y")}
+    data = ImageData.from_arrays(arrays)
+    ctx = TrialContext(scenario, data, {"net-a": tiny_checkpoint})
+    assert ctx.data.train_x.data_ptr() == arrays["train_x"].ctypes.data  # no copy on the CPU
+    specs = [s for s in expand(suite) if s.index < 2]
+    assert {s.attack.name for s in specs} == {a["name"] for a in tiny_raw["attacks"]}
+    rows = [row for attack in {s.attack.name for s in specs}
+            for per_trial in run_trials([s for s in specs if s.attack.name == attack], ctx)
+            for row in per_trial]
+    assert rows and all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
+    after = {k: hashlib.sha256(arrays[k].tobytes()).hexdigest() for k in before}
+    assert after == before
+
+
+def test_a_data_set_that_cannot_be_decoded_stops_the_run_with_its_error(ray_cluster, tmp_path,
+                                                                        tiny_raw):
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            for i in range(4):
+                image = Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8))
+                image.save(root / split / cls / f"{i}.png")
+    bad = root / "train" / "b" / "2.png"
+    bad.write_bytes(b"not an image")
+    scenario = tiny_raw["scenarios"][0]
+    scenario["dataset"] = {"name": "imagefolder", "params": {"root": str(root)}}
+    scenario.update(budget=1, train_per_class=2)
+    tiny_raw["attacks"] = [{"name": "noop"}]
+    with pytest.raises(DataError, match="2.png"):
+        _run(tiny_raw, tmp_path / "out")
+    manifest = _manifest(tmp_path / "out")
+    assert manifest["status"] == "failed" and "2.png" in manifest["error"]
