@@ -78,7 +78,8 @@ class Device:
     # "cpu": the rate of one worker with cpus_per_worker threads
 
     def seconds(self, count: Count, precision: str = "float32") -> float:
-        rate = self.bf16 if precision == "bf16" else self.float32
+        half = precision == "bf16" or (precision == "auto" and self.kind == "gpu")
+        rate = self.bf16 if half else self.float32
         return count.flops / rate + count.steps * self.seconds_per_step
 
 
@@ -541,6 +542,12 @@ class Totals:
     workers: int
 
 
+def _precision(phase: str, cell: Cell) -> str:
+    """Crafting computes in float32 whatever the victims' recipe says (its steps are at the ε
+    scale); the other phases in the recipe's precision."""
+    return "float32" if phase == "craft" else cell.precision
+
+
 def totals(plans: list[ScenarioCost], device: Device, workers: int) -> Totals:
     """All FLOPs and device-seconds: the cells, pre-training once, and per-worker costs (banks,
     cached test features) once per worker that runs the scenario."""
@@ -551,9 +558,9 @@ def totals(plans: list[ScenarioCost], device: Device, workers: int) -> Totals:
             flops += count.flops * k
             seconds += device.seconds(count, plan.precision) * k
         for cell in plan.cells:
-            for count in cell.per_trial.values():
+            for phase, count in cell.per_trial.items():
                 flops += count.flops * cell.trials
-                seconds += device.seconds(count, cell.precision) * cell.trials
+                seconds += device.seconds(count, _precision(phase, cell)) * cell.trials
     return Totals(flops, seconds, workers)
 
 
@@ -578,7 +585,8 @@ def render(plans: list[ScenarioCost], device_name: str, device: Device, *, gpus:
         lines.append("| attack | trials | craft | train | defend | eval | s / trial | device-hours |")
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for cell in plan.cells:
-            per = sum((device.seconds(c, cell.precision) for c in cell.per_trial.values()), 0.0)
+            per = sum((device.seconds(c, _precision(p, cell)) for p, c in cell.per_trial.items()),
+                      0.0)
             row = [cell.attack, str(cell.trials)] + [_flops(cell.per_trial[p].flops)
                                                    for p in ("craft", "train", "defend", "eval")]
             row += [f"{per:.3g}", f"{per * cell.trials / 3600:.3g}"]

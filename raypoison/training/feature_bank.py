@@ -25,9 +25,10 @@ from raypoison.models import ImageClassifier
 def view_features(model: ImageClassifier, images: torch.Tensor, padding: int = 4,
                   batch_size: int | None = None,
                   dtype: torch.dtype = torch.float32,
-                  views: Sequence[int] | None = None) -> torch.Tensor:
+                  views: Sequence[int] | None = None, bf16: bool = False) -> torch.Tensor:
     """``[V, N, D]`` features of uint8 ``images`` under ``views`` (view numbers, default every
-    view), in that order.
+    view), in that order; ``bf16``: the extractor runs under bfloat16 autocast (the victims'
+    recipe says ``precision: bf16``, or ``auto`` on CUDA), the bank stays ``dtype``.
 
     ``batch_size`` defaults to 1024 on a GPU and 256 on a CPU, where larger batches fall out of
     the caches: a quarter-width ResNet-18 in the default layout took 1.0 ms per image at 256 and
@@ -46,7 +47,8 @@ def view_features(model: ImageClassifier, images: torch.Tensor, padding: int = 4
             m = len(x)
             x = apply_crop_flip(x, torch.full((m,), dy), torch.full((m,), dx),
                                 torch.full((m,), flip), padding)
-            out[v, start:start + m] = model.features(x).to(dtype)
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out[v, start:start + m] = model.features(x).to(dtype)
     return out
 
 
@@ -71,12 +73,13 @@ class TrainingFeatures:
 
     def __init__(self, pool: torch.Tensor, pool_rows: torch.Tensor, extractor: ImageClassifier,
                  extra_images: torch.Tensor, padding: int = 4,
-                 pool_views: Sequence[int] | None = None):
+                 pool_views: Sequence[int] | None = None, bf16: bool = False):
         self.pool = pool  # [V, P, D], shared by trials; never copied
         self.pool_rows = pool_rows  # [n_clean] rows of the pool, in training-set order
         self.extractor = extractor  # frozen, eval mode
         self.extra_images = extra_images  # uint8 [n_extra, C, H, W]
         self.padding = padding
+        self.bf16 = bf16  # the poisons' features under the autocast the pool was made with
         self.view_rows: torch.Tensor | None = None  # view number -> pool row, -1 if absent
         if pool_views is not None:
             if len(pool_views) != pool.shape[0]:
@@ -106,7 +109,8 @@ class TrainingFeatures:
         if is_extra.any():
             images = self.extra_images[index[is_extra] - n_clean].float().div_(255)
             dy, dx, flip = decode_view(views[is_extra], self.padding)
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16,
+                                                 enabled=self.bf16):
                 out[is_extra] = self.extractor.features(
-                    apply_crop_flip(images, dy, dx, flip, self.padding))
+                    apply_crop_flip(images, dy, dx, flip, self.padding)).float()
         return out

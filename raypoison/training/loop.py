@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from raypoison.data.augment import draw_crop_flip, identity_view, random_crop_flip, view_index
 from raypoison.models.base import ImageClassifier
 from raypoison.training.adversarial import pgd
-from raypoison.training.recipe import RecipeConfig
+from raypoison.training.recipe import RecipeConfig, uses_bf16
 
 if TYPE_CHECKING:
     from raypoison.training.feature_bank import TrainingFeatures
@@ -93,7 +93,7 @@ def train(
                          "of the unaugmented view)")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    half = recipe.precision == "bf16"
+    half = uses_bf16(recipe.precision, images.device)
     on_cuda = images.device.type == "cuda"
     if half and on_cuda:
         model.to(memory_format=torch.channels_last)

@@ -35,9 +35,12 @@ class RecipeConfig:
     schedule: Literal["step", "onecycle"] = "step"
     warmup: float = 0.2
     # "bf16": forward and loss under bfloat16 autocast (and channels-last memory on CUDA), the
-    # optimizer's weights and steps in float32; on a CPU too (slow there: it exists so the path
-    # is tested). "float32", the default, computes what the protocol's numbers were made with.
-    precision: Literal["float32", "bf16"] = "float32"
+    # optimizer's weights and steps in float32, and feature banks computed under the same
+    # autocast; on a CPU too (slow there: it exists so the path is tested). "auto": bf16 on CUDA,
+    # float32 elsewhere (the fast choice for a GPU cluster; rows say the device). "float32", the
+    # default, computes what the protocol's numbers were made with, so the benchmark configs
+    # keep it until a GPU pilot shows bf16 moves no success rate (README, "Precision").
+    precision: Literal["float32", "bf16", "auto"] = "float32"
 
     def __post_init__(self) -> None:
         # one-cycle has no milestones: left out (the step default) or empty is one recipe, with
@@ -79,6 +82,13 @@ class AdversarialConfig:
             raise ConfigError(f"{path}.epsilon", f"must be in (0, 1], got {self.epsilon}")
         positive(path, "step", self.step)
         positive(path, "steps", self.steps)
+
+
+def uses_bf16(precision: str, device: object) -> bool:
+    """Whether a recipe's ``precision`` computes under bf16 autocast on ``device`` (a
+    ``torch.device`` or its name)."""
+    kind = getattr(device, "type", str(device).split(":")[0])
+    return precision == "bf16" or (precision == "auto" and kind == "cuda")
 
 
 DEFAULT_RECIPES = {

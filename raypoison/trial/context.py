@@ -22,7 +22,7 @@ from raypoison.data.triggers import Trigger, paste
 from raypoison.defenses import TrustedSet
 from raypoison.models import ImageClassifier, build_model, load_checkpoint, to_device
 from raypoison.training.feature_bank import TrainingFeatures, view_features
-from raypoison.training.recipe import RecipeConfig
+from raypoison.training.recipe import RecipeConfig, uses_bf16
 from raypoison.trial.evaluate import asr_members
 
 VIEWS = 162  # crop offsets (9 x 9) x flips, for the protocol's 4-pixel padding
@@ -138,6 +138,12 @@ class TrialContext:
         image as it is."""
         return None if self.scenario.training_recipe.augment else [identity_view()]
 
+    @property
+    def bank_bf16(self) -> bool:
+        """Whether the victims' training features come from bf16 autocast (the recipe's
+        ``precision``); test features are evaluation and stay float32."""
+        return uses_bf16(self.scenario.training_recipe.precision, self.device)
+
     def feature_pool(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Victim ``name``'s bank over the pool of clean images every trial draws from (the first
         ``train_per_class + budget`` of each class), and the pool row of each training index."""
@@ -150,7 +156,7 @@ class TrialContext:
             row_of = torch.full((len(self.train_labels),), -1, dtype=torch.long)
             row_of[torch.as_tensor(pool)] = torch.arange(len(pool))
             bank = view_features(self.model(name), self.data.train_x[torch.as_tensor(pool)],
-                                 views=self.bank_views)
+                                 views=self.bank_views, bf16=self.bank_bf16)
             self._banks[name] = (bank, row_of.to(self.device))
         return self._banks[name]
 
@@ -164,7 +170,7 @@ class TrialContext:
         if not bool((rows >= 0).all()):
             return None
         return TrainingFeatures(bank, rows, self.model(name), poisons.to(self.device),
-                                pool_views=self.bank_views)
+                                pool_views=self.bank_views, bf16=self.bank_bf16)
 
     def test_features(self, name: str) -> torch.Tensor | None:
         """Features of the test set under victim ``name``'s frozen extractor (transfer mode only)."""
