@@ -19,11 +19,17 @@ still returns what it measured. Stages:
    Hidden Trigger Backdoor) on the ResNet-18 of stage 2, through ``run_trial`` as a worker runs
    it; crafting runs with fewer iterations than the protocol's (``--craft-scale``), and the
    seconds are also reported scaled up to the protocol's count.
-4. ``sharing``: 1, 2 and 4 processes training at once on the one GPU, each capped at its share
+4. ``witches_brew``: Witches' Brew crafting, 500 poisons, one restart of a share of the
+   iterations, scaled to the protocol's 8 × 250.
+5. ``sharing``: 1, 2 and 4 processes training at once on the one GPU, each capped at its share
    of the memory (the fractional packing of the workers): aggregate images per second.
 
-Witches' Brew (from-scratch crafting) and the paper-scale fidelity pilot (``--pilot`` in the
-issue) are not here yet.
+``--pilot`` (a second call on the same lent machine) runs ``pilot`` instead: a full-width ResNet-18
+pre-trained on CIFAR-10's classes 0-4, then the control and Bullseye Polytope paired in transfer
+mode on classes 5-9 at the protocol's settings, time-boxed to ``--pilot-seconds`` (330), with
+success rates, Wilson intervals and the paired counts:
+
+    python3 benchmarks/gpu_check.py --pilot --data data/cifar10-jpeg --out $OUT/gpu_pilot.json
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 PROTOCOL_ITERATIONS = {"feature_collision": 120, "convex_polytope": 1200,
@@ -174,6 +181,134 @@ def stage_trials(args, device, state) -> dict:
         os.chdir(cwd)
 
 
+def stage_witches_brew(args, device, state) -> dict:
+    """Witches' Brew crafting on the ResNet-18 of the epoch stage, at the from-scratch protocol's
+    budget (1% of the training set: 500 poisons) with one restart of a share of the 250
+    iterations, scaled up to the protocol's 8 restarts × 250. The per-trial crafting model
+    (``fresh_model``) costs 40 epochs on top: the epoch stage's seconds × 40."""
+    from raypoison.attacks import create_attack
+    from raypoison.attacks.context import StandaloneContext
+    from raypoison.data.setups import Setup
+
+    data = state["data"].to(device)
+    model = state["model"].to(device)
+    budget = 20 if args.tiny else 500
+    iterations = max(2, round(250 * args.craft_scale))
+    ctx = StandaloneContext(data, {"net": model}, device=device)
+    bases = tuple(int(i) for i in torch.nonzero(data.train_y == 1).flatten()[:budget].cpu())
+    target = int(torch.nonzero(data.test_y == 0).flatten()[0])
+    setup = Setup(target_class=0, target_index=target, base_class=1, base_indices=bases)
+    attack = create_attack("witches_brew", {"iterations": iterations, "restarts": 1})
+    _reset_peak(device)
+    tick = time.perf_counter()
+    result = attack.craft(ctx, setup, seed=0, index=0)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - tick
+    linf = float((result.poisons.images.int() - data.train_x[list(bases)].int()).abs().max())
+    return {"poisons": budget, "iterations": iterations, "restarts": 1,
+            "seconds_craft": round(seconds, 2),
+            "seconds_craft_at_protocol": round(seconds * 8 * 250 / iterations, 1),
+            "loss_initial": result.loss_initial, "loss_final": result.loss_final,
+            "linf_255": linf, "peak_memory_mb": _peak_mb(device)}
+
+
+def _pilot_dataset(args: argparse.Namespace, classes: list[int]) -> dict:
+    if args.tiny:  # two synthetic data sets stand in for the two halves of CIFAR-10
+        return {"name": "synthetic", "params": {"classes": 5, "image_size": 16,
+                                                "train_per_class": 40, "test_per_class": 20,
+                                                "noise": 0.2, "seed": 3 + classes[0]}}
+    spec = _dataset(args)
+    return {**spec, "params": {**spec["params"], "classes": classes}}
+
+
+def stage_pilot(args, device, state) -> dict:
+    """The first paper-scale fidelity pilot (``--pilot``): a full-width ResNet-18 pre-trained on
+    CIFAR-10's classes 0-4 (there is no CIFAR-100 offline), then trials of the control and
+    Bullseye Polytope at the protocol's settings in transfer mode on classes 5-9 (250 images a
+    class, 25 poisons, ε 8/255, the protocol's 40-epoch head on the frozen extractor), in pairs on
+    the same targets until ``--pilot-trials`` pairs or ``--pilot-seconds`` have passed."""
+    from raypoison.analysis.stats import mcnemar_exact, wilson
+    from raypoison.config.specs import expand
+    from raypoison.config.suite import parse_suite
+    from raypoison.core.registry import build_component
+    from raypoison.data import DATASETS, load_dataset
+    from raypoison.models import build_model, checkpoint_bytes, to_device
+    from raypoison.training.loop import accuracy, train
+    from raypoison.training.recipe import RecipeConfig
+    from raypoison.trial.context import TrialContext
+    from raypoison.trial.run import run_trial
+
+    deadline = time.monotonic() + args.pilot_seconds
+    source = load_dataset(build_component(_pilot_dataset(args, [0, 1, 2, 3, 4]), "dataset",
+                                          DATASETS)).to(device)
+    arch, params = ("convnet", {"width": 8}) if args.tiny else ("resnet18", None)
+    torch.manual_seed(0)
+    model = to_device(build_model(arch, source.num_classes, source.mean, source.std,
+                                  source.image_shape[1], params), device)
+    recipe = RecipeConfig(lr=0.2, epochs=args.pilot_epochs, schedule="onecycle",
+                          batch_size=256, weight_decay=5e-4, nesterov=True,
+                          precision="auto")  # pre-training is not the protocol's: fast
+    result = train(model, source.train_x, source.train_y, recipe=recipe, seed=0, trainable="all")
+    out: dict[str, Any] = {"pretrain": {
+        "arch": arch, "classes": "0-4", "epochs": args.pilot_epochs, "precision": "auto",
+        "seconds": round(result.seconds, 1),
+        "clean_accuracy": round(accuracy(model, source.test_x, source.test_y), 4)}}
+    del source
+    folder = Path(args.scratch)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pilot.pt").write_bytes(checkpoint_bytes(model.cpu(), {
+        "image_size": 16 if args.tiny else 32}))
+    raw = {
+        "name": "gpu-pilot",
+        "scenarios": [{
+            "name": "pilot-transfer", "dataset": _pilot_dataset(args, [5, 6, 7, 8, 9]),
+            "mode": "transfer",
+            "models": {"net": {"arch": arch, "checkpoint": str(folder / "pilot.pt"),
+                               **({"params": params} if params else {})}},
+            "attacker": "net", "victims": ["net"],
+            "budget": 5 if args.tiny else 25, "epsilon": "8/255",
+            "train_per_class": 15 if args.tiny else 250, "trials": args.pilot_trials,
+            **({"recipe": {"epochs": 2, "milestones": [1]}} if args.tiny else {}),
+        }],
+        "attacks": [{"name": "none"}, {"name": "bullseye_polytope",
+                                       **({"params": {"iterations": 5}} if args.tiny else {})}],
+    }
+    suite = parse_suite(raw)
+    ctx = TrialContext.create(suite.scenarios[0], {"net": folder / "pilot.pt"}, device)
+    by_trial: dict[int, dict[str, dict]] = {}
+    for spec in sorted(expand(suite), key=lambda s: (s.index, s.attack.name != "none")):
+        if time.monotonic() > deadline:
+            break
+        row = run_trial(spec, ctx)[0]
+        by_trial.setdefault(spec.index, {})[spec.attack.name] = row
+    pairs = {i: t for i, t in by_trial.items() if len(t) == 2}
+    for attack in ("none", "bullseye_polytope"):
+        rows = [t[attack] for t in pairs.values()]
+        wins = sum(bool(r.get("success")) for r in rows)
+        low, high = wilson(wins, len(rows)) if rows else (float("nan"), float("nan"))
+        out[attack] = {
+            "trials": len(rows), "successes": wins,
+            "success_percent": round(100 * wins / len(rows), 1) if rows else None,
+            "wilson95_percent": [round(100 * low, 1), round(100 * high, 1)],
+            "failed": sum(r.get("status") != "ok" for r in rows),
+            "clean_accuracy_median": (round(float(np.median([r["clean_accuracy"] for r in rows
+                                                             if r.get("clean_accuracy")])), 4)
+                                      if rows else None),
+            "seconds_per_trial_median": (round(float(np.median([r["seconds_total"]
+                                                                for r in rows])), 2)
+                                         if rows else None)}
+    only_bp = sum(bool(t["bullseye_polytope"].get("success")) and not t["none"].get("success")
+                  for t in pairs.values())
+    only_none = sum(bool(t["none"].get("success")) and not t["bullseye_polytope"].get("success")
+                    for t in pairs.values())
+    out["paired"] = {"pairs": len(pairs), "only_bullseye_polytope": only_bp,
+                     "only_control": only_none,
+                     "mcnemar_p": round(mcnemar_exact(only_bp, only_none), 5)}
+    out["stopped_by_time"] = len(pairs) < args.pilot_trials
+    return out
+
+
 def model_size(state) -> int:
     return int(state["data"].image_shape[1])
 
@@ -231,7 +366,7 @@ def stage_sharing(args, device, state) -> dict:
 
 
 STAGES = {"environment": stage_environment, "epoch": stage_epoch, "trials": stage_trials,
-          "sharing": stage_sharing}
+          "witches_brew": stage_witches_brew, "sharing": stage_sharing, "pilot": stage_pilot}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,8 +381,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--craft-scale", type=float, default=None,
                         help="share of the protocol's crafting iterations (default 0.1; tiny "
                              "0.01)")
-    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--stages", default=None,
+                        help=f"comma-separated, of {', '.join(STAGES)} (default: all but pilot)")
+    parser.add_argument("--pilot", action="store_true",
+                        help="run the fidelity pilot only (a second call on the lent machine)")
+    parser.add_argument("--pilot-trials", type=int, default=50)
+    parser.add_argument("--pilot-seconds", type=float, default=330)
+    parser.add_argument("--pilot-epochs", type=int, default=None,
+                        help="pre-training epochs of the pilot's ResNet-18 (default 20; tiny 2)")
     args = parser.parse_args(argv)
+    if args.stages is None:
+        args.stages = "environment,pilot" if args.pilot else ",".join(
+            name for name in STAGES if name != "pilot")
+    args.pilot_epochs = args.pilot_epochs or (2 if args.tiny else 20)
+    if args.tiny:
+        args.pilot_trials = min(args.pilot_trials, 3)
     args.craft_scale = args.craft_scale or (0.01 if args.tiny else 0.1)
     Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
     args.scratch = args.scratch or str(Path(args.out).resolve().parent / "gpu_check_scratch")

@@ -29,3 +29,21 @@ def test_gpu_check_tiny_measures_every_stage(tmp_path):
     assert trials["convex_polytope"]["seconds_craft_at_protocol_iterations"] > \
         trials["convex_polytope"]["seconds_craft"]
     assert report["sharing"]["processes_2"]["images_per_second_total"] > 0
+    brew = report["witches_brew"]
+    assert brew["linf_255"] <= 8 and brew["seconds_craft_at_protocol"] > brew["seconds_craft"]
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_pilot_pairs_the_control_and_bullseye_polytope(tmp_path):
+    out = tmp_path / "pilot.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny",
+                           "--pilot", "--out", str(out)], capture_output=True, text=True,
+                          timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    pilot = json.loads(out.read_text())["pilot"]
+    assert pilot["pretrain"]["clean_accuracy"] > 0
+    for attack in ("none", "bullseye_polytope"):
+        assert pilot[attack]["trials"] == 3 and pilot[attack]["failed"] == 0
+        low, high = pilot[attack]["wilson95_percent"]
+        assert 0 <= low <= pilot[attack]["success_percent"] <= high <= 100
+    assert pilot["paired"]["pairs"] == 3
