@@ -113,3 +113,42 @@ def test_loss_thresholds_do_not_cut_the_count_short(tiny_raw):
     assert ten > 0 and 3.5 < forty / ten < 4.05
     assert cost.never_stopping(plan_params := parse_suite(tiny_raw).attacks[0].params) \
         .stop_below is None and plan_params.stop_below == 10.0
+
+
+@pytest.mark.parametrize("name, params", [
+    ("calibrated_trigger_inversion", {"inversion": {"steps": 3}, "repair": {"steps": 3}}),
+    ("neural_cleanse", {"steps": 3}),
+    ("fine_tuning", {"epochs": 2}),
+])
+def test_defense_scoring_is_counted_on_two_test_sizes_and_extrapolated(tiny_raw, name, params):
+    """Scoring thousands of test images at every loop count made planning a defense config take
+    longer than running part of it; the test set enters linearly, so 1 and 2 images a class tell
+    the count at any size. Compared here with counting on the whole (small) test set."""
+    from raypoison.core.registry import build_component
+    from raypoison.defenses import DEFENSES, TrainingSet, TrustedSet
+
+    tiny_raw["scenarios"][0]["trusted_per_class"] = 2
+    scenario = parse_suite(tiny_raw).scenarios[0]
+    shape = cost.Shape(4, 3, 12, 160, 40, (0.5,) * 3, (0.5,) * 3)  # 10 test images a class
+    defense = build_component({"name": name, "params": params}, "defense", DEFENSES)
+    planned = cost.defending(defense, scenario, shape, "net-a", n_train=48)
+
+    model = cost._frozen(cost.fresh(scenario.models["net-a"], shape))
+    data = cost.random_data(shape, 2, test_per_class=10)
+    trusted = TrustedSet(data.train_x, data.train_y, test_images=data.test_x,
+                         test_labels=data.test_y)
+
+    def run(p):
+        d = DEFENSES.get(name)(p)
+        d.detect(model, trusted, 0)
+        d.repair(model, trusted, 0)
+
+    sample = cost.random_data(shape, 12)
+    flag_data = cost.random_data(shape, 2)
+    flag_trusted = TrustedSet(flag_data.train_x, flag_data.train_y,
+                              test_images=flag_data.test_x, test_labels=flag_data.test_y)
+    flag = cost.counted(lambda: DEFENSES.get(name)(defense.params).flag(
+        TrainingSet(sample.train_x, sample.train_y), model, flag_trusted, 0))
+    direct = cost.extrapolated(defense.params, run).flops + flag
+    assert planned.flops > 0
+    assert planned.flops == pytest.approx(direct, rel=1e-6)
