@@ -12,18 +12,18 @@ from those after it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from raypoison.core.safe_pickle import restricted_load_file
 from raypoison.core.schema import parse_path
 from raypoison.data.base import DatasetInfo, DataSource, ImageData
 from raypoison.data.registry import DATASETS
 from raypoison.errors import DataError
-from raypoison.core.safe_pickle import restricted_load_file
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # PROTOCOL.md §1, also used for CIFAR-100 pre-training
 CIFAR_STD = (0.2023, 0.1994, 0.2010)

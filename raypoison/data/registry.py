@@ -1,4 +1,4 @@
-from raypoison.data.base import DataSource
 from raypoison.core.registry import Registry
+from raypoison.data.base import DataSource
 
 DATASETS: Registry[DataSource] = Registry("data set")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from raypoison.errors import DataError
 from raypoison.core.safe_pickle import restricted_load_file
+from raypoison.errors import DataError
 
 REFERENCE_KEYS = ("target class", "target index", "base class", "base indices")
 
