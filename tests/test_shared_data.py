@@ -87,8 +87,6 @@ def test_a_data_set_that_cannot_be_decoded_stops_the_run_with_its_error(ray_clus
     for split in ("train", "test"):
         for cls in ("a", "b"):
             (root / split / cls).mkdir(parents=True)
-    for split in ("train", "test"):
-        for cls in ("a", "b"):
             for i in range(4):
                 image = Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8))
                 image.save(root / split / cls / f"{i}.png")

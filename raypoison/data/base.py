@@ -12,6 +12,8 @@ import torch
 
 from raypoison.core.registry import NoParams
 
+SPLITS = ("train_x", "train_y", "test_x", "test_y")  # the tensors of an ImageData
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -70,7 +72,7 @@ class ImageData:
         """This data set as numpy arrays and plain values, the form Ray's object store shares
         without a copy: every process on a node that gets it maps the same memory."""
         arrays = {name: np.ascontiguousarray(getattr(self, name).cpu().numpy())
-                  for name in ("train_x", "train_y", "test_x", "test_y")}
+                  for name in SPLITS}
         return {**arrays, "classes": self.classes, "mean": self.mean, "std": self.std,
                 "test_exact": self.test_exact}
 
@@ -85,15 +87,13 @@ class ImageData:
         """
         with warnings.catch_warnings():  # torch warns that the arrays are not writable
             warnings.simplefilter("ignore", UserWarning)
-            train_x, train_y, test_x, test_y = (
-                torch.from_numpy(packed[name]) for name in ("train_x", "train_y", "test_x", "test_y"))
+            train_x, train_y, test_x, test_y = (torch.from_numpy(packed[name]) for name in SPLITS)
         return cls(train_x, train_y, test_x, test_y, tuple(packed["classes"]), tuple(packed["mean"]),
                    tuple(packed["std"]), packed["test_exact"])
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size()
-                   for t in (self.train_x, self.train_y, self.test_x, self.test_y))
+        return sum(getattr(self, name).nbytes for name in SPLITS)
 
     def to(self, device: torch.device | str) -> ImageData:
         return ImageData(
