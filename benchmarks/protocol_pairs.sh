@@ -14,7 +14,7 @@
 # pre-trains it once, about 13 minutes).
 set -euo pipefail
 OLD_TREE=$(realpath "$1"); NEW_TREE=$(realpath "$2"); OLD_OUT=$(realpath "$3"); NEW_OUT=$(realpath "$4")
-PY=$(realpath "${PYTHON:-.venv/bin/python}")
+PY=$(realpath -s "${PYTHON:-.venv/bin/python}")  # -s: keep the venv link
 SCENARIO=cifar10-jpeg-resnet-transfer-head-lr0.1
 run() {  # run TREE OUTPUT TRIALS
   (cd "$1" && env PYTHONPATH="$1" RAY_AUTH_MODE=disabled nice -n 19 "$PY" -c \
