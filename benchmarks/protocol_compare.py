@@ -1,12 +1,16 @@
 """Old against new protocol on the same trials: per scenario and attack, each version's success
 rate with its 95% Wilson interval, and the paired difference (new minus old) over the trials both
-ran, with a 95% paired bootstrap interval and the exact McNemar test.
+ran, with a 95% paired bootstrap interval and the exact McNemar test. ``--diagnostics`` adds, per
+version on the same pairs, the medians that say why a rate moved: the attack's final loss, the
+share of poisons the victim fits to their (base) label, the target's margin (the target class's
+logit minus the best other; > 0 is a success) and the crafting seconds, with the mean paired
+change of the margin and its 95% bootstrap interval (a finer measure than the success flags).
 
 Trials of the two versions pair by (scenario, attack label, trial index, victim): the setup
 (target, bases) and each victim's training seed depend on the scenario's seed and the index, not
 on the protocol version, so a pair differs only by what the version changed in the attack.
 
-    .venv/bin/python benchmarks/protocol_compare.py OLD_RESULTS NEW_RESULTS [--markdown]
+    .venv/bin/python benchmarks/protocol_compare.py OLD_RESULTS NEW_RESULTS [--markdown] [--diagnostics]
 """
 
 from __future__ import annotations
@@ -48,22 +52,56 @@ def compare(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("old")
-    parser.add_argument("new")
-    parser.add_argument("--markdown", action="store_true")
-    args = parser.parse_args()
-    table = compare(load(args.old), load(args.new))
-    if table.empty:
-        raise SystemExit("no trial ran under both versions")
-    if not args.markdown:
+DIAGNOSTICS = {"attack_loss_final": "final loss", "poisons_fit": "poisons fit",
+               "target_margin": "target margin", "seconds_craft": "crafting s"}
+
+
+def diagnostics(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """Per scenario and attack, over the trials both versions ran: each version's medians of
+    :data:`DIAGNOSTICS` (old → new) and the mean paired change of the target margin."""
+    columns = [*KEYS, *DIAGNOSTICS]
+    a, b = outcomes(old)[columns], outcomes(new)[columns]
+    pairs = a.merge(b, on=KEYS, suffixes=("_old", "_new"))
+    rows = []
+    for (scenario, attack), g in pairs.groupby(["scenario", "attack"], sort=True):
+        row = {"scenario": scenario, "attack": attack, "pairs": len(g)}
+        for column, name in DIAGNOSTICS.items():
+            old_m, new_m = g[f"{column}_old"].median(), g[f"{column}_new"].median()
+            row[name] = "" if pd.isna(old_m) and pd.isna(new_m) else f"{old_m:.3g} → {new_m:.3g}"
+        d = (g["target_margin_new"] - g["target_margin_old"]).dropna().to_numpy(dtype=float)
+        if len(d):
+            low, high = bootstrap_interval(np.mean, d)
+            row["margin change [95%]"] = f"{d.mean():+.2f} [{low:+.2f}, {high:+.2f}]"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def show(table: pd.DataFrame, markdown: bool) -> None:
+    if not markdown:
         print(table.to_string(index=False))
         return
     print("| " + " | ".join(table.columns) + " |")
     print("|" + "---|" * len(table.columns))
     for row in table.itertuples(index=False):
         print("| " + " | ".join(str(v) for v in row) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old")
+    parser.add_argument("new")
+    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="also the medians that say why a rate moved")
+    args = parser.parse_args()
+    old, new = load(args.old), load(args.new)
+    table = compare(old, new)
+    if table.empty:
+        raise SystemExit("no trial ran under both versions")
+    show(table, args.markdown)
+    if args.diagnostics:
+        print()
+        show(diagnostics(old, new), args.markdown)
 
 
 if __name__ == "__main__":

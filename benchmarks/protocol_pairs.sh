@@ -1,7 +1,7 @@
 #!/bin/bash
-# Issue 16: pair Bullseye and Convex Polytope across protocol versions on the CPU miniature,
-# 25 trials at a time, protocol 2 then protocol 1, so finished pairs accumulate. Resumable: run it
-# again and each run skips the trials its output holds. Run it alone on the machine.
+# Issue 16: pair attacks across protocol versions on the CPU miniature, a block of trials at a
+# time, protocol 2 then protocol 1, so finished pairs accumulate. Resumable: run it again and each
+# run skips the trials its output holds. Run it alone on the machine.
 #
 #   git worktree add /tmp/old 7ab3e86        # protocol 1, the last commit before the change
 #   git worktree add /tmp/new 046d153        # protocol 2 (its trial ids equal main's)
@@ -10,19 +10,26 @@
 #   .venv/bin/python benchmarks/protocol_compare.py benchmarks/results/jpeg-protocol1 \
 #       benchmarks/results/jpeg-protocol2 --markdown
 #
+# Environment: STEPS (the blocks' ends, default 25 50 75 100), SCENARIO (default the lr-0.1
+# augmented scenario), ATTACKS (default bullseye_polytope,convex_polytope), ORDER ("new old",
+# the default, or "old new"). The no-augmentation study, for example:
+#   STEPS=50 SCENARIO=cifar10-jpeg-resnet-transfer-head-lr0.1-noaug ATTACKS=none,feature_collision ...
+#
 # The outputs cache the pre-trained extractor under models/ (not committed; a new machine
 # pre-trains it once, about 13 minutes).
 set -euo pipefail
 OLD_TREE=$(realpath "$1"); NEW_TREE=$(realpath "$2"); OLD_OUT=$(realpath "$3"); NEW_OUT=$(realpath "$4")
 PY=$(realpath -s "${PYTHON:-.venv/bin/python}")  # -s: keep the venv link
-SCENARIO=cifar10-jpeg-resnet-transfer-head-lr0.1
+SCENARIO=${SCENARIO:-cifar10-jpeg-resnet-transfer-head-lr0.1}
+ATTACKS=${ATTACKS:-bullseye_polytope,convex_polytope}
 run() {  # run TREE OUTPUT TRIALS
   (cd "$1" && env PYTHONPATH="$1" RAY_AUTH_MODE=disabled nice -n 19 "$PY" -c \
     "import sys; from raypoison.cli import main; sys.exit(main())" run configs/cifar10-jpeg-cpu.yaml \
-    --output "$2" --scenarios $SCENARIO --attacks bullseye_polytope,convex_polytope --trials "0:$3")
+    --output "$2" --scenarios "$SCENARIO" --attacks "$ATTACKS" --trials "0:$3")
 }
 for k in ${STEPS:-25 50 75 100}; do
-  run "$NEW_TREE" "$NEW_OUT" "$k"
-  run "$OLD_TREE" "$OLD_OUT" "$k"
-  echo "pairs through trial $((k - 1)) done: $(date)"
+  for version in ${ORDER:-new old}; do
+    if [ "$version" = new ]; then run "$NEW_TREE" "$NEW_OUT" "$k"; else run "$OLD_TREE" "$OLD_OUT" "$k"; fi
+  done
+  echo "pairs through trial $((k - 1)) done ($SCENARIO: $ATTACKS): $(date)"
 done
