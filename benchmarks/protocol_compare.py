@@ -32,9 +32,14 @@ def cell(successes: int, n: int) -> str:
     return f"{100 * successes / n:.1f} [{100 * low:.1f}, {100 * high:.1f}] (n = {n})"
 
 
+def paired(old: pd.DataFrame, new: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The trials both versions ran, with ``columns`` of each (suffixes ``_old``, ``_new``)."""
+    a, b = outcomes(old)[[*KEYS, *columns]], outcomes(new)[[*KEYS, *columns]]
+    return a.merge(b, on=KEYS, suffixes=("_old", "_new"))
+
+
 def compare(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    a, b = outcomes(old)[[*KEYS, "success"]], outcomes(new)[[*KEYS, "success"]]
-    pairs = a.merge(b, on=KEYS, suffixes=("_old", "_new"))
+    pairs = paired(old, new, ["success"])
     rows = []
     for (scenario, attack), g in pairs.groupby(["scenario", "attack"], sort=True):
         x = g["success_old"].astype(bool).to_numpy()
@@ -59,9 +64,7 @@ DIAGNOSTICS = {"attack_loss_final": "final loss", "poisons_fit": "poisons fit",
 def diagnostics(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """Per scenario and attack, over the trials both versions ran: each version's medians of
     :data:`DIAGNOSTICS` (old → new) and the mean paired change of the target margin."""
-    columns = [*KEYS, *DIAGNOSTICS]
-    a, b = outcomes(old)[columns], outcomes(new)[columns]
-    pairs = a.merge(b, on=KEYS, suffixes=("_old", "_new"))
+    pairs = paired(old, new, list(DIAGNOSTICS))
     rows = []
     for (scenario, attack), g in pairs.groupby(["scenario", "attack"], sort=True):
         row = {"scenario": scenario, "attack": attack, "pairs": len(g)}

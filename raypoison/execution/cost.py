@@ -287,13 +287,15 @@ def looping_once(params: Any) -> Any:
     return params
 
 
-def extrapolated(params: Any, run: Callable[[Any], Any]) -> Count:
+def extrapolated(params: Any, run: Callable[[Any], Any], once: float | None = None) -> Count:
     """The FLOPs of ``run(params)`` from runs with its loop counts at 1 and, one at a time, 2
-    (early stops switched off: :func:`never_stopping`)."""
+    (early stops switched off: :func:`never_stopping`); ``once``, when the caller has it, is the
+    count of the run with every loop at 1 (:func:`looping_once`)."""
     params = never_stopping(params)
     paths = list(loop_fields(params))
     base = looping_once(params)
-    once = counted(lambda: run(base))
+    if once is None:
+        once = counted(lambda: run(base))
     total = Count(once, 1)
     for path in paths:
         n = _get(params, path)
@@ -410,10 +412,10 @@ def defending(defense: Component, scenario: ScenarioConfig, shape: Shape, victim
 
         return run
 
-    loops = extrapolated(defense.params, detect_and_repair(1))
-    once = looping_once(defense.params)
-    per_image = max(counted(lambda: detect_and_repair(2)(once))
-                    - counted(lambda: detect_and_repair(1)(once)), 0.0)  # one more a class
+    one_image, once = detect_and_repair(1), looping_once(defense.params)
+    base = counted(lambda: one_image(once))
+    loops = extrapolated(defense.params, one_image, once=base)
+    per_image = max(counted(lambda: detect_and_repair(2)(once)) - base, 0.0)  # one more a class
     scored = loops + Count(per_image * (max(1, shape.test // shape.classes) - 1), 0)
     sample = random_data(shape, max(1, min(n_train, 256) // shape.classes))
     training_set, flag_trusted = TrainingSet(sample.train_x, sample.train_y), trusted(1)
