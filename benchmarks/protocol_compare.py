@@ -2,8 +2,8 @@
 rate with its 95% Wilson interval, and the paired difference (new minus old) over the trials both
 ran, with a 95% paired bootstrap interval and the exact McNemar test. ``--diagnostics`` adds, per
 version on the same pairs, the medians that say why a rate moved: the attack's final loss, the
-share of poisons the victim fits to their (base) label, the target's margin (the target class's
-logit minus the best other; > 0 is a success) and the crafting seconds, with the mean paired
+share of poisons the victim fits to their (base) label, the target's margin (its base-class
+logit minus its largest other logit; > 0 is a success) and the crafting seconds, with the mean paired
 change of the margin and its 95% bootstrap interval (a finer measure than the success flags).
 
 Trials of the two versions pair by (scenario, attack label, trial index, victim): the setup
