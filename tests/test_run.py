@@ -144,3 +144,52 @@ def test_batched_crafting_gives_the_same_outcomes(ray_cluster, tmp_path, tiny_ra
     for column in ("target_pred", "success", "poisons_valid"):
         assert one[column].tolist() == three[column].tolist(), column
     assert (one["clean_accuracy"] - three["clean_accuracy"]).abs().max() < 0.02
+
+
+@pytest.mark.slow
+def test_manifests_record_the_weights_and_a_changed_cached_model_is_reported(
+        ray_cluster, tmp_path, tiny_raw, caplog):
+    """A pre-trained model enters trial ids by its recipe, not its weights: a run on a machine
+    that pre-trained it again must say so, and the report must too."""
+    import hashlib
+
+    import torch
+
+    from raypoison.analysis.document import assemble
+    from raypoison.analysis.run_status import manifests, weight_conflicts
+    from raypoison.models.checkpoint import checkpoint_bytes
+
+    tiny_raw["scenarios"][0]["trials"] = 2
+    tiny_raw["attacks"] = [{"name": "none"}]
+    suite = parse_suite(tiny_raw)
+    out = tmp_path / "out"
+    first = run_suite(suite, RunOptions(output=str(out), trials=range(0, 1)))
+    (cached,) = (out / "models").glob("*.pt")
+    digest = hashlib.sha256(cached.read_bytes()).hexdigest()
+    recorded = json.loads((out / "manifests" / f"run-{first.run_id}.json").read_text())["models"]
+    assert recorded == [{"scenario": "tiny-transfer", "model": "net-a", "arch": "convnet",
+                         "source": "pretrained", "file": cached.name, "sha256": digest}]
+
+    second = run_suite(suite, RunOptions(output=str(out), trials=range(1, 2)))  # reuses the cache
+    again = json.loads((out / "manifests" / f"run-{second.run_id}.json").read_text())["models"]
+    assert again == [dict(recorded[0], source="cached")]
+    assert weight_conflicts(manifests(str(out))) == {}
+
+    # what another machine's pre-training could leave: the same recipe, other weights
+    model, meta = load_checkpoint(cached.read_bytes(), where=cached.name)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    cached.write_bytes(checkpoint_bytes(model, meta))
+    grown = parse_suite(dict(tiny_raw, scenarios=[dict(tiny_raw["scenarios"][0], trials=3)]))
+    with caplog.at_level("WARNING", logger="raypoison"):
+        third = run_suite(grown, RunOptions(output=str(out), trials=range(2, 3)))
+    assert third.computed == 1
+    conflicts = weight_conflicts(manifests(str(out)))
+    assert list(conflicts) == [cached.name]
+    assert sorted(map(sorted, conflicts[cached.name].values())) == [
+        sorted([first.run_id, second.run_id]), [third.run_id]]
+    assert any(cached.name in r.getMessage() and third.run_id in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
+    sections = assemble(results.load(str(out)), str(out))
+    warning = next(s for s in sections if s.title.startswith("Warning: pre-trained weights"))
+    assert cached.name in warning.text and first.run_id in warning.text

@@ -90,6 +90,10 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
     runs = run_status.run_table(uri, df)
     if not runs.empty:
         sections.append(Section("Runs", runs, text=run_status.to_text(runs)))
+    conflicts = run_status.weight_conflicts(run_status.manifests(uri))
+    if conflicts:
+        sections.append(Section("Warning: pre-trained weights differ between runs", text="\n".join(
+            run_status.conflict_text(f, d) for f, d in conflicts.items())))
     sections.append(Section("Methods", text=_methods(interval)))
     return sections
 

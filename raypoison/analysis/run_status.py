@@ -12,6 +12,7 @@ import os
 import posixpath
 import socket
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
@@ -74,6 +75,29 @@ def run_table(uri: str, df: pd.DataFrame) -> pd.DataFrame:
                      "failed": int((per_trial == "failed").sum()),
                      "rejected": int((per_trial == "rejected").sum())})
     return pd.DataFrame(rows)
+
+
+def weight_conflicts(manifests: Iterable[dict[str, Any]]) -> dict[str, dict[str, list[str]]]:
+    """Pre-trained models (by their ``models/`` file name) that runs of one output recorded with
+    different SHA-256 digests (``manifest["models"]``), as {file: {digest: run ids}}: rows of
+    those runs were computed with different weights under the same trial ids and do not pool.
+    Checkpoint files are left out: their content is in the trial ids, so other weights are other
+    trials."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for m in manifests:
+        for w in m.get("models") or ():
+            if not isinstance(w, dict) or w.get("source") not in ("cached", "pretrained"):
+                continue
+            runs = seen.setdefault(str(w.get("file")), {}).setdefault(str(w.get("sha256")), [])
+            if str(m.get("run_id")) not in runs:
+                runs.append(str(m.get("run_id")))
+    return {f: d for f, d in sorted(seen.items()) if len(d) > 1}
+
+
+def conflict_text(file: str, by_digest: dict[str, list[str]]) -> str:
+    parts = "; ".join(f"sha256 {d[:12]} in run {', '.join(r)}" for d, r in by_digest.items())
+    return (f"{file} was not the same model in every run ({parts}): rows of these runs come from "
+            f"different weights under the same trial ids and should not be pooled")
 
 
 def to_text(table: pd.DataFrame) -> str:

@@ -2,10 +2,20 @@
 once per model as Ray tasks and cached under ``<output>/models/`` so a resumed run reuses them.
 
 Workers receive checkpoints as object references, so they need no shared file system.
+
+A checkpoint file enters trial ids by its content, but a pre-trained model enters them by its
+recipe only: the weights are not known when the ids are made. A run on another machine, whose
+output lacks the cached ``models/`` file, pre-trains again, and a CPU pre-training is not
+promised to repeat bit for bit across builds and machines. So every run records the SHA-256 of
+the weights it used in its manifest (``models``), and warns when a cached model's digest
+differs from the one an earlier run of the same output recorded (the rows would then come from
+two sets of weights; the report says so too).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -83,29 +93,51 @@ def check_checkpoint_files(scenarios: list[ScenarioConfig]) -> None:
                                     f"holds a {model.name}, the config says {cfg.arch}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """Which weights a run gave one model of one scenario (a manifest's ``models`` entry)."""
+
+    scenario: str
+    model: str
+    arch: str
+    source: str  # "checkpoint" (a file the config names), "cached" (models/) or "pretrained"
+    file: str  # the checkpoint's path, or the cached file's name under models/
+    sha256: str
+
+
+@dataclasses.dataclass
+class Prepared:
+    refs: dict[str, dict[str, ray.ObjectRef]]  # per scenario and model name: checkpoint bytes
+    weights: list[Weights]
+
+
 def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, num_cpus: float,
-                        num_gpus: float, datasets: SharedDatasets | None = None
-                        ) -> dict[str, dict[str, ray.ObjectRef]]:
-    """Object refs of checkpoint bytes, per scenario and model name. A model to pre-train gets its
-    data set from ``datasets`` (decoded once for the run) where given."""
+                        num_gpus: float, datasets: SharedDatasets | None = None) -> Prepared:
+    """Object refs of checkpoint bytes, per scenario and model name, and the digest of each. A
+    model to pre-train gets its data set from ``datasets`` (decoded once for the run) where
+    given."""
     refs: dict[str, ray.ObjectRef] = {}
+    digests: dict[str, str] = {}
     to_cache: dict[str, str] = {}
     task = ray.remote(pretrain_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2)
     out: dict[str, dict[str, ray.ObjectRef]] = {}
+    used: list[tuple[str, str, str, str, str]] = []  # scenario, model, arch, source, key
     for scenario in scenarios:
         out[scenario.name] = {}
         for name in models_of(scenario):
             cfg = scenario.models[name]
             if cfg.checkpoint is not None:
-                key = f"file:{cfg.checkpoint}"
+                key, source = f"file:{cfg.checkpoint}", "checkpoint"
                 if key not in refs:
-                    refs[key] = ray.put(Path(cfg.checkpoint).read_bytes())
+                    blob = Path(cfg.checkpoint).read_bytes()
+                    refs[key], digests[key] = ray.put(blob), sha256(blob)
             else:
                 key = pretrained_name(cfg, scenario)
                 path = location.join("models", key)
                 if key not in refs:
                     if location.exists(path):
-                        refs[key] = ray.put(location.read_bytes(path))
+                        blob = location.read_bytes(path)
+                        refs[key], digests[key] = ray.put(blob), sha256(blob)
                     else:
                         log.info("pre-training %s (%s) for scenario %s", name, cfg.arch,
                                  scenario.name)
@@ -114,7 +146,9 @@ def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, 
                         arrays = datasets.ref(dataset) if datasets is not None else None
                         refs[key] = task.remote(cfg, dataset, arrays)
                         to_cache[key] = path
+                source = "pretrained" if key in to_cache else "cached"
             out[scenario.name][name] = refs[key]
+            used.append((scenario.name, name, cfg.arch, source, key))
     for key, path in to_cache.items():
         with project_errors():
             blob = ray.get(refs[key])
@@ -122,4 +156,11 @@ def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, 
         log.info("pre-trained %s: clean test accuracy %.3f", path.rsplit("/", 1)[-1],
                  meta.get("clean_accuracy", float("nan")))
         location.write_bytes(path, blob)
-    return out
+        digests[key] = sha256(blob)
+    weights = [Weights(s, m, arch, source, key.removeprefix("file:"), digests[key])
+               for s, m, arch, source, key in used]
+    return Prepared(out, weights)
+
+
+def sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()

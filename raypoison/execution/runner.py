@@ -30,6 +30,7 @@ from typing import Any
 import ray
 
 from raypoison import PROTOCOL_VERSION, __version__
+from raypoison.analysis import run_status
 from raypoison.attacks import ATTACKS
 from raypoison.config.specs import TrialSpec, expand
 from raypoison.config.suite import SuiteConfig
@@ -238,6 +239,14 @@ def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
     return plan
 
 
+def _warn_weight_conflicts(uri: str, run_id: str) -> None:
+    """Say, before any trial, when a cached model is not the one earlier runs used (e.g. a new
+    machine pre-trained it again): the rows would mix two sets of weights."""
+    for file, by_digest in run_status.weight_conflicts(run_status.manifests(uri)).items():
+        if any(run_id in runs for runs in by_digest.values()):
+            log.warning("%s", run_status.conflict_text(file, by_digest))
+
+
 def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None = None
               ) -> RunSummary:
     """Run every pending trial of ``suite`` into ``options.output``, holding the output's lease
@@ -306,9 +315,11 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
                          } if datasets is not None else {}
             if datasets is not None:
                 datasets.decodes()  # a data set that cannot be read stops the run here
-            checkpoints = prepare_checkpoints(scenarios_needing_models, location,
-                                              num_cpus=task_cpus, num_gpus=gpus,
-                                              datasets=datasets)
+            prepared = prepare_checkpoints(scenarios_needing_models, location,
+                                           num_cpus=task_cpus, num_gpus=gpus, datasets=datasets)
+            checkpoints = prepared.refs
+            manifest.write(models=[dataclasses.asdict(w) for w in prepared.weights])
+            _warn_weight_conflicts(options.output, run_id)
             if datasets is not None:  # with those that only pre-training reads
                 decodes = datasets.decodes()
                 manifest.write(data={"shared": True, "decodes": decodes})
