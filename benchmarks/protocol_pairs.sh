@@ -22,6 +22,16 @@ OLD_TREE=$(realpath "$1"); NEW_TREE=$(realpath "$2"); OLD_OUT=$(realpath "$3"); 
 PY=$(realpath -s "${PYTHON:-.venv/bin/python}")  # -s: keep the venv link
 SCENARIO=${SCENARIO:-cifar10-jpeg-resnet-transfer-head-lr0.1}
 ATTACKS=${ATTACKS:-bullseye_polytope,convex_polytope}
+# Pairs are pairs only on one extractor: refuse two outputs whose cached models differ (a new
+# machine pre-trains again; benchmarks/README.md gives the digest every committed pair used).
+digests() { sha256sum "$1"/models/*.pt 2>/dev/null | cut -d' ' -f1 | sort -u | tr '\n' ' '; }
+if [ -n "$(digests "$OLD_OUT")" ] && [ -n "$(digests "$NEW_OUT")" ] \
+    && [ "$(digests "$OLD_OUT")" != "$(digests "$NEW_OUT")" ]; then
+  echo "error: $OLD_OUT/models and $NEW_OUT/models hold different extractors" \
+       "($(digests "$OLD_OUT")vs $(digests "$NEW_OUT")): their trials would not pair" >&2
+  exit 2
+fi
+echo "extractor sha256: old $(digests "$OLD_OUT")new $(digests "$NEW_OUT")"
 run() {  # run TREE OUTPUT TRIALS
   (cd "$1" && env PYTHONPATH="$1" RAY_AUTH_MODE=disabled nice -n 19 "$PY" -c \
     "import sys; from raypoison.cli import main; sys.exit(main())" run configs/cifar10-jpeg-cpu.yaml \
