@@ -25,13 +25,13 @@ ATTACKS=${ATTACKS:-bullseye_polytope,convex_polytope}
 # Pairs are pairs only on one extractor: refuse two outputs whose cached models differ (a new
 # machine pre-trains again; benchmarks/README.md gives the digest every committed pair used).
 digests() { sha256sum "$1"/models/*.pt 2>/dev/null | cut -d' ' -f1 | sort -u | tr '\n' ' '; }
-if [ -n "$(digests "$OLD_OUT")" ] && [ -n "$(digests "$NEW_OUT")" ] \
-    && [ "$(digests "$OLD_OUT")" != "$(digests "$NEW_OUT")" ]; then
+OLD_SUM=$(digests "$OLD_OUT"); NEW_SUM=$(digests "$NEW_OUT")
+if [ -n "$OLD_SUM" ] && [ -n "$NEW_SUM" ] && [ "$OLD_SUM" != "$NEW_SUM" ]; then
   echo "error: $OLD_OUT/models and $NEW_OUT/models hold different extractors" \
-       "($(digests "$OLD_OUT")vs $(digests "$NEW_OUT")): their trials would not pair" >&2
+       "(${OLD_SUM}vs $NEW_SUM): their trials would not pair" >&2
   exit 2
 fi
-echo "extractor sha256: old $(digests "$OLD_OUT")new $(digests "$NEW_OUT")"
+echo "extractor sha256: old ${OLD_SUM}new $NEW_SUM"
 run() {  # run TREE OUTPUT TRIALS
   (cd "$1" && env PYTHONPATH="$1" RAY_AUTH_MODE=disabled nice -n 19 "$PY" -c \
     "import sys; from raypoison.cli import main; sys.exit(main())" run configs/cifar10-jpeg-cpu.yaml \

@@ -87,10 +87,11 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
     status = report.status_table(df)
     sections.append(Section("Rows by status", status,
                             [("", report_tables.status_display(status))]))
-    runs = run_status.run_table(uri, df)
+    recorded = run_status.manifests(uri)
+    runs = run_status.run_table(recorded, df)
     if not runs.empty:
         sections.append(Section("Runs", runs, text=run_status.to_text(runs)))
-    conflicts = run_status.weight_conflicts(run_status.manifests(uri))
+    conflicts = run_status.weight_conflicts(recorded)
     if conflicts:
         sections.append(Section("Warning: pre-trained weights differ between runs", text="\n".join(
             run_status.conflict_text(f, d) for f, d in conflicts.items())))

@@ -51,12 +51,13 @@ def manifests(uri: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda m: m.get("started_at") or "")
 
 
-def run_table(uri: str, df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: its status, the trials it planned, skipped as done and had to compute,
-    and how many it has written so far (ok, failed, rejected: a trial counts by its worst row;
-    a trial whose rows a later run rewrote counts for the later run)."""
+def run_table(runs: list[dict[str, Any]], df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run of ``runs`` (manifests, from :func:`manifests`): its status, the trials
+    it planned, skipped as done and had to compute, and how many it has written so far (ok,
+    failed, rejected: a trial counts by its worst row; a trial whose rows a later run rewrote
+    counts for the later run)."""
     rows = []
-    for m in manifests(uri):
+    for m in runs:
         status = m.get("status", "?")
         if status == "running" and m.get("host") == socket.gethostname() and m.get("pid") \
                 and not _alive(int(m["pid"])):

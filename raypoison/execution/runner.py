@@ -319,7 +319,8 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
                                            num_cpus=task_cpus, num_gpus=gpus, datasets=datasets)
             checkpoints = prepared.refs
             manifest.write(models=[dataclasses.asdict(w) for w in prepared.weights])
-            _warn_weight_conflicts(options.output, run_id)
+            if prepared.weights:  # no model, nothing to compare: skip reading the manifests
+                _warn_weight_conflicts(options.output, run_id)
             if datasets is not None:  # with those that only pre-training reads
                 decodes = datasets.decodes()
                 manifest.write(data={"shared": True, "decodes": decodes})
