@@ -24,7 +24,7 @@ SCENARIO=${SCENARIO:-cifar10-jpeg-resnet-transfer-head-lr0.1}
 ATTACKS=${ATTACKS:-bullseye_polytope,convex_polytope}
 # Pairs are pairs only on one extractor: refuse two outputs whose cached models differ (a new
 # machine pre-trains again; benchmarks/README.md gives the digest every committed pair used).
-digests() { sha256sum "$1"/models/*.pt 2>/dev/null | cut -d' ' -f1 | sort -u | tr '\n' ' '; }
+digests() { { sha256sum "$1"/models/*.pt 2>/dev/null || true; } | cut -d' ' -f1 | sort -u | tr '\n' ' '; }
 OLD_SUM=$(digests "$OLD_OUT"); NEW_SUM=$(digests "$NEW_OUT")
 if [ -n "$OLD_SUM" ] && [ -n "$NEW_SUM" ] && [ "$OLD_SUM" != "$NEW_SUM" ]; then
   echo "error: $OLD_OUT/models and $NEW_OUT/models hold different extractors" \
