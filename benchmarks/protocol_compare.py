@@ -10,7 +10,13 @@ Trials of the two versions pair by (scenario, attack label, trial index, victim)
 (target, bases) and each victim's training seed depend on the scenario's seed and the index, not
 on the protocol version, so a pair differs only by what the version changed in the attack.
 
-    .venv/bin/python benchmarks/protocol_compare.py OLD_RESULTS NEW_RESULTS [--markdown] [--diagnostics]
+A pair is a pair only on one pre-trained extractor. Outputs of both versions made on another
+extractor (a new machine pre-trains it again, and the weights need not agree to the bit) join
+with ``--also OLD NEW``: trials pair within each pair of outputs, and a trial counts once, in the
+first pair of outputs that holds it under both versions.
+
+    .venv/bin/python benchmarks/protocol_compare.py OLD_RESULTS NEW_RESULTS \
+        [--also OLD2 NEW2 ...] [--markdown] [--diagnostics]
 """
 
 from __future__ import annotations
@@ -32,14 +38,26 @@ def cell(successes: int, n: int) -> str:
     return f"{100 * successes / n:.1f} [{100 * low:.1f}, {100 * high:.1f}] (n = {n})"
 
 
-def paired(old: pd.DataFrame, new: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """The trials both versions ran, with ``columns`` of each (suffixes ``_old``, ``_new``)."""
-    a, b = outcomes(old)[[*KEYS, *columns]], outcomes(new)[[*KEYS, *columns]]
-    return a.merge(b, on=KEYS, suffixes=("_old", "_new"))
+Outputs = list[tuple[pd.DataFrame, pd.DataFrame]]
 
 
-def compare(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    pairs = paired(old, new, ["success"])
+def paired(outputs: Outputs, columns: list[str]) -> pd.DataFrame:
+    """The trials both versions ran, with ``columns`` of each (suffixes ``_old``, ``_new``), from
+    each (old, new) pair of outputs in turn; a trial an earlier pair holds is not taken again."""
+    found: list[pd.DataFrame] = []
+    for old, new in outputs:
+        a, b = outcomes(old)[[*KEYS, *columns]], outcomes(new)[[*KEYS, *columns]]
+        pairs = a.merge(b, on=KEYS, suffixes=("_old", "_new"))
+        if found:
+            seen = pd.concat([f[KEYS] for f in found])
+            pairs = pairs.merge(seen, on=KEYS, how="left", indicator=True)
+            pairs = pairs[pairs["_merge"] == "left_only"].drop(columns="_merge")
+        found.append(pairs)
+    return pd.concat(found, ignore_index=True)
+
+
+def compare(outputs: Outputs) -> pd.DataFrame:
+    pairs = paired(outputs, ["success"])
     rows = []
     for (scenario, attack), g in pairs.groupby(["scenario", "attack"], sort=True):
         x = g["success_old"].astype(bool).to_numpy()
@@ -61,10 +79,10 @@ DIAGNOSTICS = {"attack_loss_final": "final loss", "poisons_fit": "poisons fit",
                "target_margin": "target margin", "seconds_craft": "crafting s"}
 
 
-def diagnostics(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+def diagnostics(outputs: Outputs) -> pd.DataFrame:
     """Per scenario and attack, over the trials both versions ran: each version's medians of
     :data:`DIAGNOSTICS` (old → new) and the mean paired change of the target margin."""
-    pairs = paired(old, new, list(DIAGNOSTICS))
+    pairs = paired(outputs, list(DIAGNOSTICS))
     rows = []
     for (scenario, attack), g in pairs.groupby(["scenario", "attack"], sort=True):
         row = {"scenario": scenario, "attack": attack, "pairs": len(g)}
@@ -93,18 +111,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old")
     parser.add_argument("new")
+    parser.add_argument("--also", nargs=2, action="append", default=[], metavar=("OLD", "NEW"),
+                        help="another pair of outputs, both versions on another extractor")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--diagnostics", action="store_true",
                         help="also the medians that say why a rate moved")
     args = parser.parse_args()
-    old, new = load(args.old), load(args.new)
-    table = compare(old, new)
+    outputs = [(load(old), load(new)) for old, new in [(args.old, args.new), *args.also]]
+    table = compare(outputs)
     if table.empty:
         raise SystemExit("no trial ran under both versions")
     show(table, args.markdown)
     if args.diagnostics:
         print()
-        show(diagnostics(old, new), args.markdown)
+        show(diagnostics(outputs), args.markdown)
 
 
 if __name__ == "__main__":

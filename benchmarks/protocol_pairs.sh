@@ -10,13 +10,19 @@
 #   .venv/bin/python benchmarks/protocol_compare.py benchmarks/results/jpeg-protocol1 \
 #       benchmarks/results/jpeg-protocol2 --markdown
 #
-# Environment: STEPS (the blocks' ends, default 25 50 75 100), SCENARIO (default the lr-0.1
-# augmented scenario), ATTACKS (default bullseye_polytope,convex_polytope), ORDER ("new old",
-# the default, or "old new"). The no-augmentation study, for example:
+# Environment: STEPS (the blocks' ends, default 25 50 75 100), START (the first trial, default 0),
+# SCENARIO (default the lr-0.1 augmented scenario), ATTACKS (default
+# bullseye_polytope,convex_polytope), ORDER ("new old", the default, or "old new"). The
+# no-augmentation study, for example:
 #   STEPS=50 SCENARIO=cifar10-jpeg-resnet-transfer-head-lr0.1-noaug ATTACKS=none,feature_collision ...
 #
 # The outputs cache the pre-trained extractor under models/ (not committed; a new machine
-# pre-trains it once, about 13 minutes).
+# pre-trains it once, about 13 minutes). Pairs are pairs only on one extractor, and another
+# machine's pre-training need not give the same weights to the bit: a session on a new machine
+# starts a fresh pair of outputs (its own folder under benchmarks/results/, the outputs' models/
+# both holding the one it pre-trained) at the first trial that is not yet a pair (START), and
+# protocol_compare.py joins them with --also. A block both versions have not finished before the
+# machine goes is lost as pairs, so keep the blocks short enough to finish in a session.
 set -euo pipefail
 OLD_TREE=$(realpath "$1"); NEW_TREE=$(realpath "$2"); OLD_OUT=$(realpath "$3"); NEW_OUT=$(realpath "$4")
 PY=$(realpath -s "${PYTHON:-.venv/bin/python}")  # -s: keep the venv link
@@ -35,7 +41,7 @@ echo "extractor sha256: old ${OLD_SUM}new $NEW_SUM"
 run() {  # run TREE OUTPUT TRIALS
   (cd "$1" && env PYTHONPATH="$1" RAY_AUTH_MODE=disabled nice -n 19 "$PY" -c \
     "import sys; from raypoison.cli import main; sys.exit(main())" run configs/cifar10-jpeg-cpu.yaml \
-    --output "$2" --scenarios "$SCENARIO" --attacks "$ATTACKS" --trials "0:$3")
+    --output "$2" --scenarios "$SCENARIO" --attacks "$ATTACKS" --trials "${START:-0}:$3")
 }
 for k in ${STEPS:-25 50 75 100}; do
   for version in ${ORDER:-new old}; do
