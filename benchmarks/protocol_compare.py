@@ -44,20 +44,13 @@ Outputs = list[tuple[pd.DataFrame, pd.DataFrame]]
 def paired(outputs: Outputs, columns: list[str]) -> pd.DataFrame:
     """The trials both versions ran, with ``columns`` of each (suffixes ``_old``, ``_new``), from
     each (old, new) pair of outputs in turn; a trial an earlier pair holds is not taken again."""
-    found: list[pd.DataFrame] = []
-    for old, new in outputs:
-        a, b = outcomes(old)[[*KEYS, *columns]], outcomes(new)[[*KEYS, *columns]]
-        pairs = a.merge(b, on=KEYS, suffixes=("_old", "_new"))
-        if found:
-            seen = pd.concat([f[KEYS] for f in found])
-            pairs = pairs.merge(seen, on=KEYS, how="left", indicator=True)
-            pairs = pairs[pairs["_merge"] == "left_only"].drop(columns="_merge")
-        found.append(pairs)
-    return pd.concat(found, ignore_index=True)
+    found = [outcomes(old)[[*KEYS, *columns]].merge(outcomes(new)[[*KEYS, *columns]], on=KEYS,
+                                                    suffixes=("_old", "_new"))
+             for old, new in outputs]
+    return pd.concat(found, ignore_index=True).drop_duplicates(subset=KEYS, keep="first")
 
 
-def compare(outputs: Outputs) -> pd.DataFrame:
-    pairs = paired(outputs, ["success"])
+def compare(pairs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (scenario, attack), g in pairs.groupby(["scenario", "attack"], sort=True):
         x = g["success_old"].astype(bool).to_numpy()
@@ -79,10 +72,9 @@ DIAGNOSTICS = {"attack_loss_final": "final loss", "poisons_fit": "poisons fit",
                "target_margin": "target margin", "seconds_craft": "crafting s"}
 
 
-def diagnostics(outputs: Outputs) -> pd.DataFrame:
+def diagnostics(pairs: pd.DataFrame) -> pd.DataFrame:
     """Per scenario and attack, over the trials both versions ran: each version's medians of
     :data:`DIAGNOSTICS` (old → new) and the mean paired change of the target margin."""
-    pairs = paired(outputs, list(DIAGNOSTICS))
     rows = []
     for (scenario, attack), g in pairs.groupby(["scenario", "attack"], sort=True):
         row = {"scenario": scenario, "attack": attack, "pairs": len(g)}
@@ -118,13 +110,14 @@ def main() -> None:
                         help="also the medians that say why a rate moved")
     args = parser.parse_args()
     outputs = [(load(old), load(new)) for old, new in [(args.old, args.new), *args.also]]
-    table = compare(outputs)
+    pairs = paired(outputs, ["success", *DIAGNOSTICS])
+    table = compare(pairs)
     if table.empty:
         raise SystemExit("no trial ran under both versions")
     show(table, args.markdown)
     if args.diagnostics:
         print()
-        show(diagnostics(outputs), args.markdown)
+        show(diagnostics(pairs), args.markdown)
 
 
 if __name__ == "__main__":
