@@ -105,6 +105,30 @@ def test_trials_spread_over_every_worker_that_is_up(ray_cluster):
     assert len(per_worker) == 4 and min(per_worker.values()) >= 15, per_worker
 
 
+def test_workers_hold_one_trial_each_until_every_worker_is_up(ray_cluster):
+    """A trial queued behind another cannot move to a worker that comes up later: before every
+    worker has answered, each holds one trial (two workers and two long trials ran one after the
+    other on the first worker up); once all are up, each holds its share of ``max_in_flight``."""
+    from raypoison.execution.scheduler import Scheduler
+    from raypoison.execution.worker import start_worker
+
+    specs = list(expand(parse_suite(noop_raw(trials=10, seconds=0.0))))
+    scheduler = Scheduler(
+        lambda: start_worker(num_cpus=0, num_gpus=0.25, max_restarts=0, cpu_threads=1),
+        workers=2, max_in_flight=4, max_attempts=1, on_rows=lambda rows: None)
+    tasks = iter([TrialTask((spec,), "run-depth", {}) for spec in specs])
+    first, second = scheduler.workers
+    first.healthy = True  # as if its ping came back first
+    scheduler._dispatch(tasks, False)
+    assert (first.load, second.load) == (1, 0)
+    second.healthy = True
+    scheduler._dispatch(tasks, False)
+    assert (first.load, second.load) == (2, 2)
+    ray.get(list(scheduler._in_flight))
+    for handle in scheduler.handles:
+        ray.kill(handle)
+
+
 @pytest.mark.slow
 def test_exported_poisons_evaluate_the_same_through_the_external_attack(ray_cluster, tmp_path,
                                                                          tiny_raw):

@@ -1,7 +1,8 @@
 """The driver's scheduler: a bounded ``ray.wait`` loop over long-lived worker actors.
 
 - At most ``max_in_flight`` tasks are submitted at once, spread over the workers that are up (at
-  most ``ceil(max_in_flight / workers)`` queued per worker), and tasks are pulled lazily from the
+  most ``ceil(max_in_flight / workers)`` queued per worker once every worker is up, one each
+  before), and tasks are pulled lazily from the
   spec stream, so driver memory does not grow with the number of trials.
 - A worker is up once it answers a ping. Workers that Ray cannot place yet get no trials; on an
   autoscaling cluster they are the demand that adds nodes, and they join as the nodes come.
@@ -141,8 +142,12 @@ class Scheduler:
         return self.stats
 
     def _dispatch(self, tasks: Iterator[TrialTask], exhausted: bool) -> bool:
+        # a trial queued behind another on one worker cannot move to a worker that comes up
+        # later, so workers hold one trial each until every worker is up (with two workers and
+        # two trials, both would otherwise wait on the first worker to answer its ping)
+        depth = self.per_worker if all(w.healthy for w in self.workers) else 1
         while len(self._in_flight) < self.max_in_flight:
-            worker = min((w for w in self.workers if w.healthy and w.load < self.per_worker),
+            worker = min((w for w in self.workers if w.healthy and w.load < depth),
                          key=lambda w: w.load, default=None)
             if worker is None:
                 break
