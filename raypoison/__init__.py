@@ -8,4 +8,4 @@ __version__ = "0.1.0"
 
 # Bumped whenever a change alters what a trial computes; it is part of every trial id, so results
 # of an older protocol are never mistaken for results of the current one.
-PROTOCOL_VERSION = "2"
+PROTOCOL_VERSION = "3"

@@ -21,8 +21,10 @@ def banked(tiny_raw, tiny_checkpoint):
     return suite, ctx
 
 
-@pytest.mark.parametrize("augment", [True, False])
-def test_stacked_heads_end_where_one_by_one_heads_end(banked, augment):
+@pytest.mark.parametrize(("augment", "as_stored"), [(True, False), (False, False), (True, True)])
+def test_stacked_heads_end_where_one_by_one_heads_end(banked, augment, as_stored):
+    """``as_stored``: the poisons carry their own view (``unaugmented``), as dirty-label
+    backdoors' do."""
     suite, ctx = banked
     scenario = suite.scenarios[0]
     recipe = scenario.training_recipe.__class__(**{**vars(scenario.training_recipe),
@@ -35,17 +37,19 @@ def test_stacked_heads_end_where_one_by_one_heads_end(banked, augment):
         poisons = data.train_x[list(setup.base_indices)]
         images = torch.cat([data.train_x[clean], poisons])
         labels = torch.cat([data.train_y[clean], data.train_y[list(setup.base_indices)]])
-        sets.append((clean, poisons, images, labels))
+        kept = torch.arange(len(labels)) >= len(clean) if as_stored else None
+        sets.append((clean, poisons, images, labels, kept))
         seeds.append(derive_seed(scenario.seed, index, "net-a", "train"))
     alone = []
-    for (clean, poisons, images, labels), seed in zip(sets, seeds, strict=True):
+    for (clean, poisons, images, labels, kept), seed in zip(sets, seeds, strict=True):
         model = ctx.fresh_victim("net-a", seed)
         fit = train(model, images, labels, recipe=recipe, seed=seed, trainable="head",
-                    features=ctx.training_features("net-a", clean, poisons))
+                    features=ctx.training_features("net-a", clean, poisons), unaugmented=kept)
         alone.append((model, fit))
     models = [ctx.fresh_victim("net-a", seed) for seed in seeds]
     fits = train_heads(models, [s[3] for s in sets], recipe=recipe, seeds=seeds,
-                       features=[ctx.training_features("net-a", s[0], s[1]) for s in sets])
+                       features=[ctx.training_features("net-a", s[0], s[1]) for s in sets],
+                       unaugmented=[s[4] for s in sets])
     for (one, fit_one), together, fit in zip(alone, models, fits, strict=True):
         assert torch.allclose(one.head.weight, together.head.weight, atol=1e-5)
         assert torch.allclose(one.head.bias, together.head.bias, atol=1e-5)

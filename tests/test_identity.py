@@ -26,16 +26,16 @@ def _fingerprint(ids: list[str]) -> str:
     return hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
 
 
-# Literal ids of protocol 2. If one of these fails, identities changed: every stored result is
+# Literal ids of protocol 3. If one of these fails, identities changed: every stored result is
 # orphaned unless PROTOCOL_VERSION is bumped in the same change (and the README says so).
-SMOKE_FIRST = ["222750eb1e7d8112", "51416915dc5a52ee", "9a15320a2ff9557e", "ed63a8da254a9884"]
+SMOKE_FIRST = ["ad73a15d296ee8f3", "296f4481e6e0d6af", "551a6049d8f07846", "d9516e934ca59ee2"]
 
 
 def test_golden_ids_of_the_smoke_config():
-    assert PROTOCOL_VERSION == "2"
+    assert PROTOCOL_VERSION == "3"
     ids = _ids(load_suite(ROOT / "configs" / "smoke.yaml"))
     assert len(ids) == 16 and ids[:4] == SMOKE_FIRST
-    assert _fingerprint(ids) == "2daa861db0721c94"
+    assert _fingerprint(ids) == "05117c2979df1cce"
 
 
 ATTACK_NAMES = ["badnets", "blend", "bullseye_polytope", "clean_label_backdoor",
@@ -71,8 +71,8 @@ def test_golden_ids_of_a_config_with_every_attack_and_defense(tmp_path):
     bare.pop("defenses")
     assert _ids(parse_suite(bare)) == ids
     assert len(ids) == 4 * 12 and len(set(ids)) == len(ids)
-    assert ids[:3] == ["55dfae770313a4b7", "3f3fbe2ae6823e20", "539cfc9ef96c307e"]
-    assert _fingerprint(ids) == "b2a8a55577313d94"
+    assert ids[:3] == ["c55a6ad7fa1bcbb3", "e618fa425d7b2665", "fa395e87baffd2ae"]
+    assert _fingerprint(ids) == "4e6aa194326c4b28"
 
 
 # --- the same data in two places ------------------------------------------------------------------

@@ -109,3 +109,31 @@ def test_triggers_round_trip_through_the_saved_state(style):
     images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     assert torch.equal(back.apply(images), trigger.apply(images))
     assert back.description == trigger.description
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_saved_poisons_keep_whether_the_victims_augment_them(tmp_path, augment):
+    """A defense added later retrains nothing, but the saved poisons still say how they were
+    trained on (dirty-label poisons carry their own view; ``Poisons.augment`` False)."""
+    import dataclasses
+
+    import torch
+
+    from raypoison.attacks import create_attack
+    from raypoison.config.specs import expand
+    from raypoison.trial.context import TrialContext
+    from raypoison.trial.victims import VictimStore
+
+    suite = _suite([])
+    spec = next(s for s in expand(suite) if s.attack.name == "badnets")
+    ctx = TrialContext.create(spec.scenario, {})
+    attack = create_attack(spec.attack)
+    if augment:
+        attack = type(attack)(dataclasses.replace(attack.params, view="augmented"))
+    crafted = attack.craft(ctx, ctx.setup(spec.index), 3, spec.index)
+    assert crafted.poisons.augment is augment
+    store = VictimStore(str(tmp_path / "victims"))
+    store.save_trial(spec, crafted.poisons, crafted.trigger, {})
+    poisons, _, _ = store.load_trial(spec, "cpu")
+    assert poisons.augment is augment
+    assert torch.equal(poisons.images, crafted.poisons.images)

@@ -137,6 +137,47 @@ def test_banked_features_train_the_same_head_as_running_the_extractor(ctx):
     train(banked, images, labels, recipe=recipe, seed=9, trainable="head", features=features)
     assert torch.allclose(plain.head.weight, banked.head.weight, atol=1e-4)
     assert not torch.allclose(plain.head.weight, context.fresh_victim("net-a", 5).head.weight)
+    # poisons trained on as stored (their own view): the bank's unaugmented view, the same head
+    as_stored = torch.arange(len(labels)) >= len(clean)
+    kept = context.fresh_victim("net-a", 5)
+    train(kept, images, labels, recipe=recipe, seed=9, trainable="head", unaugmented=as_stored)
+    kept_banked = context.fresh_victim("net-a", 5)
+    train(kept_banked, images, labels, recipe=recipe, seed=9, trainable="head",
+          features=features, unaugmented=as_stored)
+    assert torch.allclose(kept.head.weight, kept_banked.head.weight, atol=1e-4)
+    assert not torch.allclose(kept.head.weight, plain.head.weight, atol=1e-4)
+
+
+def test_samples_marked_unaugmented_train_as_stored_and_leave_the_others_views_alone(ctx):
+    """What the network sees in each batch, recorded by a forward pre-hook on a real extractor:
+    with ``unaugmented``, the marked samples arrive exactly as stored, once per epoch, and every
+    other sample gets the very view it gets without the mark (the random draws are the same)."""
+    from raypoison.training.loop import train
+
+    suite, context = ctx
+    recipe = dataclasses.replace(suite.scenarios[0].training_recipe, epochs=2, batch_size=16)
+    assert recipe.augment and recipe.adversarial is None
+    images, labels = context.data.train_x[:40], context.data.train_y[:40]
+    as_stored = torch.arange(40) >= 30
+
+    def seen(unaugmented):
+        model = context.fresh_victim("net-a", 3)
+        batches: list[torch.Tensor] = []
+        hook = model.extractor.register_forward_pre_hook(
+            lambda _module, args: batches.append(args[0].detach().clone()))
+        train(model, images, labels, recipe=recipe, seed=4, unaugmented=unaugmented)
+        hook.remove()
+        stored = (images.float().div(255) - model.mean) / model.std
+        return torch.cat(batches), stored
+
+    plain, stored = seen(None)
+    kept, _ = seen(as_stored)
+    assert plain.shape == kept.shape == (80, *images.shape[1:])
+    differs = (plain != kept).flatten(1).any(1)
+    as_marked = (kept[:, None] == stored[None, 30:]).flatten(2).all(2)  # [80 rows, 10 marked]
+    assert as_marked.sum() == 20 and (as_marked.sum(0) == 2).all()  # each, once per epoch
+    assert differs.any() and as_marked.any(1)[differs].all()  # only marked rows changed
+    assert (plain[~as_marked.any(1)] == kept[~as_marked.any(1)]).all()
 
 
 def test_a_head_trained_without_augmentation_banks_only_the_unaugmented_view(tiny_raw,

@@ -23,6 +23,9 @@ class Poisons:
     labels: tuple[int, ...]
     target_index: int
     target_image: torch.Tensor | None = None  # uint8 [C, H, W], when the poisons carry it
+    # False: the victims train on these images as stored, never augmenting them (each is one
+    # augmented view drawn when it was made, as the Pick your Poison code makes its backdoors)
+    augment: bool = True
 
 
 @dataclass

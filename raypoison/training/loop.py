@@ -73,6 +73,7 @@ def train(
     features: TrainingFeatures | None = None,
     extra_loss: ExtraLoss | None = None,
     max_steps: int | None = None,
+    unaugmented: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on uint8 ``images`` (on the model's device) and int64 ``labels``.
 
@@ -80,6 +81,11 @@ def train(
     stay in eval mode; only the linear head learns. There, ``features`` (a bank of the frozen
     extractor's features under every augmentation view) replaces running the extractor: the same
     random draws pick the same views, so the head sees the same inputs either way.
+
+    ``unaugmented`` (bool ``[N]``) marks samples trained on as stored even when the recipe
+    augments: poisons whose one augmented view was drawn when they were made (the Pick your
+    Poison code's patch backdoors, :mod:`raypoison.attacks.dirty_label`). The random draws are
+    the same with or without it, so the other samples see the very same views.
 
     ``extra_loss(x, features, logits, labels)`` adds a term to the cross-entropy of each batch (the
     repairs of :mod:`raypoison.defenses` use it); ``max_steps`` ends training early.
@@ -115,11 +121,12 @@ def train(
         for start_i in range(0, n, recipe.batch_size):
             idx = order[start_i:start_i + recipe.batch_size]
             if features is not None:
-                logits = model.head(features.lookup(idx, _views(idx, generator, recipe.augment)))
+                views = _views(idx, generator, recipe.augment, unaugmented)
+                logits = model.head(features.lookup(idx, views))
             else:
                 x = images[idx].float().div_(255)
                 if recipe.augment:
-                    x = random_crop_flip(x, generator)
+                    x = _keep_unaugmented(random_crop_flip(x, generator), x, idx, unaugmented)
                 if recipe.adversarial is not None:
                     x = _adversarial_batch(model, x, labels[idx], recipe, generator, trainable)
                 if half and on_cuda:
@@ -151,23 +158,37 @@ def train(
     return TrainResult(recipe.epochs, steps, float(loss_value), time.perf_counter() - start)
 
 
-def _views(idx: torch.Tensor, generator: torch.Generator, augment: bool) -> torch.Tensor:
-    """The bank views of a batch: drawn crops and flips, or the unaugmented view."""
-    if augment:
-        return view_index(*draw_crop_flip(len(idx), generator)).to(idx.device)
-    return torch.full_like(idx, identity_view())
+def _views(idx: torch.Tensor, generator: torch.Generator, augment: bool,
+           unaugmented: torch.Tensor | None = None) -> torch.Tensor:
+    """The bank views of a batch: drawn crops and flips (the unaugmented view for the samples
+    ``unaugmented`` marks), or the unaugmented view."""
+    if not augment:
+        return torch.full_like(idx, identity_view())
+    views = view_index(*draw_crop_flip(len(idx), generator)).to(idx.device)
+    if unaugmented is None:
+        return views
+    return torch.where(unaugmented[idx], torch.full_like(views, identity_view()), views)
+
+
+def _keep_unaugmented(augmented: torch.Tensor, stored: torch.Tensor, idx: torch.Tensor,
+                      unaugmented: torch.Tensor | None) -> torch.Tensor:
+    """The augmented batch with the samples ``unaugmented`` marks put back as stored."""
+    if unaugmented is None:
+        return augmented
+    return torch.where(unaugmented[idx][:, None, None, None], stored, augmented)
 
 
 def train_heads(models: list[ImageClassifier], labels: list[torch.Tensor], *,
-                recipe: RecipeConfig, seeds: list[int],
-                features: list[TrainingFeatures]) -> list[TrainResult]:
+                recipe: RecipeConfig, seeds: list[int], features: list[TrainingFeatures],
+                unaugmented: list[torch.Tensor | None] | None = None) -> list[TrainResult]:
     """The head path of :func:`train` for several models at once: ``models[k]``'s linear head on
     ``features[k]`` with ``labels[k]``, from ``seeds[k]``, all in one stacked computation.
 
     Each head draws the same batches and views from its own generator as :func:`train` would, and
     the optimizer's update is elementwise (SGD with momentum and weight decay, or Adam), so every
     head ends where training it alone ends, up to float rounding of the batched products. The
-    training sets must have one size (the trials of a scenario do).
+    training sets must have one size (the trials of a scenario do). ``unaugmented[k]`` is
+    :func:`train`'s ``unaugmented`` for head ``k``.
     """
     sizes = {len(y) for y in labels}
     if len(sizes) != 1 or not models:
@@ -187,15 +208,17 @@ def train_heads(models: list[ImageClassifier], labels: list[torch.Tensor], *,
     per_step = recipe.schedule == "onecycle"
     schedule = _schedule(optimizer, recipe, steps_per_epoch=-(-n // recipe.batch_size))
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    kept = unaugmented if unaugmented is not None else [None] * len(models)
     device = labels[0].device
     steps, loss = 0, torch.full((len(models),), float("nan"))
     for _ in range(recipe.epochs):
         orders = [torch.randperm(n, generator=g).to(device) for g in generators]
         for start_i in range(0, n, recipe.batch_size):
             feats, targets = [], []
-            for order, g, bank, y in zip(orders, generators, features, labels, strict=True):
+            for order, g, bank, y, keep in zip(orders, generators, features, labels, kept,
+                                               strict=True):
                 idx = order[start_i:start_i + recipe.batch_size]
-                feats.append(bank.lookup(idx, _views(idx, g, recipe.augment)))
+                feats.append(bank.lookup(idx, _views(idx, g, recipe.augment, keep)))
                 targets.append(y[idx])
             logits = torch.baddbmm(bias[:, None, :], torch.stack(feats), weight.transpose(1, 2))
             k, b, c = logits.shape

@@ -235,6 +235,16 @@ def _training_set(ctx, pool, poisons):
     return clean, images, labels
 
 
+def _unaugmented(poisons: Poisons, clean: torch.Tensor) -> torch.Tensor | None:
+    """The samples of :func:`_training_set` the victims train on as stored: the poisons, when
+    they carry their own augmented view (``Poisons.augment`` False); None when none are."""
+    if poisons.augment:
+        return None
+    mask = torch.zeros(len(clean) + len(poisons.images), dtype=torch.bool, device=clean.device)
+    mask[len(clean):] = True
+    return mask
+
+
 def _defend(spec, ctx, setup, model, victim, poisons, trigger, clean, images, labels) -> dict:
     """The suite's defenses of ``spec`` on one trained victim, by label."""
     scenario = spec.scenario
@@ -279,7 +289,7 @@ def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None,
         features = ctx.training_features(victim, clean, poisons.images) if banked else None
         fit = train(model, images, labels, recipe=scenario.training_recipe, seed=seed_train,
                     trainable="head" if scenario.mode == "transfer" else "all",
-                    features=features)
+                    features=features, unaugmented=_unaugmented(poisons, clean))
         per[victim] = _evaluate(spec, ctx, setup, victim, model, fit, seed_train, poisons,
                                 trigger, store, (clean, images, labels))
     return per
@@ -369,7 +379,9 @@ def _train_group(jobs: list[_Ready], ctx: TrialContext,
                     raise ValueError(f"victim {victim!r} has no feature bank to train heads on")
                 features.append(bank)
             fits = train_heads(models, [sets[id(job)][2] for job in jobs],
-                               recipe=scenario.training_recipe, seeds=seeds, features=features)
+                               recipe=scenario.training_recipe, seeds=seeds, features=features,
+                               unaugmented=[_unaugmented(job.poisons, sets[id(job)][0])
+                                            for job in jobs])
             for job, model, fit, seed in zip(jobs, models, fits, seeds, strict=True):
                 trained[id(job)][victim] = (model, fit, seed)
     except Exception as err:  # the batch's training failed: each of its trials says so

@@ -85,6 +85,7 @@ class VictimStore:
         self.location.write_bytes(self._path(spec, "trial"), _dump({
             "trial_id": spec.trial_id, "index": spec.index, "images": poisons.images.cpu(),
             "base_indices": list(poisons.base_indices), "labels": list(poisons.labels),
+            "augment": poisons.augment,
             "target_index": poisons.target_index, "trigger": trigger_state(trigger),
             "fields": fields}))
 
@@ -114,7 +115,8 @@ class VictimStore:
             raise DataError(f"{self._path(spec, 'trial')}: saved for trial {blob.get('index')}, "
                             f"not {spec.index}")
         poisons = Poisons(blob["images"].to(device), tuple(blob["base_indices"]),
-                          tuple(blob["labels"]), int(blob["target_index"]))
+                          tuple(blob["labels"]), int(blob["target_index"]),
+                          augment=bool(blob.get("augment", True)))
         return poisons, trigger_from_state(blob["trigger"]), dict(blob["fields"])
 
     def load_victim(self, spec: TrialSpec, victim: str, model: ImageClassifier, seed_train: int
