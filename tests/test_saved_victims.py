@@ -2,14 +2,22 @@
 crafting or training, and only the new defense's rows are written (real Ray, real files)."""
 
 import copy
+import dataclasses
+import io
 import json
 import shutil
 
 import pytest
+import torch
 
+from raypoison.attacks import create_attack
+from raypoison.config.specs import expand
 from raypoison.config.suite import parse_suite
+from raypoison.data.triggers import TriggerConfig, make_trigger
 from raypoison.execution.runner import RunOptions, run_suite
 from raypoison.store import results
+from raypoison.trial.context import TrialContext
+from raypoison.trial.victims import VictimStore, trigger_from_state, trigger_state
 from tests.test_defenses import PYP
 
 
@@ -95,13 +103,6 @@ def test_a_saved_victim_of_another_trial_is_refused(ray_cluster, tmp_path):
 
 @pytest.mark.parametrize("style", ["patch", "blend", "warp"])
 def test_triggers_round_trip_through_the_saved_state(style):
-    import io
-
-    import torch
-
-    from raypoison.data.triggers import TriggerConfig, make_trigger
-    from raypoison.trial.victims import trigger_from_state, trigger_state
-
     trigger = make_trigger(TriggerConfig(style=style, kind="checkerboard"), 3, 16)
     buffer = io.BytesIO()
     torch.save(trigger_state(trigger), buffer)
@@ -115,15 +116,6 @@ def test_triggers_round_trip_through_the_saved_state(style):
 def test_saved_poisons_keep_whether_the_victims_augment_them(tmp_path, augment):
     """A defense added later retrains nothing, but the saved poisons still say how they were
     trained on (dirty-label poisons carry their own view; ``Poisons.augment`` False)."""
-    import dataclasses
-
-    import torch
-
-    from raypoison.attacks import create_attack
-    from raypoison.config.specs import expand
-    from raypoison.trial.context import TrialContext
-    from raypoison.trial.victims import VictimStore
-
     suite = _suite([])
     spec = next(s for s in expand(suite) if s.attack.name == "badnets")
     ctx = TrialContext.create(spec.scenario, {})
