@@ -163,7 +163,7 @@ def test_backdoor_cells_carry_the_mean_attack_success_rate():
     ok = [r["attack_success_rate"] for r in rows if r["status"] == "ok"]
     assert cell["asr"] == pytest.approx(sum(ok) / len(ok))
     assert cell["asr_low"] <= cell["asr"] <= cell["asr_high"]
-    assert "attack success rate % (mean, 95% bootstrap)" in to_markdown(table, "wilson")
+    assert "attack success rate % (mean, 95% t)" in to_markdown(table, "wilson")
     assert "asr" not in success_table(pd.DataFrame(_rows())).columns  # no backdoor, no column
 
 

@@ -3,10 +3,11 @@ clean accuracy and attack success rate before and after repair, detection ROC AU
 no-attack control, and the data-side detectors' precision and recall — each with a 95% interval.
 
 Cells are per victim: detection scores of different architectures are not on one scale. Means
-get percentile bootstrap intervals over models; a detection AUC compares the detection scores of
-an attack's models (positives) with those of the scenario's control models of the same victim
-(negatives: trials of the ``none`` attack, clean models trained with the same seeds; two controls
-of one suite train the same models, so each trial counts once) and its interval resamples both.
+get Student t intervals over models (a handful of seeds is the usual size; one model has no
+interval); a detection AUC compares the detection scores of an attack's models (positives) with
+those of the scenario's control models of the same victim (negatives: trials of the ``none``
+attack, clean models trained with the same seeds; two controls of one suite train the same
+models, so each trial counts once), with Newcombe's score interval.
 Only rows with status ``ok`` count.
 """
 
@@ -17,13 +18,15 @@ import math
 
 import pandas as pd
 
-from raypoison.analysis.stats import bootstrap_interval, mean_interval, roc_auc
+from raypoison.analysis.stats import auc_interval, mean_interval
 from raypoison.store.rows import NO_DEFENSE, STATUS_OK
 
 CONTROL = "none"  # the attack whose models are the clean population
-MEANS = ["clean_accuracy", "attack_success_rate", "clean_accuracy_repaired",
-         "attack_success_rate_repaired", "clean_accuracy_loss", "detection_score",
-         "flag_precision", "flag_recall", "flag_auc"]
+RATE, LOSS = (0.0, 1.0), (-1.0, 1.0)
+MEANS = {  # column -> the range its mean's interval is clipped to (None: unbounded)
+    "clean_accuracy": RATE, "attack_success_rate": RATE, "clean_accuracy_repaired": RATE,
+    "attack_success_rate_repaired": RATE, "clean_accuracy_loss": LOSS, "detection_score": None,
+    "flag_precision": RATE, "flag_recall": RATE, "flag_auc": RATE}
 
 
 def defended_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -82,8 +85,8 @@ def defense_table(df: pd.DataFrame) -> pd.DataFrame:
                   "trusted": (int(group["trusted_size"].median())
                               if "trusted_size" in group.columns
                               and group["trusted_size"].notna().any() else None)}
-        for column in MEANS:
-            mean, low, high = mean_interval(group[column].astype(float))
+        for column, bounds in MEANS.items():
+            mean, low, high = mean_interval(group[column].astype(float), bounds=bounds)
             record.update({column: mean, f"{column}_low": low, f"{column}_high": high})
         negatives = control[(control["scenario"] == scenario) & (control["defense"] == defense)
                             & (control["victim"] == victim)]["detection_score"].astype(
@@ -91,8 +94,7 @@ def defense_table(df: pd.DataFrame) -> pd.DataFrame:
         positives = group["detection_score"].astype(float).dropna()
         auc, low, high = math.nan, math.nan, math.nan
         if record["attack_name"] != CONTROL and len(positives) and len(negatives):
-            auc = roc_auc(positives, negatives)
-            low, high = bootstrap_interval(roc_auc, positives, negatives)
+            auc, low, high = auc_interval(positives, negatives)
         record.update(detection_auc=auc, detection_auc_low=low, detection_auc_high=high,
                       controls=len(negatives))
         out.append(record)

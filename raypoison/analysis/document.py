@@ -41,8 +41,9 @@ def _methods(interval: str) -> str:
         f"that counts the paper's own sampling error (100 outcomes a cell, 200 for black-box, "
         f"300 for from-scratch 'all'); {report_tables.DIFFERS_MARK} marks p < 0.05. Paired "
         "comparisons of two attacks resample trials (percentile bootstrap) and test with the "
-        "exact sign test over trials. Means of the defenses use percentile bootstrap intervals "
-        "over models; detection AUCs resample positives and negatives separately. Every "
+        "exact sign test over trials. Means over models (the defenses, a backdoor's attack "
+        "success rate) carry Student t intervals, none for a single model; detection AUCs carry "
+        "Newcombe's score interval (his method 5). Every "
         f"bootstrap draws {BOOTSTRAP_RESAMPLES:,} resamples from seed {BOOTSTRAP_SEED}, so a "
         "report of the same rows is the same report.")
 
@@ -81,9 +82,10 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
         trusted = (f"Trusted set: {' / '.join(map(str, sizes))} clean images"
                    f"{' (per scenario)' if len(sizes) > 1 else ''}. " if sizes else "")
         sections.append(Section("Defenses", defended, report_tables.defense_pivots(defended),
-                                f"{trusted}Means over models with 95% bootstrap intervals; "
-                                "detection AUC against the no-attack control's models of the "
-                                "same victim."))
+                                f"{trusted}Means over models with 95% Student t intervals "
+                                "(n: models per row; one model has no interval); detection AUC "
+                                "against the no-attack control's models of the same victim "
+                                "(n: attacked vs control models), with Newcombe's interval."))
     status = report.status_table(df)
     sections.append(Section("Rows by status", status,
                             [("", report_tables.status_display(status))]))

@@ -102,8 +102,8 @@ def success_table(df: pd.DataFrame, *, interval: str = "wilson",
     pooling its victims, which is how the paper reports from-scratch results. ``published`` is
     the paper's number where there is one, ``published_p`` the two-sample p-value of ours
     against it and ``differs`` whether that is below 0.05. For backdoors (and controls with a
-    trigger), ``asr`` is the mean attack success rate of the cell's victims with a bootstrap
-    interval (``asr_low``, ``asr_high``)."""
+    trigger), ``asr`` is the mean attack success rate of the cell's victims with a Student t
+    interval (``asr_low``, ``asr_high``; none for one victim)."""
     keys = ["scenario", "attack", "role"] + (["victim"] if per_victim else [])
     done = outcomes(df)
     if done.empty:
@@ -117,7 +117,7 @@ def success_table(df: pd.DataFrame, *, interval: str = "wilson",
         row.update(n=n, successes=successes, rate=successes / n, **cell_interval(cell, interval))
         if "attack_success_rate" in cell.columns and cell["attack_success_rate"].notna().any():
             row["asr"], row["asr_low"], row["asr_high"] = mean_interval(
-                cell["attack_success_rate"].astype(float))
+                cell["attack_success_rate"].astype(float), bounds=(0.0, 1.0))
         cells.append(row)
     grouped = pd.DataFrame(cells)
     if "asr" in grouped.columns and grouped["asr"].isna().all():
@@ -151,7 +151,7 @@ def to_markdown(table: pd.DataFrame, interval: str) -> str:
     compare = "published" in table.columns and table["published"].notna().any()
     backdoor = "asr" in table.columns and table["asr"].notna().any()
     header = [*keys, "n", "success % (95%)", "interval"] + (["published %"] if compare else []) \
-        + (["attack success rate % (mean, 95% bootstrap)"] if backdoor else [])
+        + (["attack success rate % (mean, 95% t)"] if backdoor else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.itertuples(index=False):
         cell = f"{100 * row.rate:.1f} [{100 * row.low:.1f}, {100 * row.high:.1f}]"
@@ -161,7 +161,8 @@ def to_markdown(table: pd.DataFrame, interval: str) -> str:
             cells.append("" if pd.isna(row.published) else
                          f"{row.published:g}" + (" (differs, p < 0.05)" if row.differs else ""))
         if backdoor:
-            cells.append("" if pd.isna(row.asr) else
-                         f"{100 * row.asr:.1f} [{100 * row.asr_low:.1f}, {100 * row.asr_high:.1f}]")
+            bounds = "" if pd.isna(row.asr_low) else (
+                f" [{100 * row.asr_low:.1f}, {100 * row.asr_high:.1f}]")
+            cells.append("" if pd.isna(row.asr) else f"{100 * row.asr:.1f}{bounds}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

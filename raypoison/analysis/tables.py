@@ -104,7 +104,7 @@ def success_long(table: pd.DataFrame, interval: str) -> pd.DataFrame:
             cells["paper %"] = _published_cell(row)
             cells["p vs paper"] = p_value(row.published_p)
         if backdoor:
-            cells["attack success rate % [95% bootstrap]"] = interval_cell(
+            cells["attack success rate % [95% t]"] = interval_cell(
                 row.asr, row.asr_low, row.asr_high)
         rows.append(cells)
     return pd.DataFrame(rows)
@@ -201,11 +201,25 @@ DEFENSE_METRICS = {  # column of defense_table -> (title, scale, digits)
     "flag_auc": ("Data-side poison detection ROC AUC [95%]", 1.0, 2),
 }
 
+# a metric's table opens with the undefended models' value it starts from: column, heading
+UNDEFENDED = {"attack_success_rate_repaired": ("attack_success_rate", "no defense"),
+              "clean_accuracy_loss": ("clean_accuracy", "clean accuracy before, %")}
+
+
+def _models(having: pd.DataFrame, key: tuple, column: str) -> str:
+    """How many models a pivot row rests on: its defenses' largest n; for a detection AUC,
+    attacked models against control models."""
+    rows = having.set_index(["scenario", "victim", "attack", "poisons"]).loc[[key]]
+    n = int(rows["n"].max())
+    if column == "detection_auc" and "controls" in rows.columns:
+        return f"{n} vs {int(rows['controls'].max())}"
+    return str(n)
+
 
 def defense_pivots(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """The defense table in the paper's layout: one small table per metric, rows scenario ×
-    victim × attack × poison count, a column per defense (the undefended value first where
-    the metric has one); only metrics some defense reports."""
+    victim × attack × poison count with the number of models ``n``, a column per defense (the
+    undefended value first where the metric has one); only metrics some defense reports."""
     if table.empty:
         return []
     keys = ["scenario", "victim", "attack", "poisons"]
@@ -215,11 +229,14 @@ def defense_pivots(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
             continue
         having = table[table[column].notna()]
         frame = having[keys].drop_duplicates().reset_index(drop=True)
-        if column == "attack_success_rate_repaired":
+        frame["n"] = [_models(having, k, column) for k in frame[keys].itertuples(
+            index=False, name=None)]
+        if column in UNDEFENDED:
+            before, heading = UNDEFENDED[column]
             base = table.drop_duplicates(keys).set_index(keys)
-            frame["no defense"] = [interval_cell(
-                base.loc[k, "attack_success_rate"], base.loc[k, "attack_success_rate_low"],
-                base.loc[k, "attack_success_rate_high"], scale=scale, digits=digits)
+            frame[heading] = [interval_cell(
+                base.loc[k, before], base.loc[k, f"{before}_low"], base.loc[k, f"{before}_high"],
+                scale=scale, digits=digits)
                 for k in frame[keys].itertuples(index=False, name=None)]
         for defense in sorted(set(having["defense"])):
             rows = having[having["defense"] == defense].set_index(keys)

@@ -1,0 +1,93 @@
+"""The intervals of means over a few models and of detection AUCs: known values, and coverage
+measured by simulation at the sizes the trade-off runs have (four seeds)."""
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from raypoison.analysis.stats import auc_interval, mean_interval, student_t_quantile
+
+
+@pytest.mark.parametrize("df,value", [(1, 12.7062), (3, 3.18245), (4, 2.77645), (9, 2.26216),
+                                      (30, 2.04227), (200, 1.97190)])
+def test_student_t_critical_values_match_tables(df, value):
+    assert student_t_quantile(0.95, df) == pytest.approx(value, abs=1e-4)
+
+
+def test_mean_interval_is_the_t_interval_clipped_to_its_range_and_absent_for_one_model():
+    mean, low, high = mean_interval([0.1, 0.2, 0.3, 0.6])
+    half = 3.182446 * np.std([0.1, 0.2, 0.3, 0.6], ddof=1) / 2
+    assert (mean, low, high) == pytest.approx((0.3, 0.3 - half, 0.3 + half), abs=1e-5)
+    assert mean_interval([0.1, 0.2, 0.3, 0.6], bounds=(0.0, 1.0))[1] == 0.0  # 0.3 - 0.34 < 0
+    one = mean_interval([0.7])
+    assert one[0] == 0.7 and math.isnan(one[1]) and math.isnan(one[2])
+    assert all(math.isnan(v) for v in mean_interval([]))
+
+
+def test_mean_interval_covers_the_mean_of_four_draws_95_times_in_100():
+    rng = np.random.default_rng(1)
+    covered = [low <= 0 <= high for _, low, high in
+               (mean_interval(rng.normal(0, 1, 4)) for _ in range(2000))]
+    assert 0.935 <= np.mean(covered) <= 0.965
+
+
+def test_auc_interval_solves_newcombes_equation_and_keeps_a_width_at_perfect_separation():
+    z2 = NormalDist().inv_cdf(0.975) ** 2
+
+    def hanley_mcneil(theta, m, n):  # his variance with (m + n)/2 - 1 for m - 1 and n - 1
+        q1, q2 = theta / (2 - theta), 2 * theta ** 2 / (1 + theta)
+        k = (m + n) / 2 - 1
+        return (theta * (1 - theta) + k * (q1 - theta ** 2) + k * (q2 - theta ** 2)) / (m * n)
+
+    auc, low, high = auc_interval([1.0, 2.0, 3.0, 4.0], [0.0, 0.5, 0.7, 0.8])
+    assert auc == 1.0 and high == 1.0 and 0.5 < low < 0.7
+    assert (1 - low) ** 2 == pytest.approx(z2 * hanley_mcneil(low, 4, 4), rel=1e-6)
+    auc, low, high = auc_interval([1, 3, 5], [0, 2, 4, 6, 8])
+    assert auc == pytest.approx(6 / 15) and 0 < low < auc < high < 1
+    for bound in (low, high):
+        assert (bound - auc) ** 2 == pytest.approx(z2 * hanley_mcneil(bound, 3, 5), rel=1e-6)
+    assert all(math.isnan(v) for v in auc_interval([], [1.0]))
+
+
+def test_auc_interval_covers_the_true_auc_of_four_against_four():
+    shift = math.sqrt(2) * NormalDist().inv_cdf(0.8)  # two unit normals this far apart: AUC 0.8
+    rng = np.random.default_rng(2)
+    covered = [low <= 0.8 <= high for _, low, high in
+               (auc_interval(rng.normal(shift, 1, 4), rng.normal(0, 1, 4)) for _ in range(1000))]
+    assert 0.93 <= np.mean(covered) <= 0.99
+
+
+def _defended(attack: str, trial: int, defense: str, **values) -> dict:
+    row = {"scenario": "s", "victim": "v", "attack": attack, "trial": trial, "status": "ok",
+           "attack_name": "none" if attack == "control" else "badnets",
+           "poisons": 0 if attack == "control" else 50, "defense": defense,
+           "defense_name": defense, "defense_params": "{}", "trusted_size": 500,
+           "clean_accuracy": 0.8 + 0.01 * trial, "attack_success_rate": 0.9,
+           "clean_accuracy_repaired": math.nan, "attack_success_rate_repaired": math.nan,
+           "detection_score": math.nan, "flag_precision": math.nan, "flag_recall": math.nan,
+           "flag_auc": math.nan}
+    return {**row, **values}
+
+
+def test_defense_tables_say_how_many_models_each_row_rests_on():
+    import pandas as pd
+
+    from raypoison.analysis.defense_report import defense_table
+    from raypoison.analysis.tables import defense_pivots
+
+    rows = [_defended(attack, t, "cti", detection_score=t + (5.0 if attack == "badnets" else 0))
+            for attack in ("control", "badnets") for t in range(3)]
+    rows += [_defended("badnets", t, "pt", clean_accuracy_repaired=0.78 + 0.01 * t,
+                       attack_success_rate_repaired=0.1) for t in range(3)]
+    rows.append(_defended("control", 0, "pt", clean_accuracy_repaired=0.79,
+                          attack_success_rate_repaired=0.05))
+    pivots = dict(defense_pivots(defense_table(pd.DataFrame(rows))))
+    auc = next(f for title, f in pivots.items() if title.startswith("Detection")).set_index("attack")
+    assert auc.loc["badnets", "n"] == "3 vs 3"
+    loss = next(f for title, f in pivots.items() if title.startswith("Clean")).set_index("attack")
+    assert loss.loc["badnets", "n"] == "3" and loss.loc["control", "n"] == "1"
+    assert loss.loc["badnets", "clean accuracy before, %"].startswith("81.0 [")
+    assert loss.loc["control", "pt"] == "1.0"  # one model: its loss, no interval
+    assert loss.loc["badnets", "pt"].startswith("2.0 [2.0, 2.0]")  # the same loss on each
