@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--attacks", type=_csv, help="only these attack labels, comma separated")
     run.add_argument("--scenarios", type=_csv, help="only these scenarios, comma separated")
     run.add_argument("--trials", help="trial indices START:STOP (e.g. 0:20) or one index")
+    run.add_argument("--defenses", type=_csv,
+                     help="only these defense labels, comma separated ('none': train and write "
+                          "the undefended rows only); with execution.save_victims a later run "
+                          "adds the others on the saved victims")
     run.add_argument("--retry-failed", action="store_true",
                      help="also recompute trials whose rows are failed or rejected")
     run.add_argument("--save-poisons", action="store_true",
@@ -134,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--output", f"{args.output} is a file, not a folder")
     options = RunOptions(
         output=args.output, address=args.address, attacks=args.attacks,
-        scenarios=args.scenarios, trials=parse_trial_range(args.trials),
+        scenarios=args.scenarios, trials=parse_trial_range(args.trials), defenses=args.defenses,
         retry_failed=args.retry_failed, save_poisons=args.save_poisons, workers=args.workers,
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus, dashboard=args.dashboard, config_path=str(Path(args.config)),

@@ -14,6 +14,7 @@ from raypoison.attacks import create_attack
 from raypoison.config.specs import expand
 from raypoison.config.suite import parse_suite
 from raypoison.data.triggers import TriggerConfig, make_trigger
+from raypoison.errors import ConfigError
 from raypoison.execution.runner import RunOptions, run_suite
 from raypoison.store import results
 from raypoison.trial.context import TrialContext
@@ -87,6 +88,45 @@ def test_without_saved_victims_a_new_defense_retrains_and_still_writes_only_its_
 
 
 @pytest.mark.slow
+def test_a_trial_stopped_after_its_victims_trained_resumes_at_its_defenses(ray_cluster, tmp_path):
+    """A run stopped between training and rows (a session's end on a slow machine) loses no
+    training: the next run takes the saved victims, and its rows are the ones a whole run
+    writes."""
+    out = tmp_path / "out"
+    run_suite(_suite(["spectral_signatures"], trials=1), RunOptions(output=str(out)))
+    whole = results.load(str(out)).set_index(["trial_id", "defense"]).sort_index()
+    shutil.rmtree(out / "results")  # the rows are gone, the victims are not
+    again = run_suite(_suite(["spectral_signatures"], trials=1), RunOptions(output=str(out)))
+    manifest = _manifest(out, again)
+    assert manifest["trials"]["resumed_from_saved_victims"] == 2
+    assert manifest["trials"]["to_craft_and_train"] == 0
+    resumed = results.load(str(out)).set_index(["trial_id", "defense"]).sort_index()
+    assert resumed.index.equals(whole.index) and set(resumed["status"]) == {"ok"}
+    for column in ("clean_accuracy", "attack_success_rate", "seed_train", "poisons",
+                   "poisons_fit", "role", "flag_auc", "seconds_train"):
+        assert resumed[column].equals(whole[column]), column
+    assert (resumed["run_id"] == again.run_id).all()
+
+
+@pytest.mark.slow
+def test_defenses_land_a_few_at_a_time_with_the_defenses_filter(ray_cluster, tmp_path):
+    out = tmp_path / "out"
+    suite = _suite(["spectral_signatures", "strip"], trials=1)
+    first = run_suite(suite, RunOptions(output=str(out), defenses=["none"]))
+    assert set(results.load(str(out))["defense"]) == {"none"} and first.rows_written == 2
+    second = run_suite(suite, RunOptions(output=str(out), defenses=["strip"]))
+    assert _manifest(out, second)["trials"]["to_craft_and_train"] == 0
+    assert _manifest(out, second)["filters"]["defenses"] == ["strip"]
+    third = run_suite(suite, RunOptions(output=str(out)))
+    assert _manifest(out, third)["trials"]["for_added_defenses"] == 2
+    rows = results.load(str(out))
+    assert sorted(rows["defense"]) == ["none"] * 2 + ["spectral_signatures"] * 2 + ["strip"] * 2
+    assert set(rows["status"]) == {"ok"}
+    with pytest.raises(ConfigError, match="--defenses.*unknown name 'fine_tuning'"):
+        run_suite(suite, RunOptions(output=str(out), defenses=["fine_tuning"]))
+
+
+@pytest.mark.slow
 def test_a_saved_victim_of_another_trial_is_refused(ray_cluster, tmp_path):
     out = tmp_path / "out"
     run_suite(_suite(["spectral_signatures"], trials=1), RunOptions(output=str(out)))
@@ -126,6 +166,6 @@ def test_saved_poisons_keep_whether_the_victims_augment_them(tmp_path, augment):
     assert crafted.poisons.augment is augment
     store = VictimStore(str(tmp_path / "victims"))
     store.save_trial(spec, crafted.poisons, crafted.trigger, {})
-    poisons, _, _ = store.load_trial(spec, "cpu")
+    poisons, _, _, _ = store.load_trial(spec, "cpu")
     assert poisons.augment is augment
     assert torch.equal(poisons.images, crafted.poisons.images)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from raypoison.config.suite import ScenarioConfig, SuiteConfig
-from raypoison.core.identity import trial_id_maker
+from raypoison.core.identity import NO_DEFENSE, trial_id_maker
 from raypoison.core.registry import Component
 from raypoison.errors import ConfigError
 
@@ -61,13 +61,19 @@ def expand(
     attacks: Iterable[str] | None = None,
     scenarios: Iterable[str] | None = None,
     trials: range | None = None,
+    defenses: Iterable[str] | None = None,
 ) -> Iterator[TrialSpec]:
     """Every trial of the suite, lazily, scenario by scenario, then trial, then attack.
 
     The order keeps one scenario's trials together (a worker loads its data and models once) and
-    an index's attacks side by side (they share a target).
+    an index's attacks side by side (they share a target). ``defenses`` keeps only those defense
+    labels of the suite in each trial (``none``, the undefended rows every trial writes, may be
+    named and selects nothing more), so that a long trial's defenses can land a few at a time.
     """
     chosen_attacks = select(suite.attacks, attacks, "--attacks", lambda a: a.label)
+    chosen_defenses = tuple(suite.defenses) if defenses is None else tuple(select(
+        suite.defenses, [d for d in defenses if d != NO_DEFENSE], "--defenses",
+        lambda d: d.label))
     chosen_scenarios = select(suite.scenarios, scenarios, "--scenarios", lambda s: s.name)
     for scenario in chosen_scenarios:
         indices = range(scenario.trials)
@@ -77,7 +83,7 @@ def expand(
         for index in indices:
             for attack, make_id in zip(chosen_attacks, makers, strict=True):
                 yield TrialSpec(make_id(index), suite.name, scenario, attack, index,
-                                suite.defenses)
+                                chosen_defenses)
 
 
 def count(suite: SuiteConfig, *, attacks: Iterable[str] | None = None,

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import yaml
 
-from raypoison.core.identity import identity_of
+from raypoison.core.identity import NO_DEFENSE, identity_of
 from raypoison.core.registry import Component, build_component
 from raypoison.core.schema import (
     CONFIG_DIR,
@@ -416,7 +416,7 @@ def _defense_list(raw: Any, path: str) -> tuple[Component, ...]:
 
     defenses = _component_list(raw, path, DEFENSES, "defenses", allow_empty=True)
     for i, d in enumerate(defenses):
-        if d.label == "none":
+        if d.label == NO_DEFENSE:
             raise ConfigError(f"{path}[{i}].label", "'none' names the undefended model's rows")
     return defenses
 

@@ -121,6 +121,9 @@ def trial_id(scenario: Any, attack: Any, index: int) -> str:
     return digest({**_identity(scenario, attack), "trial": index})
 
 
+NO_DEFENSE = "none"  # the defense label of a trial's undefended rows, reserved in configs
+
+
 def defense_key(defense: Any) -> tuple[str, str]:
     """What tells a defense's rows apart within a trial and victim: its label and its parameters
     as the rows store them (``defense``, ``defense_params``)."""

@@ -58,6 +58,7 @@ class RunOptions:
     attacks: list[str] | None = None
     scenarios: list[str] | None = None
     trials: range | None = None
+    defenses: list[str] | None = None  # only these defense labels of the suite ("none": none)
     retry_failed: bool = False
     save_poisons: bool = False  # export poisons to OUTPUT/poisons/ in the reference folder format
     workers: int | None = None
@@ -130,7 +131,7 @@ def plan_trial(spec: TrialSpec, stored: Stored | None, include_failed: bool) -> 
 def _pending(suite: SuiteConfig, options: RunOptions, done: dict[str, Stored]
              ) -> Iterator[TrialSpec]:
     for spec in expand(suite, attacks=options.attacks, scenarios=options.scenarios,
-                       trials=options.trials):
+                       trials=options.trials, defenses=options.defenses):
         todo = plan_trial(spec, done.get(spec.trial_id), not options.retry_failed)
         if todo is not None:
             yield todo
@@ -196,7 +197,8 @@ class _Plan:
     planned: int = 0
     skipped: int = 0
     for_defenses: int = 0
-    from_saved: int = 0
+    from_saved: int = 0  # of for_defenses, those whose victims are saved
+    resumed: int = 0  # trials without rows whose victims are saved (stopped after training)
     scenarios_needing_models: list[Any] = field(default_factory=list)
     scenarios_pending: list[Any] = field(default_factory=list)  # with trials to run
 
@@ -222,7 +224,7 @@ def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
     pending: dict[str, Any] = {}
     store = VictimStore(location.child_uri("victims"))
     for spec in expand(suite, attacks=options.attacks, scenarios=options.scenarios,
-                       trials=options.trials):
+                       trials=options.trials, defenses=options.defenses):
         plan.planned += 1
         todo = plan_trial(spec, plan.done.get(spec.trial_id), not options.retry_failed)
         if todo is None:
@@ -231,6 +233,8 @@ def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
         if not todo.write_undefended:
             plan.for_defenses += 1
             plan.from_saved += store.has(todo)
+        elif not options.save_poisons and store.has(todo):
+            plan.resumed += 1
         pending[spec.scenario.name] = spec.scenario
         if ATTACKS.get(spec.attack.name).needs_models:
             needing_models[spec.scenario.name] = spec.scenario
@@ -265,7 +269,7 @@ def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None =
 def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | None,
                  location: Location, run_id: str, plan: _Plan, start: float) -> RunSummary:
     done, planned, skipped = plan.done, plan.planned, plan.skipped
-    for_defenses, from_saved = plan.for_defenses, plan.from_saved
+    for_defenses, from_saved, resumed = plan.for_defenses, plan.from_saved, plan.resumed
     scenarios_needing_models = plan.scenarios_needing_models
     summary = RunSummary(run_id=run_id, status="running", planned=planned, skipped=skipped)
     manifest = _Manifest(location, run_id, {
@@ -273,12 +277,14 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
         "started_at": datetime.now(UTC).isoformat(), "finished_at": None,
         "config_path": options.config_path, "config": to_plain(suite), "config_text": config_text,
         "filters": {"attacks": options.attacks, "scenarios": options.scenarios,
+                    "defenses": options.defenses,
                     "trials": None if options.trials is None else
                     [options.trials.start, options.trials.stop],
                     "retry_failed": options.retry_failed, "share": options.share},
         "trials": {"planned": planned, "skipped_already_done": skipped,
                    "for_added_defenses": for_defenses,
-                   "to_craft_and_train": planned - skipped - from_saved},
+                   "resumed_from_saved_victims": resumed,
+                   "to_craft_and_train": planned - skipped - from_saved - resumed},
         "versions": _versions(), "git_revision": _git_revision(),
         "host": socket.gethostname(), "pid": os.getpid(), "argv": sys.argv,
     })
@@ -291,6 +297,9 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
                  "on saved victims (no crafting, no training) and %d craft and train again to "
                  "run them (their victims were not saved: execution.save_victims); only the new "
                  "defense rows are written", for_defenses, from_saved, for_defenses - from_saved)
+    if resumed:
+        log.info("%d of them stopped after their victims trained: they resume at their "
+                 "defenses on the saved victims", resumed)
 
     sink = ParquetSink(location, run_id, rows_per_file=suite.execution.rows_per_file,
                        flush_seconds=suite.execution.flush_seconds)
@@ -392,7 +401,8 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
                 status=summary.status, finished_at=datetime.now(UTC).isoformat(),
                 trials={"planned": planned, "skipped_already_done": skipped,
                         "for_added_defenses": for_defenses,
-                        "to_craft_and_train": planned - skipped - from_saved,
+                        "resumed_from_saved_victims": resumed,
+                        "to_craft_and_train": planned - skipped - from_saved - resumed,
                         "computed": summary.computed, "with_failures": summary.failed},
                 output={"rows_written": summary.rows_written, "files_written": summary.files_written},
                 scheduler=summary.scheduler, seconds=summary.seconds,

@@ -27,11 +27,11 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from raypoison import PROTOCOL_VERSION, __version__
+from raypoison.core.identity import NO_DEFENSE
 from raypoison.core.schema import to_plain
 
 SCHEMA_VERSION = 4
 KEY = ("trial_id", "victim", "defense")
-NO_DEFENSE = "none"
 
 STATUS_OK = "ok"  # the trial ran; for attacks that evaluate, success is set
 STATUS_FAILED = "failed"  # an error in the trial or its worker; ``error`` says which phase

@@ -82,9 +82,10 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
 
     Returns each trial's rows, in order. Crafting time is shared evenly among the batch's trials;
     ``craft_batch`` in each row says how many were crafted together. With ``save_victims`` every
-    trained victim is kept in ``victims``; a trial that only lacks defenses
-    (``write_undefended`` False) whose victims are saved there runs those defenses on them, with
-    no crafting and no training.
+    trained victim is kept in ``victims``; a trial whose victims are saved there runs its
+    defenses on them, with no crafting and no training: one that only lacks defenses
+    (``write_undefended`` False), and one stopped after training and before its rows were
+    written, whose undefended rows then come from the saved fields.
     """
     trials = [_Trial(spec, ctx) for spec in specs]
     store = victims if save_victims else None
@@ -96,8 +97,11 @@ def run_trials(specs: list[TrialSpec], ctx: TrialContext,
                 base_class=setup.base_class, base_indices=list(setup.base_indices),
                 seconds_setup=time.perf_counter() - trial.clock)
             trial.phase = "craft"
-            if not trial.spec.write_undefended and victims is not None \
-                    and victims.has(trial.spec):
+            # saved victims are this trial's own (the id follows its content): never train them
+            # twice, whether the trial lacks defenses or was stopped before its rows were written
+            # (an export of the poisons needs the crafting run, so it crafts again)
+            if victims is not None and victims.has(trial.spec) and (
+                    not trial.spec.write_undefended or save_poisons is None):
                 trial.phase = "defend saved victims"
                 _defend_saved(trial, ctx, victims)
         except Exception as err:  # a trial's error is data, not a crash of the run
@@ -206,7 +210,8 @@ def _after_crafting(trial: _Trial, crafted, ctx: TrialContext, save_poisons, att
     if crafted.trigger is not None:
         trial.common["trigger"] = crafted.trigger.description
     if store is not None:
-        store.save_trial(spec, crafted.poisons, crafted.trigger, _saved_fields(trial.common))
+        store.save_trial(spec, crafted.poisons, crafted.trigger, _saved_fields(trial.common),
+                         crafted_on=trial.crafted_on)
     if defer:
         return _Ready(trial, pool, crafted.poisons, crafted.trigger, store)
     trial.finish(STATUS_OK, _train_and_evaluate(spec, ctx, setup, pool, crafted.poisons,
@@ -261,8 +266,9 @@ def _defend_saved(trial: _Trial, ctx: TrialContext, store: VictimStore) -> None:
     """Run the spec's (missing) defenses on the trial's saved victims: no crafting, no training.
     The rows repeat the saved undefended fields, as every defense row does."""
     spec, setup, scenario = trial.spec, trial.setup, trial.spec.scenario
-    poisons, trigger, common = store.load_trial(spec, ctx.device)
+    poisons, trigger, common, crafted_on = store.load_trial(spec, ctx.device)
     trial.common.update(common)
+    trial.crafted_on = crafted_on
     clean, images, labels = _training_set(ctx, ctx.training_pool(setup, spec.index), poisons)
     per: dict[str, dict[str, Any]] = {}
     for victim in scenario.victims:

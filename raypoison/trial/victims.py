@@ -1,6 +1,7 @@
 """Saved victims: every trained victim of a trial and the trial's poisons and trigger, kept in the
 run's output (``execution.save_victims: true``) so that a defense added to the config later runs
-on them without crafting or training anything.
+on them without crafting or training anything, and a trial stopped after its victims trained
+resumes at its defenses.
 
 Layout, keyed like the rows (``OUTPUT/victims/``)::
 
@@ -80,14 +81,16 @@ class VictimStore:
                    for name in ("trial", *spec.scenario.victims))
 
     def save_trial(self, spec: TrialSpec, poisons: Poisons, trigger: Trigger | None,
-                   fields: dict[str, Any]) -> None:
-        """The trial's poisons and trigger, and its row fields known after crafting."""
+                   fields: dict[str, Any], crafted_on: tuple[str, ...] | None = None) -> None:
+        """The trial's poisons and trigger, its row fields known after crafting, and the models
+        it crafted on where they are not the scenario's attackers (they decide the rows'
+        roles)."""
         self.location.write_bytes(self._path(spec, "trial"), _dump({
             "trial_id": spec.trial_id, "index": spec.index, "images": poisons.images.cpu(),
             "base_indices": list(poisons.base_indices), "labels": list(poisons.labels),
             "augment": poisons.augment,
             "target_index": poisons.target_index, "trigger": trigger_state(trigger),
-            "fields": fields}))
+            "fields": fields, "crafted_on": None if crafted_on is None else list(crafted_on)}))
 
     def save_victim(self, spec: TrialSpec, victim: str, model: ImageClassifier, *, head_only: bool,
                     seed_train: int, fields: dict[str, Any]) -> None:
@@ -109,7 +112,8 @@ class VictimStore:
         return blob
 
     def load_trial(self, spec: TrialSpec, device: str | torch.device
-                   ) -> tuple[Poisons, Trigger | None, dict[str, Any]]:
+                   ) -> tuple[Poisons, Trigger | None, dict[str, Any], tuple[str, ...] | None]:
+        """The poisons, trigger, saved row fields and crafting models of :meth:`save_trial`."""
         blob = self._load(spec, "trial")
         if blob.get("index") != spec.index:
             raise DataError(f"{self._path(spec, 'trial')}: saved for trial {blob.get('index')}, "
@@ -117,7 +121,9 @@ class VictimStore:
         poisons = Poisons(blob["images"].to(device), tuple(blob["base_indices"]),
                           tuple(blob["labels"]), int(blob["target_index"]),
                           augment=bool(blob.get("augment", True)))
-        return poisons, trigger_from_state(blob["trigger"]), dict(blob["fields"])
+        crafted_on = blob.get("crafted_on")
+        return (poisons, trigger_from_state(blob["trigger"]), dict(blob["fields"]),
+                None if crafted_on is None else tuple(crafted_on))
 
     def load_victim(self, spec: TrialSpec, victim: str, model: ImageClassifier, seed_train: int
                     ) -> dict[str, Any]:
