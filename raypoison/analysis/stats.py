@@ -44,16 +44,21 @@ def _binomial_cdf(k: int, n: int, p: float) -> float:
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
-def _solve(f, target: float) -> float:
-    """The p in [0, 1] where the decreasing function f crosses target (bisection)."""
-    low, high = 0.0, 1.0
-    for _ in range(60):
+def _bisect(below: Callable[[float], bool], low: float, high: float, steps: int = 100) -> float:
+    """The point between ``low`` (where ``below`` holds) and ``high`` (where it does not) at
+    which ``below`` stops holding, by bisection."""
+    for _ in range(steps):
         mid = (low + high) / 2
-        if f(mid) > target:
+        if below(mid):
             low = mid
         else:
             high = mid
     return (low + high) / 2
+
+
+def _solve(f, target: float) -> float:
+    """The p in [0, 1] where the decreasing function f crosses target (bisection)."""
+    return _bisect(lambda p: f(p) > target, 0.0, 1.0, steps=60)
 
 
 def clopper_pearson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -127,16 +132,10 @@ def student_t_cdf_two_sided(t: float, df: int) -> float:
 @lru_cache(maxsize=256)
 def student_t_quantile(confidence: float, df: int) -> float:
     """The t with P(|T| <= t) = ``confidence`` (the two-sided critical value), by bisection."""
-    low, high = 0.0, 1.0
+    high = 1.0
     while student_t_cdf_two_sided(high, df) < confidence:
         high *= 2
-    for _ in range(100):
-        mid = (low + high) / 2
-        if student_t_cdf_two_sided(mid, df) < confidence:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
+    return _bisect(lambda t: student_t_cdf_two_sided(t, df) < confidence, 0.0, high)
 
 
 def mean_interval(values: ArrayLike, confidence: float = 0.95,
@@ -179,22 +178,12 @@ def auc_interval(positives: ArrayLike, negatives: ArrayLike, confidence: float =
     z2 = NormalDist().inv_cdf(0.5 + confidence / 2) ** 2
     m, n = len(pos), len(neg)
 
-    def gap(theta: float) -> float:  # > 0 outside the interval, <= 0 inside
-        return (theta - auc) ** 2 - z2 * _auc_variance(theta, m, n)
+    def outside(theta: float) -> bool:
+        return (theta - auc) ** 2 > z2 * _auc_variance(theta, m, n)
 
-    def root(outside: float) -> float:
-        inside = auc
-        if gap(outside) <= 0:
-            return outside
-        for _ in range(100):
-            mid = (inside + outside) / 2
-            if gap(mid) > 0:
-                outside = mid
-            else:
-                inside = mid
-        return (inside + outside) / 2
-
-    return (auc, root(0.0), root(1.0))
+    low = _bisect(outside, 0.0, auc) if outside(0.0) else 0.0
+    high = _bisect(lambda t: not outside(t), auc, 1.0) if outside(1.0) else 1.0
+    return (auc, low, high)
 
 
 def newcombe_difference(s1: int, n1: int, s2: int, n2: int, confidence: float = 0.95
