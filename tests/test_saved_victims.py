@@ -13,8 +13,9 @@ import torch
 from raypoison.attacks import create_attack
 from raypoison.config.specs import expand
 from raypoison.config.suite import parse_suite
+from raypoison.core.identity import defense_key, digest
 from raypoison.data.triggers import TriggerConfig, make_trigger
-from raypoison.errors import ConfigError
+from raypoison.errors import ConfigError, DataError
 from raypoison.execution.runner import RunOptions, run_suite
 from raypoison.store import results
 from raypoison.trial.context import TrialContext
@@ -106,6 +107,60 @@ def test_a_trial_stopped_after_its_victims_trained_resumes_at_its_defenses(ray_c
                    "poisons_fit", "role", "flag_auc", "seconds_train"):
         assert resumed[column].equals(whole[column]), column
     assert (resumed["run_id"] == again.run_id).all()
+
+
+@pytest.mark.slow
+def test_a_run_stopped_between_defenses_loses_only_the_defense_it_was_running(
+        ray_cluster, tmp_path):
+    """Each finished defense is kept beside its saved victim at once: after a stop while the
+    second defense ran, the next run takes the first one's fields as they were and runs only
+    the second, and the rows are the ones a whole run writes."""
+    out = tmp_path / "out"
+    suite = _suite(["spectral_signatures", "strip"], trials=1)
+    run_suite(suite, RunOptions(output=str(out)))
+    whole = results.load(str(out)).set_index(["trial_id", "defense"]).sort_index()
+    strip = next(d for d in suite.defenses if d.label == "strip")
+    kept = sorted((out / "victims").rglob("net.defense-*.pt"))
+    assert len(kept) == 4  # two trials, two defenses each
+    shutil.rmtree(out / "results")  # stopped while STRIP ran: no rows yet, and no STRIP fields
+    for path in (out / "victims").rglob(f"net.defense-{digest(defense_key(strip), 12)}.pt"):
+        path.unlink()
+    assert len(sorted((out / "victims").rglob("net.defense-*.pt"))) == 2
+    again = run_suite(suite, RunOptions(output=str(out)))
+    assert _manifest(out, again)["trials"]["resumed_from_saved_victims"] == 2
+    resumed = results.load(str(out)).set_index(["trial_id", "defense"]).sort_index()
+    assert resumed.index.equals(whole.index) and set(resumed["status"]) == {"ok"}
+    for column in ("clean_accuracy", "flag_auc", "flag_recall", "flagged", "trusted_size"):
+        assert resumed[column].equals(whole[column]), column
+    seconds = resumed["seconds_defense"], whole["seconds_defense"]
+    ss = seconds[0].xs("spectral_signatures", level="defense")
+    assert ss.equals(seconds[1].xs("spectral_signatures", level="defense"))  # not run again
+    assert not seconds[0].xs("strip", level="defense").equals(
+        seconds[1].xs("strip", level="defense"))  # run again, in its own time
+    assert len(sorted((out / "victims").rglob("net.defense-*.pt"))) == 4
+
+
+def test_a_saved_defense_counts_only_for_the_victim_it_ran_on(tmp_path):
+    suite = _suite(["spectral_signatures"])
+    specs = list(expand(suite))
+    spec, defense = specs[0], suite.defenses[0]
+    store = VictimStore(str(tmp_path / "victims"))
+    victim = {"seed_train": 5, "seconds_train": 12.5, "clean_accuracy": 0.75}
+    assert store.load_defense(spec, "net", defense, 7, victim) is None  # nothing saved yet
+    store.save_defense(spec, "net", defense, 7, victim, {"flag_auc": 0.9, "flagged": 3})
+    assert store.load_defense(spec, "net", defense, 7, victim) == {"flag_auc": 0.9, "flagged": 3}
+    retrained = {**victim, "seconds_train": 13.0}  # the same victim trained again
+    assert store.load_defense(spec, "net", defense, 7, retrained) is None
+    with pytest.raises(DataError, match="with seed 7, not spectral_signatures on net with 8"):
+        store.load_defense(spec, "net", defense, 8, victim)
+    other = next(s for s in specs if s.trial_id != spec.trial_id)
+    name = f"net.defense-{digest(defense_key(defense), 12)}.pt"
+    theirs = next((tmp_path / "victims").rglob(name))
+    mine = theirs.parent.parent.parent / f"attack={other.attack.label}" / other.trial_id / name
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(theirs, mine)
+    with pytest.raises(DataError, match="saved for another trial"):
+        store.load_defense(other, "net", defense, 7, victim)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ One defense's error fails that defense's row, not the trial.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,8 +27,11 @@ from raypoison.trial.evaluate import evaluate_victim
 def run_defenses(defenses: tuple[Component, ...], model: ImageClassifier, *, data: ImageData,
                  setup: Setup, trigger: Trigger | None, trusted: TrustedSet,
                  training: TrainingSet, is_poison: torch.Tensor, seeds: list[int],
-                 asr_scope: str) -> dict[str, Fields]:
-    """Each defense's row fields, by label."""
+                 asr_scope: str,
+                 finished: Callable[[Component, int, Fields], None] | None = None
+                 ) -> dict[str, Fields]:
+    """Each defense's row fields, by label; ``finished(defense, seed, fields)`` is called as each
+    one ends (to keep it before the next begins)."""
     out = {}
     for defense, seed in zip(defenses, seeds, strict=True):
         tick = time.perf_counter()
@@ -40,6 +44,8 @@ def run_defenses(defenses: tuple[Component, ...], model: ImageClassifier, *, dat
                             error=describe_error(err, f"defense {defense.label}"))
         fields.update(trusted_size=len(trusted), seconds_defense=time.perf_counter() - tick)
         out[defense.label] = fields
+        if finished is not None:
+            finished(defense, seed, fields)
     return out
 
 

@@ -250,16 +250,34 @@ def _unaugmented(poisons: Poisons, clean: torch.Tensor) -> torch.Tensor | None:
     return mask
 
 
-def _defend(spec, ctx, setup, model, victim, poisons, trigger, clean, images, labels) -> dict:
-    """The suite's defenses of ``spec`` on one trained victim, by label."""
+def _defend(spec, ctx, setup, model, victim, poisons, trigger, clean, images, labels,
+            store: VictimStore | None = None, victim_fields: dict | None = None) -> dict:
+    """The suite's defenses of ``spec`` on one trained victim, by label. With a ``store``, each
+    finished defense is saved at once, and one saved for this very victim is not run again."""
     scenario = spec.scenario
     is_poison = torch.zeros(len(labels), dtype=torch.bool)
     is_poison[len(clean):] = _changed(poisons, ctx.data)
-    seeds = [derive_seed(scenario.seed, spec.index, victim, d.label, "defend")
-             for d in spec.defenses]
-    return run_defenses(spec.defenses, model, data=ctx.data, setup=setup, trigger=trigger,
-                        trusted=ctx.trusted_set(), training=TrainingSet(images, labels),
-                        is_poison=is_poison, seeds=seeds, asr_scope=scenario.asr_scope)
+    seeds = {d.label: derive_seed(scenario.seed, spec.index, victim, d.label, "defend")
+             for d in spec.defenses}
+    done: dict[str, Any] = {}
+    keep = None
+    if store is not None and victim_fields is not None:
+        fields_of_victim = victim_fields
+        for d in spec.defenses:
+            saved = store.load_defense(spec, victim, d, seeds[d.label], fields_of_victim)
+            if saved is not None:
+                done[d.label] = saved
+
+        def keep(defense, seed, fields) -> None:
+            if fields.get("status") != STATUS_FAILED:  # a failure is tried again next run
+                store.save_defense(spec, victim, defense, seed, fields_of_victim, fields)
+
+    todo = tuple(d for d in spec.defenses if d.label not in done)
+    done.update(run_defenses(todo, model, data=ctx.data, setup=setup, trigger=trigger,
+                             trusted=ctx.trusted_set(), training=TrainingSet(images, labels),
+                             is_poison=is_poison, seeds=[seeds[d.label] for d in todo],
+                             asr_scope=scenario.asr_scope, finished=keep))
+    return {d.label: done[d.label] for d in spec.defenses}  # in the suite's order
 
 
 def _defend_saved(trial: _Trial, ctx: TrialContext, store: VictimStore) -> None:
@@ -277,7 +295,7 @@ def _defend_saved(trial: _Trial, ctx: TrialContext, store: VictimStore) -> None:
         per[victim] = store.load_victim(spec, victim, model, seed_train)
         model.eval()
         per[victim]["defenses"] = _defend(spec, ctx, setup, model, victim, poisons, trigger,
-                                          clean, images, labels)
+                                          clean, images, labels, store, dict(per[victim]))
     trial.finish(STATUS_OK, per)
 
 
@@ -326,7 +344,7 @@ def _evaluate(spec: TrialSpec, ctx: TrialContext, setup: Setup, victim: str,
                           seed_train=seed_train, fields=fields)
     if spec.defenses:
         fields["defenses"] = _defend(spec, ctx, setup, model, victim, poisons, trigger,
-                                     *training_set)
+                                     *training_set, store, dict(fields))
     return fields
 
 

@@ -10,10 +10,17 @@ Layout, keyed like the rows (``OUTPUT/victims/``)::
     scenario=<scenario>/attack=<attack label>/<trial_id>/<victim>.pt  the victim's weights (the
         head alone in transfer mode, where the extractor is the scenario's frozen model), its
         training seed and its undefended row's fields
+    scenario=<scenario>/attack=<attack label>/<trial_id>/<victim>.defense-<key>.pt  one finished
+        defense's row fields on that victim (``key``: a digest of the defense's label and
+        parameters), with its seed and a fingerprint of the victim it ran on
 
 Files are written with ``torch.save`` and read back with ``torch.load(..., weights_only=True)``,
 and each is checked against the trial, victim and seed it claims to belong to before use. A
-victim is saved after its undefended evaluation and before its defenses run.
+victim is saved after its undefended evaluation and before its defenses run, and each defense's
+fields as soon as that defense finishes: a run stopped in the middle of a victim's defenses loses
+only the defense it was running. A defense's saved fields count only for the victim they were
+computed on (the fingerprint of its undefended fields, which include its training time): a victim
+trained again does not inherit them.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import torch
 
 from raypoison.attacks.base import Poisons
 from raypoison.config.specs import TrialSpec
+from raypoison.core.identity import defense_key, digest
+from raypoison.core.registry import Component
 from raypoison.data.triggers import BlendTrigger, PatchTrigger, Trigger, WarpTrigger
 from raypoison.errors import DataError
 from raypoison.models.base import ImageClassifier
@@ -137,3 +146,37 @@ class VictimStore:
         module = model.head if blob["head_only"] else model
         module.load_state_dict(blob["state"])
         return dict(blob["fields"])
+
+    def _defense_name(self, victim: str, defense: Component) -> str:
+        return f"{victim}.defense-{digest(defense_key(defense), 12)}"
+
+    def save_defense(self, spec: TrialSpec, victim: str, defense: Component, seed: int,
+                     victim_fields: dict[str, Any], fields: dict[str, Any]) -> None:
+        """One finished defense's row fields on ``victim`` (whose undefended fields are
+        ``victim_fields``)."""
+        self.location.write_bytes(self._path(spec, self._defense_name(victim, defense)), _dump({
+            "trial_id": spec.trial_id, "victim": victim, "defense": list(defense_key(defense)),
+            "seed": seed, "victim_fingerprint": fingerprint(victim_fields),
+            "fields": dict(fields)}))
+
+    def load_defense(self, spec: TrialSpec, victim: str, defense: Component, seed: int,
+                     victim_fields: dict[str, Any]) -> dict[str, Any] | None:
+        """The fields :meth:`save_defense` kept for this defense on this very victim, or None
+        (never run, or run on a victim since trained again)."""
+        name = self._defense_name(victim, defense)
+        if not self.location.exists(self._path(spec, name)):
+            return None
+        blob = self._load(spec, name)
+        if (blob.get("victim"), blob.get("defense"), blob.get("seed")) != (
+                victim, list(defense_key(defense)), seed):
+            raise DataError(f"{self._path(spec, name)}: saved for {blob.get('defense')} on "
+                            f"victim {blob.get('victim')} with seed {blob.get('seed')}, not "
+                            f"{defense.label} on {victim} with {seed}")
+        if blob.get("victim_fingerprint") != fingerprint(victim_fields):
+            return None
+        return dict(blob["fields"])
+
+
+def fingerprint(victim_fields: dict[str, Any]) -> str:
+    """What tells one trained victim from another: a digest of its undefended row's fields."""
+    return digest({k: v for k, v in victim_fields.items() if k != "defenses"})
