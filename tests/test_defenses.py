@@ -507,3 +507,20 @@ def test_dirty_label_transfer_trials_run_with_bases_outside_the_feature_bank(tin
         [again] = run_trial(spec, plain)
         assert again["clean_accuracy"] == pytest.approx(row["clean_accuracy"], abs=1e-6)
         assert again["attack_success_rate"] == pytest.approx(row["attack_success_rate"], abs=1e-6)
+
+
+def test_the_trade_off_poison_axis_ticks_only_the_swept_counts():
+    """The symlog axis shows 0 and each poison count of the sweep, never a negative decade."""
+    from raypoison.analysis.figures import _poison_axis, _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2)
+    _poison_axis(axes, [0, 50, 150, 500, 1500])
+    fig.canvas.draw()
+    for ax in axes:
+        assert ax.get_xscale() == "symlog"
+        assert list(ax.get_xticks()) == [0, 50, 150, 500, 1500]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "50", "150", "500", "1500"]
+        low, high = ax.get_xlim()
+        assert -50 < low < 0 and high > 1500
+    plt.close(fig)

@@ -39,6 +39,23 @@ def _series(ax, rows: pd.DataFrame, column: str, label: str, marker: str = "o") 
     return True
 
 
+def _poison_axis(axes, counts: list[float]) -> None:
+    """A symmetric-log poison axis (linear up to the smallest positive count, so the control's 0
+    sits beside it) ticked at the counts of the sweep only: symlog's own ticks include negative
+    decades no poison count can take."""
+    from matplotlib.ticker import NullLocator
+
+    positive = [c for c in counts if c > 0]
+    linthresh = max(1, math.floor(min(positive)))
+    for ax in axes:
+        ax.set_xscale("symlog", linthresh=linthresh)
+        ax.set_xlim(-0.5 * linthresh if min(counts) <= 0 else 0.7 * min(positive),
+                    1.5 * max(positive))
+        ax.set_xticks(counts)
+        ax.set_xticklabels([f"{c:g}" for c in counts])
+        ax.xaxis.set_minor_locator(NullLocator())
+
+
 def tradeoff_figures(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """One PNG per (scenario, victim, attack family); returns their paths."""
     plt = _pyplot()
@@ -75,9 +92,7 @@ def tradeoff_figures(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
                 else:
                     ax.text(0.5, 0.5, "no such defense", ha="center", transform=ax.transAxes)
             if rows["poisons"].max() > 0 and (rows["poisons"] > 0).sum() > 1:
-                for ax in axes:
-                    ax.set_xscale("symlog", linthresh=max(1, math.floor(
-                        rows.loc[rows["poisons"] > 0, "poisons"].min())))
+                _poison_axis(axes, sorted(rows["poisons"].dropna().unique()))
             fig.suptitle(f"{scenario}, {victim}: {family}, detectability vs robustness")
             fig.tight_layout()
             path = out_dir / f"tradeoff-{scenario}-{victim}-{family}.png"
