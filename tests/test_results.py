@@ -136,3 +136,46 @@ def test_compaction_keeps_exactly_the_deduplicated_rows(tmp_path):
     assert results.read_table(str(tmp_path)).num_rows == 25  # no duplicates left at all
     columns = ["trial_id", "victim", "status", "success"]
     assert after[columns].equals(before[columns])
+
+
+def test_pandas_and_pyarrow_read_the_results_folder_itself(tmp_path):
+    """``pd.read_parquet(OUTPUT/results)`` merges the Hive keys of the folder names with the
+    keys stored in each part; a lone part still carries its keys."""
+    import pandas as pd
+
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    for r in (row("t1"), row("t2", attack="b"), row("t3", scenario="z")):
+        sink.add([r])  # one trial's rows at a time, as the driver adds them
+    sink.flush()
+    for df in (pd.read_parquet(tmp_path / "results"),
+               pq.read_table(tmp_path / "results").to_pandas()):
+        got = sorted(zip(df["trial_id"], df["scenario"].astype(str), df["attack"].astype(str),
+                         strict=True))
+        assert got == [("t1", "s", "a"), ("t2", "s", "b"), ("t3", "z", "a")]
+    [lone] = (tmp_path / "results" / "scenario=z" / "attack=a").glob("part-*.parquet")
+    assert pd.read_parquet(lone)["scenario"].astype(str).tolist() == ["z"]
+    assert results.load(str(tmp_path))["scenario"].tolist() == ["s", "s", "z"]
+
+
+def test_compaction_rewrites_an_older_layout_part_so_pandas_reads_the_folder(tmp_path):
+    """A part written before the partition keys were dictionary-encoded (plain strings) makes
+    pandas refuse the folder; compacting rewrites even a partition of one such part."""
+    import pandas as pd
+
+    from raypoison.store.compact import compact
+    from raypoison.store.rows import to_table
+
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    sink.add([row("t2", attack="b")])
+    sink.flush()
+    old = tmp_path / "results" / "scenario=s" / "attack=a"  # found first, as pyarrow lists
+    old.mkdir(parents=True)
+    pq.write_table(to_table([row("t1")]), old / "part-old-000001.parquet")
+    with pytest.raises(pa.ArrowTypeError, match="scenario"):
+        pd.read_parquet(tmp_path / "results")
+    done = compact(str(tmp_path))
+    assert (done.partitions, done.files_before, done.files_after) == (1, 1, 1)
+    df = pd.read_parquet(tmp_path / "results")
+    assert sorted(zip(df["trial_id"], df["attack"].astype(str), strict=True)) == [
+        ("t1", "a"), ("t2", "b")]
+    assert compact(str(tmp_path)).partitions == 0  # nothing left to rewrite

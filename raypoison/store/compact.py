@@ -3,7 +3,9 @@
 For each ``scenario=…/attack=…`` folder, the readable parts are read, deduplicated by key as
 readers do, written as one new part (atomically), and only then are the parts that were read
 removed. A crash in between leaves both, which readers deduplicate; foreign or unreadable files
-are left alone (readers keep skipping them with a warning).
+are left alone (readers keep skipping them with a warning). A partition of one part is rewritten
+too when that part predates the current file layout (:func:`raypoison.store.rows.to_part`), so
+compacting an older output makes its folder readable by ``pandas.read_parquet``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from raypoison.store.results import (
     conform,
     deduplicate,
     part_files,
+    part_schema,
     read_part,
     run_output,
 )
-from raypoison.store.rows import SCHEMA
+from raypoison.store.rows import SCHEMA, is_part_layout, to_part
 from raypoison.store.storage import Location
 
 
@@ -48,19 +51,20 @@ def compact(uri: str) -> CompactionSummary:
     summary = CompactionSummary()
     stamp = secrets.token_hex(4)
     for folder, paths in sorted(by_partition.items()):
-        tables, read = [], []
+        tables, read, old_layout = [], [], False
         for path in paths:
             table = read_part(location, path, None)
             if table is not None:
                 tables.append(conform(table, SCHEMA))
                 read.append(path)
-        if len(read) < 2:
+                old_layout = old_layout or not is_part_layout(part_schema(location, path))
+        if len(read) < 2 and not old_layout:
             continue  # nothing to gain
         rows = pa.concat_tables(tables).to_pandas()
         kept = deduplicate(rows)
         buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pandas(kept, schema=SCHEMA, preserve_index=False), buffer,
-                       compression="zstd")
+        pq.write_table(to_part(pa.Table.from_pandas(kept, schema=SCHEMA, preserve_index=False)),
+                       buffer, compression="zstd")
         target = posixpath.join(folder, f"{PART_PREFIX}compact-{stamp}-000001.parquet")
         location.write_bytes(target, buffer.getvalue())
         for path in read:

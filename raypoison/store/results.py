@@ -69,6 +69,11 @@ def read_part(location: Location, path: str, columns: list[str] | None) -> pa.Ta
         return None
 
 
+def part_schema(location: Location, path: str) -> pa.Schema:
+    """The Arrow schema a part file stores (its footer only)."""
+    return pq.read_schema(io.BytesIO(location.read_bytes(path)))
+
+
 def read_table(uri: str, columns: Iterable[str] | None = None) -> pa.Table:
     """Every row of every readable part, not deduplicated, cast to the current schema."""
     location = Location.parse(uri)

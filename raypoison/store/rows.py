@@ -15,6 +15,13 @@ victim and defense, which repeats the undefended model's fields and adds the def
 Version 2 added the defense columns and ``poisons``; a version-1 part reads as defense ``none``.
 Version 3 added ``target_margin`` and ``poisons_fit``; older parts read them as nulls.
 Version 4 added ``attack_loss_rose`` and ``crafting_model``; older parts read them as nulls.
+
+A part file stores the partition columns (``scenario``, ``attack``) dictionary-encoded
+(:func:`to_part`), the type pyarrow gives the same keys read from the Hive folder names, so that
+``pandas.read_parquet(OUTPUT/results)`` and ``pyarrow.parquet.read_table`` on the folder merge
+the two; with plain strings in the file they refuse ("Unable to merge: Field scenario has
+incompatible types"). A single part still reads alone, keys included. Readers cast back to
+:data:`SCHEMA`'s strings.
 """
 
 from __future__ import annotations
@@ -264,6 +271,26 @@ def failure_rows(spec: TrialLike, error: str, *, started_at: datetime | None = N
     common.update(status=status, error=error, started_at=started_at or now(), finished_at=now())
     common.update(extra)
     return trial_rows(spec, common)
+
+
+PARTITION_COLUMNS = ("scenario", "attack")
+
+
+def to_part(table: pa.Table) -> pa.Table:
+    """``table`` (of :data:`SCHEMA`) as a part file stores it: the partition columns
+    dictionary-encoded (see the module docstring)."""
+    for name in PARTITION_COLUMNS:
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, pa.field(name, pa.dictionary(pa.int32(), pa.string())),
+                                 table[name].cast(pa.string()).dictionary_encode())
+    return table
+
+
+def is_part_layout(schema: pa.Schema) -> bool:
+    """Whether a part file's schema stores the partition columns as :func:`to_part` does
+    (parts written before 2026-12-04 hold plain strings; ``raypoison compact`` rewrites them)."""
+    return all(name in schema.names and pa.types.is_dictionary(schema.field(name).type)
+               for name in PARTITION_COLUMNS)
 
 
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from raypoison.errors import ResultsError
 from raypoison.store.results import PART_PREFIX, RESULTS_DIR
-from raypoison.store.rows import to_table
+from raypoison.store.rows import to_part, to_table
 from raypoison.store.storage import Location
 
 
@@ -64,7 +64,7 @@ class ParquetSink:
         name = f"{PART_PREFIX}{self.run_id}-{self._sequence:06d}.parquet"
         path = self.location.join(RESULTS_DIR, f"scenario={scenario}", f"attack={attack}", name)
         buffer = io.BytesIO()
-        pq.write_table(to_table(rows), buffer, compression="zstd")
+        pq.write_table(to_part(to_table(rows)), buffer, compression="zstd")
         try:
             self.location.write_bytes(path, buffer.getvalue())
         except OSError as err:
