@@ -5,7 +5,11 @@ import copy
 import dataclasses
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,10 +20,12 @@ from raypoison.config.suite import parse_suite
 from raypoison.core.identity import defense_key, digest
 from raypoison.data.triggers import TriggerConfig, make_trigger
 from raypoison.errors import ConfigError, DataError
-from raypoison.execution.runner import RunOptions, run_suite
+from raypoison.execution.runner import RunOptions, plan_trial, run_suite
 from raypoison.store import results
 from raypoison.trial.context import TrialContext
+from raypoison.trial.run import run_trials, saved_rows
 from raypoison.trial.victims import VictimStore, trigger_from_state, trigger_state
+from tests.conftest import wait_for, write_config
 from tests.test_defenses import PYP
 
 
@@ -224,3 +230,73 @@ def test_saved_poisons_keep_whether_the_victims_augment_them(tmp_path, augment):
     poisons, _, _, _ = store.load_trial(spec, "cpu")
     assert poisons.augment is augment
     assert torch.equal(poisons.images, crafted.poisons.images)
+
+
+def test_saved_rows_are_the_rows_of_the_work_a_stopped_trial_finished(tmp_path):
+    """What the driver writes for a trial cut short: the saved undefended fields and each
+    finished defense's, the same values the whole trial returned; a defense not finished has
+    no row, and a trial whose victim is not saved has none at all."""
+    suite = _suite(["spectral_signatures", "strip"], trials=1)
+    spec = next(s for s in expand(suite) if s.attack.name == "badnets")
+    store = VictimStore(str(tmp_path / "victims"))
+    assert saved_rows(spec, store) == []  # nothing trained yet
+    ctx = TrialContext.create(spec.scenario, {})
+    whole = {r["defense"]: r for r in run_trials([spec], ctx, None, store, True)[0]}
+    strip = next(d for d in suite.defenses if d.label == "strip")
+    name = f"net.defense-{digest(defense_key(strip), 12)}.pt"
+    next((tmp_path / "victims").rglob(name)).unlink()  # stopped while STRIP ran
+    kept = {r["defense"]: r for r in saved_rows(spec, store)}
+    assert sorted(kept) == ["none", "spectral_signatures"]
+    for label, row in kept.items():
+        assert row["status"] == "ok" and row["trial_id"] == spec.trial_id
+        for column in ("clean_accuracy", "attack_success_rate", "seed_train", "poisons_fit",
+                       "flag_auc", "flagged", "seconds_defense", "target_class", "role"):
+            assert row[column] == whole[label][column], (label, column)
+    later = dataclasses.replace(spec, defenses=(strip,), write_undefended=False)
+    assert saved_rows(later, store) == []  # the only defense asked for is not finished
+    next((tmp_path / "victims").rglob("net.pt")).unlink()
+    assert saved_rows(spec, store) == []
+
+
+@pytest.mark.slow
+def test_a_stop_during_the_defenses_writes_the_finished_ones_rows(tmp_path):
+    """SIGTERM while a slow defense runs: the run's results already hold the trial's undefended
+    row and the finished defense's (so a move to another machine without the saved victims
+    loses only the defense that was running), and the next run plans only that one."""
+    raw = copy.deepcopy(PYP)
+    raw["scenarios"][0]["trials"] = 1
+    raw["attacks"] = [raw["attacks"][1]]  # BadNets
+    raw["defenses"] = ["spectral_signatures",  # seconds; then one that never ends in time
+                       {"name": "pivotal_tuning", "params": {"steps": 10**7}}]
+    raw["execution"] = {"workers": 1, "save_victims": True, "flush_seconds": 0.5}
+    config = write_config(tmp_path / "c.yaml", raw)
+    out = tmp_path / "out"
+    suite = parse_suite(raw)
+    ss, pt = suite.defenses
+    kept = f"net.defense-{digest(defense_key(ss), 12)}.pt"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "raypoison.cli", "run", str(config), "--output", str(out),
+         "--num-cpus", "1"],
+        env=dict(os.environ, RAY_AUTH_MODE="disabled"), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: list(out.glob(f"victims/*/*/*/{kept}")) or driver.poll() is not None,
+                 timeout=300)
+        assert driver.poll() is None
+        assert not list(out.glob("results/*/*/part-*.parquet"))  # the trial has not ended
+        driver.send_signal(signal.SIGTERM)
+        log, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, log[-2000:]
+    rows = results.load(str(out))
+    assert sorted(rows["defense"]) == ["none", "spectral_signatures"], log[-2000:]
+    assert set(rows["status"]) == {"ok"} and rows["flag_auc"].notna().sum() == 1
+    manifest = json.loads(next((out / "manifests").glob("run-*.json")).read_text())
+    assert manifest["status"] == "interrupted"
+    assert manifest["output"]["rows_from_saved_work_after_the_stop"] == 2
+    assert manifest["output"]["rows_written"] == 2
+    spec = next(iter(expand(suite)))
+    todo = plan_trial(spec, results.stored_trials(str(out))[spec.trial_id], True)
+    assert todo is not None and todo.defenses == (pt,) and not todo.write_undefended

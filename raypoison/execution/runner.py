@@ -44,8 +44,10 @@ from raypoison.execution.progress import Progress
 from raypoison.execution.scheduler import Scheduler
 from raypoison.execution.worker import TrialTask, start_worker
 from raypoison.store.results import Stored, stored_trials
+from raypoison.store.rows import check_rows, stamp
 from raypoison.store.sink import ParquetSink
 from raypoison.store.storage import Location
+from raypoison.trial.run import saved_rows
 from raypoison.trial.victims import VictimStore
 
 log = logging.getLogger("raypoison")
@@ -84,6 +86,7 @@ class RunSummary:
     seconds: float = 0.0
     manifest: str = ""
     scheduler: dict[str, Any] = field(default_factory=dict)
+    salvaged: int = 0  # rows of stopped trials' finished work, written at the stop
 
 
 def new_run_id() -> str:
@@ -251,6 +254,43 @@ def _warn_weight_conflicts(uri: str, run_id: str) -> None:
             log.warning("%s", run_status.conflict_text(file, by_digest))
 
 
+def _keep_saved_work(scheduler: Scheduler, sink: ParquetSink) -> int:
+    """After a stop, the rows of what the cut-short trials finished and saved beside their
+    victims (:func:`raypoison.trial.run.saved_rows`): the undefended rows and each finished
+    defense's, added to the sink before its last flush. Returns how many. Best effort: a trial
+    whose saved files cannot be read is left to the next run, which finds them itself, and
+    nothing here may keep the rows already received from being written."""
+    kept = 0
+    where = {"worker": f"{socket.gethostname()}:{os.getpid()} (driver, after the stop)",
+             "ray_version": ray.__version__}
+    try:
+        for task, attempt in scheduler.unfinished():
+            if not (task.save_victims and task.victims_uri):
+                continue
+            store = VictimStore(task.victims_uri)
+            for spec in task.specs:
+                try:
+                    rows = stamp(saved_rows(spec, store), run_id=task.run_id, attempt=attempt,
+                                 **where)
+                except Exception as err:
+                    log.warning("trial %s: its saved work could not be read (%s); the next run "
+                                "finds it", spec.trial_id, err)
+                    continue
+                problem = check_rows(rows)
+                if problem is not None:
+                    log.warning("trial %s: its saved work does not fit the rows (%s); the next "
+                                "run redoes it", spec.trial_id, problem)
+                    continue
+                sink.add(rows)
+                kept += len(rows)
+    except BaseException as err:  # a second Ctrl-C, say: the received rows still get flushed
+        log.warning("stopped keeping the saved work of cut-short trials: %r", err)
+    if kept:
+        log.info("kept %d rows of the cut-short trials' finished work (the next run computes "
+                 "only what is missing)", kept)
+    return kept
+
+
 def run_suite(suite: SuiteConfig, options: RunOptions, config_text: str | None = None
               ) -> RunSummary:
     """Run every pending trial of ``suite`` into ``options.output``, holding the output's lease
@@ -381,6 +421,8 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
         failure = f"{type(err).__name__}: {str(err)[:500]}"
         raise
     finally:
+        if scheduler is not None and summary.status != "completed":
+            summary.salvaged = _keep_saved_work(scheduler, sink)
         try:
             sink.flush()
         except Exception as err:  # e.g. the disk is full: say so, and what was not written
@@ -404,7 +446,8 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
                         "resumed_from_saved_victims": resumed,
                         "to_craft_and_train": planned - skipped - from_saved - resumed,
                         "computed": summary.computed, "with_failures": summary.failed},
-                output={"rows_written": summary.rows_written, "files_written": summary.files_written},
+                output={"rows_written": summary.rows_written, "files_written": summary.files_written,
+                        "rows_from_saved_work_after_the_stop": summary.salvaged},
                 scheduler=summary.scheduler, seconds=summary.seconds,
                 error=failure, rows_not_written=sink.rows_lost,
             )

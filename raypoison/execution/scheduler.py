@@ -104,6 +104,12 @@ class Scheduler:
     def handles(self) -> list[Any]:
         return [w.handle for w in self.workers]
 
+    def unfinished(self) -> list[tuple[TrialTask, int]]:
+        """The tasks submitted and not finished (in flight, or waiting to be tried again), each
+        with its attempt: after a stop, what a run may still hold saved work of."""
+        items = [item for item, _ in self._in_flight.values()] + list(self._retry)
+        return [(item.task, item.attempt) for item in items]
+
     def run(self, tasks: Iterator[TrialTask]) -> SchedulerStats:
         tasks = iter(tasks)
         exhausted = False

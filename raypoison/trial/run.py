@@ -7,6 +7,7 @@ phase and carry the message, so one broken trial never stops a run.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -257,8 +258,7 @@ def _defend(spec, ctx, setup, model, victim, poisons, trigger, clean, images, la
     scenario = spec.scenario
     is_poison = torch.zeros(len(labels), dtype=torch.bool)
     is_poison[len(clean):] = _changed(poisons, ctx.data)
-    seeds = {d.label: derive_seed(scenario.seed, spec.index, victim, d.label, "defend")
-             for d in spec.defenses}
+    seeds = {d.label: _defense_seed(spec, victim, d.label) for d in spec.defenses}
     done: dict[str, Any] = {}
     keep = None
     if store is not None and victim_fields is not None:
@@ -280,6 +280,47 @@ def _defend(spec, ctx, setup, model, victim, poisons, trigger, clean, images, la
     return {d.label: done[d.label] for d in spec.defenses}  # in the suite's order
 
 
+def _defense_seed(spec: TrialSpec, victim: str, label: str) -> int:
+    return derive_seed(spec.scenario.seed, spec.index, victim, label, "defend")
+
+
+def _train_seed(spec: TrialSpec, victim: str) -> int:
+    return derive_seed(spec.scenario.seed, spec.index, victim, "train")
+
+
+def saved_rows(spec: TrialSpec, store: VictimStore) -> list[dict]:
+    """The rows that a trial stopped during its defenses already holds in ``store``: its
+    undefended rows (when ``spec.write_undefended``) and a row per victim of each defense that
+    finished on every victim, the rows the whole trial would have written for them. Nothing
+    (``[]``) until the trial and every victim are saved. Reads files only: the driver calls it
+    for the trials a stop cut short, so that their finished defenses reach the results, not
+    just the saved-victims folder (which a move to another machine leaves behind); the next
+    run then plans only the defenses still missing."""
+    if not store.has(spec):
+        return []
+    _, _, saved, crafted_on = store.load_trial(spec, "cpu")
+    per: dict[str, dict[str, Any]] = {}
+    finished = list(spec.defenses)
+    for victim in spec.scenario.victims:
+        fields = store.victim_fields(spec, victim, _train_seed(spec, victim))
+        if fields is None:
+            return []
+        defended = {}
+        for d in spec.defenses:
+            kept = store.load_defense(spec, victim, d, _defense_seed(spec, victim, d.label),
+                                      fields)
+            if kept is not None:
+                defended[d.label] = kept
+        finished = [d for d in finished if d.label in defended]
+        per[victim] = {**fields, "defenses": defended}
+    if not finished and not spec.write_undefended:
+        return []
+    common = trial_fields(spec)
+    common.update(saved, status=STATUS_OK, error=None, finished_at=now())
+    return trial_rows(dataclasses.replace(spec, defenses=tuple(finished)), common, per,
+                      crafted_on)
+
+
 def _defend_saved(trial: _Trial, ctx: TrialContext, store: VictimStore) -> None:
     """Run the spec's (missing) defenses on the trial's saved victims: no crafting, no training.
     The rows repeat the saved undefended fields, as every defense row does."""
@@ -290,7 +331,7 @@ def _defend_saved(trial: _Trial, ctx: TrialContext, store: VictimStore) -> None:
     clean, images, labels = _training_set(ctx, ctx.training_pool(setup, spec.index), poisons)
     per: dict[str, dict[str, Any]] = {}
     for victim in scenario.victims:
-        seed_train = derive_seed(scenario.seed, spec.index, victim, "train")
+        seed_train = _train_seed(spec, victim)
         model = ctx.fresh_victim(victim, seed_train)
         per[victim] = store.load_victim(spec, victim, model, seed_train)
         model.eval()
@@ -308,7 +349,7 @@ def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None,
     per: dict[str, dict[str, Any]] = {}
     banked = ctx.uses_feature_bank
     for victim in scenario.victims:
-        seed_train = derive_seed(scenario.seed, spec.index, victim, "train")
+        seed_train = _train_seed(spec, victim)
         model = ctx.fresh_victim(victim, seed_train)
         features = ctx.training_features(victim, clean, poisons.images) if banked else None
         fit = train(model, images, labels, recipe=scenario.training_recipe, seed=seed_train,
@@ -393,8 +434,7 @@ def _train_group(jobs: list[_Ready], ctx: TrialContext,
         id(job): {} for job in jobs}
     try:
         for victim in scenario.victims:
-            seeds = [derive_seed(scenario.seed, job.trial.spec.index, victim, "train")
-                     for job in jobs]
+            seeds = [_train_seed(job.trial.spec, victim) for job in jobs]
             models = [ctx.fresh_victim(victim, seed) for seed in seeds]
             features = []
             for job in jobs:

@@ -134,18 +134,30 @@ class VictimStore:
         return (poisons, trigger_from_state(blob["trigger"]), dict(blob["fields"]),
                 None if crafted_on is None else tuple(crafted_on))
 
-    def load_victim(self, spec: TrialSpec, victim: str, model: ImageClassifier, seed_train: int
-                    ) -> dict[str, Any]:
-        """Load the saved weights into ``model`` (a fresh victim built with ``seed_train``);
-        returns the undefended row's fields."""
+    def _victim_blob(self, spec: TrialSpec, victim: str, seed_train: int) -> dict[str, Any]:
         blob = self._load(spec, victim)
         if blob.get("victim") != victim or blob.get("seed_train") != seed_train:
             raise DataError(f"{self._path(spec, victim)}: saved for victim "
                             f"{blob.get('victim')} with seed {blob.get('seed_train')}, not "
                             f"{victim} with {seed_train}")
+        return blob
+
+    def load_victim(self, spec: TrialSpec, victim: str, model: ImageClassifier, seed_train: int
+                    ) -> dict[str, Any]:
+        """Load the saved weights into ``model`` (a fresh victim built with ``seed_train``);
+        returns the undefended row's fields."""
+        blob = self._victim_blob(spec, victim, seed_train)
         module = model.head if blob["head_only"] else model
         module.load_state_dict(blob["state"])
         return dict(blob["fields"])
+
+    def victim_fields(self, spec: TrialSpec, victim: str, seed_train: int
+                      ) -> dict[str, Any] | None:
+        """The saved victim's undefended row fields without its weights, or None if the victim
+        is not saved (yet)."""
+        if not self.location.exists(self._path(spec, victim)):
+            return None
+        return dict(self._victim_blob(spec, victim, seed_train)["fields"])
 
     def _defense_name(self, victim: str, defense: Component) -> str:
         return f"{victim}.defense-{digest(defense_key(defense), 12)}"
