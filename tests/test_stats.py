@@ -91,3 +91,43 @@ def test_defense_tables_say_how_many_models_each_row_rests_on():
     assert loss.loc["badnets", "clean accuracy before, %"].startswith("81.0 [")
     assert loss.loc["control", "pt"] == "1.0"  # one model: its loss, no interval
     assert loss.loc["badnets", "pt"].startswith("2.0 [2.0, 2.0]")  # the same loss on each
+
+
+def test_a_repairs_pooled_cost_averages_each_seed_first_and_takes_its_interval_over_seeds():
+    import pandas as pd
+
+    from raypoison.analysis.defense_report import POOLED, defense_table, pooled_repair_cost
+    from raypoison.analysis.tables import defense_pivots
+
+    # three attacks share each of three training seeds; a seed's models lose alike
+    losses = {0: 0.02, 1: 0.03, 2: 0.07}
+    rows = [_defended(attack, t, "pt", seed_train=1000 + t, clean_accuracy=0.8,
+                      clean_accuracy_repaired=0.8 - losses[t] - (0.001 if attack == "control"
+                                                                  else 0.0),
+                      attack_success_rate_repaired=0.1)
+            for attack in ("control", "badnets", "blend") for t in range(3)]
+    rows.append(_defended("badnets", 0, "cti", seed_train=1000, detection_score=1.0))
+    frame = pd.DataFrame(rows)
+    pooled = pooled_repair_cost(frame).set_index("defense")
+    assert list(pooled.index) == ["pt"]  # a detector repairs nothing
+    per_seed = [losses[t] + 0.001 / 3 for t in range(3)]
+    mean, half = np.mean(per_seed), 4.302653 * np.std(per_seed, ddof=1) / math.sqrt(3)
+    assert (pooled.loc["pt", "seeds"], pooled.loc["pt", "models"]) == (3, 9)
+    assert pooled.loc["pt", "clean_accuracy_loss"] == pytest.approx(mean)
+    assert pooled.loc["pt", "clean_accuracy_loss_low"] == pytest.approx(mean - half)
+    assert pooled.loc["pt", "clean_accuracy_loss_high"] == pytest.approx(mean + half)
+    # nine models taken as independent would claim an interval this many times narrower
+    naive = 2.306004 * np.std(np.repeat(per_seed, 3), ddof=1) / 3
+    assert half > 2.5 * naive
+
+    loss = next(f for t, f in defense_pivots(defense_table(frame), pooled_repair_cost(frame))
+                if t.startswith("Clean")).set_index("attack")
+    assert loss.loc[POOLED, "n"] == "9 models, 3 seeds"
+    assert loss.loc[POOLED, "pt"] == f"{100 * mean:.1f} [{100 * (mean - half):.1f}, " \
+                                     f"{100 * (mean + half):.1f}]"
+    assert loss.loc[POOLED, "poisons"] == ""
+
+    # rows without a training seed are grouped by their trial index
+    unseeded = pooled_repair_cost(frame.drop(columns="seed_train")).set_index("defense")
+    assert unseeded.loc["pt", "seeds"] == 3
+    assert unseeded.loc["pt", "clean_accuracy_loss"] == pytest.approx(mean)

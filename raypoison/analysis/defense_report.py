@@ -102,6 +102,41 @@ def defense_table(df: pd.DataFrame) -> pd.DataFrame:
                                           "defense"]).reset_index(drop=True)
 
 
+POOLED = "all models"  # the attack column of a repair's pooled row
+
+
+def pooled_repair_cost(df: pd.DataFrame) -> pd.DataFrame:
+    """Each repair's clean-accuracy loss over every model of a scenario and victim, whatever the
+    attack (the control's models included): "what does this repair cost a model", the headline
+    of "Pick your Poison", which a table per poison count leaves at a model or two a cell.
+
+    The models of one trial index share their training seed (initialization and data order) under
+    every attack, so they are not independent draws: each seed's models are averaged first and
+    the Student t interval is taken over seeds (``seeds``; ``models`` says how many were
+    pooled). Rows without ``seed_train`` are grouped by ``trial``. One row per (scenario,
+    victim, defense) with ``clean_accuracy`` (before) and ``clean_accuracy_loss``, each with
+    ``_low``/``_high`` bounds; only defenses that repair."""
+    rows = separate_variants(defended_rows(df))
+    if rows.empty or rows["clean_accuracy_repaired"].isna().all():
+        return pd.DataFrame()
+    rows = rows[rows["clean_accuracy_repaired"].notna()]
+    seed = (rows["seed_train"].astype("string").fillna("trial " + rows["trial"].astype(str))
+            if "seed_train" in rows.columns else "trial " + rows["trial"].astype(str))
+    rows = rows.assign(seed=seed, clean_accuracy_loss=rows["clean_accuracy"].astype(float)
+                       - rows["clean_accuracy_repaired"].astype(float))
+    out = []
+    for (scenario, victim, defense), group in rows.groupby(["scenario", "victim", "defense"],
+                                                           sort=True):
+        by_seed = group.groupby("seed")[["clean_accuracy", "clean_accuracy_loss"]].mean()
+        record = {"scenario": scenario, "victim": victim, "defense": defense,
+                  "seeds": len(by_seed), "models": len(group)}
+        for column, bounds in (("clean_accuracy", RATE), ("clean_accuracy_loss", LOSS)):
+            mean, low, high = mean_interval(by_seed[column].astype(float), bounds=bounds)
+            record.update({column: mean, f"{column}_low": low, f"{column}_high": high})
+        out.append(record)
+    return pd.DataFrame(out)
+
+
 def _cell(row, column: str, percent: bool = True) -> str:
     value = getattr(row, column)
     if value is None or (isinstance(value, float) and math.isnan(value)):

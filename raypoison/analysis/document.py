@@ -81,11 +81,17 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
         sizes = sorted({int(t) for t in defended["trusted"].dropna()})
         trusted = (f"Trusted set: {' / '.join(map(str, sizes))} clean images"
                    f"{' (per scenario)' if len(sizes) > 1 else ''}. " if sizes else "")
-        sections.append(Section("Defenses", defended, report_tables.defense_pivots(defended),
+        pooled = defense_report.pooled_repair_cost(df)
+        sections.append(Section("Defenses", defended,
+                                report_tables.defense_pivots(defended, pooled),
                                 f"{trusted}Means over models with 95% Student t intervals "
                                 "(n: models per row; one model has no interval); detection AUC "
                                 "against the no-attack control's models of the same victim "
-                                "(n: attacked vs control models), with Newcombe's interval."))
+                                "(n: attacked vs control models), with Newcombe's interval. "
+                                f"The clean-accuracy loss closes with each repair over "
+                                f"{defense_report.POOLED} of the scenario, every attack and the "
+                                "control: models of one trial index share a training seed, so "
+                                "they are averaged per seed and the interval is over seeds."))
     status = report.status_table(df)
     sections.append(Section("Rows by status", status,
                             [("", report_tables.status_display(status))]))

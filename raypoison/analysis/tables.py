@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from raypoison.analysis.defense_report import POOLED
 from raypoison.analysis.report import PUBLISHED
 
 LAYOUTS = ("auto", "table3", "long")
@@ -216,10 +217,30 @@ def _models(having: pd.DataFrame, key: tuple, column: str) -> str:
     return str(n)
 
 
-def defense_pivots(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def _pooled_rows(pooled: pd.DataFrame, heading: str) -> pd.DataFrame:
+    """The clean-accuracy-loss table's closing rows: each repair over every model of the scenario
+    and victim (:func:`raypoison.analysis.defense_report.pooled_repair_cost`)."""
+    out = []
+    for (scenario, victim), group in pooled.groupby(["scenario", "victim"], sort=True):
+        first = group.iloc[0]
+        row = {"scenario": scenario, "victim": victim, "attack": POOLED, "poisons": None,
+               "n": f"{int(group['models'].max())} models, {int(group['seeds'].max())} seeds",
+               heading: interval_cell(first["clean_accuracy"], first["clean_accuracy_low"],
+                                      first["clean_accuracy_high"])}
+        for r in group.itertuples(index=False):
+            row[r.defense] = interval_cell(r.clean_accuracy_loss, r.clean_accuracy_loss_low,
+                                           r.clean_accuracy_loss_high)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def defense_pivots(table: pd.DataFrame, pooled: pd.DataFrame | None = None
+                   ) -> list[tuple[str, pd.DataFrame]]:
     """The defense table in the paper's layout: one small table per metric, rows scenario ×
     victim × attack × poison count with the number of models ``n``, a column per defense (the
-    undefended value first where the metric has one); only metrics some defense reports."""
+    undefended value first where the metric has one); only metrics some defense reports. The
+    clean-accuracy-loss table closes with ``pooled``'s rows (each repair over all models, the
+    interval over seeds) where given."""
     if table.empty:
         return []
     keys = ["scenario", "victim", "attack", "poisons"]
@@ -245,6 +266,9 @@ def defense_pivots(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                               rows.loc[k, f"{column}_high"], scale=scale, digits=digits)
                 if k in rows.index else ""
                 for k in frame[keys].itertuples(index=False, name=None)]
+        if column == "clean_accuracy_loss" and pooled is not None and not pooled.empty:
+            frame = pd.concat([frame, _pooled_rows(pooled, UNDEFENDED[column][1])],
+                              ignore_index=True).fillna("")
         frame["poisons"] = frame["poisons"].map(text)
         # a scenario or victim shared by every row goes into the caption, not a column
         shared = [k for k in ("scenario", "victim") if frame[k].nunique() == 1]
