@@ -88,7 +88,7 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
                                 "(n: models per row; one model has no interval); detection AUC "
                                 "against the no-attack control's models of the same victim "
                                 "(n: attacked vs control models), with Newcombe's interval. "
-                                f"The clean-accuracy loss closes with each repair over "
+                                "The clean-accuracy loss closes with each repair over "
                                 f"{defense_report.POOLED} of the scenario, every attack and the "
                                 "control: models of one trial index share a training seed, so "
                                 "they are averaged per seed and the interval is over seeds."))
