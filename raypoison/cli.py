@@ -11,8 +11,13 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from raypoison.errors import ConfigError, RaypoisonError
+
+if TYPE_CHECKING:
+    from raypoison.config.suite import SuiteConfig
+    from raypoison.execution.runner import RunOptions
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -35,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--attacks", type=_csv, help="only these attack labels, comma separated")
     run.add_argument("--scenarios", type=_csv, help="only these scenarios, comma separated")
     run.add_argument("--trials", help="trial indices START:STOP (e.g. 0:20) or one index")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print each trial the run would compute (its missing defenses, and "
+                          "whether saved victims spare its training) and exit; starts nothing")
     run.add_argument("--defenses", type=_csv,
                      help="only these defense labels, comma separated ('none': train and write "
                           "the undefended rows only); with execution.save_victims a later run "
@@ -144,12 +152,30 @@ def _run(args: argparse.Namespace) -> int:
         num_gpus=args.num_gpus, dashboard=args.dashboard, config_path=str(Path(args.config)),
         share=args.share,
     )
+    if args.dry_run:
+        return _dry_run(suite, options)
     summary = run_suite(suite, options, Path(args.config).read_text())
     print(f"run {summary.run_id} {summary.status}: {summary.planned} trials planned, "
           f"{summary.skipped} already done, {summary.computed} computed "
           f"({summary.failed} with failures), {summary.rows_written} rows in "
           f"{summary.files_written} files, {summary.seconds:.1f} s")
     print(f"results: {args.output.rstrip('/')}/results   manifest: {summary.manifest}")
+    return EXIT_OK
+
+
+def _dry_run(suite: SuiteConfig, options: RunOptions) -> int:
+    """``raypoison run --dry-run``: each pending trial with its missing defenses and how it will
+    be computed; no Ray, no lease, nothing written."""
+    from raypoison.core.identity import NO_DEFENSE
+    from raypoison.execution.runner import pending_work
+
+    planned, pending = pending_work(suite, options)
+    for spec, work in pending:
+        defenses = ", ".join(d.label for d in spec.defenses) or NO_DEFENSE
+        print(f"{spec.scenario.name} trial {spec.index} {spec.attack.label} "
+              f"[{spec.trial_id}]: {work}; defenses: {defenses}")
+    print(f"dry run: {planned} trials planned, {planned - len(pending)} already in "
+          f"{options.output}, {len(pending)} to compute")
     return EXIT_OK
 
 

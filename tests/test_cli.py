@@ -47,3 +47,21 @@ def test_corrupt_checkpoint_exits_2_before_writing(tmp_path, tiny_raw, capsys):
 def test_validate_counts_trials(tmp_path, tiny_raw, capsys):
     assert main(["validate", str(write_config(tmp_path / "c.yaml", tiny_raw))]) == 0
     assert "tiny: valid, 8 trials" in capsys.readouterr().out
+
+
+def test_a_dry_run_lists_every_pending_trial_and_starts_and_writes_nothing(tmp_path, tiny_raw,
+                                                                           capsys):
+    import ray
+
+    config = write_config(tmp_path / "ok.yaml", tiny_raw)
+    out = tmp_path / "out"
+    ray_before = ray.is_initialized()  # another test's instance may be up; none is started here
+    assert main(["run", str(config), "--output", str(out), "--dry-run", "--trials", "0:2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    attacks = [a.get("label", a["name"]) for a in tiny_raw["attacks"]]
+    assert len(lines) == 2 * len(attacks) + 1
+    assert all(": craft and train; defenses: " in line for line in lines[:-1])
+    assert lines[-1] == (f"dry run: {2 * len(attacks)} trials planned, 0 already in {out}, "
+                         f"{2 * len(attacks)} to compute")
+    assert not out.exists() and ray.is_initialized() == ray_before
+    assert main(["run", str(config), "--output", str(out), "--dry-run", "--defenses", "x"]) == 2

@@ -20,7 +20,16 @@ from raypoison.config.suite import parse_suite
 from raypoison.core.identity import defense_key, digest
 from raypoison.data.triggers import TriggerConfig, make_trigger
 from raypoison.errors import ConfigError, DataError
-from raypoison.execution.runner import RunOptions, plan_trial, run_suite
+from raypoison.execution.runner import (
+    WORK_ADD_RETRAIN,
+    WORK_ADD_SAVED,
+    WORK_NEW,
+    WORK_RESUME,
+    RunOptions,
+    pending_work,
+    plan_trial,
+    run_suite,
+)
 from raypoison.store import results
 from raypoison.trial.context import TrialContext
 from raypoison.trial.run import run_trials, saved_rows
@@ -45,8 +54,17 @@ def _manifest(out, summary):
 @pytest.mark.slow
 def test_a_defense_added_later_runs_on_the_saved_victims_only(ray_cluster, tmp_path):
     out = tmp_path / "out"
+    planned, pending = pending_work(_suite(["spectral_signatures"]), RunOptions(output=str(out)))
+    assert planned == 4 and [w for _, w in pending] == [WORK_NEW] * 4
+    assert not out.exists()  # a dry run writes nothing
     first = run_suite(_suite(["spectral_signatures"]), RunOptions(output=str(out)))
     assert (first.status, first.computed) == ("completed", 4)
+    files = sorted(out.rglob("*"))
+    planned, pending = pending_work(_suite(["spectral_signatures", "strip"]),
+                                    RunOptions(output=str(out)))
+    assert planned == 4 and [w for _, w in pending] == [WORK_ADD_SAVED] * 4
+    assert {tuple(d.label for d in spec.defenses) for spec, _ in pending} == {("strip",)}
+    assert sorted(out.rglob("*")) == files
     before = results.load(str(out))
     assert len(before) == 8 and set(before["defense"]) == {"none", "spectral_signatures"}
     saved = sorted(p.name for p in (out / "victims").rglob("*.pt"))
@@ -81,6 +99,9 @@ def test_without_saved_victims_a_new_defense_retrains_and_still_writes_only_its_
     run_suite(_suite(["spectral_signatures"], save=False, trials=1), RunOptions(output=str(out)))
     assert not (out / "victims").exists()
     before = results.load(str(out))
+    _, pending = pending_work(_suite(["spectral_signatures", "strip"], save=False, trials=1),
+                              RunOptions(output=str(out)))
+    assert [w for _, w in pending] == [WORK_ADD_RETRAIN] * 2
     second = run_suite(_suite(["spectral_signatures", "strip"], save=False, trials=1),
                        RunOptions(output=str(out)))
     manifest = _manifest(out, second)
@@ -103,6 +124,8 @@ def test_a_trial_stopped_after_its_victims_trained_resumes_at_its_defenses(ray_c
     run_suite(_suite(["spectral_signatures"], trials=1), RunOptions(output=str(out)))
     whole = results.load(str(out)).set_index(["trial_id", "defense"]).sort_index()
     shutil.rmtree(out / "results")  # the rows are gone, the victims are not
+    _, pending = pending_work(_suite(["spectral_signatures"], trials=1), RunOptions(output=str(out)))
+    assert [w for _, w in pending] == [WORK_RESUME] * 2
     again = run_suite(_suite(["spectral_signatures"], trials=1), RunOptions(output=str(out)))
     manifest = _manifest(out, again)
     assert manifest["trials"]["resumed_from_saved_victims"] == 2

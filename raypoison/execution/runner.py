@@ -219,6 +219,41 @@ def _record_worker_decodes(manifest: _Manifest, handles: list[Any]) -> None:
                          "workers_asked": len(pings)})
 
 
+# how a pending trial will be computed (``raypoison run --dry-run`` prints it)
+WORK_NEW = "craft and train"
+WORK_RESUME = "resume at its defenses on the saved victims"
+WORK_ADD_SAVED = "add defenses on the saved victims"
+WORK_ADD_RETRAIN = "craft and train again (no saved victims here), then add defenses"
+
+
+def work_of(todo: TrialSpec, store: VictimStore, save_poisons: bool) -> str:
+    """How a pending trial (:func:`plan_trial`'s answer) will be computed with this output's
+    saved victims: one of the ``WORK_*`` phrases."""
+    if not todo.write_undefended:
+        return WORK_ADD_SAVED if store.has(todo) else WORK_ADD_RETRAIN
+    if not save_poisons and store.has(todo):
+        return WORK_RESUME
+    return WORK_NEW
+
+
+def pending_work(suite: SuiteConfig, options: RunOptions) -> tuple[int, list[tuple[TrialSpec, str]]]:
+    """What a run with these options would compute, without running or writing anything: the
+    number of trials the filters select, and each pending trial (with only its missing defenses)
+    with how it will be computed (:func:`work_of`). A long run that lands over several sessions
+    or machines reads its remaining work here."""
+    location = Location.parse(options.output)
+    done = stored_trials(options.output, include_failed=not options.retry_failed)
+    store = VictimStore(location.child_uri("victims"))
+    planned, out = 0, []
+    for spec in expand(suite, attacks=options.attacks, scenarios=options.scenarios,
+                       trials=options.trials, defenses=options.defenses):
+        planned += 1
+        todo = plan_trial(spec, done.get(spec.trial_id), not options.retry_failed)
+        if todo is not None:
+            out.append((todo, work_of(todo, store, options.save_poisons)))
+    return planned, out
+
+
 def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
     """One lazy pass over the suite's trials against what the output holds; also validates the
     filters."""
@@ -233,11 +268,10 @@ def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
         if todo is None:
             plan.skipped += 1
             continue
-        if not todo.write_undefended:
-            plan.for_defenses += 1
-            plan.from_saved += store.has(todo)
-        elif not options.save_poisons and store.has(todo):
-            plan.resumed += 1
+        work = work_of(todo, store, options.save_poisons)
+        plan.for_defenses += not todo.write_undefended
+        plan.from_saved += work == WORK_ADD_SAVED
+        plan.resumed += work == WORK_RESUME
         pending[spec.scenario.name] = spec.scenario
         if ATTACKS.get(spec.attack.name).needs_models:
             needing_models[spec.scenario.name] = spec.scenario
