@@ -20,6 +20,7 @@ from raypoison.config.suite import parse_suite
 from raypoison.data.augment import all_views, apply_crop_flip, identity_view
 from raypoison.data.triggers import paste
 from raypoison.defenses import DEFENSES, TrainingSet, create_defense
+from raypoison.defenses.base import Defense
 from raypoison.errors import ConfigError
 from raypoison.training.loop import train
 from raypoison.trial.context import TrialContext
@@ -196,6 +197,78 @@ def test_checks_reject_relabelled_poisons_that_break_the_contract(pyp):
     outside = copy.copy(good)
     outside.base_indices = (int(ctx.held_out()[0]),) + good.base_indices[1:]
     assert "not in the victim's training set" in check(outside).reason
+
+
+def test_the_trusted_set_drawn_from_training_is_the_victims_own_images_and_the_same_victims(pyp):
+    suite, ctx = pyp
+    raw = copy.deepcopy(PYP)
+    raw["scenarios"][0]["trusted_from"] = "training"
+    other = parse_suite(raw)
+    drawn = TrialContext.create(other.scenarios[0], {})
+    spec = _spec(other, "badnets-poisons40")
+    assert spec.trial_id != _spec(suite, "badnets-poisons40").trial_id  # another experiment
+    for index in range(2):
+        setup = drawn.setup(index)
+        assert setup == ctx.setup(index)  # the same victims: same setups, same pools
+        pool = drawn.training_pool(setup, index)
+        assert np.array_equal(pool, ctx.training_pool(setup, index))
+        poisons = create_attack(spec.attack).craft(drawn, setup, 7, index).poisons
+        trained_on = np.setdiff1d(pool, np.asarray(poisons.base_indices))
+        chosen = drawn.trusted_indices(trained_on, index)
+        assert len(chosen) == len(ctx.held_out()) == 80
+        assert np.isin(chosen, trained_on).all()  # images the victim trained on, clean ones
+        assert not np.isin(chosen, poisons.base_indices).any()
+        assert np.array_equal(chosen, drawn.trusted_indices(trained_on, index))  # seeded
+        trusted = drawn.trusted_set(trained_on, index)
+        assert torch.equal(trusted.labels, drawn.data.train_y[torch.as_tensor(chosen)])
+        assert np.array_equal(ctx.trusted_indices(trained_on, index), ctx.held_out())
+    assert not np.array_equal(drawn.trusted_indices(trained_on, 0),
+                              drawn.trusted_indices(trained_on, 1))
+    with pytest.raises(ValueError, match="pass them"):
+        drawn.trusted_set()
+    del raw["scenarios"][0]["trusted_per_class"]
+    with pytest.raises(ConfigError, match=r"scenarios\[0\]\.trusted_from"):
+        parse_suite(raw)
+
+
+class TrustedProbe(Defense):
+    """Detects nothing: its score is a fingerprint of the trusted images it was handed."""
+
+    def detect(self, model, trusted, seed):
+        return fingerprint(trusted.images)
+
+
+def fingerprint(images: torch.Tensor) -> float:
+    weights = torch.arange(1, len(images) + 1, dtype=torch.float64)
+    return float((images.flatten(1).double().mean(1) * weights).sum())
+
+
+@pytest.mark.parametrize("source", ["held_out", "training"])
+def test_a_trial_hands_its_defenses_the_trusted_set_its_scenario_draws(source):
+    DEFENSES.register("test_trusted_probe")(TrustedProbe)
+    try:
+        raw = copy.deepcopy(PYP)
+        raw["scenarios"][0].update(trusted_from=source, trials=1)
+        raw["scenarios"][0]["recipe"].update(epochs=1, milestones=[])
+        raw["attacks"] = raw["attacks"][:1]  # the control: its poisons are its bases, unchanged
+        raw["defenses"] = ["test_trusted_probe"]
+        suite = parse_suite(raw)
+        ctx = TrialContext.create(suite.scenarios[0], {})
+        spec = next(expand(suite))
+        rows = run_trial(spec, ctx)
+    finally:
+        DEFENSES.unregister("test_trusted_probe")
+    probe = next(r for r in rows if r["defense"] == "test_trusted_probe")
+    assert probe["status"] == "ok", probe.get("error")
+    setup = ctx.setup(0)
+    trained_on = np.setdiff1d(ctx.training_pool(setup, 0), np.asarray(setup.base_indices))
+    expected = ctx.held_out() if source == "held_out" else ctx.trusted_indices(trained_on, 0)
+    assert probe["detection_score"] == pytest.approx(
+        fingerprint(ctx.data.train_x[torch.as_tensor(expected)]), rel=1e-12)
+    assert probe["trusted_size"] == 80
+    if source == "training":
+        assert probe["detection_score"] != pytest.approx(
+            fingerprint(ctx.data.train_x[torch.as_tensor(ctx.held_out())]), rel=1e-6)
 
 
 def test_the_trusted_set_is_held_out_from_training(pyp):

@@ -119,6 +119,11 @@ class ScenarioConfig:
     # split evenly over the classes
     trusted_per_class: int | None = None
     trusted: float | None = field(default=None, metadata={"parse": parse_share})
+    # where the trusted set comes from: ``held_out``, the images above, which no victim trains
+    # on; or ``training``, as the "Pick your Poison" code draws it: as many images at random from
+    # the trial's own clean training images, which the victim trained on (the images above are
+    # still left out of training, so both forms train the same victims)
+    trusted_from: Literal["held_out", "training"] = "held_out"
     asr_scope: Literal["target_class", "other_classes"] = "target_class"
 
     def __post_init__(self) -> None:
@@ -178,6 +183,10 @@ class ScenarioConfig:
             if not 0 < self.trusted < 1:
                 raise ConfigError(f"{path}.trusted", f"a share of the training set in (0, 1) "
                                   f"such as 0.01 or '1%', got {self.trusted:g}")
+        if self.trusted_from != "held_out" and self.trusted is None \
+                and self.trusted_per_class is None:
+            raise ConfigError(f"{path}.trusted_from", "needs the trusted set's size: give "
+                              "trusted (e.g. '1%') or trusted_per_class")
         if self.train_subset == "random" and self.train_per_class is None:
             raise ConfigError(f"{path}.train_subset", "'random' needs train_per_class")
         if self.train_per_class is not None:

@@ -214,9 +214,32 @@ class TrialContext:
             self._held_out = np.sort(np.concatenate(parts)).astype(np.int64)
         return self._held_out
 
-    def trusted_set(self) -> TrustedSet:
-        index = torch.as_tensor(self.held_out(), device=self.device)
-        return TrustedSet(self.data.train_x[index], self.data.train_y[index],
+    def trusted_indices(self, trained_on: np.ndarray, index: int) -> np.ndarray:
+        """Trial ``index``'s trusted set as training indices, in data set order. ``held_out``:
+        :meth:`held_out`. ``training`` (the authors' sampling in "Pick your Poison"): as many
+        images, drawn uniformly at random without replacement, seeded by the scenario seed and
+        the trial, from ``trained_on``, the victims' clean training images (poisons and the images
+        they replace are never among them)."""
+        held_out = self.held_out()
+        if self.scenario.trusted_from == "held_out":
+            return held_out
+        pool = np.asarray(trained_on, dtype=np.int64)
+        if len(held_out) > len(pool):
+            raise ValueError(f"a trusted set of {len(held_out)} images cannot be drawn from "
+                             f"{len(pool)} clean training images")
+        rng = np.random.default_rng(derive_seed(self.scenario.seed, index, "trusted"))
+        return np.sort(rng.choice(pool, size=len(held_out), replace=False))
+
+    def trusted_set(self, trained_on: np.ndarray | None = None, index: int = 0) -> TrustedSet:
+        """The defenders' trusted set (:meth:`trusted_indices`; ``trained_on`` is needed when
+        the scenario draws it from the training images)."""
+        if self.scenario.trusted_from != "held_out" and trained_on is None:
+            raise ValueError("this scenario draws its trusted set from the victims' training "
+                             "images: pass them")
+        chosen = self.held_out() if trained_on is None else self.trusted_indices(trained_on,
+                                                                                 index)
+        at = torch.as_tensor(chosen, device=self.device)
+        return TrustedSet(self.data.train_x[at], self.data.train_y[at],
                           test_images=self.data.test_x, test_labels=self.data.test_y)
 
     def training_pool(self, setup: Setup, index: int) -> np.ndarray:

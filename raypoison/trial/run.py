@@ -274,7 +274,8 @@ def _defend(spec, ctx, setup, model, victim, poisons, trigger, clean, images, la
 
     todo = tuple(d for d in spec.defenses if d.label not in done)
     done.update(run_defenses(todo, model, data=ctx.data, setup=setup, trigger=trigger,
-                             trusted=ctx.trusted_set(), training=TrainingSet(images, labels),
+                             trusted=ctx.trusted_set(clean.cpu().numpy(), spec.index),
+                             training=TrainingSet(images, labels),
                              is_poison=is_poison, seeds=[seeds[d.label] for d in todo],
                              asr_scope=scenario.asr_scope, finished=keep))
     return {d.label: done[d.label] for d in spec.defenses}  # in the suite's order
