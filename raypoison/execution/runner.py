@@ -243,15 +243,19 @@ def pending_work(suite: SuiteConfig, options: RunOptions) -> tuple[int, list[tup
     or machines reads its remaining work here."""
     location = Location.parse(options.output)
     done = stored_trials(options.output, include_failed=not options.retry_failed)
-    store = VictimStore(location.child_uri("victims"))
-    planned, out = 0, []
+    walked = list(_walk(suite, options, done, VictimStore(location.child_uri("victims"))))
+    return len(walked), [(todo, work) for _, todo, work in walked
+                         if todo is not None and work is not None]
+
+
+def _walk(suite: SuiteConfig, options: RunOptions, done: dict[str, Stored], store: VictimStore
+          ) -> Iterator[tuple[TrialSpec, TrialSpec | None, str | None]]:
+    """Each trial the filters select, with what is left of it (:func:`plan_trial`) and how it
+    will be computed (:func:`work_of`; None when nothing is left)."""
     for spec in expand(suite, attacks=options.attacks, scenarios=options.scenarios,
                        trials=options.trials, defenses=options.defenses):
-        planned += 1
         todo = plan_trial(spec, done.get(spec.trial_id), not options.retry_failed)
-        if todo is not None:
-            out.append((todo, work_of(todo, store, options.save_poisons)))
-    return planned, out
+        yield spec, todo, (None if todo is None else work_of(todo, store, options.save_poisons))
 
 
 def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
@@ -261,14 +265,11 @@ def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
     needing_models: dict[str, Any] = {}  # scenarios with pending trials that load models
     pending: dict[str, Any] = {}
     store = VictimStore(location.child_uri("victims"))
-    for spec in expand(suite, attacks=options.attacks, scenarios=options.scenarios,
-                       trials=options.trials, defenses=options.defenses):
+    for spec, todo, work in _walk(suite, options, plan.done, store):
         plan.planned += 1
-        todo = plan_trial(spec, plan.done.get(spec.trial_id), not options.retry_failed)
         if todo is None:
             plan.skipped += 1
             continue
-        work = work_of(todo, store, options.save_poisons)
         plan.for_defenses += not todo.write_undefended
         plan.from_saved += work == WORK_ADD_SAVED
         plan.resumed += work == WORK_RESUME
