@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from raypoison.config.specs import expand
 from raypoison.config.suite import parse_suite
 from raypoison.core.identity import defense_key, digest
 from raypoison.data.triggers import TriggerConfig, make_trigger
+from raypoison.defenses import DEFENSES
 from raypoison.errors import ConfigError, DataError
 from raypoison.execution.runner import (
     WORK_ADD_RETRAIN,
@@ -35,7 +37,7 @@ from raypoison.trial.context import TrialContext
 from raypoison.trial.run import run_trials, saved_rows
 from raypoison.trial.victims import VictimStore, trigger_from_state, trigger_state
 from tests.conftest import wait_for, write_config
-from tests.test_defenses import PYP
+from tests.test_defenses import PYP, TrustedProbe, fingerprint
 
 
 def _suite(defenses, save=True, trials=2):
@@ -323,3 +325,91 @@ def test_a_stop_during_the_defenses_writes_the_finished_ones_rows(tmp_path):
     spec = next(iter(expand(suite)))
     todo = plan_trial(spec, results.stored_trials(str(out))[spec.trial_id], True)
     assert todo is not None and todo.defenses == (pt,) and not todo.write_undefended
+
+
+def _probe_suite(name: str, source: str, seed: int = 0):
+    raw = copy.deepcopy(PYP)
+    raw["scenarios"][0].update(name=name, trusted_from=source, trials=1, seed=seed)
+    raw["scenarios"][0]["recipe"].update(epochs=1, milestones=[])
+    raw["attacks"] = raw["attacks"][:1]  # the control
+    raw["defenses"] = ["test_trusted_probe"]
+    suite = parse_suite(raw)
+    return next(expand(suite)), TrialContext.create(suite.scenarios[0], {})
+
+
+@pytest.mark.parametrize("first", ["held_out", "training"])
+def test_scenarios_that_differ_only_in_the_trusted_set_share_saved_victims(tmp_path, first):
+    """A scenario that draws its trusted set from training trains the victims of its held-out
+    twin (another name, the same everything else), so whichever runs second defends the
+    victims the first saved: no training, the same undefended fields, its own trusted set, and
+    its own saved defense results beside the first one's."""
+    DEFENSES.register("test_trusted_probe")(TrustedProbe)
+    try:
+        specs = {"held_out": _probe_suite("tiny", "held_out"),
+                 "training": _probe_suite("tiny-trusted-training", "training")}
+        second = "training" if first == "held_out" else "held_out"
+        store = VictimStore(str(tmp_path / "victims"))
+        assert not store.has(specs[second][0])
+        rows = {first: {r["defense"]: r for r in run_trials([specs[first][0]], specs[first][1],
+                                                            None, store, True)[0]}}
+        assert store.has(specs[second][0])
+        assert len(list((tmp_path / "victims").glob("scenario=*"))) == 1  # saved once
+        rows[second] = {r["defense"]: r for r in run_trials([specs[second][0]], specs[second][1],
+                                                            None, store, True)[0]}
+        other, _ = _probe_suite("tiny-other-seed", "training", seed=1)
+        assert not store.has(other)  # another seed trains other victims
+    finally:
+        DEFENSES.unregister("test_trusted_probe")
+    for source in ("held_out", "training"):
+        assert rows[source]["none"]["trial_id"] == specs[source][0].trial_id
+        assert {r["status"] for r in rows[source].values()} == {"ok"}
+    a, b = rows["held_out"], rows["training"]
+    for column in ("clean_accuracy", "seconds_train", "seed_train", "attack_success_rate"):
+        assert a["none"][column] == b["none"][column], column  # one victim, trained once
+    ctx = specs["training"][1]
+    setup = ctx.setup(0)
+    trained_on = np.setdiff1d(ctx.training_pool(setup, 0), np.asarray(setup.base_indices))
+    for source, chosen in (("held_out", ctx.held_out()),
+                           ("training", ctx.trusted_indices(trained_on, 0))):
+        expected = fingerprint(ctx.data.train_x[torch.as_tensor(chosen)])
+        assert rows[source]["test_trusted_probe"]["detection_score"] == pytest.approx(
+            expected, rel=1e-12), source
+    assert a["test_trusted_probe"]["detection_score"] != pytest.approx(
+        b["test_trusted_probe"]["detection_score"], rel=1e-6)
+    assert len(list((tmp_path / "victims").rglob("net.defense-*.pt"))) == 2
+
+
+@pytest.mark.slow
+def test_a_trusted_set_variant_in_the_same_output_defends_the_saved_victims(ray_cluster, tmp_path):
+    """The run of a config whose scenario differs from a finished one only in ``trusted_from``
+    (and its name) plans its trials as resumes on the saved victims, crafts and trains nothing,
+    and writes its own rows beside the first run's, with the same undefended fields."""
+    out = tmp_path / "out"
+    held_out = _suite(["spectral_signatures", "strip"], trials=1)
+    run_suite(held_out, RunOptions(output=str(out)))
+    raw = copy.deepcopy(PYP)
+    raw["scenarios"][0].update(trials=1, name="tiny-scratch-trusted-training",
+                               trusted_from="training")
+    raw["attacks"] = [raw["attacks"][0], raw["attacks"][1]]
+    raw["defenses"] = ["spectral_signatures", "strip"]
+    raw["execution"] = {"workers": 1, "save_victims": True, "flush_seconds": 0.5}
+    training = parse_suite(raw)
+    _, pending = pending_work(training, RunOptions(output=str(out)))
+    assert [w for _, w in pending] == [WORK_RESUME] * 2
+    summary = run_suite(training, RunOptions(output=str(out)))
+    manifest = _manifest(out, summary)
+    assert manifest["trials"]["resumed_from_saved_victims"] == 2
+    assert manifest["trials"]["to_craft_and_train"] == 0
+    rows = results.load(str(out))
+    assert len(rows) == 12 and set(rows["status"]) == {"ok"}, rows["error"].tolist()
+    assert len(list((out / "victims").glob("scenario=*"))) == 1  # the victims, saved once
+    assert len(list((out / "victims").rglob("net.defense-*.pt"))) == 8  # 2 trials, 2 each
+    by = rows.set_index(["scenario", "attack", "defense"]).sort_index()
+    for attack in ("control", "badnets-poisons40"):
+        first = by.loc[("tiny-scratch", attack, "none")]
+        second = by.loc[("tiny-scratch-trusted-training", attack, "none")]
+        assert first["trial_id"] != second["trial_id"]
+        for column in ("clean_accuracy", "seconds_train", "seed_train", "attack_success_rate"):
+            assert first[column] == second[column], (attack, column)
+    again = run_suite(training, RunOptions(output=str(out)))
+    assert (again.planned, again.skipped, again.computed) == (2, 2, 0)

@@ -24,11 +24,12 @@ The shape of a file (see ``configs/smoke.yaml`` for a complete one)::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -126,9 +127,28 @@ class ScenarioConfig:
     trusted_from: Literal["held_out", "training"] = "held_out"
     asr_scope: Literal["target_class", "other_classes"] = "target_class"
 
+    # what only the defenses see: neither crafting, training nor the undefended evaluation reads
+    # these (nor the name), so scenarios that differ in no other field train the same victims
+    DEFENSE_ONLY: ClassVar[tuple[str, ...]] = ("trusted_from",)
+
     def __post_init__(self) -> None:
         if not isinstance(self.attacker, str) and len(self.attacker) == 1:
             object.__setattr__(self, "attacker", self.attacker[0])  # [a] is a, trial ids too
+
+    def training_twin(self, name: str) -> ScenarioConfig:
+        """This scenario named ``name``, with its defense-only fields at their defaults: its
+        trial i trains, bit for bit, the victims of this scenario's trial i (saved victims are
+        shared between the two; :class:`raypoison.trial.victims.VictimStore`)."""
+        defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(self)
+                                    if f.name in self.DEFENSE_ONLY}
+        return dataclasses.replace(self, name=name, **defaults)
+
+    def defense_context(self) -> dict[str, Any]:
+        """The defense-only fields this scenario sets away from their defaults: with the
+        defense's own label and parameters, what a defense's result on a shared victim is kept
+        under."""
+        return {f.name: identity_of(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name in self.DEFENSE_ONLY and getattr(self, f.name) != f.default}
 
     @property
     def attackers(self) -> tuple[str, ...]:

@@ -69,6 +69,14 @@ class Location:
                 self.fs.delete_file(tmp)
             raise
 
+    def list_dirs(self, path: str) -> list[pafs.FileInfo]:
+        """The folders directly inside ``path`` (none if it does not exist)."""
+        if not self.exists(path):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(path, recursive=False))
+        return sorted((i for i in infos if i.type == pafs.FileType.Directory),
+                      key=lambda i: i.base_name)
+
     def list_files(self, path: str) -> list[pafs.FileInfo]:
         if not self.exists(path):
             return []

@@ -229,6 +229,13 @@ def _saved_fields(common: dict) -> dict:
             if k not in skip and (v is None or isinstance(v, str | int | float | bool | list))}
 
 
+def _restored(spec: TrialSpec, saved: dict) -> dict:
+    """Saved trial fields as this trial's: without the fields that name the trial (its id,
+    scenario, suite), which differ where a scenario defends victims another one saved."""
+    own = trial_fields(spec)
+    return {k: v for k, v in saved.items() if k not in own}
+
+
 def _training_set(ctx, pool, poisons):
     """The victims' training set: the pool's clean images, then the poisons."""
     data = ctx.data
@@ -317,7 +324,7 @@ def saved_rows(spec: TrialSpec, store: VictimStore) -> list[dict]:
     if not finished and not spec.write_undefended:
         return []
     common = trial_fields(spec)
-    common.update(saved, status=STATUS_OK, error=None, finished_at=now())
+    common.update(_restored(spec, saved), status=STATUS_OK, error=None, finished_at=now())
     return trial_rows(dataclasses.replace(spec, defenses=tuple(finished)), common, per,
                       crafted_on)
 
@@ -327,7 +334,7 @@ def _defend_saved(trial: _Trial, ctx: TrialContext, store: VictimStore) -> None:
     The rows repeat the saved undefended fields, as every defense row does."""
     spec, setup, scenario = trial.spec, trial.setup, trial.spec.scenario
     poisons, trigger, common, crafted_on = store.load_trial(spec, ctx.device)
-    trial.common.update(common)
+    trial.common.update(_restored(spec, common))
     trial.crafted_on = crafted_on
     clean, images, labels = _training_set(ctx, ctx.training_pool(setup, spec.index), poisons)
     per: dict[str, dict[str, Any]] = {}

@@ -14,6 +14,17 @@ Layout, keyed like the rows (``OUTPUT/victims/``)::
         defense's row fields on that victim (``key``: a digest of the defense's label and
         parameters), with its seed and a fingerprint of the victim it ran on
 
+Victims are shared between scenarios that differ only in their defense-only fields
+(:attr:`ScenarioConfig.DEFENSE_ONLY`, e.g. where the trusted set comes from) and their names: such
+scenarios train the same victims, so a victim is saved under the id its trial has in the
+scenario's *training twin* (the scenario with those fields at their defaults,
+:meth:`ScenarioConfig.training_twin`), and a trial finds saved victims under its own scenario's
+name first, then under every other scenario name in the folder, each time under its twin's id
+there. A defense's saved fields are kept under the defense's label and parameters together with
+the scenario's defense-only settings (:meth:`ScenarioConfig.defense_context`), so the variants'
+defense results on one shared victim never stand in for each other. Scenarios with those fields at
+their defaults keep the layout above exactly (their twin is themselves).
+
 Files are written with ``torch.save`` and read back with ``torch.load(..., weights_only=True)``,
 and each is checked against the trial, victim and seed it claims to belong to before use. A
 victim is saved after its undefended evaluation and before its defenses run, and each defense's
@@ -32,7 +43,7 @@ import torch
 
 from raypoison.attacks.base import Poisons
 from raypoison.config.specs import TrialSpec
-from raypoison.core.identity import defense_key, digest
+from raypoison.core.identity import defense_key, digest, trial_id
 from raypoison.core.registry import Component
 from raypoison.data.triggers import BlendTrigger, PatchTrigger, Trigger, WarpTrigger
 from raypoison.errors import DataError
@@ -80,13 +91,45 @@ class VictimStore:
     def __init__(self, uri: str):
         self.location = Location.parse(uri)
 
-    def _path(self, spec, name: str) -> str:
-        return self.location.join(f"scenario={spec.scenario.name}", f"attack={spec.attack.label}",
-                                  spec.trial_id, f"{name}.pt")
+    def _folders(self, spec: TrialSpec) -> list[tuple[str, str, str]]:
+        """Where ``spec``'s victims may be saved, in the order they are looked for: (scenario
+        name, attack label, trial id of the files), its own scenario's first."""
+        own = spec.scenario.name
+        names = [own]
+        for info in self.location.list_dirs(self.location.root):
+            name = info.base_name.removeprefix("scenario=")
+            if info.base_name.startswith("scenario=") and name != own:
+                names.append(name)
+        out = []
+        for name in names:
+            twin = spec.scenario.training_twin(name)
+            out.append((name, spec.attack.label, trial_id(twin, spec.attack, spec.index)))
+        if spec.trial_id != out[0][2]:  # saved before victims were shared: under its own id
+            out.insert(1, (own, spec.attack.label, spec.trial_id))
+        return out
+
+    def _file(self, folder: tuple[str, str, str], name: str) -> str:
+        scenario, attack, tid = folder
+        return self.location.join(f"scenario={scenario}", f"attack={attack}", tid, f"{name}.pt")
+
+    def _folder(self, spec: TrialSpec) -> tuple[str, str, str]:
+        """The first folder that holds the trial and every victim of its scenario; else the one
+        it saves into: its own scenario's, under its training twin's id."""
+        folders = self._folders(spec)
+        for folder in folders:
+            if all(self.location.exists(self._file(folder, name))
+                   for name in ("trial", *spec.scenario.victims)):
+                return folder
+        return folders[0]
+
+    def _path(self, spec: TrialSpec, name: str) -> str:
+        return self._file(self._folder(spec), name)
 
     def has(self, spec: TrialSpec) -> bool:
-        """Whether the trial and every victim of its scenario are saved."""
-        return all(self.location.exists(self._path(spec, name))
+        """Whether the trial and every victim of its scenario are saved (by it, or by a scenario
+        that trains the same victims)."""
+        folder = self._folder(spec)
+        return all(self.location.exists(self._file(folder, name))
                    for name in ("trial", *spec.scenario.victims))
 
     def save_trial(self, spec: TrialSpec, poisons: Poisons, trigger: Trigger | None,
@@ -94,8 +137,9 @@ class VictimStore:
         """The trial's poisons and trigger, its row fields known after crafting, and the models
         it crafted on where they are not the scenario's attackers (they decide the rows'
         roles)."""
-        self.location.write_bytes(self._path(spec, "trial"), _dump({
-            "trial_id": spec.trial_id, "index": spec.index, "images": poisons.images.cpu(),
+        folder = self._folder(spec)
+        self.location.write_bytes(self._file(folder, "trial"), _dump({
+            "trial_id": folder[2], "index": spec.index, "images": poisons.images.cpu(),
             "base_indices": list(poisons.base_indices), "labels": list(poisons.labels),
             "augment": poisons.augment,
             "target_index": poisons.target_index, "trigger": trigger_state(trigger),
@@ -105,19 +149,21 @@ class VictimStore:
                     seed_train: int, fields: dict[str, Any]) -> None:
         module = model.head if head_only else model
         state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        self.location.write_bytes(self._path(spec, victim), _dump({
-            "trial_id": spec.trial_id, "victim": victim, "seed_train": seed_train,
+        folder = self._folder(spec)
+        self.location.write_bytes(self._file(folder, victim), _dump({
+            "trial_id": folder[2], "victim": victim, "seed_train": seed_train,
             "head_only": head_only, "state": state, "fields": fields}))
 
     def _load(self, spec, name: str) -> dict[str, Any]:
-        path = self._path(spec, name)
+        folder = self._folder(spec)
+        path = self._file(folder, name)
         try:
             blob = torch.load(io.BytesIO(self.location.read_bytes(path)), weights_only=True)
         except Exception as err:
             raise DataError(f"{path}: not a readable saved victim ({type(err).__name__}: "
                             f"{str(err)[:200]})") from None
-        if not isinstance(blob, dict) or blob.get("trial_id") != spec.trial_id:
-            raise DataError(f"{path}: saved for another trial, not {spec.trial_id}")
+        if not isinstance(blob, dict) or blob.get("trial_id") != folder[2]:
+            raise DataError(f"{path}: saved for another trial, not {folder[2]}")
         return blob
 
     def load_trial(self, spec: TrialSpec, device: str | torch.device
@@ -159,15 +205,19 @@ class VictimStore:
             return None
         return dict(self._victim_blob(spec, victim, seed_train)["fields"])
 
-    def _defense_name(self, victim: str, defense: Component) -> str:
-        return f"{victim}.defense-{digest(defense_key(defense), 12)}"
+    def _defense_name(self, spec: TrialSpec, victim: str, defense: Component) -> str:
+        context = spec.scenario.defense_context()
+        key = [*defense_key(defense), context] if context else defense_key(defense)
+        return f"{victim}.defense-{digest(key, 12)}"
 
     def save_defense(self, spec: TrialSpec, victim: str, defense: Component, seed: int,
                      victim_fields: dict[str, Any], fields: dict[str, Any]) -> None:
         """One finished defense's row fields on ``victim`` (whose undefended fields are
         ``victim_fields``)."""
-        self.location.write_bytes(self._path(spec, self._defense_name(victim, defense)), _dump({
-            "trial_id": spec.trial_id, "victim": victim, "defense": list(defense_key(defense)),
+        folder = self._folder(spec)
+        self.location.write_bytes(self._file(folder, self._defense_name(spec, victim, defense)), _dump({
+            "trial_id": folder[2], "victim": victim, "defense": list(defense_key(defense)),
+            "context": spec.scenario.defense_context(),
             "seed": seed, "victim_fingerprint": fingerprint(victim_fields),
             "fields": dict(fields)}))
 
@@ -175,18 +225,24 @@ class VictimStore:
                      victim_fields: dict[str, Any]) -> dict[str, Any] | None:
         """The fields :meth:`save_defense` kept for this defense on this very victim, or None
         (never run, or run on a victim since trained again)."""
-        name = self._defense_name(victim, defense)
+        name = self._defense_name(spec, victim, defense)
         if not self.location.exists(self._path(spec, name)):
             return None
         blob = self._load(spec, name)
-        if (blob.get("victim"), blob.get("defense"), blob.get("seed")) != (
-                victim, list(defense_key(defense)), seed):
+        context = spec.scenario.defense_context()
+        if (blob.get("victim"), blob.get("defense"), blob.get("seed"),
+                blob.get("context", {})) != (victim, list(defense_key(defense)), seed, context):
             raise DataError(f"{self._path(spec, name)}: saved for {blob.get('defense')} on "
-                            f"victim {blob.get('victim')} with seed {blob.get('seed')}, not "
-                            f"{defense.label} on {victim} with {seed}")
+                            f"victim {blob.get('victim')} with seed {blob.get('seed')}"
+                            f"{_under(blob.get('context', {}))}, not {defense.label} on "
+                            f"{victim} with {seed}{_under(context)}")
         if blob.get("victim_fingerprint") != fingerprint(victim_fields):
             return None
         return dict(blob["fields"])
+
+
+def _under(context: dict[str, Any]) -> str:
+    return f" under {context}" if context else ""
 
 
 def fingerprint(victim_fields: dict[str, Any]) -> str:
