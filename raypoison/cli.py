@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
                              "patch size where they vary, the defenses' trade-off")
     report.add_argument("--compare", nargs=2, metavar=("ATTACK_A", "ATTACK_B"),
                         help="paired difference of two attacks' success rates")
+    report.add_argument("--compare-scenarios", nargs=2, metavar=("SCENARIO_A", "SCENARIO_B"),
+                        help="paired difference of two scenarios' defenses on the same victims "
+                             "(scenarios that differ only in trusted_from)")
     report.add_argument("--against", metavar="URI",
                         help="difference of each cell against another results dataset")
     report.set_defaults(handler=_report)
@@ -201,9 +204,16 @@ def _report(args: argparse.Namespace) -> int:
             known = ", ".join(sorted(set(df["attack"])))
             raise ConfigError("--compare", f"no attack {label!r} in {args.output} (attacks: "
                               f"{known})")
+    for name in args.compare_scenarios or ():
+        if name not in set(df["scenario"]):
+            known = ", ".join(sorted(set(df["scenario"])))
+            raise ConfigError("--compare-scenarios", f"no scenario {name!r} in {args.output} "
+                              f"(scenarios: {known})")
     sections = assemble(df, args.output, interval=args.interval, per_victim=args.per_victim,
                         compare_attacks=tuple(args.compare) if args.compare else None,
-                        against=against, layout=args.layout)
+                        against=against, layout=args.layout,
+                        compare_scenarios=(tuple(args.compare_scenarios)
+                                           if args.compare_scenarios else None))
     text = to_markdown(sections)
     print(text)
     if args.markdown:

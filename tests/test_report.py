@@ -226,3 +226,30 @@ def test_paired_comparison_resamples_trials_not_victims():
     assert (diff["only_first"], diff["only_second"]) == (9, 0)  # trials, not victims
     assert diff["p_mcnemar"] == pytest.approx(single["p_mcnemar"])
     assert (diff["low"], diff["high"]) == pytest.approx((single["low"], single["high"]))
+
+
+def test_report_compares_two_scenarios_defenses_on_the_same_victims(tmp_path, capsys):
+    from raypoison.store.rows import SCHEMA_VERSION
+    from tests.test_stats import _defended
+
+    rows = []
+    for scenario, lost in (("drawn", 0.02), ("held", 0.03)):
+        for attack in ("badnets", "control"):
+            for t in range(2):
+                common = {"scenario": scenario, "trial_id": f"{scenario}-{attack}-{t}",
+                          "seed_train": 7 + t, "role": "white-box", "success": attack != "control"}
+                rows.append(_defended(attack, t, "none", **common))
+                rows.append(_defended(attack, t, "pt", **common,
+                                      clean_accuracy_repaired=0.8 + 0.01 * t - lost,
+                                      attack_success_rate_repaired=0.5))
+    out = tmp_path / "out"
+    sink = ParquetSink(Location.parse(str(out)), "r")
+    sink.add([dict(r, schema_version=SCHEMA_VERSION, run_id="r") for r in rows])
+    sink.flush()
+    assert main(["report", str(out), "--compare-scenarios", "drawn", "held"]) == 0
+    printed = capsys.readouterr().out
+    assert "## Defenses of drawn minus held, paired on the same victims" in printed
+    assert "| all attacks | pt | clean accuracy lost, points | 4 pairs, 2 seeds | 2.00 | 3.00 " \
+           "| -1.00 [-1.00, -1.00] | 0 |" in printed
+    assert main(["report", str(out), "--compare-scenarios", "drawn", "nope"]) == 2
+    assert "--compare-scenarios: no scenario 'nope'" in capsys.readouterr().err

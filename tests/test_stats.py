@@ -131,3 +131,60 @@ def test_a_repairs_pooled_cost_averages_each_seed_first_and_takes_its_interval_o
     unseeded = pooled_repair_cost(frame.drop(columns="seed_train")).set_index("defense")
     assert unseeded.loc["pt", "seeds"] == 3
     assert unseeded.loc["pt", "clean_accuracy_loss"] == pytest.approx(mean)
+
+
+def test_two_scenarios_defenses_are_paired_on_the_same_victims_only():
+    import pandas as pd
+
+    from raypoison.analysis.compare import ALL_ATTACKS, compare_scenarios
+    from raypoison.analysis.tables import scenarios_display
+
+    held = {0: 0.030, 1: 0.035, 2: 0.050}  # Pivotal Tuning's loss per trial, held-out set
+    drawn = {0: 0.020, 1: 0.030, 2: 0.040}  # ... and with the set drawn from training
+    rows = []
+    for scenario, loss in (("drawn", drawn), ("held", held)):
+        for attack in ("badnets", "control"):
+            for t in range(3):
+                shift = 0.002 if attack == "control" else 0.0
+                rows.append(_defended(attack, t, "pt", scenario=scenario, seed_train=100 + t,
+                                      clean_accuracy_repaired=0.8 + 0.01 * t - loss[t] - shift,
+                                      attack_success_rate_repaired=0.5))
+            rows.append(_defended(attack, 0, "cti", scenario=scenario, seed_train=100,
+                                  detection_score=0.4 if scenario == "drawn" else 0.6))
+    # the held-out scenario's control of trial 2 ran on another model (retrained elsewhere)
+    other = next(r for r in rows if (r["scenario"], r["attack"], r["trial"], r["defense"])
+                 == ("held", "control", 2, "pt"))
+    other["clean_accuracy"] += 0.003
+    other["clean_accuracy_repaired"] += 0.003
+    diff = compare_scenarios(pd.DataFrame(rows), "drawn", "held").set_index(["attack", "defense"])
+
+    bad = diff.loc[("badnets", "pt")]
+    d = np.array([drawn[t] - held[t] for t in range(3)])
+    half = 4.302653 * d.std(ddof=1) / math.sqrt(3)
+    assert (bad["pairs"], bad["unpaired"]) == (3, 0)
+    assert bad["clean_accuracy_loss_first"] == pytest.approx(np.mean(list(drawn.values())))
+    assert bad["clean_accuracy_loss_difference"] == pytest.approx(d.mean())
+    assert bad["clean_accuracy_loss_low"] == pytest.approx(d.mean() - half)
+    assert bad["clean_accuracy_loss_high"] == pytest.approx(d.mean() + half)
+    assert bad["attack_success_rate_repaired_difference"] == pytest.approx(0.0)
+    control = diff.loc[("control", "pt")]
+    assert (control["pairs"], control["unpaired"]) == (2, 1)  # another model: not a pair
+    assert control["clean_accuracy_loss_difference"] == pytest.approx(d[:2].mean())
+    assert diff.loc[("control", "cti"), "detection_score_difference"] == pytest.approx(-0.2)
+    pooled = diff.loc[(ALL_ATTACKS, "pt")]
+    assert (pooled["pairs"], pooled["seeds"], pooled["unpaired"]) == (5, 3, 1)
+    # seeds 100 and 101 have two pairs each (equal differences), seed 102 one: over seeds
+    assert pooled["clean_accuracy_loss_difference"] == pytest.approx(d.mean())
+    assert pooled["clean_accuracy_loss_low"] == pytest.approx(d.mean() - half)
+
+    shown = scenarios_display(compare_scenarios(pd.DataFrame(rows), "drawn", "held"),
+                              "drawn", "held")
+    cti = shown[(shown["attack"] == "badnets") & (shown["defense"] == "cti")]
+    assert cti["measure"].tolist() == ["detection score"]  # a detector repairs nothing
+    assert cti[["drawn", "held", "difference [95%]"]].values.tolist() == [
+        ["0.400", "0.600", "-0.200"]]
+    pooled_pt = shown[(shown["attack"] == ALL_ATTACKS) & (shown["defense"] == "pt")]
+    assert pooled_pt["n"].tolist() == ["5 pairs, 3 seeds"] * 2  # loss, attack success
+    assert pooled_pt["unpaired"].tolist() == ["1"] * 2
+    with pytest.raises(ValueError, match="no defended rows of scenario 'nowhere'"):
+        compare_scenarios(pd.DataFrame(rows), "nowhere", "held")

@@ -1,4 +1,5 @@
-"""Differences between two attacks of one dataset, or between two datasets (two configs).
+"""Differences between two attacks of one dataset, between two datasets (two configs), or
+between two scenarios' defenses on the same victims.
 
 Two attacks of one suite are compared *paired*: their trials with the same index share a setup
 (target, bases) and each victim's training seed, so the pairs (scenario, trial, victim) differ
@@ -14,8 +15,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from raypoison.analysis.defense_report import LOSS, RATE, defended_rows
 from raypoison.analysis.report import outcomes, with_role_all
-from raypoison.analysis.stats import bootstrap_interval, mcnemar_exact, newcombe_difference
+from raypoison.analysis.stats import (
+    bootstrap_interval,
+    mcnemar_exact,
+    mean_interval,
+    newcombe_difference,
+)
 
 
 def compare_attacks(df: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
@@ -64,3 +71,76 @@ def compare_datasets(df: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
                      "rate_other": r.successes_other / r.n_other, "difference": d, "low": low,
                      "high": high})
     return pd.DataFrame(rows)
+
+
+ALL_ATTACKS = "all attacks"  # the attack column of a defense's row over every attack
+# what a defense row measures -> the range of one scenario's mean (the difference's is twice it)
+SCENARIO_METRICS = {"clean_accuracy_loss": LOSS, "attack_success_rate_repaired": RATE,
+                    "detection_score": None, "flag_auc": RATE}
+_PAIR_KEYS = ["attack", "trial", "victim", "defense", "defense_params"]
+_SAME_VICTIM = ["seed_train", "clean_accuracy", "attack_success_rate"]
+
+
+def compare_scenarios(df: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
+    """The defenses of two scenarios that train the same victims and differ only in what the
+    defenses see (``trusted_from``: the trusted set's source), paired on each victim.
+
+    A pair is one defense (label and parameters) on one victim of one trial and attack in both
+    scenarios; it counts only if both rows defended the very same model: equal training seed,
+    clean accuracy and attack success rate before the defense (shared saved victims give that
+    exactly; ``unpaired`` counts the rows that found a twin row of another model). Per (attack,
+    defense), each metric's mean in both and the mean paired difference (first minus second)
+    with a Student t interval over pairs (trials of one attack are independent). Each defense
+    also gets a row over every attack (``attack`` = ``ALL_ATTACKS``): the models of one trial
+    index share their training seed under every attack, so the pairs' differences are averaged
+    per seed first and the interval is over seeds (as the pooled repair cost is)."""
+    rows = defended_rows(df)
+    rows = rows.assign(
+        defense_params=rows["defense_params"].fillna("") if "defense_params" in rows else "",
+        clean_accuracy_loss=rows["clean_accuracy"].astype(float)
+        - rows["clean_accuracy_repaired"].astype(float))
+    sides = []
+    for name in (first, second):
+        side = rows[rows["scenario"] == name]
+        if side.empty:
+            known = ", ".join(sorted(set(rows["scenario"])))
+            raise ValueError(f"no defended rows of scenario {name!r} (scenarios with defenses: "
+                             f"{known or 'none'})")
+        sides.append(side[[*_PAIR_KEYS, *_SAME_VICTIM, *SCENARIO_METRICS]])
+    merged = sides[0].merge(sides[1], on=_PAIR_KEYS, suffixes=("_a", "_b"))
+    same = np.ones(len(merged), dtype=bool)
+    for column in _SAME_VICTIM:
+        a, b = merged[f"{column}_a"], merged[f"{column}_b"]
+        same &= ((a == b) | (a.isna() & b.isna())).to_numpy()
+    unpaired = merged[~same].groupby(["attack", "defense"]).size()
+    merged = merged[same]
+    out = []
+    for (attack, defense), group in merged.groupby(["attack", "defense"], sort=True):
+        out.append(_scenario_record(attack, defense, group, unpaired.get((attack, defense), 0),
+                                    per_seed=False))
+    for defense, group in merged.groupby("defense", sort=True):
+        out.append(_scenario_record(ALL_ATTACKS, defense, group,
+                                    int(unpaired.xs(defense, level="defense").sum())
+                                    if defense in unpaired.index.get_level_values("defense")
+                                    else 0, per_seed=True))
+    return pd.DataFrame(out)
+
+
+def _scenario_record(attack: str, defense: str, group: pd.DataFrame, unpaired: int,
+                     per_seed: bool) -> dict:
+    record: dict = {"attack": attack, "defense": defense, "pairs": len(group),
+                    "seeds": int(group["seed_train_a"].nunique()), "unpaired": int(unpaired)}
+    for metric, bounds in SCENARIO_METRICS.items():
+        a, b = group[f"{metric}_a"].astype(float), group[f"{metric}_b"].astype(float)
+        both = a.notna() & b.notna()
+        difference = (a - b)[both]
+        if per_seed:
+            seeds = group.loc[both, "seed_train_a"].to_numpy()
+            difference = difference.groupby(seeds).mean()
+        span = None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
+        mean, low, high = mean_interval(difference.to_numpy(), bounds=span)
+        record.update({f"{metric}_first": float(a[both].mean()) if both.any() else np.nan,
+                       f"{metric}_second": float(b[both].mean()) if both.any() else np.nan,
+                       f"{metric}_difference": mean, f"{metric}_low": low,
+                       f"{metric}_high": high})
+    return record

@@ -51,6 +51,7 @@ def _methods(interval: str) -> str:
 def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim: bool = False,
              compare_attacks: tuple[str, str] | None = None,
              against: tuple[str, pd.DataFrame] | None = None,
+             compare_scenarios: tuple[str, str] | None = None,
              layout: str = "auto") -> list[Section]:
     sections = []
     table = report.success_table(df, interval=interval, per_victim=per_victim)
@@ -92,6 +93,17 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
                                 f"{defense_report.POOLED} of the scenario, every attack and the "
                                 "control: models of one trial index share a training seed, so "
                                 "they are averaged per seed and the interval is over seeds."))
+    if compare_scenarios is not None:
+        first, second = compare_scenarios
+        diff = compare.compare_scenarios(df, first, second)
+        sections.append(Section(
+            f"Defenses of {first} minus {second}, paired on the same victims", diff,
+            [("", report_tables.scenarios_display(diff, first, second))],
+            "Each pair is one defense on one victim in both scenarios, counted only where both "
+            "defended the same model (equal training seed, clean accuracy and attack success "
+            "before it; unpaired: rows whose twin was another model). Means over pairs with a "
+            f"95% Student t interval; {compare.ALL_ATTACKS}: each seed's pairs averaged first, "
+            "the interval over seeds."))
     status = report.status_table(df)
     sections.append(Section("Rows by status", status,
                             [("", report_tables.status_display(status))]))

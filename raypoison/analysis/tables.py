@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from raypoison.analysis.compare import ALL_ATTACKS
 from raypoison.analysis.defense_report import POOLED
 from raypoison.analysis.report import PUBLISHED
 
@@ -193,6 +194,35 @@ def against_display(diff: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SCENARIO_DISPLAY = {  # column of compare_scenarios -> (what it measures, scale, digits)
+    "clean_accuracy_loss": ("clean accuracy lost, points", 100.0, 2),
+    "attack_success_rate_repaired": ("attack success after repair, %", 100.0, 1),
+    "detection_score": ("detection score", 1.0, 3),
+    "flag_auc": ("poison detection AUC", 1.0, 3),
+}
+
+
+def scenarios_display(diff: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
+    """:func:`raypoison.analysis.compare.compare_scenarios` as one row per (attack, defense,
+    measure) that both scenarios measured."""
+    rows = []
+    for r in diff.to_dict("records"):
+        for metric, (measure, scale, digits) in SCENARIO_DISPLAY.items():
+            if is_missing(r[f"{metric}_difference"]):
+                continue
+            n = _count(r["pairs"], "pair")
+            if r["attack"] == ALL_ATTACKS:
+                n += f", {_count(r['seeds'], 'seed')}"
+            rows.append({"attack": r["attack"], "defense": r["defense"], "measure": measure,
+                         "n": n, first: f"{scale * r[f'{metric}_first']:.{digits}f}",
+                         second: f"{scale * r[f'{metric}_second']:.{digits}f}",
+                         "difference [95%]": interval_cell(
+                             r[f"{metric}_difference"], r[f"{metric}_low"],
+                             r[f"{metric}_high"], scale=scale, digits=digits, signed=True),
+                         "unpaired": text(r["unpaired"])})
+    return pd.DataFrame(rows)
+
+
 DEFENSE_METRICS = {  # column of defense_table -> (title, scale, digits)
     "attack_success_rate_repaired": ("Attack success rate after repair, % [95%]", 100.0, 1),
     "clean_accuracy_loss": ("Clean accuracy lost by the repair, points [95%, paired]", 100.0, 1),
@@ -224,7 +254,8 @@ def _pooled_rows(pooled: pd.DataFrame, heading: str) -> pd.DataFrame:
     for (scenario, victim), group in pooled.groupby(["scenario", "victim"], sort=True):
         first = group.iloc[0]
         row = {"scenario": scenario, "victim": victim, "attack": POOLED, "poisons": None,
-               "n": f"{int(group['models'].max())} models, {int(group['seeds'].max())} seeds",
+               "n": f"{_count(int(group['models'].max()), 'model')}, "
+                    f"{_count(int(group['seeds'].max()), 'seed')}",
                heading: interval_cell(first["clean_accuracy"], first["clean_accuracy_low"],
                                       first["clean_accuracy_high"])}
         for r in group.itertuples(index=False):
@@ -318,3 +349,7 @@ def html_table(frame: pd.DataFrame) -> str:
         parts.append("<tr>" + "".join(f"<td>{html.escape(text(v))}</td>" for v in row) + "</tr>")
     parts.append("</tbody></table>")
     return "".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
