@@ -253,3 +253,16 @@ def test_report_compares_two_scenarios_defenses_on_the_same_victims(tmp_path, ca
            "| -1.00 [-1.00, -1.00] | 0 |" in printed
     assert main(["report", str(out), "--compare-scenarios", "drawn", "nope"]) == 2
     assert "--compare-scenarios: no scenario 'nope'" in capsys.readouterr().err
+
+
+def test_a_paired_comparison_shows_labels_that_are_not_identifiers():
+    """Sweep labels (badnets-poisons50) once crashed the display of --compare."""
+    from raypoison.analysis.compare import compare_attacks
+    from raypoison.analysis.tables import compare_display
+
+    renamed = {"strong": "badnets-poisons50", "weak": "blend-alpha0.1"}
+    rows = [dict(r, attack=renamed[r["attack"]]) for r in _paired_rows()]
+    diff = compare_attacks(pd.DataFrame(rows), "badnets-poisons50", "blend-alpha0.1")
+    shown = compare_display(diff, "badnets-poisons50", "blend-alpha0.1").iloc[0]
+    assert (shown["badnets-poisons50 %"], shown["blend-alpha0.1 %"]) == ("40.0", "10.0")
+    assert shown["only badnets-poisons50"] == "9"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,11 +64,9 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
         title = "Success rates, % [95% interval]"
     sections.append(Section(title, table, [("", shown)]))
     if compare_attacks is not None:
-        first, second = compare_attacks
-        diff = compare.compare_attacks(df, first, second)
-        sections.append(Section(
-            f"{first} minus {second}, paired by trial", diff,
-            [("", report_tables.compare_display(diff, first, second))],
+        sections.append(_paired(
+            df, compare_attacks, compare.compare_attacks, report_tables.compare_display,
+            "{first} minus {second}, paired by trial",
             "Percentage points; 95% paired bootstrap over trials; exact sign test over the "
             "trials where the two differ (McNemar's with one victim a trial)."))
     if against is not None:
@@ -94,11 +92,9 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
                                 "control: models of one trial index share a training seed, so "
                                 "they are averaged per seed and the interval is over seeds."))
     if compare_scenarios is not None:
-        first, second = compare_scenarios
-        diff = compare.compare_scenarios(df, first, second)
-        sections.append(Section(
-            f"Defenses of {first} minus {second}, paired on the same victims", diff,
-            [("", report_tables.scenarios_display(diff, first, second))],
+        sections.append(_paired(
+            df, compare_scenarios, compare.compare_scenarios, report_tables.scenarios_display,
+            "Defenses of {first} minus {second}, paired on the same victims",
             "Each pair is one defense on one victim in both scenarios, counted only where both "
             "defended the same model (equal training seed, clean accuracy and attack success "
             "before it; unpaired: rows whose twin was another model). Means over pairs with a "
@@ -117,6 +113,18 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
             run_status.conflict_text(f, d) for f, d in conflicts.items())))
     sections.append(Section("Methods", text=_methods(interval)))
     return sections
+
+
+def _paired(df: pd.DataFrame, pair: tuple[str, str],
+            differ: Callable[[pd.DataFrame, str, str], pd.DataFrame],
+            display: Callable[[pd.DataFrame, str, str], pd.DataFrame],
+            title: str, note: str) -> Section:
+    """A section of paired differences between two things of the dataset (attacks,
+    scenarios): ``differ``'s table, shown by ``display``."""
+    first, second = pair
+    diff = differ(df, first, second)
+    return Section(title.format(first=first, second=second), diff,
+                   [("", display(diff, first, second))], note)
 
 
 def to_markdown(sections: list[Section]) -> str:

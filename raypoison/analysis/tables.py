@@ -171,15 +171,16 @@ def status_display(status: pd.DataFrame) -> pd.DataFrame:
 
 def compare_display(diff: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
     rows = []
-    for r in diff.itertuples(index=False):
-        rows.append({"scenario": r.scenario, "role": r.role, "pairs": text(r.pairs),
-                     "trials": text(r.trials),
-                     f"{first} %": percent(getattr(r, f"rate_{first}")),
-                     f"{second} %": percent(getattr(r, f"rate_{second}")),
-                     "difference, points [95%]": interval_cell(r.difference, r.low, r.high,
-                                                               signed=True),
-                     f"only {first}": text(r.only_first), f"only {second}": text(r.only_second),
-                     "p (sign test)": p_value(r.p_mcnemar)})
+    for r in diff.to_dict("records"):  # labels such as badnets-poisons50 are no identifiers
+        rows.append({"scenario": r["scenario"], "role": r["role"], "pairs": text(r["pairs"]),
+                     "trials": text(r["trials"]),
+                     f"{first} %": percent(r[f"rate_{first}"]),
+                     f"{second} %": percent(r[f"rate_{second}"]),
+                     "difference, points [95%]": interval_cell(r["difference"], r["low"],
+                                                               r["high"], signed=True),
+                     f"only {first}": text(r["only_first"]),
+                     f"only {second}": text(r["only_second"]),
+                     "p (sign test)": p_value(r["p_mcnemar"])})
     return pd.DataFrame(rows)
 
 
