@@ -204,11 +204,13 @@ def _report(args: argparse.Namespace) -> int:
             known = ", ".join(sorted(set(df["attack"])))
             raise ConfigError("--compare", f"no attack {label!r} in {args.output} (attacks: "
                               f"{known})")
+    with_defenses = set(df.loc[(df["status"] == "ok") & df["defense"].notna()
+                               & (df["defense"] != "none"), "scenario"]) if "defense" in df else set()
     for name in args.compare_scenarios or ():
-        if name not in set(df["scenario"]):
-            known = ", ".join(sorted(set(df["scenario"])))
-            raise ConfigError("--compare-scenarios", f"no scenario {name!r} in {args.output} "
-                              f"(scenarios: {known})")
+        if name not in with_defenses:
+            raise ConfigError("--compare-scenarios", f"no defended rows of scenario {name!r} in "
+                              f"{args.output} (scenarios with defenses: "
+                              f"{', '.join(sorted(with_defenses)) or 'none'})")
     sections = assemble(df, args.output, interval=args.interval, per_victim=args.per_victim,
                         compare_attacks=tuple(args.compare) if args.compare else None,
                         against=against, layout=args.layout,

@@ -249,10 +249,10 @@ def test_report_compares_two_scenarios_defenses_on_the_same_victims(tmp_path, ca
     assert main(["report", str(out), "--compare-scenarios", "drawn", "held"]) == 0
     printed = capsys.readouterr().out
     assert "## Defenses of drawn minus held, paired on the same victims" in printed
-    assert "| all attacks | pt | clean accuracy lost, points | 4 pairs, 2 seeds | 2.00 | 3.00 " \
-           "| -1.00 [-1.00, -1.00] | 0 |" in printed
+    assert "| all attacks | pt | v | clean accuracy lost, points | 4 pairs, 2 seeds | 2.00 | " \
+           "3.00 | -1.00 [-1.00, -1.00] | 0 |" in printed
     assert main(["report", str(out), "--compare-scenarios", "drawn", "nope"]) == 2
-    assert "--compare-scenarios: no scenario 'nope'" in capsys.readouterr().err
+    assert "--compare-scenarios: no defended rows of scenario 'nope'" in capsys.readouterr().err
 
 
 def test_a_paired_comparison_shows_labels_that_are_not_identifiers():

@@ -156,7 +156,15 @@ def test_two_scenarios_defenses_are_paired_on_the_same_victims_only():
                  == ("held", "control", 2, "pt"))
     other["clean_accuracy"] += 0.003
     other["clean_accuracy_repaired"] += 0.003
+    # Fine-Pruning ran on that trial alone: nothing pairs, and the table still says so
+    for scenario, shift in (("drawn", 0.0), ("held", 0.003)):
+        rows.append(_defended("control", 2, "fp", scenario=scenario, seed_train=102,
+                              clean_accuracy=0.82 + shift, clean_accuracy_repaired=0.8))
     diff = compare_scenarios(pd.DataFrame(rows), "drawn", "held").set_index(["attack", "defense"])
+    assert set(diff["victim"]) == {"v"}
+    assert (diff.loc[("control", "fp"), "pairs"], diff.loc[("control", "fp"), "unpaired"]) == (
+        0, 1)
+    assert math.isnan(diff.loc[("control", "fp"), "clean_accuracy_loss_difference"])
 
     bad = diff.loc[("badnets", "pt")]
     d = np.array([drawn[t] - held[t] for t in range(3)])
@@ -186,5 +194,16 @@ def test_two_scenarios_defenses_are_paired_on_the_same_victims_only():
     pooled_pt = shown[(shown["attack"] == ALL_ATTACKS) & (shown["defense"] == "pt")]
     assert pooled_pt["n"].tolist() == ["5 pairs, 3 seeds"] * 2  # loss, attack success
     assert pooled_pt["unpaired"].tolist() == ["1"] * 2
+    fp = shown[shown["defense"] == "fp"]
+    assert fp["measure"].tolist() == ["no pair on the same model"] * 2  # control, all attacks
+    assert fp["unpaired"].tolist() == ["1", "1"]
     with pytest.raises(ValueError, match="no defended rows of scenario 'nowhere'"):
         compare_scenarios(pd.DataFrame(rows), "nowhere", "held")
+    twice = [*rows, dict(rows[0], trial_id="another config's trial")]
+    with pytest.raises(ValueError, match="several trials of one index"):
+        compare_scenarios(pd.DataFrame(twice), "drawn", "held")
+    # one label with two parameter sets is two defenses, as in the defense tables
+    variant = [dict(r, defense_params='{"lr": 1}') for r in rows if r["defense"] == "pt"]
+    split = compare_scenarios(pd.DataFrame([*rows, *variant]), "drawn", "held")
+    assert len({d for d in split["defense"] if d.startswith("pt [")}) == 2
+    assert "pt" not in set(split["defense"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from raypoison.analysis.defense_report import LOSS, RATE, defended_rows
+from raypoison.analysis.defense_report import LOSS, RATE, defended_rows, separate_variants
 from raypoison.analysis.report import outcomes, with_role_all
 from raypoison.analysis.stats import (
     bootstrap_interval,
@@ -85,16 +85,18 @@ def compare_scenarios(df: pd.DataFrame, first: str, second: str) -> pd.DataFrame
     """The defenses of two scenarios that train the same victims and differ only in what the
     defenses see (``trusted_from``: the trusted set's source), paired on each victim.
 
-    A pair is one defense (label and parameters) on one victim of one trial and attack in both
+    A pair is one defense (label and parameters; a label run with several parameter sets is
+    split as the defense tables split it) on one victim of one trial and attack in both
     scenarios; it counts only if both rows defended the very same model: equal training seed,
     clean accuracy and attack success rate before the defense (shared saved victims give that
-    exactly; ``unpaired`` counts the rows that found a twin row of another model). Per (attack,
-    defense), each metric's mean in both and the mean paired difference (first minus second)
-    with a Student t interval over pairs (trials of one attack are independent). Each defense
-    also gets a row over every attack (``attack`` = ``ALL_ATTACKS``): the models of one trial
-    index share their training seed under every attack, so the pairs' differences are averaged
-    per seed first and the interval is over seeds (as the pooled repair cost is)."""
-    rows = defended_rows(df)
+    exactly; ``unpaired`` counts the rows whose twin row was another model, and a row with no
+    pair at all still says so). Per (attack, defense, victim), each metric's mean in both and
+    the mean paired difference (first minus second) with a Student t interval over pairs (one
+    a trial: trials of one attack are independent). Each defense and victim also gets a row
+    over every attack (``attack`` = ``ALL_ATTACKS``): the models of one trial index share their
+    training seed under every attack, so the pairs' differences are averaged per seed first and
+    the interval is over seeds (as the pooled repair cost is)."""
+    rows = separate_variants(defended_rows(df))
     rows = rows.assign(
         defense_params=rows["defense_params"].fillna("") if "defense_params" in rows else "",
         clean_accuracy_loss=rows["clean_accuracy"].astype(float)
@@ -106,30 +108,34 @@ def compare_scenarios(df: pd.DataFrame, first: str, second: str) -> pd.DataFrame
             known = ", ".join(sorted(set(rows["scenario"])))
             raise ValueError(f"no defended rows of scenario {name!r} (scenarios with defenses: "
                              f"{known or 'none'})")
+        if side.duplicated(_PAIR_KEYS).any():
+            raise ValueError(f"scenario {name!r} has several trials of one index and attack "
+                             "(two configs under one scenario name?): its rows do not pair")
         sides.append(side[[*_PAIR_KEYS, *_SAME_VICTIM, *SCENARIO_METRICS]])
     merged = sides[0].merge(sides[1], on=_PAIR_KEYS, suffixes=("_a", "_b"))
     same = np.ones(len(merged), dtype=bool)
     for column in _SAME_VICTIM:
         a, b = merged[f"{column}_a"], merged[f"{column}_b"]
         same &= ((a == b) | (a.isna() & b.isna())).to_numpy()
-    unpaired = merged[~same].groupby(["attack", "defense"]).size()
-    merged = merged[same]
+    merged = merged.assign(paired=same)
     out = []
-    for (attack, defense), group in merged.groupby(["attack", "defense"], sort=True):
-        out.append(_scenario_record(attack, defense, group, unpaired.get((attack, defense), 0),
-                                    per_seed=False))
-    for defense, group in merged.groupby("defense", sort=True):
-        out.append(_scenario_record(ALL_ATTACKS, defense, group,
-                                    int(unpaired.xs(defense, level="defense").sum())
-                                    if defense in unpaired.index.get_level_values("defense")
-                                    else 0, per_seed=True))
+    for (attack, defense, victim), group in merged.groupby(["attack", "defense", "victim"],
+                                                           sort=True):
+        out.append(_scenario_record(attack, defense, victim, group, per_seed=False))
+    for (defense, victim), group in merged.groupby(["defense", "victim"], sort=True):
+        out.append(_scenario_record(ALL_ATTACKS, defense, victim, group, per_seed=True))
     return pd.DataFrame(out)
 
 
-def _scenario_record(attack: str, defense: str, group: pd.DataFrame, unpaired: int,
+def _scenario_record(attack: str, defense: str, victim: str, group: pd.DataFrame,
                      per_seed: bool) -> dict:
-    record: dict = {"attack": attack, "defense": defense, "pairs": len(group),
-                    "seeds": int(group["seed_train_a"].nunique()), "unpaired": int(unpaired)}
+    """One row of :func:`compare_scenarios`: ``group``'s pairs of one victim (``paired``
+    marks those that defended the same model)."""
+    unpaired = int((~group["paired"]).sum())
+    group = group[group["paired"]]
+    record: dict = {"attack": attack, "defense": defense, "victim": victim,
+                    "pairs": len(group), "seeds": int(group["seed_train_a"].nunique()),
+                    "unpaired": unpaired}
     for metric, bounds in SCENARIO_METRICS.items():
         a, b = group[f"{metric}_a"].astype(float), group[f"{metric}_b"].astype(float)
         both = a.notna() & b.notna()

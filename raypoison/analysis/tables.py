@@ -208,14 +208,19 @@ def scenarios_display(diff: pd.DataFrame, first: str, second: str) -> pd.DataFra
     measure) that both scenarios measured."""
     rows = []
     for r in diff.to_dict("records"):
+        n = _count(r["pairs"], "pair")
+        if r["attack"] == ALL_ATTACKS:
+            n += f", {_count(r['seeds'], 'seed')}"
+        if not r["pairs"]:  # every twin row defended another model: say so, not nothing
+            rows.append({"attack": r["attack"], "defense": r["defense"], "victim": r["victim"],
+                         "measure": "no pair on the same model", "n": n, first: "",
+                         second: "", "difference [95%]": "", "unpaired": text(r["unpaired"])})
+            continue
         for metric, (measure, scale, digits) in SCENARIO_DISPLAY.items():
             if is_missing(r[f"{metric}_difference"]):
                 continue
-            n = _count(r["pairs"], "pair")
-            if r["attack"] == ALL_ATTACKS:
-                n += f", {_count(r['seeds'], 'seed')}"
-            rows.append({"attack": r["attack"], "defense": r["defense"], "measure": measure,
-                         "n": n, first: f"{scale * r[f'{metric}_first']:.{digits}f}",
+            rows.append({"attack": r["attack"], "defense": r["defense"], "victim": r["victim"],
+                         "measure": measure, "n": n, first: f"{scale * r[f'{metric}_first']:.{digits}f}",
                          second: f"{scale * r[f'{metric}_second']:.{digits}f}",
                          "difference [95%]": interval_cell(
                              r[f"{metric}_difference"], r[f"{metric}_low"],

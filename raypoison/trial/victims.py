@@ -137,7 +137,7 @@ class VictimStore:
         """The trial's poisons and trigger, its row fields known after crafting, and the models
         it crafted on where they are not the scenario's attackers (they decide the rows'
         roles)."""
-        folder = self._folder(spec)
+        folder = self._folders(spec)[0]  # a trial that trains saves into its own folder
         self.location.write_bytes(self._file(folder, "trial"), _dump({
             "trial_id": folder[2], "index": spec.index, "images": poisons.images.cpu(),
             "base_indices": list(poisons.base_indices), "labels": list(poisons.labels),
@@ -149,7 +149,7 @@ class VictimStore:
                     seed_train: int, fields: dict[str, Any]) -> None:
         module = model.head if head_only else model
         state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        folder = self._folder(spec)
+        folder = self._folders(spec)[0]
         self.location.write_bytes(self._file(folder, victim), _dump({
             "trial_id": folder[2], "victim": victim, "seed_train": seed_train,
             "head_only": head_only, "state": state, "fields": fields}))
