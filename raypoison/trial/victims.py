@@ -122,9 +122,6 @@ class VictimStore:
                 return folder
         return folders[0]
 
-    def _path(self, spec: TrialSpec, name: str) -> str:
-        return self._file(self._folder(spec), name)
-
     def has(self, spec: TrialSpec) -> bool:
         """Whether the trial and every victim of its scenario are saved (by it, or by a scenario
         that trains the same victims)."""
@@ -154,9 +151,14 @@ class VictimStore:
             "trial_id": folder[2], "victim": victim, "seed_train": seed_train,
             "head_only": head_only, "state": state, "fields": fields}))
 
-    def _load(self, spec, name: str) -> dict[str, Any]:
+    def _load(self, spec, name: str, missing_ok: bool = False
+              ) -> tuple[str, dict[str, Any] | None]:
+        """The file ``name`` of the trial's saved folder (resolved once) and its content, checked
+        to be the folder's trial's; None for a missing file with ``missing_ok``."""
         folder = self._folder(spec)
         path = self._file(folder, name)
+        if missing_ok and not self.location.exists(path):
+            return path, None
         try:
             blob = torch.load(io.BytesIO(self.location.read_bytes(path)), weights_only=True)
         except Exception as err:
@@ -164,14 +166,15 @@ class VictimStore:
                             f"{str(err)[:200]})") from None
         if not isinstance(blob, dict) or blob.get("trial_id") != folder[2]:
             raise DataError(f"{path}: saved for another trial, not {folder[2]}")
-        return blob
+        return path, blob
 
     def load_trial(self, spec: TrialSpec, device: str | torch.device
                    ) -> tuple[Poisons, Trigger | None, dict[str, Any], tuple[str, ...] | None]:
         """The poisons, trigger, saved row fields and crafting models of :meth:`save_trial`."""
-        blob = self._load(spec, "trial")
+        path, blob = self._load(spec, "trial")
+        assert blob is not None
         if blob.get("index") != spec.index:
-            raise DataError(f"{self._path(spec, 'trial')}: saved for trial {blob.get('index')}, "
+            raise DataError(f"{path}: saved for trial {blob.get('index')}, "
                             f"not {spec.index}")
         poisons = Poisons(blob["images"].to(device), tuple(blob["base_indices"]),
                           tuple(blob["labels"]), int(blob["target_index"]),
@@ -180,10 +183,13 @@ class VictimStore:
         return (poisons, trigger_from_state(blob["trigger"]), dict(blob["fields"]),
                 None if crafted_on is None else tuple(crafted_on))
 
-    def _victim_blob(self, spec: TrialSpec, victim: str, seed_train: int) -> dict[str, Any]:
-        blob = self._load(spec, victim)
+    def _victim_blob(self, spec: TrialSpec, victim: str, seed_train: int,
+                     missing_ok: bool = False) -> dict[str, Any] | None:
+        path, blob = self._load(spec, victim, missing_ok)
+        if blob is None:
+            return None
         if blob.get("victim") != victim or blob.get("seed_train") != seed_train:
-            raise DataError(f"{self._path(spec, victim)}: saved for victim "
+            raise DataError(f"{path}: saved for victim "
                             f"{blob.get('victim')} with seed {blob.get('seed_train')}, not "
                             f"{victim} with {seed_train}")
         return blob
@@ -193,6 +199,7 @@ class VictimStore:
         """Load the saved weights into ``model`` (a fresh victim built with ``seed_train``);
         returns the undefended row's fields."""
         blob = self._victim_blob(spec, victim, seed_train)
+        assert blob is not None
         module = model.head if blob["head_only"] else model
         module.load_state_dict(blob["state"])
         return dict(blob["fields"])
@@ -201,9 +208,8 @@ class VictimStore:
                       ) -> dict[str, Any] | None:
         """The saved victim's undefended row fields without its weights, or None if the victim
         is not saved (yet)."""
-        if not self.location.exists(self._path(spec, victim)):
-            return None
-        return dict(self._victim_blob(spec, victim, seed_train)["fields"])
+        blob = self._victim_blob(spec, victim, seed_train, missing_ok=True)
+        return None if blob is None else dict(blob["fields"])
 
     def _defense_name(self, spec: TrialSpec, victim: str, defense: Component) -> str:
         context = spec.scenario.defense_context()
@@ -225,14 +231,13 @@ class VictimStore:
                      victim_fields: dict[str, Any]) -> dict[str, Any] | None:
         """The fields :meth:`save_defense` kept for this defense on this very victim, or None
         (never run, or run on a victim since trained again)."""
-        name = self._defense_name(spec, victim, defense)
-        if not self.location.exists(self._path(spec, name)):
+        path, blob = self._load(spec, self._defense_name(spec, victim, defense), missing_ok=True)
+        if blob is None:
             return None
-        blob = self._load(spec, name)
         context = spec.scenario.defense_context()
         if (blob.get("victim"), blob.get("defense"), blob.get("seed"),
                 blob.get("context", {})) != (victim, list(defense_key(defense)), seed, context):
-            raise DataError(f"{self._path(spec, name)}: saved for {blob.get('defense')} on "
+            raise DataError(f"{path}: saved for {blob.get('defense')} on "
                             f"victim {blob.get('victim')} with seed {blob.get('seed')}"
                             f"{_under(blob.get('context', {}))}, not {defense.label} on "
                             f"{victim} with {seed}{_under(context)}")
