@@ -39,7 +39,7 @@ class RecipeConfig:
     # autocast; on a CPU too (slow there: it exists so the path is tested). "auto": bf16 on CUDA,
     # float32 elsewhere (the fast choice for a GPU cluster; rows say the device). "float32", the
     # default, computes what the protocol's numbers were made with, so the benchmark configs
-    # keep it until a GPU pilot shows bf16 moves no success rate (README, "Precision").
+    # keep it until a GPU pilot shows bf16 moves no success rate (README, Config: `recipe`).
     precision: Literal["float32", "bf16", "auto"] = "float32"
 
     def __post_init__(self) -> None:
