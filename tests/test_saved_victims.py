@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from raypoison.attacks import create_attack
+from raypoison.cli import main
 from raypoison.config.specs import expand
 from raypoison.config.suite import parse_suite
 from raypoison.core.identity import defense_key, digest
@@ -54,7 +55,8 @@ def _manifest(out, summary):
 
 
 @pytest.mark.slow
-def test_a_defense_added_later_runs_on_the_saved_victims_only(ray_cluster, tmp_path):
+def test_a_defense_added_later_runs_on_the_saved_victims_only(ray_cluster, tmp_path,
+                                                                    capsys):
     out = tmp_path / "out"
     planned, pending = pending_work(_suite(["spectral_signatures"]), RunOptions(output=str(out)))
     assert planned == 4 and [w for _, w in pending] == [WORK_NEW] * 4
@@ -66,6 +68,18 @@ def test_a_defense_added_later_runs_on_the_saved_victims_only(ray_cluster, tmp_p
                                     RunOptions(output=str(out)))
     assert planned == 4 and [w for _, w in pending] == [WORK_ADD_SAVED] * 4
     assert {tuple(d.label for d in spec.defenses) for spec, _ in pending} == {("strip",)}
+    assert sorted(out.rglob("*")) == files
+    raw = copy.deepcopy(PYP)  # the same suite as a config file, for the command line
+    raw["scenarios"][0]["trials"] = 2
+    raw["attacks"] = raw["attacks"][:2]
+    raw["defenses"] = ["spectral_signatures", "strip"]
+    raw["execution"] = {"workers": 1, "save_victims": True, "flush_seconds": 0.5}
+    assert main(["run", str(write_config(tmp_path / "c.yaml", raw)), "--output", str(out),
+                 "--dry-run"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2] == ("time left: not estimated, no finished trial in this output measures "
+                           "the phases below")  # strip never ran in it
+    assert printed[-1] == f"  no measured strip in {pending[0][0].scenario.name}: 4 trials"
     assert sorted(out.rglob("*")) == files
     before = results.load(str(out))
     assert len(before) == 8 and set(before["defense"]) == {"none", "spectral_signatures"}

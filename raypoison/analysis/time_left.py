@@ -1,0 +1,153 @@
+"""How long what is left of a run will take, from the seconds its own rows recorded.
+
+A long run lands over several sessions and machines; ``raypoison run --dry-run`` lists what is
+left and, with this module, what it will cost. The estimate is empirical, not modelled: each
+pending phase costs the median of the same phase in this output's finished trials of the same
+scenario:
+
+- **training** (crafting, checking, training and evaluating the victims, for a trial that has to
+  craft and train): the trial's ``seconds_setup + seconds_craft + seconds_check`` plus its
+  victims' ``seconds_train + seconds_eval``, taken from trials of the same attack label, else of
+  the same attack (another poison count of a sweep), else left unestimated;
+- **a defense** (for every defense a trial still lacks): the sum over the trial's victims of that
+  defense label's ``seconds_defense``.
+
+The figures are those of the machines and the contention that wrote the rows; worker start-up
+(decoding, loading models) is not in them. ``raypoison plan`` estimates a config that has no rows
+yet from FLOPs instead.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from raypoison.core.identity import NO_DEFENSE
+
+_TRIAL_PHASES = ("seconds_setup", "seconds_craft", "seconds_check")
+_VICTIM_PHASES = ("seconds_train", "seconds_eval")
+
+
+@dataclass(frozen=True)
+class PendingTrial:
+    """What one pending trial still has to compute (plain values, so the layers above can hand
+    it over without this module knowing their types)."""
+
+    scenario: str
+    attack: str  # the attack's label (e.g. badnets-poisons50)
+    attack_name: str  # the registered attack (e.g. badnets)
+    trains: bool  # crafts and trains its victims (no saved victims to start from)
+    defenses: tuple[str, ...]  # labels of the defenses it lacks
+
+
+@dataclass
+class TimeLeft:
+    seconds: float = 0.0  # the estimated phases, summed
+    trials: int = 0  # pending trials
+    estimated: int = 0  # of them, those whose every phase has a measured analogue
+    unmeasured: Counter[str] = field(default_factory=Counter)  # phase → pending trials lacking one
+    measured: bool = False  # whether the output has any finished trial to measure by
+
+    def text(self, workers: int) -> str:
+        """The lines ``--dry-run`` prints."""
+        if not self.trials:
+            return "time left: nothing"
+        if not self.measured:
+            return ("time left: no finished trial in this output to measure it by yet "
+                    "(`raypoison plan` estimates from FLOPs)")
+        if not self.estimated and not self.seconds:
+            lines = ["time left: not estimated, no finished trial in this output measures the "
+                     "phases below"]
+        else:
+            scope = ("" if self.estimated == self.trials else
+                     f"; not counting the unmeasured phases below, which "
+                     f"{self.trials - self.estimated} of the {self.trials} trials need")
+            per = (f", about {duration(self.seconds / workers)} with {workers} workers"
+                   if workers > 1 else "")
+            lines = [f"time left: about {duration(self.seconds)} of trial computation{per} (the "
+                     f"median of each phase in this output's finished trials, as fast as the "
+                     f"machines and the load that wrote them; worker start-up not "
+                     f"included){scope}"]
+        lines += [f"  no measured {phase}: {n} trial{'s' if n > 1 else ''}"
+                  for phase, n in sorted(self.unmeasured.items())]
+        return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a reader wants it: 45 s, 12 min, 3.4 h."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty or "status" not in df.columns:
+        return df.iloc[0:0]
+    ok = df[df["status"] == "ok"]
+    if "defense" not in ok.columns:  # schema-1 parts: undefended rows only
+        return ok.assign(defense=NO_DEFENSE)
+    return ok.assign(defense=ok["defense"].fillna(NO_DEFENSE).astype(str))
+
+
+def training_seconds(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished trial with its scenario, attack, attack name and the seconds it took
+    to craft and train (see the module's docstring)."""
+    ok = _ok(df)
+    undefended = ok if ok.empty else ok[ok["defense"] == NO_DEFENSE]
+    if undefended.empty:
+        return pd.DataFrame(columns=["scenario", "attack", "attack_name", "seconds"])
+    keys = ["trial_id", "scenario", "attack", "attack_name"]
+    undefended = undefended.assign(**{k: undefended[k].astype(str) for k in keys})
+    grouped = undefended.groupby(keys, observed=True)
+    per_trial = grouped[list(_TRIAL_PHASES)].first().fillna(0).sum(axis=1)
+    per_victims = grouped[list(_VICTIM_PHASES)].sum(min_count=1).fillna(0).sum(axis=1)
+    return (per_trial + per_victims).rename("seconds").reset_index()
+
+
+def defense_seconds(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished trial and defense label with the seconds the defense took over the
+    trial's victims."""
+    ok = _ok(df)
+    defended = ok[(ok["defense"] != NO_DEFENSE) & ok["seconds_defense"].notna()] \
+        if not ok.empty and "seconds_defense" in ok.columns else ok.iloc[0:0]
+    if defended.empty:
+        return pd.DataFrame(columns=["scenario", "defense", "seconds"])
+    keys = ["trial_id", "scenario", "defense"]
+    defended = defended.assign(**{k: defended[k].astype(str) for k in keys})
+    return (defended.groupby(keys, observed=True)["seconds_defense"].sum()
+            .rename("seconds").reset_index())
+
+
+def time_left(df: pd.DataFrame, pending: Iterable[PendingTrial]) -> TimeLeft:
+    """The estimate for ``pending`` from ``df``, an output's rows (:mod:`raypoison.store.results`
+    ``load``)."""
+    trained = training_seconds(df)
+    by_label = trained.groupby(["scenario", "attack"])["seconds"].median().to_dict()
+    by_name = trained.groupby(["scenario", "attack_name"])["seconds"].median().to_dict()
+    defended = defense_seconds(df)
+    by_defense = defended.groupby(["scenario", "defense"])["seconds"].median().to_dict()
+    out = TimeLeft(measured=not trained.empty or not defended.empty)
+    for p in pending:
+        out.trials += 1
+        missing: list[str] = []
+        if p.trains:
+            seconds = by_label.get((p.scenario, p.attack), by_name.get((p.scenario,
+                                                                        p.attack_name)))
+            if seconds is None:
+                missing.append(f"training of {p.attack} in {p.scenario}")
+            else:
+                out.seconds += float(seconds)
+        for label in p.defenses:
+            seconds = by_defense.get((p.scenario, label))
+            if seconds is None:
+                missing.append(f"{label} in {p.scenario}")
+            else:
+                out.seconds += float(seconds)
+        out.unmeasured.update(missing)
+        out.estimated += not missing
+    return out

@@ -1,0 +1,64 @@
+"""The time a run has left, from the seconds its own rows recorded (``raypoison run --dry-run``)."""
+
+import pandas as pd
+
+from raypoison.analysis.time_left import PendingTrial, duration, time_left
+
+
+def _rows() -> pd.DataFrame:
+    """Two finished BadNets-50 trials of scenario ``s``, two victims each, with Pivotal Tuning;
+    and a failed trial whose seconds must not count."""
+    rows = []
+
+    def trial(trial_id, status, train, defense, attack="bn-50"):
+        for victim, (t, d) in enumerate(zip(train, defense, strict=True)):
+            common = dict(trial_id=trial_id, scenario="s", attack=attack, attack_name="badnets",
+                          victim=f"v{victim}", status=status, seconds_setup=1.0,
+                          seconds_craft=2.0, seconds_check=0.5, seconds_train=t, seconds_eval=1.0)
+            rows.append({**common, "defense": "none", "seconds_defense": None})
+            rows.append({**common, "defense": "pt", "seconds_defense": d})
+
+    trial("t1", "ok", (10.0, 20.0), (100.0, 50.0))  # training 3.5 + 32 = 35.5, pt 150
+    trial("t2", "ok", (30.0, 10.0), (200.0, 100.0))  # training 3.5 + 42 = 45.5, pt 300
+    trial("t3", "failed", (9e5, 9e5), (9e5, 9e5))
+    return pd.DataFrame(rows)
+
+
+def test_each_pending_phase_costs_the_median_of_its_finished_trials():
+    pending = [
+        PendingTrial("s", "bn-50", "badnets", trains=True, defenses=("pt",)),
+        # another poison count of the sweep: trained like BadNets-50; strip never ran here
+        PendingTrial("s", "bn-500", "badnets", trains=True, defenses=("pt", "strip")),
+        PendingTrial("s", "bn-50", "badnets", trains=False, defenses=("pt",)),  # saved victims
+        PendingTrial("other", "bn-50", "badnets", trains=True, defenses=()),
+    ]
+    left = time_left(_rows(), pending)
+    medians = 40.5 + 225.0  # training (35.5, 45.5) and pt (150, 300)
+    assert left.seconds == medians + medians + 225.0
+    assert (left.trials, left.estimated) == (4, 2)
+    assert dict(left.unmeasured) == {"strip in s": 1, "training of bn-50 in other": 1}
+    text = left.text(workers=2).splitlines()
+    assert text[0].startswith("time left: about 13 min of trial computation, about 6 min with "
+                              "2 workers (the median of each phase")
+    assert text[0].endswith("which 2 of the 4 trials need")
+    assert text[1:] == ["  no measured strip in s: 1 trial",
+                        "  no measured training of bn-50 in other: 1 trial"]
+
+
+def test_without_rows_or_pending_trials_it_says_so():
+    empty = time_left(pd.DataFrame(), [PendingTrial("s", "a", "a", True, ("pt",))])
+    assert empty.seconds == 0 and empty.estimated == 0
+    assert empty.text(1).startswith("time left: no finished trial in this output to measure")
+    only_failed = _rows().query("trial_id == 't3'")
+    assert time_left(only_failed, [PendingTrial("s", "bn-50", "badnets", True, ())]).text(
+        1).startswith("time left: no finished trial")
+    unmeasured = time_left(_rows(), [PendingTrial("s", "bn-50", "badnets", False, ("strip",))])
+    assert unmeasured.text(1).splitlines() == [
+        "time left: not estimated, no finished trial in this output measures the phases below",
+        "  no measured strip in s: 1 trial"]
+    assert time_left(_rows(), []).text(4) == "time left: nothing"
+
+
+def test_durations_read_in_the_unit_a_reader_wants():
+    assert [duration(s) for s in (45, 119.4, 720, 7199, 7200, 12_240)] == [
+        "45 s", "119 s", "12 min", "120 min", "2.0 h", "3.4 h"]
