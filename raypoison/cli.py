@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                              "(scenarios that differ only in trusted_from)")
     report.add_argument("--against", metavar="URI",
                         help="difference of each cell against another results dataset")
+    report.add_argument("--scenarios", metavar="NAME,...",
+                        help="only these scenarios' rows (an output may hold several)")
     report.set_defaults(handler=_report)
 
     pre = sub.add_parser("pretrain", help="train the victim zoo of a zoo config as Ray tasks")
@@ -201,6 +203,8 @@ def _report(args: argparse.Namespace) -> int:
         print(f"error: no results in {args.output} (no readable part files under its results/)",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.scenarios:
+        df = _only_scenarios(df, args.scenarios, args.output)
     against = None
     if args.against:
         other = results.load(args.against)
@@ -245,6 +249,19 @@ def _report(args: argparse.Namespace) -> int:
             Path(args.html).write_text(to_html(sections, f"raypoison report: {args.output}",
                                                figures))
     return EXIT_OK
+
+
+def _only_scenarios(df, names: str, output: str):
+    """``df``'s rows of the comma-separated scenario ``names``; each must have rows."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = sorted(set(df["scenario"].astype(str)))
+    for name in wanted:
+        if name not in known:
+            raise ConfigError("--scenarios", f"no scenario {name!r} in {output} (scenarios: "
+                              f"{', '.join(known)})")
+    if not wanted:
+        raise ConfigError("--scenarios", "name at least one scenario")
+    return df[df["scenario"].astype(str).isin(wanted)]
 
 
 def _figures(df, sections: list, args: argparse.Namespace, folder: Path) -> list[Path]:

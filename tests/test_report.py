@@ -253,6 +253,16 @@ def test_report_compares_two_scenarios_defenses_on_the_same_victims(tmp_path, ca
            "3.00 | -1.00 [-1.00, -1.00] | 0 |" in printed
     assert main(["report", str(out), "--compare-scenarios", "drawn", "nope"]) == 2
     assert "--compare-scenarios: no defended rows of scenario 'nope'" in capsys.readouterr().err
+    # one scenario's report: the other's rows are left out of every table
+    assert main(["report", str(out), "--scenarios", "held"]) == 0
+    printed = capsys.readouterr().out
+    defenses = printed[printed.index("## Defenses"):printed.index("## Rows by status")]
+    assert "drawn" not in defenses and "| all models |  | 4 models, 2 seeds |" in defenses
+    assert "3.0 [3.0, 3.0]" in defenses and "2.0 [2.0, 2.0]" not in defenses  # held lost 3
+    assert main(["report", str(out), "--scenarios", "held", "--compare-scenarios", "drawn",
+                 "held"]) == 2
+    assert main(["report", str(out), "--scenarios", "held,nope"]) == 2
+    assert "--scenarios: no scenario 'nope' in" in capsys.readouterr().err
 
 
 def test_a_paired_comparison_shows_labels_that_are_not_identifiers():

@@ -93,6 +93,23 @@ def test_defense_tables_say_how_many_models_each_row_rests_on():
     assert loss.loc["badnets", "pt"].startswith("2.0 [2.0, 2.0]")  # the same loss on each
 
 
+def test_the_undefended_column_rests_on_the_models_its_row_counts():
+    """A run landing in pieces: one repair has run on three models, another on one; the row's n
+    is 3, and so must be the clean accuracy before (not the one model's first repair)."""
+    import pandas as pd
+
+    from raypoison.analysis.defense_report import defense_table
+    from raypoison.analysis.tables import defense_pivots
+
+    rows = [_defended("badnets", t, "pt", clean_accuracy_repaired=0.7) for t in range(3)]
+    rows.append(_defended("badnets", 2, "a_first", clean_accuracy_repaired=0.7))
+    pivots = dict(defense_pivots(defense_table(pd.DataFrame(rows))))
+    loss = next(f for title, f in pivots.items() if title.startswith("Clean")).set_index("attack")
+    assert loss.loc["badnets", "n"] == "3"
+    assert loss.loc["badnets", "clean accuracy before, %"].startswith("81.0 [")  # not 82.0
+    assert loss.loc["badnets", "a_first"] == "12.0"
+
+
 def test_a_repairs_pooled_cost_averages_each_seed_first_and_takes_its_interval_over_seeds():
     import pandas as pd
 

@@ -291,7 +291,9 @@ def defense_pivots(table: pd.DataFrame, pooled: pd.DataFrame | None = None
             index=False, name=None)]
         if column in UNDEFENDED:
             before, heading = UNDEFENDED[column]
-            base = table.drop_duplicates(keys).set_index(keys)
+            # from the defense of the row that rests on the most models, as n says
+            base = (having.sort_values("n", ascending=False, kind="stable")
+                    .drop_duplicates(keys).set_index(keys))
             frame[heading] = [interval_cell(
                 base.loc[k, before], base.loc[k, f"{before}_low"], base.loc[k, f"{before}_high"],
                 scale=scale, digits=digits)
