@@ -171,9 +171,9 @@ def _run(args: argparse.Namespace) -> int:
 def _dry_run(suite: SuiteConfig, options: RunOptions) -> int:
     """``raypoison run --dry-run``: each pending trial with its missing defenses and how it will
     be computed; no Ray, no lease, nothing written."""
-    from raypoison.analysis.time_left import PendingTrial, time_left
+    from raypoison.analysis.time_left import time_left
     from raypoison.core.identity import NO_DEFENSE
-    from raypoison.execution.runner import WORK_ADD_RETRAIN, WORK_NEW, pending_work
+    from raypoison.execution.runner import pending_trial, pending_work
     from raypoison.store import results
 
     planned, pending = pending_work(suite, options)
@@ -183,11 +183,8 @@ def _dry_run(suite: SuiteConfig, options: RunOptions) -> int:
               f"[{spec.trial_id}]: {work}; defenses: {defenses}")
     print(f"dry run: {planned} trials planned, {planned - len(pending)} already in "
           f"{options.output}, {len(pending)} to compute")
-    left = time_left(results.load(options.output), (
-        PendingTrial(spec.scenario.name, spec.attack.label, spec.attack.name,
-                     trains=work in (WORK_NEW, WORK_ADD_RETRAIN),
-                     defenses=tuple(d.label for d in spec.defenses))
-        for spec, work in pending))
+    left = time_left(results.load(options.output),
+                     [pending_trial(spec, work) for spec, work in pending])
     print(left.text(options.workers or suite.execution.workers))
     return EXIT_OK
 

@@ -56,7 +56,7 @@ def _manifest(out, summary):
 
 @pytest.mark.slow
 def test_a_defense_added_later_runs_on_the_saved_victims_only(ray_cluster, tmp_path,
-                                                                    capsys):
+                                                                    capsys, caplog):
     out = tmp_path / "out"
     planned, pending = pending_work(_suite(["spectral_signatures"]), RunOptions(output=str(out)))
     assert planned == 4 and [w for _, w in pending] == [WORK_NEW] * 4
@@ -86,7 +86,10 @@ def test_a_defense_added_later_runs_on_the_saved_victims_only(ray_cluster, tmp_p
     saved = sorted(p.name for p in (out / "victims").rglob("*.pt"))
     assert saved.count("trial.pt") == 4 and saved.count("net.pt") == 4
 
-    second = run_suite(_suite(["spectral_signatures", "strip"]), RunOptions(output=str(out)))
+    with caplog.at_level("INFO", logger="raypoison"):
+        second = run_suite(_suite(["spectral_signatures", "strip"]), RunOptions(output=str(out)))
+    assert any(r.getMessage().endswith(f"no measured strip in {pending[0][0].scenario.name}: "
+                                       "4 trials") for r in caplog.records)  # the run says so too
     manifest = _manifest(out, second)
     assert manifest["trials"]["for_added_defenses"] == 4
     assert manifest["trials"]["to_craft_and_train"] == 0  # nothing crafted, nothing trained

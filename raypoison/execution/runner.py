@@ -31,6 +31,7 @@ import ray
 
 from raypoison import PROTOCOL_VERSION, __version__
 from raypoison.analysis import run_status
+from raypoison.analysis.time_left import PendingTrial, time_left
 from raypoison.attacks import ATTACKS
 from raypoison.config.specs import TrialSpec, expand
 from raypoison.config.suite import SuiteConfig
@@ -43,6 +44,7 @@ from raypoison.execution.lease import Lease, LeaseTimes
 from raypoison.execution.progress import Progress
 from raypoison.execution.scheduler import Scheduler
 from raypoison.execution.worker import TrialTask, start_worker
+from raypoison.store import results
 from raypoison.store.results import Stored, stored_trials
 from raypoison.store.rows import check_rows, stamp
 from raypoison.store.sink import ParquetSink
@@ -204,6 +206,7 @@ class _Plan:
     resumed: int = 0  # trials without rows whose victims are saved (stopped after training)
     scenarios_needing_models: list[Any] = field(default_factory=list)
     scenarios_pending: list[Any] = field(default_factory=list)  # with trials to run
+    pending: list[PendingTrial] = field(default_factory=list)  # what each pending trial computes
 
 
 def _record_worker_decodes(manifest: _Manifest, handles: list[Any]) -> None:
@@ -234,6 +237,13 @@ def work_of(todo: TrialSpec, store: VictimStore, save_poisons: bool) -> str:
     if not save_poisons and store.has(todo):
         return WORK_RESUME
     return WORK_NEW
+
+
+def pending_trial(todo: TrialSpec, work: str) -> PendingTrial:
+    """What ``todo`` still computes, as :mod:`raypoison.analysis.time_left` estimates it."""
+    return PendingTrial(todo.scenario.name, todo.attack.label, todo.attack.name,
+                        trains=work in (WORK_NEW, WORK_ADD_RETRAIN),
+                        defenses=tuple(d.label for d in todo.defenses))
 
 
 def pending_work(suite: SuiteConfig, options: RunOptions) -> tuple[int, list[tuple[TrialSpec, str]]]:
@@ -273,6 +283,7 @@ def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
         plan.for_defenses += not todo.write_undefended
         plan.from_saved += work == WORK_ADD_SAVED
         plan.resumed += work == WORK_RESUME
+        plan.pending.append(pending_trial(todo, work or WORK_NEW))  # work is set with todo
         pending[spec.scenario.name] = spec.scenario
         if ATTACKS.get(spec.attack.name).needs_models:
             needing_models[spec.scenario.name] = spec.scenario
@@ -375,6 +386,12 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
     if resumed:
         log.info("%d of them stopped after their victims trained: they resume at their "
                  "defenses on the saved victims", resumed)
+    if plan.pending:
+        try:  # a log line: reading the rows again must never stop the run
+            log.info("%s", time_left(results.load(options.output), plan.pending).text(
+                options.workers or suite.execution.workers))
+        except Exception as err:
+            log.warning("no estimate of the time left (%s)", err)
 
     sink = ParquetSink(location, run_id, rows_per_file=suite.execution.rows_per_file,
                        flush_seconds=suite.execution.flush_seconds)
