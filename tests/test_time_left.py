@@ -62,3 +62,18 @@ def test_without_rows_or_pending_trials_it_says_so():
 def test_durations_read_in_the_unit_a_reader_wants():
     assert [duration(s) for s in (45, 119.4, 720, 7199, 7200, 12_240)] == [
         "45 s", "119 s", "12 min", "120 min", "2.0 h", "3.4 h"]
+
+
+def test_progress_shows_the_expected_eta_until_a_trial_ends():
+    import io
+    import time
+
+    from raypoison.execution.progress import Progress
+
+    progress = Progress(4, stream=io.StringIO(), expected=3600.0)
+    progress.start = time.monotonic() - 600  # ten minutes in, no trial done yet
+    assert progress.summary().split("ETA ")[1] in ("~49m59s (from earlier rows)",
+                                                   "~50m00s (from earlier rows)")
+    progress.update(done=1, failed=0, in_flight=3)  # then the measured rate takes over
+    assert progress.summary().endswith("ETA 30m00s") or "ETA 29m59s" in progress.summary()
+    assert Progress(4, stream=io.StringIO()).summary().endswith("ETA ?")

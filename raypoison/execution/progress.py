@@ -18,8 +18,13 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, *, interval: float = 10.0, stream: TextIO | None = None):
+    """``expected``: the wall seconds the run's own rows predict for it (the time left that
+    ``raypoison run`` logs at its start), which gives the ETA until the first trial ends."""
+
+    def __init__(self, total: int, *, interval: float = 10.0, stream: TextIO | None = None,
+                 expected: float | None = None):
         self.total = total
+        self.expected = expected
         self.interval = interval
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -42,9 +47,12 @@ class Progress:
         elapsed = time.monotonic() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        shown = _duration(eta) if self.done < self.total else "0s"
+        if not self.done and self.expected is not None:
+            shown = f"~{_duration(max(0.0, self.expected - elapsed))} (from earlier rows)"
         return (f"done {self.done}/{self.total} | failed {self.failed} | in flight "
                 f"{self.in_flight} | {rate:.2f} trials/s | elapsed {_duration(elapsed)} | "
-                f"ETA {_duration(eta) if self.done < self.total else '0s'}")
+                f"ETA {shown}")
 
     def _bar(self) -> None:
         width = 30

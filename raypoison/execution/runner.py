@@ -292,6 +292,21 @@ def _plan(suite: SuiteConfig, options: RunOptions, location: Location) -> _Plan:
     return plan
 
 
+def _expected_seconds(suite: SuiteConfig, options: RunOptions, plan: _Plan) -> float | None:
+    """Logs the time left (:mod:`raypoison.analysis.time_left`) and returns the wall seconds
+    it expects with the run's workers, None where some pending phase has no measure."""
+    if not plan.pending:
+        return None
+    workers = options.workers or suite.execution.workers
+    try:  # a log line: reading the rows again must never stop the run
+        left = time_left(results.load(options.output), plan.pending)
+    except Exception as err:
+        log.warning("no estimate of the time left (%s)", err)
+        return None
+    log.info("%s", left.text(workers))
+    return left.seconds / workers if left.estimated == left.trials else None
+
+
 def _warn_weight_conflicts(uri: str, run_id: str) -> None:
     """Say, before any trial, when a cached model is not the one earlier runs used (e.g. a new
     machine pre-trained it again): the rows would mix two sets of weights."""
@@ -386,12 +401,7 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
     if resumed:
         log.info("%d of them stopped after their victims trained: they resume at their "
                  "defenses on the saved victims", resumed)
-    if plan.pending:
-        try:  # a log line: reading the rows again must never stop the run
-            log.info("%s", time_left(results.load(options.output), plan.pending).text(
-                options.workers or suite.execution.workers))
-        except Exception as err:
-            log.warning("no estimate of the time left (%s)", err)
+    expected = _expected_seconds(suite, options, plan)
 
     sink = ParquetSink(location, run_id, rows_per_file=suite.execution.rows_per_file,
                        flush_seconds=suite.execution.flush_seconds)
@@ -432,7 +442,7 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
             poisons_uri = location.child_uri("poisons") if options.save_poisons else None
             victims_uri = location.child_uri("victims")
             progress = Progress(planned - skipped, interval=suite.execution.progress_seconds,
-                                stream=options.progress_stream)
+                                stream=options.progress_stream, expected=expected)
 
             def tasks() -> Iterator[TrialTask]:
                 for specs in batches(_pending(suite, options, done), suite.execution.craft_batch):
