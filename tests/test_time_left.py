@@ -37,6 +37,9 @@ def test_each_pending_phase_costs_the_median_of_its_finished_trials():
     assert left.seconds == medians + medians + 225.0
     assert (left.trials, left.estimated) == (4, 2)
     assert dict(left.unmeasured) == {"strip in s": 1, "training of bn-50 in other": 1}
+    assert left.wall(2) == left.seconds / 2  # shared between two workers
+    assert left.wall(8) == medians  # 4 trials on 8 workers: as long as the longest one
+    assert time_left(_rows(), pending[:1]).wall(2) == medians  # one trial: one worker's time
     text = left.text(workers=2).splitlines()
     assert text[0].startswith("time left: about 13 min of trial computation, about 6 min with "
                               "2 workers (the median of each phase")

@@ -50,6 +50,12 @@ class TimeLeft:
     estimated: int = 0  # of them, those whose every phase has a measured analogue
     unmeasured: Counter[str] = field(default_factory=Counter)  # phase → pending trials lacking one
     measured: bool = False  # whether the output has any finished trial to measure by
+    longest: float = 0.0  # the longest pending trial's estimated phases
+
+    def wall(self, workers: int) -> float:
+        """The seconds ``workers`` take for the estimated phases: the work shared among no more
+        workers than there are trials, and never less than the longest trial."""
+        return max(self.seconds / max(1, min(workers, self.trials)), self.longest)
 
     def text(self, workers: int) -> str:
         """The lines ``--dry-run`` prints."""
@@ -65,8 +71,8 @@ class TimeLeft:
             scope = ("" if self.estimated == self.trials else
                      f"; not counting the unmeasured phases below, which "
                      f"{self.trials - self.estimated} of the {self.trials} trials need")
-            per = (f", about {duration(self.seconds / workers)} with {workers} workers"
-                   if workers > 1 else "")
+            per = (f", about {duration(self.wall(workers))} with {workers} workers"
+                   if workers > 1 and self.trials > 1 else "")
             lines = [f"time left: about {duration(self.seconds)} of trial computation{per} (the "
                      f"median of each phase in this output's finished trials, as fast as the "
                      f"machines and the load that wrote them; worker start-up not "
@@ -135,19 +141,22 @@ def time_left(df: pd.DataFrame, pending: Iterable[PendingTrial]) -> TimeLeft:
     for p in pending:
         out.trials += 1
         missing: list[str] = []
+        trial = 0.0
         if p.trains:
             seconds = by_label.get((p.scenario, p.attack), by_name.get((p.scenario,
                                                                         p.attack_name)))
             if seconds is None:
                 missing.append(f"training of {p.attack} in {p.scenario}")
             else:
-                out.seconds += float(seconds)
+                trial += float(seconds)
         for label in p.defenses:
             seconds = by_defense.get((p.scenario, label))
             if seconds is None:
                 missing.append(f"{label} in {p.scenario}")
             else:
-                out.seconds += float(seconds)
+                trial += float(seconds)
+        out.seconds += trial
+        out.longest = max(out.longest, trial)
         out.unmeasured.update(missing)
         out.estimated += not missing
     return out

@@ -304,7 +304,7 @@ def _expected_seconds(suite: SuiteConfig, options: RunOptions, plan: _Plan) -> f
         log.warning("no estimate of the time left (%s)", err)
         return None
     log.info("%s", left.text(workers))
-    return left.seconds / workers if left.estimated == left.trials else None
+    return left.wall(workers) if left.estimated == left.trials else None
 
 
 def _warn_weight_conflicts(uri: str, run_id: str) -> None:
