@@ -171,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
 def _dry_run(suite: SuiteConfig, options: RunOptions) -> int:
     """``raypoison run --dry-run``: each pending trial with its missing defenses and how it will
     be computed; no Ray, no lease, nothing written."""
-    from raypoison.analysis.time_left import time_left
+    from raypoison.analysis.time_left import COLUMNS, time_left
     from raypoison.core.identity import NO_DEFENSE
     from raypoison.execution.runner import pending_trial, pending_work
     from raypoison.store import results
@@ -183,7 +183,7 @@ def _dry_run(suite: SuiteConfig, options: RunOptions) -> int:
               f"[{spec.trial_id}]: {work}; defenses: {defenses}")
     print(f"dry run: {planned} trials planned, {planned - len(pending)} already in "
           f"{options.output}, {len(pending)} to compute")
-    left = time_left(results.load(options.output),
+    left = time_left(results.load(options.output, COLUMNS),
                      [pending_trial(spec, work) for spec, work in pending])
     print(left.text(options.workers or suite.execution.workers))
     return EXIT_OK

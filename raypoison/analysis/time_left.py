@@ -29,6 +29,9 @@ from raypoison.core.identity import NO_DEFENSE
 
 _TRIAL_PHASES = ("seconds_setup", "seconds_craft", "seconds_check")
 _VICTIM_PHASES = ("seconds_train", "seconds_eval")
+# the row columns the estimate reads (a reader of the whole dataset need load no others)
+COLUMNS = ("scenario", "attack", "attack_name", "trial", *_TRIAL_PHASES, *_VICTIM_PHASES,
+           "seconds_defense")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import ray
 
 from raypoison import PROTOCOL_VERSION, __version__
 from raypoison.analysis import run_status
-from raypoison.analysis.time_left import PendingTrial, time_left
+from raypoison.analysis.time_left import COLUMNS, PendingTrial, time_left
 from raypoison.attacks import ATTACKS
 from raypoison.config.specs import TrialSpec, expand
 from raypoison.config.suite import SuiteConfig
@@ -299,7 +299,7 @@ def _expected_seconds(suite: SuiteConfig, options: RunOptions, plan: _Plan) -> f
         return None
     workers = options.workers or suite.execution.workers
     try:  # a log line: reading the rows again must never stop the run
-        left = time_left(results.load(options.output), plan.pending)
+        left = time_left(results.load(options.output, COLUMNS), plan.pending)
     except Exception as err:
         log.warning("no estimate of the time left (%s)", err)
         return None
