@@ -75,6 +75,26 @@ def test_dedup_keeps_one_row_per_key_preferring_ok_then_latest(tmp_path):
     assert results.committed_trials(str(tmp_path), include_failed=False) == {"t1", "t2"}
 
 
+def test_a_defense_rerun_with_other_parameters_keeps_both_rows(tmp_path):
+    """A changed default is another defense: its rows stand beside the old ones, and only a
+    repeat of the same parameters is a duplicate (the newest ok row wins)."""
+    from raypoison.store.compact import compact
+
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r", rows_per_file=1)
+    sink.add([dict(row("t1"), defense="none")])
+    sink.add([dict(row("t1", minutes=1), defense="pt", defense_params='{"steps": 2000}')])
+    sink.add([dict(row("t1", minutes=2), defense="pt", defense_params='{"steps": 500}')])
+    sink.add([dict(row("t1", minutes=3), defense="pt", defense_params='{"steps": 500}',
+                   success=False)])
+    sink.flush()
+    df = results.load(str(tmp_path))
+    pt = df[df["defense"] == "pt"].set_index("defense_params")
+    assert len(df) == 3 and sorted(pt.index) == ['{"steps": 2000}', '{"steps": 500}']
+    assert not pt.loc['{"steps": 500}', "success"]  # the newer of the two same-parameter rows
+    compact(str(tmp_path))
+    assert results.read_table(str(tmp_path)).num_rows == 3  # compaction keeps both variants
+
+
 def test_empty_or_missing_dataset_reads_as_empty(tmp_path):
     assert results.load(str(tmp_path / "nothing")).empty
     assert results.committed_trials(str(tmp_path)) == set()
@@ -100,7 +120,7 @@ def test_duckdb_reads_the_dataset_with_hive_partitions(tmp_path):
     query = f"""
         SELECT scenario, attack, count(*) AS n, avg(success::INT) AS success_rate
         FROM (SELECT *, row_number() OVER (PARTITION BY trial_id, victim,
-                                                coalesce(defense, 'none')
+                                                coalesce(defense, 'none'), defense_params
                        ORDER BY (status = 'ok') DESC, finished_at DESC) AS k
               FROM read_parquet('{tmp_path}/results/*/*/part-*.parquet', hive_partitioning=true,
                                 union_by_name=true))

@@ -1,9 +1,10 @@
 """Reading a results dataset: every part file, skipping what is not one, deduplicated by key.
 
 Rows are written at least once (a resumed or retried trial may write its key again) and read
-exactly once: :func:`load` keeps one row per ``(trial_id, victim, defense)``, preferring a successful row to
-a failed one and then the latest. Hidden and temporary files are never read; a foreign file or a
-truncated part is skipped with a warning, so one bad file never hides the rest.
+exactly once: :func:`load` keeps one row per ``(trial_id, victim, defense, defense_params)``,
+preferring a successful row to a failed one and then the latest. Hidden and temporary files are
+never read; a foreign file or a truncated part is skipped with a warning, so one bad file never
+hides the rest.
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ schema where it is set, and builds rows with :func:`trial_rows`; the worker then
 trial's rows against the schema's types (:func:`check_rows`), so a bad value becomes that trial's
 failure row, with a message, in the worker, and never reaches the driver's buffers.
 
-``(trial_id, victim, defense)`` is the key: readers keep one row per key. Every trial has a row per
-victim with ``defense = "none"`` (the undefended model); a suite with defenses adds a row per
-victim and defense, which repeats the undefended model's fields and adds the defense's own.
+``(trial_id, victim, defense, defense_params)`` is the key: readers keep one row per key. Every
+trial has a row per victim with ``defense = "none"`` (the undefended model; no parameters); a
+suite with defenses adds a row per victim and defense, which repeats the undefended model's
+fields and adds the defense's own. The parameters are part of the key because a label run with
+new parameters (a changed default) is another defense, whose rows stand beside the old ones.
 
 Version 2 added the defense columns and ``poisons``; a version-1 part reads as defense ``none``.
 Version 3 added ``target_margin`` and ``poisons_fit``; older parts read them as nulls.
@@ -38,7 +40,7 @@ from raypoison.core.identity import NO_DEFENSE
 from raypoison.core.schema import to_plain
 
 SCHEMA_VERSION = 4
-KEY = ("trial_id", "victim", "defense")
+KEY = ("trial_id", "victim", "defense", "defense_params")
 
 STATUS_OK = "ok"  # the trial ran; for attacks that evaluate, success is set
 STATUS_FAILED = "failed"  # an error in the trial or its worker; ``error`` says which phase
