@@ -193,6 +193,7 @@ def _report(args: argparse.Namespace) -> int:
     import tempfile
 
     from raypoison.analysis.document import assemble, to_html, to_markdown
+    from raypoison.analysis.report import current_protocol
     from raypoison.store import results
 
     df = results.load(args.output)
@@ -202,11 +203,13 @@ def _report(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if args.scenarios:
         df = _only_scenarios(df, args.scenarios, args.output)
+    df, left_out = current_protocol(df)
     against = None
     if args.against:
         other = results.load(args.against)
         if other.empty:
             raise ConfigError("--against", f"no results in {args.against}")
+        other, _ = current_protocol(other)
         against = (args.against, other)
     for label in args.compare or ():
         if label not in set(df["attack"]):
@@ -224,7 +227,8 @@ def _report(args: argparse.Namespace) -> int:
                         compare_attacks=tuple(args.compare) if args.compare else None,
                         against=against, layout=args.layout,
                         compare_scenarios=(tuple(args.compare_scenarios)
-                                           if args.compare_scenarios else None))
+                                           if args.compare_scenarios else None),
+                        left_out=left_out)
     text = to_markdown(sections)
     print(text)
     if args.markdown:

@@ -249,8 +249,9 @@ def test_report_compares_two_scenarios_defenses_on_the_same_victims(tmp_path, ca
     assert main(["report", str(out), "--compare-scenarios", "drawn", "held"]) == 0
     printed = capsys.readouterr().out
     assert "## Defenses of drawn minus held, paired on the same victims" in printed
+    # the same difference on both seeds: the interval two equal draws allow, not a point
     assert "| all attacks | pt | v | clean accuracy lost, points | 4 pairs, 2 seeds | 2.00 | " \
-           "3.00 | -1.00 [-1.00, -1.00] | 0 |" in printed
+           "3.00 | -1.00 [-168.54, 168.22] | 0 |" in printed
     assert main(["report", str(out), "--compare-scenarios", "drawn", "nope"]) == 2
     assert "--compare-scenarios: no defended rows of scenario 'nope'" in capsys.readouterr().err
     # one scenario's report: the other's rows are left out of every table
@@ -258,7 +259,7 @@ def test_report_compares_two_scenarios_defenses_on_the_same_victims(tmp_path, ca
     printed = capsys.readouterr().out
     defenses = printed[printed.index("## Defenses"):printed.index("## Rows by status")]
     assert "drawn" not in defenses and "| all models |  | 4 models, 2 seeds |" in defenses
-    assert "3.0 [3.0, 3.0]" in defenses and "2.0 [2.0, 2.0]" not in defenses  # held lost 3
+    assert "3.0 [-83.7, 84.7]" in defenses and "2.0 [" not in defenses  # held lost 3, each
     assert main(["report", str(out), "--scenarios", "held", "--compare-scenarios", "drawn",
                  "held"]) == 2
     assert main(["report", str(out), "--scenarios", "held,nope"]) == 2
@@ -276,3 +277,89 @@ def test_a_paired_comparison_shows_labels_that_are_not_identifiers():
     shown = compare_display(diff, "badnets-poisons50", "blend-alpha0.1").iloc[0]
     assert (shown["badnets-poisons50 %"], shown["blend-alpha0.1 %"]) == ("40.0", "10.0")
     assert shown["only badnets-poisons50"] == "9"
+
+
+def _victims_agree(trials: int, asr: list[float] | None = None, attack: str = "a",
+                   successes: int = 0) -> list[dict]:
+    """Three victims per trial with the same outcome (and attack success rate) on each."""
+    return [{"trial_id": f"{attack}{t}", "scenario": "s", "attack": attack, "victim": v,
+             "role": "white-box", "trial": t, "status": "ok", "success": t < successes,
+             **({"attack_success_rate": asr[t]} if asr else {})}
+            for t in range(trials) for v in ("v1", "v2", "v3")]
+
+
+def test_a_backdoor_cells_attack_success_interval_is_over_trials_not_victims():
+    """3 trials × 3 victims that agree: 3 values, the t interval on 2 degrees of freedom (over
+    the 9 rows it claimed 8, [23.4, 76.6] here)."""
+    from raypoison.analysis.stats import mean_interval
+
+    cell = success_table(pd.DataFrame(_victims_agree(3, [0.1, 0.5, 0.9]))).iloc[0]
+    assert (cell["asr"], cell["asr_low"], cell["asr_high"]) == pytest.approx(
+        mean_interval([0.1, 0.5, 0.9], bounds=(0.0, 1.0)))
+    assert cell["asr_low"] == 0.0 and cell["asr_high"] == 1.0
+
+
+def test_against_another_dataset_counts_a_trials_agreeing_victims_once():
+    """20 trials × 3 victims that agree, 10 against 4 successful trials: Newcombe's interval of
+    10/20 against 4/20, not of 30/60 against 12/60 (which claimed three times the data)."""
+    from raypoison.analysis.compare import compare_datasets
+    from raypoison.analysis.stats import newcombe_difference
+
+    diff = compare_datasets(pd.DataFrame(_victims_agree(20, successes=10)),
+                            pd.DataFrame(_victims_agree(20, successes=4))).iloc[0]
+    assert diff["n"] == 60 and diff["difference"] == pytest.approx(0.3)
+    assert (diff["low"], diff["high"]) == pytest.approx(newcombe_difference(10, 20, 4, 20)[1:])
+
+
+def test_two_trials_that_agree_do_not_make_a_paired_difference_certain():
+    """Both trials: the first attack succeeds, the second fails. The percentile bootstrap said
+    [1, 1]; two equal draws allow the difference down to 2 × 0.025^(1/2) − 1."""
+    from raypoison.analysis.compare import compare_attacks
+
+    rows = _victims_agree(2, attack="strong", successes=2) + _victims_agree(2, attack="weak")
+    for r in rows:
+        r["trial_id"] = f"{r['attack']}{r['trial']}"
+    diff = compare_attacks(pd.DataFrame(rows), "strong", "weak").iloc[0]
+    assert diff["difference"] == 1.0 and diff["p_mcnemar"] == pytest.approx(0.5)
+    assert (diff["low"], diff["high"]) == pytest.approx((2 * 0.025 ** 0.5 - 1, 1.0))
+
+
+def test_the_report_leaves_out_rows_of_an_older_protocol_version(tmp_path, capsys):
+    """A protocol bump changes trial ids, so a rerun writes its rows beside the old ones: the
+    tables use each scenario's newest version and say what they left out."""
+    from raypoison.analysis.report import current_protocol
+    from raypoison.store.rows import SCHEMA_VERSION
+
+    old = [dict(r, trial_id=f"old{i}", protocol_version="2", success=False)
+           for i, r in enumerate(_victims_agree(4, successes=0))]
+    new = [dict(r, protocol_version="3") for r in _victims_agree(4, successes=2)]
+    other = [dict(r, scenario="t", protocol_version="2") for r in _victims_agree(2)]
+    kept, left_out = current_protocol(pd.DataFrame(old + new + other))
+    assert len(kept) == len(new) + len(other)
+    assert left_out.to_dict("records") == [
+        {"scenario": "s", "protocol_version": "2", "rows": 12, "newest": "3"}]
+    out = tmp_path / "out"
+    sink = ParquetSink(Location.parse(str(out)), "r")
+    sink.add([dict(r, schema_version=SCHEMA_VERSION, run_id="r") for r in old + new + other])
+    sink.flush()
+    assert main(["report", str(out), "--layout", "long"]) == 0
+    printed = capsys.readouterr().out
+    assert "## Rows of older protocol versions left out" in printed
+    assert "| s | 2 | 12 | 3 |" in printed
+    assert "| s | a | white-box | 12 | 50.0 [" in printed  # 2 of 4 trials, version 3 only
+
+
+def test_figures_take_each_point_whole_and_cluster_a_trials_victims():
+    from raypoison.analysis.figures import sweep_points, undefended_points
+
+    table = pd.DataFrame([  # two defenses' rows of one poison count: a NaN-bounded one first
+        {"poisons": 50, "n": 1, "attack_success_rate": 0.2,
+         "attack_success_rate_low": math.nan, "attack_success_rate_high": math.nan},
+        {"poisons": 50, "n": 2, "attack_success_rate": 0.6,
+         "attack_success_rate_low": 0.5, "attack_success_rate_high": 0.7}])
+    point = undefended_points(table).iloc[0]
+    assert (point["attack_success_rate"], point["attack_success_rate_low"]) == (0.6, 0.5)
+    rows = pd.DataFrame([dict(r, epsilon=8) for r in _victims_agree(20, successes=10)])
+    line = sweep_points(rows, "epsilon").iloc[0]
+    assert line["rate"] == 0.5
+    assert (line["low"], line["high"]) == pytest.approx(wilson(10, 20))  # 20 trials, not 60

@@ -41,14 +41,54 @@ def test_auc_interval_solves_newcombes_equation_and_keeps_a_width_at_perfect_sep
         k = (m + n) / 2 - 1
         return (theta * (1 - theta) + k * (q1 - theta ** 2) + k * (q2 - theta ** 2)) / (m * n)
 
-    auc, low, high = auc_interval([1.0, 2.0, 3.0, 4.0], [0.0, 0.5, 0.7, 0.8])
-    assert auc == 1.0 and high == 1.0 and 0.5 < low < 0.7
-    assert (1 - low) ** 2 == pytest.approx(z2 * hanley_mcneil(low, 4, 4), rel=1e-6)
+    auc, low, high = auc_interval([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.0, 0.5, 0.6, 0.7, 0.8, 0.9])
+    assert auc == 1.0 and high == 1.0 and 0.5 < low < 0.8
+    assert (1 - low) ** 2 == pytest.approx(z2 * hanley_mcneil(low, 6, 6), rel=1e-6)
+    auc, low, high = auc_interval([1, 3, 5, 7, 9, 11], [0, 2, 4, 6, 8, 10, 12])
+    assert auc == pytest.approx(21 / 42) and 0 < low < auc < high < 1
+    for bound in (low, high):
+        assert (bound - auc) ** 2 == pytest.approx(z2 * hanley_mcneil(bound, 6, 7), rel=1e-6)
+    # up to 5 a side, the variance is at least Birnbaum and Klose's bound theta(1 - theta)/min
     auc, low, high = auc_interval([1, 3, 5], [0, 2, 4, 6, 8])
     assert auc == pytest.approx(6 / 15) and 0 < low < auc < high < 1
     for bound in (low, high):
-        assert (bound - auc) ** 2 == pytest.approx(z2 * hanley_mcneil(bound, 3, 5), rel=1e-6)
+        v = max(hanley_mcneil(bound, 3, 5), bound * (1 - bound) / 3)
+        assert (bound - auc) ** 2 == pytest.approx(z2 * v, rel=1e-6)
     assert all(math.isnan(v) for v in auc_interval([], [1.0]))
+
+
+def test_auc_interval_holds_its_level_at_two_and_three_models_a_side():
+    """Every ranking of 3 vs 3 models equally likely (no signal): the interval must contain 0.5
+    in at least 95% of them; Newcombe's variance alone did in 90% (perfect separation, exact
+    p = 0.10, gave [0.501, 1]). And 2 vs 2 at a true AUC of 0.9 (it covered 0.90 of draws)."""
+    import itertools
+
+    rankings = list(itertools.combinations(range(6), 3))
+    covered = [low <= 0.5 <= high for _, low, high in (
+        auc_interval(list(top), [i for i in range(6) if i not in top]) for top in rankings)]
+    assert len(rankings) == 20 and np.mean(covered) >= 0.95
+    assert auc_interval([3, 4, 5], [0, 1, 2])[1] < 0.5
+    shift = math.sqrt(2) * NormalDist().inv_cdf(0.9)
+    rng = np.random.default_rng(3)
+    covered = [low <= 0.9 <= high for _, low, high in
+               (auc_interval(rng.normal(shift, 1, 2), rng.normal(0, 1, 2)) for _ in range(2000))]
+    assert np.mean(covered) >= 0.95
+
+
+def test_values_that_all_agree_get_the_interval_n_equal_draws_allow_not_a_point():
+    """Two models that both found 0% of the poisons do not make the mean certain: if a model
+    differs with probability q, both agree with probability (1 - q)^2, so at 95% q <= 0.842,
+    and the recall's mean is in [0, 0.842] (Clopper-Pearson's 0 of 2); inside the range, the
+    same q scales the distance to each end; unbounded, no interval."""
+    q = 1 - 0.025 ** 0.5
+    assert mean_interval([0.0, 0.0], bounds=(0.0, 1.0)) == pytest.approx((0.0, 0.0, q))
+    assert mean_interval([1.0, 1.0, 1.0], bounds=(0.0, 1.0)) == pytest.approx(
+        (1.0, 0.025 ** (1 / 3), 1.0))
+    mean, low, high = mean_interval([0.02] * 4, bounds=(-1.0, 1.0))
+    q4 = 1 - 0.025 ** 0.25
+    assert (mean, low, high) == pytest.approx((0.02, 0.02 - q4 * 1.02, 0.02 + q4 * 0.98))
+    mean, low, high = mean_interval([3.0, 3.0])
+    assert mean == 3.0 and math.isnan(low) and math.isnan(high)
 
 
 def test_auc_interval_covers_the_true_auc_of_four_against_four():
@@ -90,7 +130,9 @@ def test_defense_tables_say_how_many_models_each_row_rests_on():
     assert loss.loc["badnets", "n"] == "3" and loss.loc["control", "n"] == "1"
     assert loss.loc["badnets", "clean accuracy before, %"].startswith("81.0 [")
     assert loss.loc["control", "pt"] == "1.0"  # one model: its loss, no interval
-    assert loss.loc["badnets", "pt"].startswith("2.0 [2.0, 2.0]")  # the same loss on each
+    # the same loss on each: not a point, the interval three equal draws allow
+    assert loss.loc["badnets", "pt"].startswith("2.0 [-") and "[2.0, 2.0]" not in loss.loc[
+        "badnets", "pt"]
 
 
 def test_the_undefended_column_rests_on_the_models_its_row_counts():
@@ -98,7 +140,7 @@ def test_the_undefended_column_rests_on_the_models_its_row_counts():
     is 3, and so must be the clean accuracy before (not the one model's first repair)."""
     import pandas as pd
 
-    from raypoison.analysis.defense_report import defense_table
+    from raypoison.analysis.defense_report import POOLED, defense_table, pooled_repair_cost
     from raypoison.analysis.tables import defense_pivots
 
     rows = [_defended("badnets", t, "pt", clean_accuracy_repaired=0.7) for t in range(3)]
@@ -107,7 +149,13 @@ def test_the_undefended_column_rests_on_the_models_its_row_counts():
     loss = next(f for title, f in pivots.items() if title.startswith("Clean")).set_index("attack")
     assert loss.loc["badnets", "n"] == "3"
     assert loss.loc["badnets", "clean accuracy before, %"].startswith("81.0 [")  # not 82.0
-    assert loss.loc["badnets", "a_first"] == "12.0"
+    assert loss.loc["badnets", "a_first"] == "12.0 (n 1)"  # one model of the row's 3
+    # the pooled row too: its accuracy before comes from the repair with the most models
+    seeded = pd.DataFrame([dict(r, seed_train=100 + r["trial"]) for r in rows])
+    pooled = defense_pivots(defense_table(seeded), pooled_repair_cost(seeded))
+    loss = next(f for title, f in pooled if title.startswith("Clean")).set_index("attack")
+    assert loss.loc[POOLED, "n"] == "3 models, 3 seeds"
+    assert loss.loc[POOLED, "clean accuracy before, %"].startswith("81.0 [")  # not 82.0
 
 
 def test_a_repairs_pooled_cost_averages_each_seed_first_and_takes_its_interval_over_seeds():

@@ -4,8 +4,10 @@ between two scenarios' defenses on the same victims.
 Two attacks of one suite are compared *paired*: their trials with the same index share a setup
 (target, bases) and each victim's training seed, so the pairs (scenario, trial, victim) differ
 only by the attack. The trial is the unit: a trial's difference is the mean over its victims of
-(first − second), the interval is a paired bootstrap over trials (seeded), and the test is the
-exact sign test on the trials whose difference is not 0 (with one victim per trial that is the
+(first − second), the interval is Student's t over trials (a percentile bootstrap would cover
+about the range of a few trials: two trials that agree gave [1, 1]; trials whose differences
+all agree get the bounded interval of :func:`~raypoison.analysis.stats.mean_interval`), and the
+test is the exact sign test on the trials whose difference is not 0 (with one victim per trial that is the
 exact McNemar test on the discordant pairs). Two datasets are compared cell by cell
 (scenario, attack, role) as independent samples, with Newcombe's hybrid score interval.
 """
@@ -16,9 +18,8 @@ import numpy as np
 import pandas as pd
 
 from raypoison.analysis.defense_report import LOSS, RATE, defended_rows, separate_variants
-from raypoison.analysis.report import outcomes, with_role_all
+from raypoison.analysis.report import cell_interval, outcomes, with_role_all
 from raypoison.analysis.stats import (
-    bootstrap_interval,
     mcnemar_exact,
     mean_interval,
     newcombe_difference,
@@ -26,8 +27,8 @@ from raypoison.analysis.stats import (
 
 
 def compare_attacks(df: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
-    """Per scenario and role: pairs, both rates, their difference with a 95% paired bootstrap
-    interval, and the McNemar p-value."""
+    """Per scenario and role: pairs, both rates, their difference with a 95% Student t interval
+    over trials, and the exact sign test's p-value."""
     done = outcomes(df)
     for label in (first, second):
         if label not in set(done["attack"]):
@@ -42,30 +43,38 @@ def compare_attacks(df: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
         x, y = g["success_a"].astype(bool).to_numpy(), g["success_b"].astype(bool).to_numpy()
         per_trial = pd.Series(x.astype(float) - y.astype(float)).groupby(
             g["trial"].to_numpy()).mean().to_numpy()
-        low, high = bootstrap_interval(np.mean, per_trial)
+        _, low, high = mean_interval(per_trial, bounds=(-1.0, 1.0))
         wins, losses = int((per_trial > 0).sum()), int((per_trial < 0).sum())
         out.append({"scenario": scenario, "role": role, "pairs": len(g),
                     "trials": len(per_trial), f"rate_{first}": x.mean(),
                     f"rate_{second}": y.mean(), "difference": float(per_trial.mean()),
                     "low": low, "high": high, "only_first": wins, "only_second": losses,
                     "p_mcnemar": mcnemar_exact(wins, losses),
-                    "method": "paired bootstrap over trials; exact sign test on trials"})
+                    "method": "paired t over trials; exact sign test on trials"})
     return pd.DataFrame(out)
 
 
 def compare_datasets(df: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     """Per (scenario, attack, role) present in both: rates and their difference (this minus the
-    other) with Newcombe's 95% interval."""
-    def cells(frame):
-        grouped = with_role_all(outcomes(frame)).groupby(["scenario", "attack", "role"])["success"]
-        return grouped.agg(n="count", successes="sum").reset_index()
+    other) with Newcombe's 95% interval, each side at its effective size (a trial's victims
+    share its poisons: the cluster-robust count of :func:`~raypoison.analysis.report.cell_interval`,
+    ``n`` outcomes where each trial has one)."""
+    keys = ["scenario", "attack", "role"]
 
-    merged = cells(df).merge(cells(other), on=["scenario", "attack", "role"],
-                             suffixes=("", "_other"))
+    def cells(frame):
+        out = []
+        for key, cell in with_role_all(outcomes(frame)).groupby(keys, sort=True):
+            out.append({**dict(zip(keys, key, strict=True)), "n": len(cell),
+                        "successes": int(cell["success"].astype(bool).sum()),
+                        "n_effective": cell_interval(cell, "wilson")["n_effective"]})
+        return pd.DataFrame(out, columns=[*keys, "n", "successes", "n_effective"])
+
+    merged = cells(df).merge(cells(other), on=keys, suffixes=("", "_other"))
     rows = []
     for r in merged.itertuples(index=False):
-        d, low, high = newcombe_difference(int(r.successes), int(r.n), int(r.successes_other),
-                                           int(r.n_other))
+        p, q = r.successes / r.n, r.successes_other / r.n_other
+        d, low, high = newcombe_difference(p * r.n_effective, r.n_effective,
+                                           q * r.n_effective_other, r.n_effective_other)
         rows.append({"scenario": r.scenario, "attack": r.attack, "role": r.role, "n": r.n,
                      "rate": r.successes / r.n, "n_other": r.n_other,
                      "rate_other": r.successes_other / r.n_other, "difference": d, "low": low,

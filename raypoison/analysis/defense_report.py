@@ -64,7 +64,8 @@ def poison_count(rows: pd.DataFrame) -> int:
 
 def defense_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (scenario, attack, defense, victim) with ``n`` models, means with
-    ``_low``/``_high`` bounds, and ``detection_auc`` with its bounds."""
+    ``_low``/``_high`` bounds and ``_n``, the models each mean rests on (fewer than ``n`` where
+    a value is undefined on some), and ``detection_auc`` with its bounds."""
     rows = separate_variants(defended_rows(df))
     if rows.empty:
         return pd.DataFrame()
@@ -87,7 +88,8 @@ def defense_table(df: pd.DataFrame) -> pd.DataFrame:
                               and group["trusted_size"].notna().any() else None)}
         for column, bounds in MEANS.items():
             mean, low, high = mean_interval(group[column].astype(float), bounds=bounds)
-            record.update({column: mean, f"{column}_low": low, f"{column}_high": high})
+            record.update({column: mean, f"{column}_low": low, f"{column}_high": high,
+                           f"{column}_n": int(group[column].notna().sum())})
         negatives = control[(control["scenario"] == scenario) & (control["defense"] == defense)
                             & (control["victim"] == victim)]["detection_score"].astype(
                                 float).dropna()
@@ -96,6 +98,7 @@ def defense_table(df: pd.DataFrame) -> pd.DataFrame:
         if record["attack_name"] != CONTROL and len(positives) and len(negatives):
             auc, low, high = auc_interval(positives, negatives)
         record.update(detection_auc=auc, detection_auc_low=low, detection_auc_high=high,
+                      detection_auc_n=len(positives) if not math.isnan(auc) else 0,
                       controls=len(negatives))
         out.append(record)
     return pd.DataFrame(out).sort_values(["scenario", "victim", "attack_name", "poisons",

@@ -20,7 +20,6 @@ import pandas as pd
 
 from raypoison.analysis import compare, defense_report, report, run_status
 from raypoison.analysis import tables as report_tables
-from raypoison.analysis.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 
 @dataclass
@@ -40,20 +39,31 @@ def _methods(interval: str) -> str:
         "n_eff is that effective size. The paper's number is compared with a two-sample test "
         f"that counts the paper's own sampling error (100 outcomes a cell, 200 for black-box, "
         f"300 for from-scratch 'all'); {report_tables.DIFFERS_MARK} marks p < 0.05. Paired "
-        "comparisons of two attacks resample trials (percentile bootstrap) and test with the "
-        "exact sign test over trials. Means over models (the defenses, a backdoor's attack "
-        "success rate) carry Student t intervals, none for a single model; detection AUCs carry "
-        "Newcombe's score interval (his method 5). Every "
-        f"bootstrap draws {BOOTSTRAP_RESAMPLES:,} resamples from seed {BOOTSTRAP_SEED}, so a "
-        "report of the same rows is the same report.")
+        "comparisons of two attacks take a Student t interval over trials and the exact sign "
+        "test over trials; comparisons with another dataset take Newcombe's interval at each "
+        "side's effective size. Means over models (the defenses) and over trials (a backdoor's "
+        "attack success rate) carry Student t intervals, none for a single value; where every "
+        "value is the same, a bounded quantity gets the interval that n equal draws allow (0 of "
+        "2 models: 0 to 84%), not a point. Detection AUCs carry Newcombe's score interval (his "
+        "method 5), with Birnbaum and Klose's variance bound where a side has 5 models or "
+        "fewer. No interval is random, so a report of the same rows is the same report.")
 
 
 def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim: bool = False,
              compare_attacks: tuple[str, str] | None = None,
              against: tuple[str, pd.DataFrame] | None = None,
              compare_scenarios: tuple[str, str] | None = None,
-             layout: str = "auto") -> list[Section]:
+             layout: str = "auto", left_out: pd.DataFrame | None = None) -> list[Section]:
+    """The report's sections; ``left_out`` (:func:`raypoison.analysis.report.current_protocol`)
+    says which rows of older protocol versions the tables leave out."""
     sections = []
+    if left_out is not None and not left_out.empty:
+        sections.append(Section(
+            "Rows of older protocol versions left out", left_out,
+            [("", left_out.astype(str))],
+            "Each scenario's tables use only its newest protocol version: older rows are other "
+            "trials (a bump changes trial ids) and would count twice or mix two protocols. "
+            "Filter the Parquet on protocol_version to read them."))
     table = report.success_table(df, interval=interval, per_victim=per_victim)
     if not per_victim and report_tables.uses_table3(table, layout):
         names = dict(zip(df["attack"], df.get("attack_name", df["attack"]), strict=True))
@@ -67,14 +77,16 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
         sections.append(_paired(
             df, compare_attacks, compare.compare_attacks, report_tables.compare_display,
             "{first} minus {second}, paired by trial",
-            "Percentage points; 95% paired bootstrap over trials; exact sign test over the "
+            "Percentage points; 95% paired Student t interval over trials; exact sign test over the "
             "trials where the two differ (McNemar's with one victim a trial)."))
     if against is not None:
         other_uri, other = against
         diff = compare.compare_datasets(df, other)
         sections.append(Section(f"This dataset minus {other_uri}", diff,
                                 [("", report_tables.against_display(diff))],
-                                "Independent samples; 95% Newcombe intervals, percentage points."))
+                                "Independent samples; 95% Newcombe intervals at each side's "
+                                "effective size (a trial's victims count as one where they "
+                                "agree), percentage points."))
     defended = defense_report.defense_table(df)
     if not defended.empty:
         sizes = sorted({int(t) for t in defended["trusted"].dropna()})
@@ -86,7 +98,11 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
                                 f"{trusted}Means over models with 95% Student t intervals "
                                 "(n: models per row; one model has no interval); detection AUC "
                                 "against the no-attack control's models of the same victim "
-                                "(n: attacked vs control models), with Newcombe's interval. "
+                                "(n: attacked vs control models), with Newcombe's interval "
+                                "(at most 5 models a side: with Birnbaum and Klose's variance "
+                                "bound). A cell marked (n k) rests on k models, fewer than its "
+                                "row's n (the defense ran on fewer, or its value is undefined "
+                                "on some: precision where nothing was flagged). "
                                 "The clean-accuracy loss closes with each repair over "
                                 f"{defense_report.POOLED} of the scenario, every attack and the "
                                 "control: models of one trial index share a training seed, so "

@@ -78,8 +78,8 @@ def tradeoff_figures(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
                                     defense)
                 drawn[1] |= _series(repair, d, "attack_success_rate_repaired", defense)
                 drawn[2] |= _series(flag, d[d["attack_name"] != CONTROL], "flag_auc", defense)
-            undefended = rows.groupby("poisons", as_index=False).first()
-            _series(repair, undefended, "attack_success_rate", "no defense", marker="s")
+            _series(repair, undefended_points(rows), "attack_success_rate", "no defense",
+                    marker="s")
             titles = ["Model detection ROC AUC", "Attack success rate after repair",
                       "Poison detection ROC AUC (data-side)"]
             for ax, title, has in zip(axes, titles, drawn, strict=True):
@@ -102,15 +102,37 @@ def tradeoff_figures(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def undefended_points(rows: pd.DataFrame) -> pd.DataFrame:
+    """The "no defense" points of a trade-off figure: per poison count, one whole row of the
+    defense table (its mean and bounds together), from the defense that ran on the most models,
+    as the tables take it."""
+    return (rows.sort_values("n", ascending=False, kind="stable")
+            .drop_duplicates("poisons").sort_values("poisons"))
+
+
+def sweep_points(rows: pd.DataFrame, column: str, interval: str = "wilson") -> pd.DataFrame:
+    """One line of a sweep figure: per value of ``column``, the success rate of ``rows`` and its
+    95% ``interval``, cluster-robust over trials where a value holds several victims of one
+    trial (:func:`raypoison.analysis.report.cell_interval`, as in the tables)."""
+    from raypoison.analysis.report import cell_interval
+
+    out = []
+    for value, cell in rows.groupby(column, sort=True):
+        bounds = cell_interval(cell, interval)
+        out.append({column: value, "rate": float(cell["success"].astype(bool).mean()),
+                    "low": bounds["low"], "high": bounds["high"]})
+    return pd.DataFrame(out)
+
+
 SWEEPS = {"epsilon": "ε (L∞ bound)", "poisons": "poisons", "patch_size": "patch size"}
 
 
 def sweep_figures(df: pd.DataFrame, out_dir: str | Path, interval: str = "wilson") -> list[Path]:
     """Success rate against each of ε, poison count and patch size that takes more than one value
     in the dataset: a line per attack family and role, pooling every row that shares the value
-    (so a sweep should vary one thing at a time), with the 95% ``interval``."""
+    (so a sweep should vary one thing at a time), with the 95% ``interval`` (cluster-robust over
+    trials where a value holds several victims of one trial, as in the tables)."""
     from raypoison.analysis.report import outcomes, with_role_all
-    from raypoison.analysis.stats import INTERVALS
 
     plt = _pyplot()
     done = outcomes(df)
@@ -122,13 +144,10 @@ def sweep_figures(df: pd.DataFrame, out_dir: str | Path, interval: str = "wilson
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for (family, role), g in with_role_all(done).groupby(["attack_name", "role"]):
-            cells = g.groupby(column)["success"].agg(["count", "sum"]).reset_index()
-            rates = cells["sum"] / cells["count"]
-            bounds = [INTERVALS[interval](int(s), int(n))
-                      for s, n in zip(cells["sum"], cells["count"], strict=True)]
-            ax.errorbar(cells[column], 100 * rates,
-                        yerr=[100 * (rates - [b[0] for b in bounds]).clip(lower=0),
-                              100 * (pd.Series([b[1] for b in bounds]) - rates).clip(lower=0)],
+            line = sweep_points(g, column, interval)
+            ax.errorbar(line[column], 100 * line["rate"],
+                        yerr=[100 * (line["rate"] - line["low"]).clip(lower=0),
+                              100 * (line["high"] - line["rate"]).clip(lower=0)],
                         marker="o", capsize=3, label=f"{family} ({role})")
         ax.set_xlabel(label)
         ax.set_ylabel(f"success % (95% {interval})")
@@ -200,8 +219,8 @@ def forest_figures(table: pd.DataFrame, out_dir: str | Path, interval: str = "wi
 def compare_figure(diff: pd.DataFrame, first: str, second: str, out_dir: str | Path
                    ) -> list[Path]:
     """The paired differences of :func:`raypoison.compare.compare_attacks` as a forest plot:
-    ``first`` minus ``second`` in percentage points per scenario and role, with the paired
-    bootstrap interval and a line at 0."""
+    ``first`` minus ``second`` in percentage points per scenario and role, with the paired t
+    interval over trials and a line at 0."""
     plt = _pyplot()
     if diff.empty:
         return []
@@ -210,7 +229,7 @@ def compare_figure(diff: pd.DataFrame, first: str, second: str, out_dir: str | P
     d = 100 * rows["difference"]
     err = [(d - 100 * rows["low"]).clip(lower=0), (100 * rows["high"] - d).clip(lower=0)]
     ax.errorbar(d, range(len(rows)), xerr=err, fmt="o", color="tab:blue", capsize=3,
-                label="difference (95% paired bootstrap over trials)")
+                label="difference (95% paired t over trials)")
     ax.axvline(0, color="black", lw=0.8, label="no difference")
     reach = max(5.0, float((100 * rows[["low", "high"]].abs()).max().max()) + 2)
     ax.set_xlim(-reach, reach)  # at least ±5 points, so a null difference still reads as one

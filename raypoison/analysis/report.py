@@ -55,6 +55,29 @@ PUBLISHED = {
 }
 
 
+def _version_key(version: object) -> tuple[int, object]:
+    text = str(version)
+    return (0, int(text)) if text.isdigit() else (1, text)
+
+
+def current_protocol(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``df`` with, per scenario, only the rows of its newest ``protocol_version``, and a table of
+    what was left out (scenario, protocol_version, rows, newest). A protocol bump changes trial
+    ids, so a rerun writes new rows beside the old ones; pooled, a trial would count twice and
+    results of two protocols would mix. To read older rows, filter the Parquet yourself."""
+    columns = ["scenario", "protocol_version", "rows", "newest"]
+    if df.empty or "protocol_version" not in df.columns:
+        return df, pd.DataFrame(columns=columns)
+    version = df["protocol_version"].astype("string").fillna("")
+    newest = version.groupby(df["scenario"]).transform(
+        lambda v: max(v.unique(), key=_version_key))
+    keep = (version == newest).to_numpy()
+    dropped = df[~keep].assign(protocol_version=version[~keep], newest=newest[~keep])
+    left_out = (dropped.groupby(["scenario", "protocol_version", "newest"]).size()
+                .rename("rows").reset_index()[columns])
+    return df[keep], left_out
+
+
 def outcomes(df: pd.DataFrame) -> pd.DataFrame:
     """The completed outcomes of undefended models, one per trial and victim (a defense's rows
     repeat the undefended model's outcome)."""
@@ -102,8 +125,9 @@ def success_table(df: pd.DataFrame, *, interval: str = "wilson",
     pooling its victims, which is how the paper reports from-scratch results. ``published`` is
     the paper's number where there is one, ``published_p`` the two-sample p-value of ours
     against it and ``differs`` whether that is below 0.05. For backdoors (and controls with a
-    trigger), ``asr`` is the mean attack success rate of the cell's victims with a Student t
-    interval (``asr_low``, ``asr_high``; none for one victim)."""
+    trigger), ``asr`` is the mean attack success rate over the cell's trials (each trial's
+    victims averaged first, as they share its poisons; the crafting model where that is the
+    unit) with a Student t interval over them (``asr_low``, ``asr_high``; none for one)."""
     keys = ["scenario", "attack", "role"] + (["victim"] if per_victim else [])
     done = outcomes(df)
     if done.empty:
@@ -116,8 +140,10 @@ def success_table(df: pd.DataFrame, *, interval: str = "wilson",
         row = dict(zip(keys, key, strict=True))
         row.update(n=n, successes=successes, rate=successes / n, **cell_interval(cell, interval))
         if "attack_success_rate" in cell.columns and cell["attack_success_rate"].notna().any():
-            row["asr"], row["asr_low"], row["asr_high"] = mean_interval(
-                cell["attack_success_rate"].astype(float), bounds=(0.0, 1.0))
+            units, _ = cluster_of(cell)  # a trial's victims share its poisons: one value each
+            per_unit = cell["attack_success_rate"].astype(float).groupby(units.to_numpy()).mean()
+            row["asr"], row["asr_low"], row["asr_high"] = mean_interval(per_unit,
+                                                                        bounds=(0.0, 1.0))
         cells.append(row)
     grouped = pd.DataFrame(cells)
     if "asr" in grouped.columns and grouped["asr"].isna().all():

@@ -1,6 +1,6 @@
 """Confidence intervals: binomial ones for success rates, Student's t for means over a few models,
-Newcombe's score interval for a ROC AUC, and the percentile bootstrap for paired comparisons over
-many trials.
+Newcombe's score interval for a ROC AUC, and the percentile bootstrap (for paired comparisons
+over many trials in ``benchmarks/`` scripts; the report uses none).
 
 Why not the bootstrap everywhere: a defense's mean is over a handful of models (four seeds in the
 trade-off runs), and the percentile bootstrap of n values covers about as far as their range, so at
@@ -149,12 +149,31 @@ def mean_interval(values: ArrayLike, confidence: float = 0.95,
     mean = float(array.mean())
     if len(array) < 2:
         return (mean, math.nan, math.nan)
+    if np.ptp(array) <= 1e-12 * max(1.0, abs(mean)):  # all equal, but for float rounding
+        return (mean, *_all_equal_interval(mean, len(array), confidence, bounds))
     half = student_t_quantile(confidence, len(array) - 1) * float(
         array.std(ddof=1)) / math.sqrt(len(array))
     low, high = mean - half, mean + half
     if bounds is not None:
         low, high = max(bounds[0], low), min(bounds[1], high)
     return (mean, low, high)
+
+
+def _all_equal_interval(value: float, n: int, confidence: float,
+                        bounds: tuple[float, float] | None) -> tuple[float, float]:
+    """An interval for the mean of a quantity inside ``bounds`` of which all ``n`` draws came out
+    equal to ``value`` (a Student t interval would be a point: certainty from two models). If a
+    draw differs from ``value`` with probability q, n equal draws have probability (1 - q)^n, so
+    q <= q̄ = 1 - ((1 - confidence)/2)^(1/n) at the usual two-sided level, and the mean lies in
+    [value - q̄(value - low), value + q̄(high - value)]: at a bound this is the Clopper-Pearson
+    interval of 0 of n (0 of 2 models: [0, 0.84]). Unbounded: no interval (NaN)."""
+    if bounds is None:
+        return (math.nan, math.nan)
+    q = 1 - ((1 - confidence) / 2) ** (1 / n)
+    return (value - q * (value - bounds[0]), value + q * (bounds[1] - value))
+
+
+SMALL_AUC_SIDE = 5  # up to this many models on a side, the AUC interval uses the variance bound
 
 
 def _auc_variance(theta: float, m: int, n: int) -> float:
@@ -169,7 +188,13 @@ def auc_interval(positives: ArrayLike, negatives: ArrayLike, confidence: float =
                  ) -> tuple[float, float, float]:
     """ROC AUC of ``positives`` against ``negatives`` with Newcombe's score interval (Stat Med
     2006, 25:559, method 5): the thetas where (theta - AUC)^2 = z^2 V(theta), V the variance
-    above. Inside [0, 1], and wider than a point at AUC 0 and 1. NaN where a side is empty."""
+    above. Inside [0, 1], and wider than a point at AUC 0 and 1. NaN where a side is empty.
+
+    With at most ``SMALL_AUC_SIDE`` models on a side, V is at least Birnbaum and Klose's bound
+    on any AUC estimate's variance, theta(1 - theta)/min(m, n): Newcombe's variance alone covers
+    0.5 only 90% of the time at 3 vs 3 (every ranking enumerated; perfect separation, exact
+    p = 0.10, gave [0.501, 1]) and a true 0.9 at 2 vs 2 in 90% of draws
+    (``benchmarks/interval_coverage.py --small``)."""
     pos, neg = np.asarray(positives, dtype=float), np.asarray(negatives, dtype=float)
     pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
     auc = roc_auc(pos, neg)
@@ -177,19 +202,25 @@ def auc_interval(positives: ArrayLike, negatives: ArrayLike, confidence: float =
         return (math.nan, math.nan, math.nan)
     z2 = NormalDist().inv_cdf(0.5 + confidence / 2) ** 2
     m, n = len(pos), len(neg)
+    small = min(m, n) <= SMALL_AUC_SIDE
+
+    def variance(theta: float) -> float:
+        v = _auc_variance(theta, m, n)
+        return max(v, theta * (1 - theta) / min(m, n)) if small else v
 
     def outside(theta: float) -> bool:
-        return (theta - auc) ** 2 > z2 * _auc_variance(theta, m, n)
+        return (theta - auc) ** 2 > z2 * variance(theta)
 
     low = _bisect(outside, 0.0, auc) if outside(0.0) else 0.0
     high = _bisect(lambda t: not outside(t), auc, 1.0) if outside(1.0) else 1.0
     return (auc, low, high)
 
 
-def newcombe_difference(s1: int, n1: int, s2: int, n2: int, confidence: float = 0.95
+def newcombe_difference(s1: float, n1: float, s2: float, n2: float, confidence: float = 0.95
                         ) -> tuple[float, float, float]:
     """Difference of two independent proportions, s1/n1 - s2/n2, with Newcombe's hybrid score
-    interval (his method 10, built from the two Wilson intervals)."""
+    interval (his method 10, built from the two Wilson intervals); counts may be effective
+    (non-integer) sizes."""
     if n1 == 0 or n2 == 0:
         return (math.nan, math.nan, math.nan)
     p1, p2 = s1 / n1, s2 / n2

@@ -243,11 +243,19 @@ UNDEFENDED = {"attack_success_rate_repaired": ("attack_success_rate", "no defens
               "clean_accuracy_loss": ("clean_accuracy", "clean accuracy before, %")}
 
 
+def _values(rows: pd.DataFrame, column: str) -> pd.Series:
+    """How many models each defense's value of ``column`` rests on (a defense can run on fewer
+    of a row's models, or leave a value undefined on some: precision where nothing was
+    flagged); tables written before these counts existed fall back to ``n``."""
+    counts = f"{column}_n"
+    return (rows[counts] if counts in rows.columns else rows["n"]).astype(int)
+
+
 def _models(having: pd.DataFrame, key: tuple, column: str) -> str:
-    """How many models a pivot row rests on: its defenses' largest n; for a detection AUC,
-    attacked models against control models."""
+    """How many models a pivot row rests on: its defenses' largest count of values; for a
+    detection AUC, attacked models against control models."""
     rows = having.set_index(["scenario", "victim", "attack", "poisons"]).loc[[key]]
-    n = int(rows["n"].max())
+    n = int(_values(rows, column).max())
     if column == "detection_auc" and "controls" in rows.columns:
         return f"{n} vs {int(rows['controls'].max())}"
     return str(n)
@@ -258,7 +266,8 @@ def _pooled_rows(pooled: pd.DataFrame, heading: str) -> pd.DataFrame:
     and victim (:func:`raypoison.analysis.defense_report.pooled_repair_cost`)."""
     out = []
     for (scenario, victim), group in pooled.groupby(["scenario", "victim"], sort=True):
-        first = group.iloc[0]
+        # the accuracy before, from the repair that ran on the most models, as n says
+        first = group.sort_values("models", ascending=False, kind="stable").iloc[0]
         row = {"scenario": scenario, "victim": victim, "attack": POOLED, "poisons": None,
                "n": f"{_count(int(group['models'].max()), 'model')}, "
                     f"{_count(int(group['seeds'].max()), 'seed')}",
@@ -298,11 +307,15 @@ def defense_pivots(table: pd.DataFrame, pooled: pd.DataFrame | None = None
                 base.loc[k, before], base.loc[k, f"{before}_low"], base.loc[k, f"{before}_high"],
                 scale=scale, digits=digits)
                 for k in frame[keys].itertuples(index=False, name=None)]
+        most = having.assign(_v=_values(having, column)).groupby(keys)["_v"].max()
         for defense in sorted(set(having["defense"])):
             rows = having[having["defense"] == defense].set_index(keys)
+            values = _values(rows, column)
             frame[defense] = [
                 interval_cell(rows.loc[k, column], rows.loc[k, f"{column}_low"],
                               rows.loc[k, f"{column}_high"], scale=scale, digits=digits)
+                # fewer values than the row's n says: the cell says its own
+                + (f" (n {values.loc[k]})" if values.loc[k] < most.loc[k] else "")
                 if k in rows.index else ""
                 for k in frame[keys].itertuples(index=False, name=None)]
         if column == "clean_accuracy_loss" and pooled is not None and not pooled.empty:
