@@ -363,3 +363,15 @@ def test_figures_take_each_point_whole_and_cluster_a_trials_victims():
     line = sweep_points(rows, "epsilon").iloc[0]
     assert line["rate"] == 0.5
     assert (line["low"], line["high"]) == pytest.approx(wilson(10, 20))  # 20 trials, not 60
+
+
+def test_a_paired_comparisons_rates_and_difference_weigh_trials_alike():
+    """Trial 0 has two victims (both succeed), trial 1 one (fails); the other attack fails
+    everywhere. The rates must agree with the difference: 0.5, not 2 of 3 victim rows."""
+    from raypoison.analysis.compare import compare_attacks
+
+    rows = [{"trial_id": f"{a}{t}", "scenario": "s", "attack": a, "victim": v, "role": "all",
+             "trial": t, "status": "ok", "success": a == "strong" and t == 0}
+            for a in ("strong", "weak") for t, v in ((0, "v1"), (0, "v2"), (1, "v1"))]
+    diff = compare_attacks(pd.DataFrame(rows), "strong", "weak").iloc[0]
+    assert diff["rate_strong"] - diff["rate_weak"] == pytest.approx(diff["difference"]) == 0.5

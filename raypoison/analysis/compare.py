@@ -41,13 +41,15 @@ def compare_attacks(df: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
     out = []
     for (scenario, role), g in pairs.groupby(["scenario", "role"], sort=True):
         x, y = g["success_a"].astype(bool).to_numpy(), g["success_b"].astype(bool).to_numpy()
-        per_trial = pd.Series(x.astype(float) - y.astype(float)).groupby(
-            g["trial"].to_numpy()).mean().to_numpy()
+        by_trial = pd.DataFrame({"x": x.astype(float), "y": y.astype(float)}).groupby(
+            g["trial"].to_numpy()).mean()  # a trial's victims averaged first, as the difference
+        per_trial = (by_trial["x"] - by_trial["y"]).to_numpy()
         _, low, high = mean_interval(per_trial, bounds=(-1.0, 1.0))
         wins, losses = int((per_trial > 0).sum()), int((per_trial < 0).sum())
         out.append({"scenario": scenario, "role": role, "pairs": len(g),
-                    "trials": len(per_trial), f"rate_{first}": x.mean(),
-                    f"rate_{second}": y.mean(), "difference": float(per_trial.mean()),
+                    "trials": len(per_trial), f"rate_{first}": float(by_trial["x"].mean()),
+                    f"rate_{second}": float(by_trial["y"].mean()),
+                    "difference": float(per_trial.mean()),
                     "low": low, "high": high, "only_first": wins, "only_second": losses,
                     "p_mcnemar": mcnemar_exact(wins, losses),
                     "method": "paired t over trials; exact sign test on trials"})
