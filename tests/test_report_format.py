@@ -52,6 +52,8 @@ def test_the_table3_layout_has_a_row_per_attack_and_a_column_per_scenario_and_ro
     fc = shown.iloc[0]
     assert fc[("cifar10-transfer white-box", "ours % [95%] (n)")] == "22.0 [12.8, 35.2] (n 50)"
     assert fc[("cifar10-transfer white-box", "paper %")] == "22.0"
+    # two black-box victims that agree on every trial: 100 outcomes, 50 effective
+    assert fc[("cifar10-transfer black-box", "ours % [95%] (n)")].endswith("(n 100, 50 effective)")
     cp = shown.iloc[1]
     assert cp[("cifar10-transfer white-box", "paper %")] == "33.0 ≠"  # 4% against 33%
     assert shown.iloc[2][("cifar10-transfer white-box", "paper %")] == ""  # no paper control

@@ -126,7 +126,8 @@ def _attack_sort_key(name: str, label: str) -> tuple[int, str]:
 
 def success_table3(table: pd.DataFrame, names: dict[str, str] | None = None) -> pd.DataFrame:
     """Rows: attacks (the paper's order, the control last); columns: (scenario, role) pairs,
-    each with ``ours`` (``rate [low, high]`` and n) and, where the paper has the cell,
+    each with ``ours`` (``rate [low, high]`` and n, with the effective number of independent
+    outcomes where a trial's victims are pooled and agree) and, where the paper has the cell,
     ``paper`` (marked ``≠`` where the two-sample test says they differ). The frame's columns are
     a two-level index (``scenario role``, ``ours | paper``)."""
     names = names or {}
@@ -153,7 +154,10 @@ def success_table3(table: pd.DataFrame, names: dict[str, str] | None = None) -> 
                 paper.append("")
                 continue
             row = next(cell.itertuples(index=False))
-            ours.append(f"{interval_cell(row.rate, row.low, row.high)} (n {row.n})")
+            # pooled victims of one trial are not independent: say how many outcomes they make
+            effective = ("" if is_missing(getattr(row, "n_effective", None))
+                         or round(row.n_effective) >= row.n else f", {row.n_effective:.0f} effective")
+            ours.append(f"{interval_cell(row.rate, row.low, row.high)} (n {row.n}{effective})")
             paper.append(_published_cell(row))
         out[(f"{scenario} {role}", "ours % [95%] (n)")] = ours
         if (scenario, role) in with_paper:
