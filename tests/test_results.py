@@ -199,3 +199,54 @@ def test_compaction_rewrites_an_older_layout_part_so_pandas_reads_the_folder(tmp
     assert sorted(zip(df["trial_id"], df["attack"].astype(str), strict=True)) == [
         ("t1", "a"), ("t2", "b")]
     assert compact(str(tmp_path)).partitions == 0  # nothing left to rewrite
+
+
+def test_a_failed_trial_retried_to_success_counts_as_stored_and_can_take_new_defenses(tmp_path):
+    """Run 1 failed trial T; a --retry-failed run wrote it ok with defense d1. Planning must read
+    each key as load does (its ok row wins): T is done, and adding d2 plans only d2 (it used to
+    plan nothing, or the whole trial again under --retry-failed)."""
+    import copy
+
+    from raypoison.config.specs import expand
+    from raypoison.config.suite import parse_suite
+    from raypoison.core.identity import defense_key
+    from raypoison.execution.runner import plan_trial
+    from tests.test_defenses import PYP
+
+    raw = copy.deepcopy(PYP)
+    raw["scenarios"][0]["trials"] = 1
+    raw["attacks"] = [raw["attacks"][1]]  # BadNets
+    raw["defenses"] = ["spectral_signatures", "fine_tuning"]
+    spec = next(iter(expand(parse_suite(raw))))
+    d1, d2 = spec.defenses
+    label, params = defense_key(d1)
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r", rows_per_file=1)
+    sink.add([dict(row("t0", status="failed"), trial_id=spec.trial_id, defense="none")])
+    sink.add([dict(row("t0", minutes=5), trial_id=spec.trial_id, defense="none"),
+              dict(row("t0", minutes=5), trial_id=spec.trial_id, defense=label,
+                   defense_params=params)])
+    sink.flush()
+    stored = results.stored_trials(str(tmp_path))[spec.trial_id]
+    assert stored.undefended_ok and not stored.failed
+    for include_failed in (True, False):
+        todo = plan_trial(spec, stored, include_failed)
+        assert todo is not None and todo.defenses == (d2,) and not todo.write_undefended
+
+
+def test_rows_survive_a_stop_that_lands_inside_a_write(tmp_path, monkeypatch):
+    """SIGTERM reaches the driver as KeyboardInterrupt, at any line: one landing while a part is
+    being written must leave the rows for the run's last flush (they were dropped, uncounted)."""
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r", rows_per_file=100)
+    sink.add([row("t1"), row("t2")])
+    write = Location.write_bytes
+
+    def interrupted(self, path, data):
+        monkeypatch.setattr(Location, "write_bytes", write)  # the next write goes through
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Location, "write_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sink.flush()
+    sink.flush()  # the run's last flush, after the stop
+    assert sink.rows_written == 2 and sink.rows_lost == 0
+    assert sorted(results.load(str(tmp_path))["trial_id"]) == ["t1", "t2"]

@@ -174,8 +174,11 @@ class Scheduler:
         return exhausted
 
     def _finish_trial(self, ref: Any) -> None:
-        item, worker = self._in_flight.pop(ref)
-        worker.load -= 1
+        """Hand a finished task's rows to ``on_rows``. The task leaves ``_in_flight`` only once
+        they are handed over (or it is queued again), so a stop (SIGTERM arrives as
+        KeyboardInterrupt, at any line) in between leaves it in :meth:`unfinished`, whose saved
+        work the run then keeps, instead of losing its rows."""
+        item, worker = self._in_flight[ref]
         try:
             rows = ray.get(ref)
         except RayActorError as err:
@@ -186,6 +189,7 @@ class Scheduler:
                 log.warning("worker lost during trial %s (attempt %d); requeued",
                             item.task.specs[0].trial_id, item.attempt)
                 self._retry.append(replace(item, attempt=item.attempt + 1))
+                self._done_with(ref)
                 return
             rows = self._failures(item, f"worker: lost in {item.attempt} attempts; last: {err}")
         except RayError as err:
@@ -194,6 +198,11 @@ class Scheduler:
         self.stats.trials_failed += len({r["trial_id"] for r in rows
                                          if r.get("status") != STATUS_OK})
         self.on_rows(rows)
+        self._done_with(ref)
+
+    def _done_with(self, ref: Any) -> None:
+        _, worker = self._in_flight.pop(ref)
+        worker.load -= 1
 
     @staticmethod
     def _failures(item: _Item, error: str) -> list[dict]:

@@ -55,9 +55,13 @@ class ParquetSink:
             self._write(key)
 
     def _write(self, key: tuple[str, str]) -> None:
-        rows = self._buffers.pop(key, [])
-        self._oldest.pop(key, None)
+        """Write one partition's buffer as a part. The rows leave the buffer only once written
+        (or lost to a write error, counted), so a stop in between (SIGTERM arrives as
+        KeyboardInterrupt, at any line) leaves them for the last :meth:`flush`; at worst a
+        part is written twice, which readers deduplicate."""
+        rows = self._buffers.get(key, [])
         if not rows:
+            self._forget(key)
             return
         scenario, attack = key
         self._sequence += 1
@@ -68,10 +72,16 @@ class ParquetSink:
         try:
             self.location.write_bytes(path, buffer.getvalue())
         except OSError as err:
+            self._forget(key)
             self.rows_lost += len(rows)
             raise ResultsError(
                 f"could not write {len(rows)} rows of scenario={scenario}/attack={attack} to "
                 f"{path} ({err}); {self.rows_lost} rows of this run are not in the output, and "
                 "running the same command again computes them") from err
+        self._forget(key)
         self.files_written += 1
         self.rows_written += len(rows)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self._buffers.pop(key, None)
+        self._oldest.pop(key, None)
