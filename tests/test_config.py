@@ -61,6 +61,9 @@ def test_smoke_config_in_the_repository_is_valid():
      "scenarios[0].recipe.schedule", "cosine"),
     (lambda r: r["scenarios"][0]["models"]["net-a"].update(checkpoint="nowhere.pt"),
      "scenarios[0].models.net-a.checkpoint", "not found"),
+    # a victim named "trial" would overwrite its saved trial's poisons (trial.pt)
+    (lambda r: r["scenarios"][0]["models"].update(trial={"arch": "convnet"}),
+     "scenarios[0].models.trial", "reserved"),
 ])
 def test_bad_configs_name_the_key(tiny_raw, mutate, path, words):
     mutate(tiny_raw)

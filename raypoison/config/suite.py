@@ -51,6 +51,8 @@ from raypoison.training.recipe import DEFAULT_RECIPES, RecipeConfig
 # Bounds on what a config may ask for (README, "How a run behaves"); the name's is in core.schema
 MAX_TRIALS = 10_000_000  # trials of one scenario
 MAX_CONFIG_VALUES = 1_000_000  # values of a config once its YAML aliases are expanded
+# a saved trial's poisons sit beside its victims' files (``<model>.pt``) as ``trial.pt``
+SAVED_TRIAL_FILE = "trial"
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,9 @@ class ScenarioConfig:
             raise ConfigError(f"{path}.models", "at least one model is required")
         for name in self.models:
             check_name(f"{path}.models.{name}", name)
+            if name == SAVED_TRIAL_FILE:
+                raise ConfigError(f"{path}.models.{name}", f"{name!r} is reserved (a saved "
+                                  "trial keeps its poisons under that name): rename the model")
         if not self.attackers:
             raise ConfigError(f"{path}.attacker", "at least one model is required")
         for i, name in enumerate(self.attackers):

@@ -43,6 +43,7 @@ import torch
 
 from raypoison.attacks.base import Poisons
 from raypoison.config.specs import TrialSpec
+from raypoison.config.suite import SAVED_TRIAL_FILE
 from raypoison.core.identity import defense_key, digest, trial_id
 from raypoison.core.registry import Component
 from raypoison.data.triggers import BlendTrigger, PatchTrigger, Trigger, WarpTrigger
@@ -118,7 +119,7 @@ class VictimStore:
         folders = self._folders(spec)
         for folder in folders:
             if all(self.location.exists(self._file(folder, name))
-                   for name in ("trial", *spec.scenario.victims)):
+                   for name in (SAVED_TRIAL_FILE, *spec.scenario.victims)):
                 return folder
         return folders[0]
 
@@ -127,7 +128,7 @@ class VictimStore:
         that trains the same victims)."""
         folder = self._folder(spec)
         return all(self.location.exists(self._file(folder, name))
-                   for name in ("trial", *spec.scenario.victims))
+                   for name in (SAVED_TRIAL_FILE, *spec.scenario.victims))
 
     def save_trial(self, spec: TrialSpec, poisons: Poisons, trigger: Trigger | None,
                    fields: dict[str, Any], crafted_on: tuple[str, ...] | None = None) -> None:
@@ -135,7 +136,7 @@ class VictimStore:
         it crafted on where they are not the scenario's attackers (they decide the rows'
         roles)."""
         folder = self._folders(spec)[0]  # a trial that trains saves into its own folder
-        self.location.write_bytes(self._file(folder, "trial"), _dump({
+        self.location.write_bytes(self._file(folder, SAVED_TRIAL_FILE), _dump({
             "trial_id": folder[2], "index": spec.index, "images": poisons.images.cpu(),
             "base_indices": list(poisons.base_indices), "labels": list(poisons.labels),
             "augment": poisons.augment,
@@ -171,7 +172,7 @@ class VictimStore:
     def load_trial(self, spec: TrialSpec, device: str | torch.device
                    ) -> tuple[Poisons, Trigger | None, dict[str, Any], tuple[str, ...] | None]:
         """The poisons, trigger, saved row fields and crafting models of :meth:`save_trial`."""
-        path, blob = self._load(spec, "trial")
+        path, blob = self._load(spec, SAVED_TRIAL_FILE)
         assert blob is not None
         if blob.get("index") != spec.index:
             raise DataError(f"{path}: saved for trial {blob.get('index')}, "
