@@ -430,3 +430,26 @@ def test_a_trusted_set_variant_in_the_same_output_defends_the_saved_victims(ray_
             assert first[column] == second[column], (attack, column)
     again = run_suite(training, RunOptions(output=str(out)))
     assert (again.planned, again.skipped, again.computed) == (2, 2, 0)
+
+
+def test_a_saved_head_is_refused_on_another_extractor(tmp_path, tiny_raw):
+    """Transfer mode saves a victim's head alone: on an extractor pre-trained again (a new
+    machine without models/) it would be a model nobody evaluated, so loading it says so."""
+    from raypoison.models import build_model
+
+    def convnet(seed: int):
+        torch.manual_seed(seed)
+        return build_model("convnet", num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3,
+                           image_size=12)
+
+    spec = next(iter(expand(parse_suite(tiny_raw))))
+    store = VictimStore(str(tmp_path / "victims"))
+    trained = convnet(1)
+    store.save_victim(spec, "net-a", trained, head_only=True, seed_train=5,
+                      fields={"clean_accuracy": 0.5})
+    same = convnet(1)
+    same.reset_head(9)
+    assert store.load_victim(spec, "net-a", same, 5) == {"clean_accuracy": 0.5}
+    assert torch.equal(same.head.weight, trained.head.weight)
+    with pytest.raises(DataError, match="trained on another net-a extractor"):
+        store.load_victim(spec, "net-a", convnet(2), 5)  # another pre-training

@@ -36,6 +36,7 @@ trained again does not inherit them.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Any
 
@@ -148,9 +149,11 @@ class VictimStore:
         module = model.head if head_only else model
         state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
         folder = self._folders(spec)[0]
-        self.location.write_bytes(self._file(folder, victim), _dump({
-            "trial_id": folder[2], "victim": victim, "seed_train": seed_train,
-            "head_only": head_only, "state": state, "fields": fields}))
+        blob = {"trial_id": folder[2], "victim": victim, "seed_train": seed_train,
+                "head_only": head_only, "state": state, "fields": fields}
+        if head_only:  # the head means something only on top of the extractor it trained on
+            blob["extractor"] = extractor_digest(model)
+        self.location.write_bytes(self._file(folder, victim), _dump(blob))
 
     def _load(self, spec, name: str, missing_ok: bool = False
               ) -> tuple[str, dict[str, Any] | None]:
@@ -201,6 +204,14 @@ class VictimStore:
         returns the undefended row's fields."""
         blob = self._victim_blob(spec, victim, seed_train)
         assert blob is not None
+        if blob["head_only"] and blob.get("extractor", extractor_digest(model)) != \
+                extractor_digest(model):
+            raise DataError(
+                f"{self._file(self._folder(spec), victim)}: this head was trained on another "
+                f"{victim} extractor than this run's (its pre-trained weights differ: pre-trained "
+                "again, or another checkpoint); the saved victim would be a model nobody "
+                "evaluated. Restore the run's models/ folder, or delete this trial's saved folder "
+                "so that it trains again")
         module = model.head if blob["head_only"] else model
         module.load_state_dict(blob["state"])
         return dict(blob["fields"])
@@ -249,6 +260,18 @@ class VictimStore:
 
 def _under(context: dict[str, Any]) -> str:
     return f" under {context}" if context else ""
+
+
+def extractor_digest(model: ImageClassifier) -> str:
+    """A digest of a model's weights outside its head: what a transfer victim's saved head was
+    trained on top of."""
+    hasher = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("head."):
+            continue
+        hasher.update(name.encode())
+        hasher.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return hasher.hexdigest()[:16]
 
 
 def fingerprint(victim_fields: dict[str, Any]) -> str:
