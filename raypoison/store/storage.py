@@ -7,6 +7,7 @@ name (``.name.tmp``) and renamed; object stores make an object visible only once
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 import uuid
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ class Location:
             return f.read()
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        """Write ``data`` so that no reader ever sees a partial file."""
+        """Write ``data`` so that no reader ever sees a partial file: locally, a temporary file
+        synced to disk before it is renamed into place, so a power loss or kernel crash leaves
+        the old file or the new one, never an empty one under the final name."""
         folder, name = posixpath.split(path)
         self.fs.create_dir(folder, recursive=True)
         if not self.is_local:
@@ -61,9 +64,11 @@ class Location:
             return
         tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            with self.fs.open_output_stream(tmp) as f:
+            with open(tmp, "wb") as f:
                 f.write(data)
-            self.fs.move(tmp, path)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
         except BaseException:  # a full disk, say: leave no temporary file behind
             with contextlib.suppress(Exception):
                 self.fs.delete_file(tmp)
