@@ -50,12 +50,7 @@ def small_sides(repeats: int, rng: np.random.Generator) -> None:
     from raypoison.analysis import stats
 
     def newcombe_only(pos, neg):
-        saved = stats.SMALL_AUC_SIDE
-        stats.SMALL_AUC_SIDE = 0
-        try:
-            return stats.auc_interval(pos, neg)
-        finally:
-            stats.SMALL_AUC_SIDE = saved
+        return stats.auc_interval(pos, neg, small_side=0)
 
     shift = math.sqrt(2) * NormalDist().inv_cdf(0.9)
     print("| a side | null coverage, Newcombe | null coverage, report | AUC 0.9 coverage, "

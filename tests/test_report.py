@@ -249,9 +249,9 @@ def test_report_compares_two_scenarios_defenses_on_the_same_victims(tmp_path, ca
     assert main(["report", str(out), "--compare-scenarios", "drawn", "held"]) == 0
     printed = capsys.readouterr().out
     assert "## Defenses of drawn minus held, paired on the same victims" in printed
-    # the same difference on both seeds: the interval two equal draws allow, not a point
+    # the same difference on both seeds: no interval, not a point
     assert "| all attacks | pt | v | clean accuracy lost, points | 4 pairs, 2 seeds | 2.00 | " \
-           "3.00 | -1.00 [-168.54, 168.22] | 0 |" in printed
+           "3.00 | -1.00 | 0 |" in printed
     assert main(["report", str(out), "--compare-scenarios", "drawn", "nope"]) == 2
     assert "--compare-scenarios: no defended rows of scenario 'nope'" in capsys.readouterr().err
     # one scenario's report: the other's rows are left out of every table
@@ -259,7 +259,7 @@ def test_report_compares_two_scenarios_defenses_on_the_same_victims(tmp_path, ca
     printed = capsys.readouterr().out
     defenses = printed[printed.index("## Defenses"):printed.index("## Rows by status")]
     assert "drawn" not in defenses and "| all models |  | 4 models, 2 seeds |" in defenses
-    assert "3.0 [-83.7, 84.7]" in defenses and "2.0 [" not in defenses  # held lost 3, each
+    assert "| 3.0 |" in defenses and "| 2.0 " not in defenses  # held lost 3 on each model
     assert main(["report", str(out), "--scenarios", "held", "--compare-scenarios", "drawn",
                  "held"]) == 2
     assert main(["report", str(out), "--scenarios", "held,nope"]) == 2
@@ -326,27 +326,37 @@ def test_two_trials_that_agree_do_not_make_a_paired_difference_certain():
 
 def test_the_report_leaves_out_rows_of_an_older_protocol_version(tmp_path, capsys):
     """A protocol bump changes trial ids, so a rerun writes its rows beside the old ones: the
-    tables use each scenario's newest version and say what they left out."""
+    tables use each scenario's newest version and say what they left out; --csv and
+    --figures still get the success table."""
     from raypoison.analysis.report import current_protocol
     from raypoison.store.rows import SCHEMA_VERSION
 
-    old = [dict(r, trial_id=f"old{i}", protocol_version="2", success=False)
-           for i, r in enumerate(_victims_agree(4, successes=0))]
-    new = [dict(r, protocol_version="3") for r in _victims_agree(4, successes=2)]
-    other = [dict(r, scenario="t", protocol_version="2") for r in _victims_agree(2)]
-    kept, left_out = current_protocol(pd.DataFrame(old + new + other))
+    def rows(scenario, version, successes, prefix):
+        return [dict(r, scenario=scenario, trial_id=f"{prefix}{r['trial']}",
+                     protocol_version=version) for r in _victims_agree(4, successes=successes)]
+
+    old, new = rows("s", "2", 0, "s-v2-"), rows("s", "3", 2, "s-v3-")
+    other = rows("t", "2", 1, "t-v2-")  # another scenario's only version stays
+    unversioned = [dict(r, protocol_version=None) for r in rows("s", "", 4, "s-none-")]
+    kept, left_out = current_protocol(pd.DataFrame(old + new + other + unversioned))
     assert len(kept) == len(new) + len(other)
     assert left_out.to_dict("records") == [
+        {"scenario": "s", "protocol_version": "", "rows": 12, "newest": "3"},
         {"scenario": "s", "protocol_version": "2", "rows": 12, "newest": "3"}]
     out = tmp_path / "out"
     sink = ParquetSink(Location.parse(str(out)), "r")
     sink.add([dict(r, schema_version=SCHEMA_VERSION, run_id="r") for r in old + new + other])
     sink.flush()
-    assert main(["report", str(out), "--layout", "long"]) == 0
+    csv = tmp_path / "r.csv"
+    assert main(["report", str(out), "--layout", "long", "--csv", str(csv),
+                 "--figures", str(tmp_path / "fig")]) == 0
     printed = capsys.readouterr().out
     assert "## Rows of older protocol versions left out" in printed
     assert "| s | 2 | 12 | 3 |" in printed
     assert "| s | a | white-box | 12 | 50.0 [" in printed  # 2 of 4 trials, version 3 only
+    assert "| t | a | white-box | 12 | 25.0 [" in printed
+    table = pd.read_csv(csv)
+    assert {"rate", "low", "high"} <= set(table.columns) and len(table) == 2
 
 
 def test_figures_take_each_point_whole_and_cluster_a_trials_victims():

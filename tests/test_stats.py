@@ -48,12 +48,12 @@ def test_auc_interval_solves_newcombes_equation_and_keeps_a_width_at_perfect_sep
     assert auc == pytest.approx(21 / 42) and 0 < low < auc < high < 1
     for bound in (low, high):
         assert (bound - auc) ** 2 == pytest.approx(z2 * hanley_mcneil(bound, 6, 7), rel=1e-6)
-    # up to 5 a side, the variance is at least Birnbaum and Klose's bound theta(1 - theta)/min
+    # up to 5 a side, the variance is Birnbaum and Klose's bound theta(1 - theta)/min(m, n)
     auc, low, high = auc_interval([1, 3, 5], [0, 2, 4, 6, 8])
     assert auc == pytest.approx(6 / 15) and 0 < low < auc < high < 1
     for bound in (low, high):
-        v = max(hanley_mcneil(bound, 3, 5), bound * (1 - bound) / 3)
-        assert (bound - auc) ** 2 == pytest.approx(z2 * v, rel=1e-6)
+        assert bound * (1 - bound) / 3 >= hanley_mcneil(bound, 3, 5)
+        assert (bound - auc) ** 2 == pytest.approx(z2 * bound * (1 - bound) / 3, rel=1e-6)
     assert all(math.isnan(v) for v in auc_interval([], [1.0]))
 
 
@@ -78,17 +78,15 @@ def test_auc_interval_holds_its_level_at_two_and_three_models_a_side():
 def test_values_that_all_agree_get_the_interval_n_equal_draws_allow_not_a_point():
     """Two models that both found 0% of the poisons do not make the mean certain: if a model
     differs with probability q, both agree with probability (1 - q)^2, so at 95% q <= 0.842,
-    and the recall's mean is in [0, 0.842] (Clopper-Pearson's 0 of 2); inside the range, the
-    same q scales the distance to each end; unbounded, no interval."""
+    and the recall's mean is in [0, 0.842] (Clopper-Pearson's 0 of 2). Equal values inside the
+    range, or without one, get no interval, as one value does."""
     q = 1 - 0.025 ** 0.5
     assert mean_interval([0.0, 0.0], bounds=(0.0, 1.0)) == pytest.approx((0.0, 0.0, q))
     assert mean_interval([1.0, 1.0, 1.0], bounds=(0.0, 1.0)) == pytest.approx(
         (1.0, 0.025 ** (1 / 3), 1.0))
-    mean, low, high = mean_interval([0.02] * 4, bounds=(-1.0, 1.0))
-    q4 = 1 - 0.025 ** 0.25
-    assert (mean, low, high) == pytest.approx((0.02, 0.02 - q4 * 1.02, 0.02 + q4 * 0.98))
-    mean, low, high = mean_interval([3.0, 3.0])
-    assert mean == 3.0 and math.isnan(low) and math.isnan(high)
+    for values, bounds in (([0.02] * 4, (-1.0, 1.0)), ([3.0, 3.0], None)):
+        mean, low, high = mean_interval(values, bounds=bounds)
+        assert mean == pytest.approx(values[0]) and math.isnan(low) and math.isnan(high)
 
 
 def test_auc_interval_covers_the_true_auc_of_four_against_four():
@@ -130,9 +128,7 @@ def test_defense_tables_say_how_many_models_each_row_rests_on():
     assert loss.loc["badnets", "n"] == "3" and loss.loc["control", "n"] == "1"
     assert loss.loc["badnets", "clean accuracy before, %"].startswith("81.0 [")
     assert loss.loc["control", "pt"] == "1.0"  # one model: its loss, no interval
-    # the same loss on each: not a point, the interval three equal draws allow
-    assert loss.loc["badnets", "pt"].startswith("2.0 [-") and "[2.0, 2.0]" not in loss.loc[
-        "badnets", "pt"]
+    assert loss.loc["badnets", "pt"] == "2.0"  # the same loss on each: no interval, not a point
 
 
 def test_the_undefended_column_rests_on_the_models_its_row_counts():

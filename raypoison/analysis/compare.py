@@ -4,11 +4,11 @@ between two scenarios' defenses on the same victims.
 Two attacks of one suite are compared *paired*: their trials with the same index share a setup
 (target, bases) and each victim's training seed, so the pairs (scenario, trial, victim) differ
 only by the attack. The trial is the unit: a trial's difference is the mean over its victims of
-(first − second), the interval is Student's t over trials (a percentile bootstrap would cover
-about the range of a few trials: two trials that agree gave [1, 1]; trials whose differences
-all agree get the bounded interval of :func:`~raypoison.analysis.stats.mean_interval`), and the
-test is the exact sign test on the trials whose difference is not 0 (with one victim per trial that is the
-exact McNemar test on the discordant pairs). Two datasets are compared cell by cell
+(first − second), the interval is Student's t over trials (a percentile bootstrap covers about
+the range of a few trials: two trials that agree gave [1, 1]; differences that all agree get
+:func:`~raypoison.analysis.stats.mean_interval`'s bound), and the test is the exact sign test on
+the trials whose difference is not 0 (with one victim per trial that is the exact McNemar test on
+the discordant pairs). Two datasets are compared cell by cell
 (scenario, attack, role) as independent samples, with Newcombe's hybrid score interval.
 """
 

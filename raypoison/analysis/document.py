@@ -43,10 +43,10 @@ def _methods(interval: str) -> str:
         "test over trials; comparisons with another dataset take Newcombe's interval at each "
         "side's effective size. Means over models (the defenses) and over trials (a backdoor's "
         "attack success rate) carry Student t intervals, none for a single value; where every "
-        "value is the same, a bounded quantity gets the interval that n equal draws allow (0 of "
-        "2 models: 0 to 84%), not a point. Detection AUCs carry Newcombe's score interval (his "
-        "method 5), with Birnbaum and Klose's variance bound where a side has 5 models or "
-        "fewer. No interval is random, so a report of the same rows is the same report.")
+        "value is the same at an end of its range, the interval that n equal draws allow (0 of "
+        "2 models: 0 to 84%), elsewhere none, never a point. Detection AUCs carry Newcombe's "
+        "score interval (his method 5), with Birnbaum and Klose's variance where a side has 5 "
+        "models or fewer. No interval is random, so a report of the same rows is the same report.")
 
 
 def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim: bool = False,
@@ -54,16 +54,10 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
              against: tuple[str, pd.DataFrame] | None = None,
              compare_scenarios: tuple[str, str] | None = None,
              layout: str = "auto", left_out: pd.DataFrame | None = None) -> list[Section]:
-    """The report's sections; ``left_out`` (:func:`raypoison.analysis.report.current_protocol`)
-    says which rows of older protocol versions the tables leave out."""
+    """The report's sections, the success table first; ``left_out``
+    (:func:`raypoison.analysis.report.current_protocol`) says which rows of older protocol
+    versions the tables leave out (the section after it)."""
     sections = []
-    if left_out is not None and not left_out.empty:
-        sections.append(Section(
-            "Rows of older protocol versions left out", left_out,
-            [("", left_out.astype(str))],
-            "Each scenario's tables use only its newest protocol version: older rows are other "
-            "trials (a bump changes trial ids) and would count twice or mix two protocols. "
-            "Filter the Parquet on protocol_version to read them."))
     table = report.success_table(df, interval=interval, per_victim=per_victim)
     if not per_victim and report_tables.uses_table3(table, layout):
         names = dict(zip(df["attack"], df.get("attack_name", df["attack"]), strict=True))
@@ -73,6 +67,13 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
         shown = report_tables.success_long(table, interval)
         title = "Success rates, % [95% interval]"
     sections.append(Section(title, table, [("", shown)]))
+    if left_out is not None and not left_out.empty:
+        sections.append(Section(
+            "Rows of older protocol versions left out", left_out,
+            [("", left_out.astype(str))],
+            "Each scenario's tables use only its newest protocol version: older rows are other "
+            "trials (a bump changes trial ids) and would count twice or mix two protocols. "
+            "Filter the Parquet on protocol_version to read them."))
     if compare_attacks is not None:
         sections.append(_paired(
             df, compare_attacks, compare.compare_attacks, report_tables.compare_display,

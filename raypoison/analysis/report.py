@@ -56,7 +56,10 @@ PUBLISHED = {
 
 
 def _version_key(version: object) -> tuple[int, object]:
+    """Versions in order: none (a row without one) first, then numbers, then any other text."""
     text = str(version)
+    if not text:
+        return (-1, "")
     return (0, int(text)) if text.isdigit() else (1, text)
 
 
@@ -69,10 +72,11 @@ def current_protocol(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if df.empty or "protocol_version" not in df.columns:
         return df, pd.DataFrame(columns=columns)
     version = df["protocol_version"].astype("string").fillna("")
-    newest = version.groupby(df["scenario"]).transform(
-        lambda v: max(v.unique(), key=_version_key))
+    scenario = df["scenario"].astype(str)  # a categorical from Parquet groups its empty levels
+    newest = version.groupby(scenario).transform(lambda v: max(v.unique(), key=_version_key))
     keep = (version == newest).to_numpy()
-    dropped = df[~keep].assign(protocol_version=version[~keep], newest=newest[~keep])
+    dropped = pd.DataFrame({"scenario": scenario[~keep], "protocol_version": version[~keep],
+                            "newest": newest[~keep]})
     left_out = (dropped.groupby(["scenario", "protocol_version", "newest"]).size()
                 .rename("rows").reset_index()[columns])
     return df[keep], left_out

@@ -141,7 +141,13 @@ def student_t_quantile(confidence: float, df: int) -> float:
 def mean_interval(values: ArrayLike, confidence: float = 0.95,
                   bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
     """Mean of ``values`` with its Student t interval, clipped to ``bounds`` (the range the
-    quantity can take: [0, 1] for a rate). One value has a mean and no interval (NaN bounds)."""
+    quantity can take: [0, 1] for a rate). One value has a mean and no interval (NaN bounds).
+
+    Values that all agree give the t interval no width, a claim of certainty from two models.
+    Where they sit at an end of ``bounds`` (two detectors that both found none of the poisons),
+    they get the interval that n equal draws allow (:func:`_all_equal_interval`); elsewhere,
+    or without bounds, no interval, as one value. This is a step: values that differ a little
+    keep their (narrow) t interval, which assumes roughly normal values."""
     array = np.asarray(values, dtype=float)
     array = array[~np.isnan(array)]
     if not len(array):
@@ -150,6 +156,8 @@ def mean_interval(values: ArrayLike, confidence: float = 0.95,
     if len(array) < 2:
         return (mean, math.nan, math.nan)
     if np.ptp(array) <= 1e-12 * max(1.0, abs(mean)):  # all equal, but for float rounding
+        if bounds is None or min(abs(mean - b) for b in bounds) > 1e-12:  # not at an end
+            return (mean, math.nan, math.nan)
         return (mean, *_all_equal_interval(mean, len(array), confidence, bounds))
     half = student_t_quantile(confidence, len(array) - 1) * float(
         array.std(ddof=1)) / math.sqrt(len(array))
@@ -160,15 +168,12 @@ def mean_interval(values: ArrayLike, confidence: float = 0.95,
 
 
 def _all_equal_interval(value: float, n: int, confidence: float,
-                        bounds: tuple[float, float] | None) -> tuple[float, float]:
+                        bounds: tuple[float, float]) -> tuple[float, float]:
     """An interval for the mean of a quantity inside ``bounds`` of which all ``n`` draws came out
-    equal to ``value`` (a Student t interval would be a point: certainty from two models). If a
-    draw differs from ``value`` with probability q, n equal draws have probability (1 - q)^n, so
-    q <= q̄ = 1 - ((1 - confidence)/2)^(1/n) at the usual two-sided level, and the mean lies in
-    [value - q̄(value - low), value + q̄(high - value)]: at a bound this is the Clopper-Pearson
-    interval of 0 of n (0 of 2 models: [0, 0.84]). Unbounded: no interval (NaN)."""
-    if bounds is None:
-        return (math.nan, math.nan)
+    equal to ``value``. If a draw differs from ``value`` with probability q, n equal draws have
+    probability (1 - q)^n, so q <= q̄ = 1 - ((1 - confidence)/2)^(1/n) at the usual two-sided
+    level, and the mean lies in [value - q̄(value - low), value + q̄(high - value)]: at an end of
+    the range, the Clopper-Pearson interval of 0 of n (0 of 2 models: [0, 0.84])."""
     q = 1 - ((1 - confidence) / 2) ** (1 / n)
     return (value - q * (value - bounds[0]), value + q * (bounds[1] - value))
 
@@ -184,17 +189,17 @@ def _auc_variance(theta: float, m: int, n: int) -> float:
         1 + star * (1 - theta) / (2 - theta) + star * theta / (1 + theta))
 
 
-def auc_interval(positives: ArrayLike, negatives: ArrayLike, confidence: float = 0.95
-                 ) -> tuple[float, float, float]:
+def auc_interval(positives: ArrayLike, negatives: ArrayLike, confidence: float = 0.95,
+                 small_side: int = SMALL_AUC_SIDE) -> tuple[float, float, float]:
     """ROC AUC of ``positives`` against ``negatives`` with Newcombe's score interval (Stat Med
     2006, 25:559, method 5): the thetas where (theta - AUC)^2 = z^2 V(theta), V the variance
     above. Inside [0, 1], and wider than a point at AUC 0 and 1. NaN where a side is empty.
 
-    With at most ``SMALL_AUC_SIDE`` models on a side, V is at least Birnbaum and Klose's bound
-    on any AUC estimate's variance, theta(1 - theta)/min(m, n): Newcombe's variance alone covers
-    0.5 only 90% of the time at 3 vs 3 (every ranking enumerated; perfect separation, exact
-    p = 0.10, gave [0.501, 1]) and a true 0.9 at 2 vs 2 in 90% of draws
-    (``benchmarks/interval_coverage.py --small``)."""
+    With at most ``small_side`` models on a side, V is instead Birnbaum and Klose's bound on any
+    AUC estimate's variance, theta(1 - theta)/min(m, n), which is never below Newcombe's:
+    Newcombe's variance covers 0.5 only 90% of the time at 3 vs 3 (every ranking enumerated;
+    perfect separation, exact p = 0.10, gave [0.501, 1]) and a true 0.9 at 2 vs 2 in 90% of
+    draws (``benchmarks/interval_coverage.py --small``)."""
     pos, neg = np.asarray(positives, dtype=float), np.asarray(negatives, dtype=float)
     pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
     auc = roc_auc(pos, neg)
@@ -202,11 +207,10 @@ def auc_interval(positives: ArrayLike, negatives: ArrayLike, confidence: float =
         return (math.nan, math.nan, math.nan)
     z2 = NormalDist().inv_cdf(0.5 + confidence / 2) ** 2
     m, n = len(pos), len(neg)
-    small = min(m, n) <= SMALL_AUC_SIDE
+    small = min(m, n) <= small_side
 
     def variance(theta: float) -> float:
-        v = _auc_variance(theta, m, n)
-        return max(v, theta * (1 - theta) / min(m, n)) if small else v
+        return theta * (1 - theta) / min(m, n) if small else _auc_variance(theta, m, n)
 
     def outside(theta: float) -> bool:
         return (theta - auc) ** 2 > z2 * variance(theta)

@@ -247,7 +247,7 @@ UNDEFENDED = {"attack_success_rate_repaired": ("attack_success_rate", "no defens
               "clean_accuracy_loss": ("clean_accuracy", "clean accuracy before, %")}
 
 
-def _values(rows: pd.DataFrame, column: str) -> pd.Series:
+def _counts(rows: pd.DataFrame, column: str) -> pd.Series:
     """How many models each defense's value of ``column`` rests on (a defense can run on fewer
     of a row's models, or leave a value undefined on some: precision where nothing was
     flagged); tables written before these counts existed fall back to ``n``."""
@@ -259,7 +259,7 @@ def _models(having: pd.DataFrame, key: tuple, column: str) -> str:
     """How many models a pivot row rests on: its defenses' largest count of values; for a
     detection AUC, attacked models against control models."""
     rows = having.set_index(["scenario", "victim", "attack", "poisons"]).loc[[key]]
-    n = int(_values(rows, column).max())
+    n = int(_counts(rows, column).max())
     if column == "detection_auc" and "controls" in rows.columns:
         return f"{n} vs {int(rows['controls'].max())}"
     return str(n)
@@ -304,22 +304,22 @@ def defense_pivots(table: pd.DataFrame, pooled: pd.DataFrame | None = None
             index=False, name=None)]
         if column in UNDEFENDED:
             before, heading = UNDEFENDED[column]
-            # from the defense of the row that rests on the most models, as n says
+            # from the defense that ran on the most of the row's models
             base = (having.sort_values("n", ascending=False, kind="stable")
                     .drop_duplicates(keys).set_index(keys))
             frame[heading] = [interval_cell(
                 base.loc[k, before], base.loc[k, f"{before}_low"], base.loc[k, f"{before}_high"],
                 scale=scale, digits=digits)
                 for k in frame[keys].itertuples(index=False, name=None)]
-        most = having.assign(_v=_values(having, column)).groupby(keys)["_v"].max()
+        most = having.assign(_v=_counts(having, column)).groupby(keys)["_v"].max()
         for defense in sorted(set(having["defense"])):
             rows = having[having["defense"] == defense].set_index(keys)
-            values = _values(rows, column)
+            counts = _counts(rows, column)
             frame[defense] = [
                 interval_cell(rows.loc[k, column], rows.loc[k, f"{column}_low"],
                               rows.loc[k, f"{column}_high"], scale=scale, digits=digits)
                 # fewer values than the row's n says: the cell says its own
-                + (f" (n {values.loc[k]})" if values.loc[k] < most.loc[k] else "")
+                + (f" (n {counts.loc[k]})" if counts.loc[k] < most.loc[k] else "")
                 if k in rows.index else ""
                 for k in frame[keys].itertuples(index=False, name=None)]
         if column == "clean_accuracy_loss" and pooled is not None and not pooled.empty:

@@ -148,13 +148,12 @@ def committed_trials(uri: str, *, include_failed: bool = True) -> set[str]:
     With ``include_failed=False`` a trial counts only if it has no failed or rejected rows, so a
     resumed run computes failed trials again.
     """
-    df = read_table(uri, ["trial_id", "victim", "defense", "status"]).to_pandas()
+    df = read_table(uri, [*KEY, "status"]).to_pandas()
     if df.empty:
         return set()
     if include_failed:
         return set(df["trial_id"])
-    key_ok = df["status"].eq(STATUS_OK).groupby([df["trial_id"], df["victim"],
-                                                 df["defense"]]).any()
+    key_ok = df["status"].eq(STATUS_OK).groupby([df[k] for k in KEY], dropna=False).any()
     trial_ok = key_ok.groupby(level="trial_id").all()
     return set(trial_ok[trial_ok].index)
 

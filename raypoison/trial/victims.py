@@ -204,8 +204,8 @@ class VictimStore:
         returns the undefended row's fields."""
         blob = self._victim_blob(spec, victim, seed_train)
         assert blob is not None
-        if blob["head_only"] and blob.get("extractor", extractor_digest(model)) != \
-                extractor_digest(model):
+        saved_on = blob.get("extractor") if blob["head_only"] else None  # None: saved before
+        if saved_on is not None and saved_on != extractor_digest(model):
             raise DataError(
                 f"{self._file(self._folder(spec), victim)}: this head was trained on another "
                 f"{victim} extractor than this run's (its pre-trained weights differ: pre-trained "
