@@ -172,9 +172,10 @@ def _all_equal_interval(value: float, n: int, confidence: float,
     """An interval for the mean of a quantity inside ``bounds`` of which all ``n`` draws came out
     equal to ``value``. If a draw differs from ``value`` with probability q, n equal draws have
     probability (1 - q)^n, so q <= q̄ = 1 - ((1 - confidence)/2)^(1/n) at the usual two-sided
-    level, and the mean lies in [value - q̄(value - low), value + q̄(high - value)]: at an end of
-    the range, the Clopper-Pearson interval of 0 of n (0 of 2 models: [0, 0.84])."""
-    q = 1 - ((1 - confidence) / 2) ** (1 / n)
+    level (the upper Clopper-Pearson bound of 0 of n), and the mean lies in
+    [value - q̄(value - low), value + q̄(high - value)]: at an end of the range, the
+    Clopper-Pearson interval of 0 of n itself (0 of 2 models: [0, 0.84])."""
+    q = clopper_pearson(0, n, confidence)[1]
     return (value - q * (value - bounds[0]), value + q * (bounds[1] - value))
 
 

@@ -172,8 +172,7 @@ def stored_trials(uri: str, *, include_failed: bool = True) -> dict[str, Stored]
     """Per trial id, what the dataset holds (:class:`Stored`). With ``include_failed=False`` a
     failed or rejected row does not count as stored, so a resumed run computes it again. A key
     written twice (a failed trial retried) counts as :func:`load` reads it: its ok row wins."""
-    df = deduplicate(read_table(uri, ["trial_id", "victim", "defense", "defense_params", "status",
-                                      "finished_at"]).to_pandas())
+    df = deduplicate(read_table(uri, [*KEY, "status", "finished_at"]).to_pandas())
     out: dict[str, Stored] = {}
     if df.empty:
         return out
