@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from raypoison.attacks import create_attack
+from raypoison.attacks.base import Poisons
 from raypoison.cli import main
 from raypoison.config.specs import expand
 from raypoison.config.suite import parse_suite
@@ -453,3 +454,34 @@ def test_a_saved_head_is_refused_on_another_extractor(tmp_path, tiny_raw):
     assert torch.equal(same.head.weight, trained.head.weight)
     with pytest.raises(DataError, match="trained on another net-a extractor"):
         store.load_victim(spec, "net-a", convnet(2), 5)  # another pre-training
+
+
+def test_a_retrained_victims_defenses_are_kept_beside_it_not_in_a_twins_folder(tmp_path):
+    """A trial that trains again while its twin scenario's folder is complete saves its victim
+    into its own folder; that victim's defense fields go beside it, so that the next run, which
+    reads the trial's own (now complete) folder, finds them instead of running them again."""
+    from raypoison.models import build_model
+
+    DEFENSES.register("test_trusted_probe")(TrustedProbe)
+    try:
+        held, _ = _probe_suite("tiny", "held_out")
+        training, _ = _probe_suite("tiny-trusted-training", "training")
+    finally:
+        DEFENSES.unregister("test_trusted_probe")
+    defense = training.defenses[0]
+    net = build_model("convnet", num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3, image_size=12)
+    store = VictimStore(str(tmp_path / "victims"))
+    first = {"seed_train": 5, "seconds_train": 10.0, "clean_accuracy": 0.70}
+    again = {**first, "seconds_train": 11.0}
+    empty = Poisons(torch.zeros(0, 3, 12, 12, dtype=torch.uint8), (), (), 0)
+    store.save_trial(held, empty, None, {})
+    store.save_victim(held, "net", net, head_only=False, seed_train=5, fields=first)
+    assert store.has(training)  # the twin's folder is complete: it would be defended there
+    store.save_victim(training, "net", net, head_only=False, seed_train=5, fields=again)
+    store.save_defense(training, "net", defense, 7, again, {"detection_score": 0.25})
+    store.save_defense(held, "net", defense, 7, first, {"detection_score": 0.5})
+    store.save_trial(training, empty, None, {})  # its own folder complete: read from now on
+    assert store.load_defense(training, "net", defense, 7, again) == {"detection_score": 0.25}
+    assert store.load_defense(held, "net", defense, 7, first) == {"detection_score": 0.5}
+    assert store.load_defense(training, "net", defense, 7, first) is None
+    assert len(list((tmp_path / "victims").rglob("net.defense-*.pt"))) == 2

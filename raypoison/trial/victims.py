@@ -155,11 +155,12 @@ class VictimStore:
             blob["extractor"] = extractor_digest(model)
         self.location.write_bytes(self._file(folder, victim), _dump(blob))
 
-    def _load(self, spec, name: str, missing_ok: bool = False
-              ) -> tuple[str, dict[str, Any] | None]:
-        """The file ``name`` of the trial's saved folder (resolved once) and its content, checked
-        to be the folder's trial's; None for a missing file with ``missing_ok``."""
-        folder = self._folder(spec)
+    def _load(self, spec, name: str, missing_ok: bool = False,
+              folder: tuple[str, str, str] | None = None) -> tuple[str, dict[str, Any] | None]:
+        """The file ``name`` of ``folder`` (by default the trial's saved folder, resolved once)
+        and its content, checked to be the folder's trial's; None for a missing file with
+        ``missing_ok``."""
+        folder = self._folder(spec) if folder is None else folder
         path = self._file(folder, name)
         if missing_ok and not self.location.exists(path):
             return path, None
@@ -223,6 +224,22 @@ class VictimStore:
         blob = self._victim_blob(spec, victim, seed_train, missing_ok=True)
         return None if blob is None else dict(blob["fields"])
 
+    def _victim_folder(self, spec: TrialSpec, victim: str, victim_fields: dict[str, Any]
+                       ) -> tuple[str, str, str]:
+        """The folder whose saved ``victim`` is the one with these undefended fields: where its
+        defenses' fields are kept. A trial that trains again while a twin scenario's folder is
+        complete saves its victims into its own folder, and their defenses belong beside them,
+        not in the folder :meth:`_folder` would pick before its own is complete; the trial's
+        folder when no saved victim matches."""
+        wanted = fingerprint(victim_fields)
+        for folder in self._folders(spec):
+            if not self.location.exists(self._file(folder, victim)):
+                continue
+            _, blob = self._load(spec, victim, folder=folder)
+            if blob is not None and fingerprint(dict(blob.get("fields", {}))) == wanted:
+                return folder
+        return self._folder(spec)
+
     def _defense_name(self, spec: TrialSpec, victim: str, defense: Component) -> str:
         context = spec.scenario.defense_context()
         key = [*defense_key(defense), context] if context else defense_key(defense)
@@ -231,8 +248,8 @@ class VictimStore:
     def save_defense(self, spec: TrialSpec, victim: str, defense: Component, seed: int,
                      victim_fields: dict[str, Any], fields: dict[str, Any]) -> None:
         """One finished defense's row fields on ``victim`` (whose undefended fields are
-        ``victim_fields``)."""
-        folder = self._folder(spec)
+        ``victim_fields``), beside that very victim's file."""
+        folder = self._victim_folder(spec, victim, victim_fields)
         self.location.write_bytes(self._file(folder, self._defense_name(spec, victim, defense)), _dump({
             "trial_id": folder[2], "victim": victim, "defense": list(defense_key(defense)),
             "context": spec.scenario.defense_context(),
@@ -243,7 +260,8 @@ class VictimStore:
                      victim_fields: dict[str, Any]) -> dict[str, Any] | None:
         """The fields :meth:`save_defense` kept for this defense on this very victim, or None
         (never run, or run on a victim since trained again)."""
-        path, blob = self._load(spec, self._defense_name(spec, victim, defense), missing_ok=True)
+        path, blob = self._load(spec, self._defense_name(spec, victim, defense), missing_ok=True,
+                                folder=self._victim_folder(spec, victim, victim_fields))
         if blob is None:
             return None
         context = spec.scenario.defense_context()
