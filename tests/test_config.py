@@ -92,6 +92,62 @@ def test_malformed_yaml_and_missing_file(tmp_path):
         load_suite(tmp_path / "absent.yaml")
 
 
+def test_a_yaml_error_names_its_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nscenarios:\n  - name: [a, b\n    epsilon: 1\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML, line 4, column 12: .*flow sequence"):
+        load_suite(bad)
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, tiny_raw):
+    """YAML keeps the last of two equal keys silently: ``epsilon`` written twice would run the
+    benchmark at a budget nobody meant."""
+    text = write_config(tmp_path / "c.yaml", tiny_raw).read_text()
+    assert load_suite(tmp_path / "c.yaml")  # the file as written is fine
+    doubled = text.replace("  epsilon:", "  epsilon: 1.0\n  epsilon:", 1)
+    if doubled == text:  # epsilon is not the scenario's first key in this dump: add it twice
+        doubled = text.replace("- name:", "- epsilon: 0.5\n  epsilon: 1.0\n  name:", 1)
+    (tmp_path / "d.yaml").write_text(doubled)
+    with pytest.raises(ConfigError, match=r"line (\d+): key 'epsilon' is given twice in one "
+                                          r"mapping \(first on line \d+\)"):
+        load_suite(tmp_path / "d.yaml")
+    merged = tmp_path / "m.yaml"  # a merge key may be overridden: that is what it is for
+    merged.write_text("base: &b {lr: 0.1, epochs: 2}\nrecipe:\n  <<: *b\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match="base: unknown key"):  # parsed, then refused by name
+        load_suite(merged)
+
+
+@pytest.mark.parametrize("key, value", [("lr", ".nan"), ("lr", ".inf"), ("weight_decay", ".nan"),
+                                        ("gamma", "-5")])
+def test_non_finite_and_negative_recipe_numbers_are_refused(tmp_path, tiny_raw, key, value):
+    """NaN passes every range check written as a comparison; a NaN learning rate trained a model
+    of NaNs whose rows said ok."""
+    tiny_raw["scenarios"][0].setdefault("recipe", {})[key] = "__VALUE__"
+    path = write_config(tmp_path / "c.yaml", tiny_raw)
+    path.write_text(path.read_text().replace("__VALUE__", value))
+    match = "finite" if value.startswith(".") else "must be > 0"
+    with pytest.raises(ConfigError, match=rf"scenarios\[0\]\.recipe\.{key}: .*{match}"):
+        load_suite(path)
+
+
+def test_nan_is_refused_anywhere_in_the_file_and_in_a_fraction(tmp_path, tiny_raw):
+    tiny_raw["attacks"][1]["params"]["step"] = "__V__"  # an attack's own parameter
+    path = write_config(tmp_path / "c.yaml", tiny_raw)
+    path.write_text(path.read_text().replace("__V__", ".nan"))
+    with pytest.raises(ConfigError, match=r"attacks\[1\]\.params\.step: must be a finite"):
+        load_suite(path)
+    tiny_raw["attacks"][1]["params"]["step"] = 0.01
+    tiny_raw["scenarios"][0]["epsilon"] = "inf"
+    with pytest.raises(ConfigError, match=r"scenarios\[0\]\.epsilon: must be a finite"):
+        parse_suite(tiny_raw)
+
+
+def test_milestones_must_increase(tiny_raw):
+    tiny_raw["scenarios"][0]["recipe"] = {"epochs": 10, "milestones": [8, 2]}
+    with pytest.raises(ConfigError, match=r"recipe\.milestones\[1\]: must come after"):
+        parse_suite(tiny_raw)
+
+
 def test_checkpoint_paths_resolve_against_the_config_folder(tmp_path, tiny_raw, tiny_checkpoint):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "a.pt").write_bytes(tiny_checkpoint)

@@ -39,6 +39,7 @@ from raypoison.core.schema import (
     CONFIG_DIR,
     build,
     check_name,
+    non_finite,
     optional_path,
     parse_fraction,
     parse_share,
@@ -499,14 +500,54 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError("", f"{path} is not UTF-8 text (byte {err.start}: "
                               f"{err.object[err.start:err.start + 4]!r}); save it as UTF-8") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as err:
+        raise ConfigError("", f"{path}, line {err.line}: key {quote(err.key)} is given twice in "
+                              f"one mapping (first on line {err.first}); YAML would keep the "
+                              "last silently, so say which one you mean") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(p for p in (err.context, err.problem) if p)
+        raise ConfigError("", f"{path} is not valid YAML{where}: {what}") from None
     except yaml.YAMLError as err:
         raise ConfigError("", f"{path} is not valid YAML: {quote(str(err))}") from None
     values = expanded_size(raw)
     if values > MAX_CONFIG_VALUES:
         raise ConfigError("", f"{path} expands to more than {MAX_CONFIG_VALUES:,} values once its "
                               "YAML aliases are expanded; a benchmark config needs far fewer")
+    bad = non_finite(raw)
+    if bad is not None:
+        raise ConfigError(bad, "must be a finite number, not NaN or infinity")
     return raw
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (``epsilon`` written twice
+    would otherwise keep the last silently). Keys merged in with ``<<`` may be overridden: that
+    is what a merge is for."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, line, seen[key])
+                    seen[key] = line
+                except TypeError:  # an unhashable key: the safe loader says so itself
+                    break
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_suite(raw: Any, base_dir: Path | None = None) -> SuiteConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import math
 import os
 import re
 import reprlib
@@ -41,18 +42,43 @@ def quote(value: Any) -> str:
     return _QUOTE.repr(value)
 
 
+def finite(value: float, path: str) -> float:
+    """``value``, refused where it is NaN or infinite (YAML's ``.nan`` and ``.inf``): a range
+    check such as ``value > 0`` is false for NaN both ways, so it would pass every one."""
+    if not math.isfinite(value):
+        raise ConfigError(path, f"must be a finite number, got {value}")
+    return value
+
+
+def non_finite(value: Any, path: str = "") -> str | None:
+    """The path of the first NaN or infinite number anywhere in a YAML tree, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = non_finite(item, where)
+        if found is not None:
+            return found
+    return None
+
+
 def parse_fraction(value: Any, path: str) -> float:
     """Accept a number or a fraction written as ``"8/255"``."""
     if isinstance(value, bool):
         raise ConfigError(path, f"expected a number or a fraction like '8/255', got {quote(value)}")
     if isinstance(value, int | float):
-        return float(value)
+        return finite(float(value), path)
     if isinstance(value, str):
         match = re.fullmatch(r"\s*([0-9.]+)\s*/\s*([0-9.]+)\s*", value)
         try:
             if match:
                 return float(match.group(1)) / float(match.group(2))
-            return float(value)
+            return finite(float(value), path)
         except (ValueError, ZeroDivisionError):
             pass
     raise ConfigError(path, f"expected a number or a fraction like '8/255', got {quote(value)}")
@@ -163,7 +189,7 @@ def convert(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(path, f"expected a number, got {quote(value)}")
-        return float(value)
+        return finite(float(value), path)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(path, f"expected a string, got {quote(value)}")
@@ -219,6 +245,8 @@ def to_plain(obj: Any) -> Any:
 
 
 def positive(path: str, name: str, value: float, allow_zero: bool = False) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}.{name}", f"must be a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = "≥ 0" if allow_zero else "> 0"
         raise ConfigError(f"{path}.{name}", f"must be {bound}, got {value}")

@@ -62,11 +62,16 @@ class RecipeConfig:
                 raise ConfigError(f"{path}.milestones",
                                   "applies to schedule 'step' only; schedule 'onecycle' has none")
             return
+        positive(path, "gamma", self.gamma)
         for i, m in enumerate(self.milestones):
             if not 0 < m < self.epochs:
                 raise ConfigError(
                     f"{path}.milestones[{i}]", f"must lie in (0, epochs={self.epochs}), got {m}"
                 )
+            if i and m <= self.milestones[i - 1]:
+                raise ConfigError(f"{path}.milestones[{i}]",
+                                  f"must come after the one before ({self.milestones[i - 1]}): "
+                                  f"milestones are epochs in increasing order, got {m}")
 
 
 @dataclass(frozen=True)
