@@ -338,6 +338,9 @@ def _compact(args: argparse.Namespace) -> int:
     done = compact(args.output)
     print(f"compacted {done.partitions} partitions: {done.files_before} files -> "
           f"{done.files_after}, {done.rows_before} rows -> {done.rows_after}")
+    if done.left_newer:
+        print(f"left {len(done.left_newer)} part(s) of a newer raypoison as they are (compact "
+              f"with that version): {', '.join(done.left_newer[:5])}")
     return EXIT_OK
 
 

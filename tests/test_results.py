@@ -158,6 +158,35 @@ def test_compaction_keeps_exactly_the_deduplicated_rows(tmp_path):
     assert after[columns].equals(before[columns])
 
 
+@pytest.mark.parametrize("newer", ["column", "version"])
+def test_compaction_leaves_a_part_of_a_newer_version_as_it_is(tmp_path, newer):
+    """Rewriting a newer raypoison's part in today's schema would drop its new columns (compact
+    once deleted such a part and kept its rows without them): it is left alone, with a warning."""
+    from raypoison.store.compact import compact
+    from raypoison.store.rows import SCHEMA_VERSION, to_table
+
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r", rows_per_file=1)
+    for i in range(3):
+        sink.add([row(f"t{i}")])
+    sink.flush()
+    folder = tmp_path / "results" / "scenario=s" / "attack=a"
+    table = to_table([row("t9")])
+    if newer == "column":
+        table = table.append_column("new_metric", pa.array([0.5]))
+    else:
+        table = table.set_column(table.schema.get_field_index("schema_version"), "schema_version",
+                                 pa.array([SCHEMA_VERSION + 1], pa.int16()))
+    pq.write_table(table, folder / "part-newer-000001.parquet")
+    with pytest.warns(UserWarning, match=r"left .*part-newer-000001.parquet as it is: written by "
+                                         r"a newer raypoison"):
+        done = compact(str(tmp_path))
+    assert done.left_newer == [str(folder / "part-newer-000001.parquet")]
+    assert (done.files_before, done.files_after, done.rows_after) == (3, 1, 3)
+    kept = pq.read_table(folder / "part-newer-000001.parquet")
+    assert kept.equals(table)  # untouched, its new column included
+    assert sorted(results.load(str(tmp_path))["trial_id"]) == ["t0", "t1", "t2", "t9"]
+
+
 def test_pandas_and_pyarrow_read_the_results_folder_itself(tmp_path):
     """``pd.read_parquet(OUTPUT/results)`` merges the Hive keys of the folder names with the
     keys stored in each part; a lone part still carries its keys."""

@@ -3,7 +3,9 @@
 For each ``scenario=…/attack=…`` folder, the readable parts are read, deduplicated by key as
 readers do, written as one new part (atomically), and only then are the parts that were read
 removed. A crash in between leaves both, which readers deduplicate; foreign or unreadable files
-are left alone (readers keep skipping them with a warning). A partition of one part is rewritten
+are left alone (readers keep skipping them with a warning), and so is a part written by a newer
+raypoison (a higher schema version, or columns this version does not know): rewriting it in
+today's schema would drop what this version cannot read. A partition of one part is rewritten
 too when that part predates the current file layout (:func:`raypoison.store.rows.to_part`), so
 compacting an older output makes its folder readable by ``pandas.read_parquet``.
 """
@@ -13,14 +15,17 @@ from __future__ import annotations
 import io
 import posixpath
 import secrets
+import warnings
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raypoison.store.results import (
     PART_PREFIX,
+    SkippedFileWarning,
     conform,
     deduplicate,
     part_files,
@@ -28,7 +33,7 @@ from raypoison.store.results import (
     read_part,
     run_output,
 )
-from raypoison.store.rows import SCHEMA, is_part_layout, to_part
+from raypoison.store.rows import SCHEMA, SCHEMA_VERSION, is_part_layout, to_part
 from raypoison.store.storage import Location
 
 
@@ -39,6 +44,23 @@ class CompactionSummary:
     files_after: int = 0
     rows_before: int = 0
     rows_after: int = 0
+    left_newer: list[str] = field(default_factory=list)  # parts of a newer schema, untouched
+
+
+def newer_than_this_version(stored: pa.Schema, table: pa.Table) -> str | None:
+    """Why a part cannot be rewritten by this version without losing data, or None: it names
+    columns today's schema lacks, or its rows or footer carry a higher schema version."""
+    unknown = sorted(set(stored.names) - set(SCHEMA.names))
+    if unknown:
+        return f"columns this version does not know: {', '.join(unknown[:8])}"
+    versions = [int(v) for v in ((stored.metadata or {}).get(b"raypoison_schema_version"),)
+                if v is not None and v.isdigit()]
+    if table.num_rows:
+        highest = pc.max(table["schema_version"]).as_py()
+        versions += [] if highest is None else [int(highest)]
+    if versions and max(versions) > SCHEMA_VERSION:
+        return f"schema version {max(versions)}, newer than this version's {SCHEMA_VERSION}"
+    return None
 
 
 def compact(uri: str) -> CompactionSummary:
@@ -55,10 +77,17 @@ def compact(uri: str) -> CompactionSummary:
         for path in paths:
             table = read_part(location, path, None)
             if table is not None:
+                stored = part_schema(location, path)
+                newer = newer_than_this_version(stored, table)
+                if newer is not None:
+                    warnings.warn(f"left {path} as it is: written by a newer raypoison ({newer}); "
+                                  "compact with that version", SkippedFileWarning, stacklevel=2)
+                    summary.left_newer.append(path)
+                    continue
                 tables.append(conform(table, SCHEMA))
                 read.append(path)
-                old_layout = old_layout or not is_part_layout(part_schema(location, path))
-        if len(read) < 2 and not old_layout:
+                old_layout = old_layout or not is_part_layout(stored)
+        if not read or (len(read) < 2 and not old_layout):
             continue  # nothing to gain
         rows = pa.concat_tables(tables).to_pandas()
         kept = deduplicate(rows)
@@ -77,4 +106,4 @@ def compact(uri: str) -> CompactionSummary:
     return summary
 
 
-__all__ = ["CompactionSummary", "compact"]
+__all__ = ["CompactionSummary", "compact", "newer_than_this_version"]
