@@ -8,6 +8,7 @@ import ray
 
 from raypoison.config.specs import expand
 from raypoison.config.suite import parse_suite
+from raypoison.errors import DataError
 from raypoison.execution.runner import RunOptions, run_suite
 from raypoison.execution.worker import TrialTask, TrialWorker
 from raypoison.models import load_checkpoint
@@ -217,3 +218,12 @@ def test_manifests_record_the_weights_and_a_changed_cached_model_is_reported(
     sections = assemble(results.load(str(out)), str(out))
     warning = next(s for s in sections if s.title.startswith("Warning: pre-trained weights"))
     assert cached.name in warning.text and first.run_id in warning.text
+
+    # a truncated cache stops the run before any trial, naming the file, and writes nothing
+    rows_before = len(results.load(str(out)))
+    cached.write_bytes(cached.read_bytes()[:500])
+    fourth = parse_suite(dict(tiny_raw, scenarios=[dict(tiny_raw["scenarios"][0], trials=4)]))
+    with pytest.raises(DataError, match=rf"{cached.name}: not a readable checkpoint.*cached "
+                                        r"pre-trained model: restore it"):
+        run_suite(fourth, RunOptions(output=str(out), trials=range(3, 4)))
+    assert len(results.load(str(out))) == rows_before

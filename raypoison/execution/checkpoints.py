@@ -137,6 +137,7 @@ def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, 
                 if key not in refs:
                     if location.exists(path):
                         blob = location.read_bytes(path)
+                        _check_cached(blob, path)
                         refs[key], digests[key] = ray.put(blob), sha256(blob)
                     else:
                         log.info("pre-training %s (%s) for scenario %s", name, cfg.arch,
@@ -160,6 +161,18 @@ def prepare_checkpoints(scenarios: list[ScenarioConfig], location: Location, *, 
     weights = [Weights(s, m, arch, source, key.removeprefix("file:"), digests[key])
                for s, m, arch, source, key in used]
     return Prepared(out, weights)
+
+
+def _check_cached(blob: bytes, path: str) -> None:
+    """Load a cached pre-trained model once in the driver: a truncated or foreign file would
+    otherwise fail every trial (after its digest was recorded as the run's weights)."""
+    try:
+        load_checkpoint(blob, where=path)
+    except DataError as err:
+        raise DataError(f"{err}. This is the run's cached pre-trained model: restore it from "
+                        "where the output came from, or delete it to pre-train it again (the "
+                        "new weights will differ from those the output's rows used; the report "
+                        "then says the rows come from two sets of weights)") from None
 
 
 def sha256(blob: bytes) -> str:
