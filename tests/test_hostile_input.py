@@ -1,6 +1,7 @@
 """Hostile and careless input: each is a clear refusal in bounded time and memory."""
 
 import copy
+import re
 import resource
 import time
 
@@ -281,3 +282,47 @@ def test_an_interrupted_validate_does_not_claim_to_have_saved_trials(tmp_path, c
     assert main(["validate", str(config)]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "saved" not in err
+
+
+@pytest.mark.parametrize("label, found", [(1.9, "1.9' (float)"), ("x", "'x' (str)"),
+                                          (None, "'None' (NoneType)"), (True, "(bool)")])
+def test_a_poison_label_that_is_not_an_integer_is_refused_naming_the_poison(tmp_path, label,
+                                                                            found):
+    """A float label used to be cut (1.9 became 1: a poison's label silently changed) and a
+    string failed at craft time without a file named."""
+    import pickle
+
+    import torch
+
+    from raypoison.errors import DataError
+    from raypoison.formats.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
+
+    images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    write_trial_folder(tmp_path, TrialFolder(images, (1, 1, 1), (4, 5, 6), images[0], 2))
+    assert read_trial_folder(tmp_path).labels == (1, 1, 1)
+    poisons = pickle.loads((tmp_path / "poisons.pickle").read_bytes())  # our own file
+    poisons[2] = (poisons[2][0], label)
+    (tmp_path / "poisons.pickle").write_bytes(pickle.dumps(poisons, protocol=4))
+    with pytest.raises(DataError, match=rf"poisons.pickle\[2\]: a label must be an integer class, "
+                                        rf"found .*{re.escape(found)}"):
+        read_trial_folder(tmp_path)
+
+
+@pytest.mark.parametrize("at, fits", [((0, 0), True), ((5, 1), True), ((-1, 2), False),
+                                      ((6, 0), False), ((0, 6), False)])
+def test_a_patch_outside_the_image_is_refused_when_read_not_after_training(tmp_path, at, fits):
+    import torch
+
+    from raypoison.errors import DataError
+    from raypoison.formats.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
+
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    patch = torch.randint(0, 256, (3, 3, 3), dtype=torch.uint8)
+    write_trial_folder(tmp_path, TrialFolder(images, (1, 1), (4, 5), images[0], 2, patch=patch,
+                                             patch_at=at))
+    if fits:
+        assert read_trial_folder(tmp_path).patch_at == at
+    else:
+        with pytest.raises(DataError, match=rf"target.pickle: a 3x3 patch at \[start_x={at[0]}, "
+                                            rf"start_y={at[1]}\] does not fit in the 8x8"):
+            read_trial_folder(tmp_path)

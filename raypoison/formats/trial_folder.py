@@ -153,12 +153,36 @@ def read_trial_folder(folder: str | Path) -> TrialFolder:
     if len(shapes) > 1:
         raise DataError(f"{folder}/poisons.pickle: images differ in size {sorted(shapes)}")
     stacked = torch.stack(images) if images else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+    target_image = _from_pil(target[0], f"{folder}/target.pickle")
+    if patch is not None and patch_at is not None:
+        _check_patch_fits(patch, patch_at, tuple(target_image.shape[1:]), f"{folder}/target.pickle")
     return TrialFolder(
         images=stacked,
-        labels=tuple(int(lbl) for _, lbl in poisons),
+        labels=tuple(_label(lbl, f"{folder}/poisons.pickle[{i}]")
+                     for i, (_, lbl) in enumerate(poisons)),
         base_indices=_indices(indices, f"{folder}/base_indices.pickle"),
-        target_image=_from_pil(target[0], f"{folder}/target.pickle"),
-        target_label=int(target[1]),
+        target_image=target_image,
+        target_label=_label(target[1], f"{folder}/target.pickle"),
         patch=patch,
         patch_at=patch_at,
     )
+
+
+def _label(value: object, where: str) -> int:
+    """A class label as the file stores it: an integer (a float such as 1.9 would be cut to 1
+    and a poison's label silently changed)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise DataError(f"{where}: a label must be an integer class, found {str(value)[:40]!r} "
+                        f"({type(value).__name__})")
+    return int(value)
+
+
+def _check_patch_fits(patch: torch.Tensor, at: tuple[int, int], size: tuple[int, ...],
+                      where: str) -> None:
+    """The patch pasted at ``[start_x, start_y]`` lies inside the target image, or the victim
+    would train before the trigger is found to be impossible."""
+    side, (x, y) = patch.shape[-1], at
+    height, width = size[0], size[1]
+    if x < 0 or y < 0 or x + side > width or y + side > height:
+        raise DataError(f"{where}: a {side}x{side} patch at [start_x={x}, start_y={y}] does not "
+                        f"fit in the {width}x{height} target image")
