@@ -1,5 +1,6 @@
 """Data sources on small files written by the tests, and on the shared CIFAR-10 JPEG copy."""
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -136,6 +137,47 @@ def test_setups_round_trip_and_refuse_code(tmp_path):
     (tmp_path / "evil.pickle").write_bytes(pickle.dumps([Exploit()]))
     with pytest.raises(DataError, match="refused"):
         load_setups(tmp_path / "evil.pickle")
+
+
+def _setup_entry(target_class=1, target_index=7, base_class=2, bases=(3, 4, 5)):
+    index = target_index if isinstance(target_index, float) else np.int64(target_index)
+    return {"target class": target_class, "target index": index,
+            "base class": base_class, "base indices": np.asarray(bases)}
+
+
+@pytest.mark.parametrize("entry, message", [
+    (_setup_entry(base_class=1), r"\[1\]: the base class is the target class \(1\)"),
+    (_setup_entry(bases=[3.0, 4.7, 5.0]), r"\[1\]: base index 1 must be a whole number ≥ 0, "
+                                          r"found 4.7"),
+    (_setup_entry(bases=[3, -4, 5]), r"\[1\]: base index 1 must be a whole number ≥ 0, found -4"),
+    (_setup_entry(target_index=2.5), r"\[1\]: the target index must be a whole number"),
+    (_setup_entry(target_class="x"), r"\[1\]: the target class must be a whole number, found "
+                                     r"'x'"),
+])
+def test_a_setups_entry_that_cannot_mean_what_a_trial_assumes_is_refused(tmp_path, entry,
+                                                                         message):
+    """A base class equal to the target class made a correct prediction count as attack success,
+    and float indices were cut (4.7 read as 4) with the rows marked ok."""
+    good = _setup_entry()
+    (tmp_path / "s.pickle").write_bytes(pickle.dumps([good, entry], protocol=4))
+    with pytest.raises(DataError, match=rf"s.pickle{message}"):
+        load_setups(tmp_path / "s.pickle")
+    plain = {k.replace(" ", "_"): (v.tolist() if isinstance(v, np.ndarray) else
+                                   int(v) if isinstance(v, np.integer) else v)
+             for k, v in entry.items()}
+    json_good = {k.replace(" ", "_"): (v.tolist() if isinstance(v, np.ndarray) else int(v))
+                 for k, v in good.items()}
+    (tmp_path / "s.json").write_text(json.dumps([json_good, plain]))
+    with pytest.raises(DataError, match=rf"s.json{message}"):
+        load_setups(tmp_path / "s.json")
+
+
+def test_a_base_listed_twice_is_kept_as_the_reference_file_lists_it(tmp_path):
+    """The reference CIFAR-10 transfer file lists one base twice (entry 78, image 5259); its code
+    crafts and trains on a poison for each listing, so the entry is read as written."""
+    (tmp_path / "s.pickle").write_bytes(pickle.dumps([_setup_entry(bases=[3, 5, 5])], protocol=4))
+    (setup,) = load_setups(tmp_path / "s.pickle")
+    assert setup.base_indices == (3, 5, 5) and setup.target_index == 7
 
 
 @pytest.fixture(scope="module")

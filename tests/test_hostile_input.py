@@ -326,3 +326,20 @@ def test_a_patch_outside_the_image_is_refused_when_read_not_after_training(tmp_p
         with pytest.raises(DataError, match=rf"target.pickle: a 3x3 patch at \[start_x={at[0]}, "
                                             rf"start_y={at[1]}\] does not fit in the 8x8"):
             read_trial_folder(tmp_path)
+
+
+def test_a_setups_base_index_outside_the_training_set_names_the_file_and_entry(
+        tmp_path, tiny_raw, tiny_checkpoint):
+    import json
+
+    from raypoison.trial.context import TrialContext
+
+    entries = [{"target_class": 0, "target_index": 0, "base_class": 1,
+                "base_indices": [40, 41, 42 + 1000 * i]} for i in range(2)]
+    (tmp_path / "setups.json").write_text(json.dumps(entries))
+    tiny_raw["scenarios"][0].update(setups=str(tmp_path / "setups.json"), trials=2)
+    ctx = TrialContext.create(parse_suite(tiny_raw).scenarios[0], {"net-a": tiny_checkpoint})
+    assert ctx.setup(0).base_indices == (40, 41, 42)  # 160 training images: inside
+    with pytest.raises(ValueError, match=r"setups.json\[1\]: base indices \[1042\] lie outside "
+                                         r"the training set \(160 images\)"):
+        ctx.setup(1)

@@ -78,24 +78,61 @@ def clean_training_indices(
     return np.sort(np.concatenate(keep))
 
 
+def _whole(value: object, where: str, what: str) -> int:
+    """A non-negative whole number as a setups file stores it (a Python or NumPy integer, or a
+    float with no fraction); anything else would be cut silently (100.9 read as 100)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise DataError(f"{where}: {what} must be a whole number, found {str(value)[:40]!r}")
+    if not float(value).is_integer() or value < 0:
+        raise DataError(f"{where}: {what} must be a whole number ≥ 0, found {value}")
+    return int(value)
+
+
+def _checked(target_class: object, target_index: object, base_class: object, bases: object,
+             where: str) -> Setup:
+    """A setup whose values mean what the trial assumes: whole numbers, and a base class other
+    than the target class (else a correct prediction would count as attack success).
+
+    A base may be listed twice: the reference's CIFAR-10 transfer file does so (entry 78 lists
+    image 5259 twice). Its code then crafts two poisons from that image and trains on both, with
+    the base class's clean images cut by the full budget; :func:`clean_training_indices` and the
+    trial do the same."""
+    values = np.asarray(bases, dtype=object).ravel() if not isinstance(bases, list | tuple) \
+        else list(bases)
+    indices = tuple(_whole(v, where, f"base index {i}") for i, v in enumerate(values))
+    setup = Setup(_whole(target_class, where, "the target class"),
+                  _whole(target_index, where, "the target index"),
+                  _whole(base_class, where, "the base class"), indices)
+    if setup.target_class == setup.base_class:
+        raise DataError(f"{where}: the base class is the target class ({setup.base_class}); a "
+                        "clean-label attack needs two classes")
+    return setup
+
+
 def _from_reference(entry: object, where: str) -> Setup:
     if not isinstance(entry, dict) or any(k not in entry for k in REFERENCE_KEYS):
         raise DataError(f"{where}: expected a dict with keys {list(REFERENCE_KEYS)}")
-    bases = np.asarray(entry["base indices"]).astype(np.int64).ravel()
-    return Setup(int(entry["target class"]), int(entry["target index"]),
-                 int(entry["base class"]), tuple(int(i) for i in bases))
+    return _checked(entry["target class"], entry["target index"], entry["base class"],
+                    entry["base indices"], where)
 
 
 def load_setups(path: str | Path) -> list[Setup]:
-    """Read a setups file: a reference ``.pickle`` (restricted unpickler) or a ``.json`` export."""
+    """Read a setups file: a reference ``.pickle`` (restricted unpickler) or a ``.json`` export.
+    Each entry is checked for what can be checked without the data set (see :func:`_checked`);
+    :meth:`TrialContext.setup` checks it against the data."""
     path = Path(path)
     if path.suffix == ".json":
         try:
             entries = json.loads(path.read_text())
-            return [Setup(e["target_class"], e["target_index"], e["base_class"],
-                          tuple(e["base_indices"])) for e in entries]
+            if not isinstance(entries, list):
+                raise TypeError(f"expected a list of setups, got {type(entries).__name__}")
+            fields = [(e["target_class"], e["target_index"], e["base_class"], e["base_indices"])
+                      for e in entries]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise DataError(f"{path}: not a setups JSON file ({err})") from None
+        return [_checked(*f, f"{path}[{i}]") for i, f in enumerate(fields)]
     entries = restricted_load_file(path)
     if not isinstance(entries, list):
         raise DataError(f"{path}: expected a list of setups, got {type(entries).__name__}")

@@ -259,6 +259,10 @@ class TrialContext:
             return sample_setup(self.train_labels, self.test_labels, budget=self.scenario.budget,
                                 seed=self.scenario.seed, index=index, exclude=self.held_out())
         setup = self._setups[index]
+        outside = [i for i in setup.base_indices if i >= len(self.train_labels)]
+        if outside:
+            raise ValueError(f"{self.scenario.setups}[{index}]: base indices {outside[:5]} lie "
+                             f"outside the training set ({len(self.train_labels)} images)")
         exact = self.data.test_exact if self.data.test_exact is not None else len(self.test_labels)
         if not 0 <= setup.target_index < exact:
             raise ValueError(
