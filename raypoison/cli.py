@@ -142,13 +142,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from raypoison.config.specs import parse_trial_range
+    from raypoison.config.specs import check_trial_selection, parse_trial_range
     from raypoison.config.suite import load_suite
     from raypoison.execution.runner import RunOptions, run_suite
 
     suite = load_suite(args.config)
     if "://" not in args.output and Path(args.output).exists() and not Path(args.output).is_dir():
         raise ConfigError("--output", f"{args.output} is a file, not a folder")
+    for flag, value in (("--workers", args.workers), ("--num-cpus", args.num_cpus)):
+        if value is not None and value < 1:
+            raise ConfigError(flag, f"must be at least 1, got {value}")
+    if args.num_gpus is not None and not args.num_gpus >= 0:
+        raise ConfigError("--num-gpus", f"must be ≥ 0, got {args.num_gpus}")
+    check_trial_selection(suite, parse_trial_range(args.trials), args.scenarios)
     options = RunOptions(
         output=args.output, address=args.address, attacks=args.attacks,
         scenarios=args.scenarios, trials=parse_trial_range(args.trials), defenses=args.defenses,

@@ -93,9 +93,16 @@ def test_bad_command_lines_exit_2_with_a_message(tmp_path, capsys):
     assert "not UTF-8" in capsys.readouterr().err
     (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
     assert main(["validate", str(tmp_path / "latin1.yaml")]) == 2
-    for trials in ("5:2", "-3:4", "x"):
+    for trials in ("5:2", "-3:4", "x", "100:200", "4"):  # the scenario has trials 0 to 3
         assert main(["run", str(config), "--output", str(tmp_path / "o"), f"--trials={trials}"]) == 2
         assert "--trials" in capsys.readouterr().err
+    for flag, value in (("--workers", "0"), ("--workers", "-2"), ("--num-cpus", "0"),
+                        ("--num-gpus", "-1")):
+        assert main(["run", str(config), "--output", str(tmp_path / "o"), flag, value]) == 2
+        assert f"{flag}: must be" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+    assert main(["compact", str(tmp_path / "absent")]) == 2
+    assert "no results folder to compact" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     assert main(["run", str(config), "--output", str(tmp_path / "file")]) == 2
     assert "not a folder" in capsys.readouterr().err

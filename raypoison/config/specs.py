@@ -55,6 +55,19 @@ def parse_trial_range(text: str | None) -> range | None:
     return chosen
 
 
+def check_trial_selection(suite: SuiteConfig, trials: range | None,
+                          scenarios: Iterable[str] | None = None) -> None:
+    """Refuse ``--trials`` that lies past every selected scenario's trials: a run of nothing
+    would exit 0 as if it had done what was asked."""
+    if trials is None:
+        return
+    chosen = [s for s in suite.scenarios if scenarios is None or s.name in set(scenarios)]
+    most = max((s.trials for s in chosen), default=0)
+    if chosen and trials.start >= most:
+        raise ConfigError("--trials", f"selects trials from index {trials.start}, but the "
+                                      f"scenarios have {most} (indices 0 to {most - 1})")
+
+
 def expand(
     suite: SuiteConfig,
     *,

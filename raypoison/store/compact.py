@@ -23,8 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from raypoison.errors import ResultsError
 from raypoison.store.results import (
     PART_PREFIX,
+    RESULTS_DIR,
     SkippedFileWarning,
     conform,
     deduplicate,
@@ -67,6 +69,8 @@ def compact(uri: str) -> CompactionSummary:
     """Compact the run output at ``uri`` (or its ``results/`` folder, as :func:`results.load`
     accepts)."""
     location = Location.parse(run_output(uri))
+    if not location.exists(location.join(RESULTS_DIR)):
+        raise ResultsError(f"{uri}: no results folder to compact (is it a run's output?)")
     by_partition: dict[str, list[str]] = defaultdict(list)
     for path in part_files(location):
         by_partition[posixpath.dirname(path)].append(path)
