@@ -3,6 +3,7 @@
 import copy
 import re
 import resource
+import socket
 import time
 
 import pytest
@@ -240,6 +241,19 @@ def test_compact_takes_the_results_folder_and_a_non_object_manifest_is_skipped(t
     (tmp_path / "manifests" / "run-x.json").write_text("[1, 2, 3]")
     with pytest.warns(UserWarning, match="run-x.json.*JSON object"):
         assert main(["report", str(tmp_path)]) == 0
+    (tmp_path / "manifests" / "run-x.json").unlink()
+    (tmp_path / "manifests" / "run-r1.json").write_text(
+        '{"run_id": "r1", "status": "running", "host": "%s", "pid": "abc", "started_at": 5, '
+        '"trials": {"planned": "16", "skipped_already_done": 0}, "models": 5}' % socket.gethostname())
+    (tmp_path / "manifests" / "run-r2.json").write_text('{"run_id": "r2", "trials": [1]}')
+    (tmp_path / "manifests" / "run-r3.json").write_text('{"run_id": "r3", "sta')
+    with pytest.warns(UserWarning) as caught:
+        assert main(["report", str(tmp_path)]) == 0
+    said = " ".join(str(w.message) for w in caught)
+    assert "run-r1.json: ignoring started_at, pid, models, trials.planned" in said
+    assert "run-r2.json: ignoring trials" in said and "run-r3.json: not a readable manifest" in said
+    out = capsys.readouterr().out
+    assert "run r1 [running]" in out and "run r2 [?]" in out  # the rest of each still shown
 
 
 @pytest.mark.slow

@@ -41,14 +41,42 @@ def manifests(uri: str) -> list[dict[str, Any]]:
             continue
         try:
             manifest = json.loads(location.read_bytes(info.path))
-        except (OSError, ValueError):
-            continue  # a manifest being rewritten, or foreign: progress is best effort
+        except (OSError, ValueError) as err:  # manifests are replaced whole: this one is damaged
+            warnings.warn(f"skipping {info.path}: not a readable manifest "
+                          f"({type(err).__name__}: {str(err)[:120]})", UserWarning, stacklevel=2)
+            continue
         if not isinstance(manifest, dict):
             warnings.warn(f"skipping {info.path}: a manifest is a JSON object, this is a "
                           f"{type(manifest).__name__}", UserWarning, stacklevel=2)
             continue
-        out.append(manifest)
+        out.append(_well_typed(manifest, info.path))
     return sorted(out, key=lambda m: m.get("started_at") or "")
+
+
+# the manifest fields the status reads, with the type each must have to be used
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "run_id": str, "suite": str, "status": str, "started_at": str, "host": str, "pid": int,
+    "trials": dict, "models": list}
+_COUNTS = ("planned", "skipped_already_done")
+
+
+def _well_typed(manifest: dict[str, Any], path: str) -> dict[str, Any]:
+    """``manifest`` without the fields the status reads whose type is wrong (a hand-edited or
+    foreign file), each named in a warning: such a field reads as missing, not as a crash."""
+    wrong = [k for k, t in _FIELDS.items() if k in manifest and manifest[k] is not None
+             and (not isinstance(manifest[k], t) or isinstance(manifest[k], bool))]
+    clean = {k: v for k, v in manifest.items() if k not in wrong}
+    trials = clean.get("trials")
+    if isinstance(trials, dict):
+        bad = [k for k in _COUNTS if k in trials and (not isinstance(trials[k], int)
+                                                     or isinstance(trials[k], bool))]
+        if bad:
+            clean["trials"] = {k: v for k, v in trials.items() if k not in bad}
+            wrong += [f"trials.{k}" for k in bad]
+    if wrong:
+        warnings.warn(f"{path}: ignoring {', '.join(wrong)} (not of the type a manifest "
+                      "writes)", UserWarning, stacklevel=3)
+    return clean
 
 
 def run_table(runs: list[dict[str, Any]], df: pd.DataFrame) -> pd.DataFrame:
