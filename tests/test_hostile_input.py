@@ -1,6 +1,7 @@
 """Hostile and careless input: each is a clear refusal in bounded time and memory."""
 
 import copy
+import json
 import re
 import resource
 import socket
@@ -242,9 +243,9 @@ def test_compact_takes_the_results_folder_and_a_non_object_manifest_is_skipped(t
     with pytest.warns(UserWarning, match="run-x.json.*JSON object"):
         assert main(["report", str(tmp_path)]) == 0
     (tmp_path / "manifests" / "run-x.json").unlink()
-    (tmp_path / "manifests" / "run-r1.json").write_text(
-        '{"run_id": "r1", "status": "running", "host": "%s", "pid": "abc", "started_at": 5, '
-        '"trials": {"planned": "16", "skipped_already_done": 0}, "models": 5}' % socket.gethostname())
+    (tmp_path / "manifests" / "run-r1.json").write_text(json.dumps({
+        "run_id": "r1", "status": "running", "host": socket.gethostname(), "pid": "abc",
+        "started_at": 5, "trials": {"planned": "16", "skipped_already_done": 0}, "models": 5}))
     (tmp_path / "manifests" / "run-r2.json").write_text('{"run_id": "r2", "trials": [1]}')
     (tmp_path / "manifests" / "run-r3.json").write_text('{"run_id": "r3", "sta')
     with pytest.warns(UserWarning) as caught:
