@@ -202,6 +202,11 @@ def _report(args: argparse.Namespace) -> int:
     from raypoison.analysis.report import current_protocol
     from raypoison.store import results
 
+    for flag, target in (("--csv", args.csv), ("--markdown", args.markdown),
+                         ("--html", args.html)):
+        if target and not Path(target).resolve().parent.is_dir():
+            raise ConfigError(flag, f"no folder {Path(target).resolve().parent} to write "
+                                    f"{Path(target).name} into")
     df = results.load(args.output)
     if df.empty:
         print(f"error: no results in {args.output} (no readable part files under its results/)",

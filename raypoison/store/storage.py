@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
+from raypoison.errors import ResultsError
+
 
 @dataclass(frozen=True)
 class Location:
@@ -83,7 +85,11 @@ class Location:
                       key=lambda i: i.base_name)
 
     def list_files(self, path: str) -> list[pafs.FileInfo]:
-        if not self.exists(path):
+        """The files under folder ``path``, at any depth; none if it does not exist."""
+        info = self.fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
             return []
+        if info.type == pafs.FileType.File:
+            raise ResultsError(f"{path} is a file where a folder was expected")
         selector = pafs.FileSelector(path, recursive=True)
         return [i for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File]
