@@ -45,6 +45,30 @@ def test_cifar_batches_load_through_the_restricted_unpickler(tmp_path):
         source("cifar10", root=str(tmp_path))
 
 
+@pytest.mark.parametrize("batch, meta, message", [
+    ({b"labels": [0, 1, 2]}, None, r"test_batch: b'labels' must hold one integer label per "
+                                   r"image \(4\)"),
+    ({b"labels": [0, 1, 2, 99]}, None, r"test_batch: labels must lie in \[0, 10\), found 0 to 99"),
+    ({b"labels": [0, 1, -1, 3]}, None, r"test_batch: labels must lie in \[0, 10\), found -1"),
+    ({b"data": np.zeros((4, 3000), np.uint8)}, None, r"test_batch: b'data' must be uint8 rows of "
+                                                     r"3,072 bytes"),
+    ({}, [b"plane"], r"batches.meta: expected a mapping with b'label_names'"),
+])
+def test_a_malformed_cifar_batch_is_refused_naming_the_file(tmp_path, batch, meta, message):
+    """Labels out of range or fewer than the images loaded without complaint; a batch of the
+    wrong width failed in a reshape that named no file."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        good = {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps({**good, **batch} if name == "test_batch"
+                                                 else good))
+    (folder / "batches.meta").write_bytes(pickle.dumps(
+        meta if meta is not None else {b"label_names": [b"plane"] * 10}))
+    with pytest.raises(DataError, match=message):
+        source("cifar10", root=str(tmp_path))
+
+
 def test_cifar_folder_missing_says_what_is_expected(tmp_path):
     with pytest.raises(DataError, match="cifar-10-batches-py"):
         source("cifar10", root=str(tmp_path))
@@ -84,6 +108,28 @@ def test_imagefolder_restores_the_original_order(tmp_path):
     np.save(tmp_path / "bad.npy", np.array([0, 0, 0, 0, 1, 1, 2, 2]))
     with pytest.raises(DataError, match="class counts"):
         source("imagefolder", root=str(tmp_path), train_order=str(tmp_path / "bad.npy"))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"2 0 1 0 2 2 1 0\n", "not a .npy array of class labels"),
+    (np.array([2, 0, 1, 0, 2, 2, 1, 0]) + 0.5, "whole numbers"),
+    (np.array([2, 0, 1, 0, 2, 2, 1, -1]), "must be ≥ 0, found -1"),
+    (np.array([[2, 0, 1, 0], [2, 2, 1, 0]]), r"shape \(2, 4\)"),
+    (np.array(["a", "b"]), "type <U1"),
+])
+def test_a_bad_order_file_is_refused_naming_it(tmp_path, content, message):
+    """A text file gave a traceback with numpy's advice to load it with pickles allowed; float
+    labels were cut and negative ones failed deep inside the reordering."""
+    _write_shuffled_folder(tmp_path)
+    bad = tmp_path / "bad.npy"
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        np.save(bad, content)
+    with pytest.raises(DataError, match=rf"bad.npy: .*{message}"):
+        source("imagefolder", root=str(tmp_path), train_order=str(bad))
+    with pytest.raises(DataError, match=rf"bad.npy: .*{message}"):
+        source("imagefolder", root=str(tmp_path), test_order=str(bad))
 
 
 def test_imagefolder_class_subset_is_relabelled_in_the_given_order(tmp_path):

@@ -41,15 +41,31 @@ class Cifar100Params:
     download: bool = False
 
 
-def _read_batches(folder: Path, names: list[str], label_key: bytes):
+def _read_batches(folder: Path, names: list[str], label_key: bytes, classes: int):
+    """The images and labels of CIFAR batch files, each checked: 3,072 bytes an image, one
+    integer label in [0, classes) per image."""
     images, labels = [], []
     for name in names:
         path = folder / name
         batch = restricted_load_file(path, encoding="bytes")
         if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
             raise DataError(f"{path}: not a CIFAR batch (expected keys b'data', {label_key!r})")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        try:
+            data = np.asarray(batch[b"data"])
+            label = np.asarray(batch[label_key])
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{path}: not a CIFAR batch ({err})") from None
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DataError(f"{path}: b'data' must be uint8 rows of 3,072 bytes (32x32 RGB), "
+                            f"found {data.dtype} of shape {data.shape}")
+        if label.ndim != 1 or label.dtype.kind not in "iu" or len(label) != len(data):
+            raise DataError(f"{path}: {label_key!r} must hold one integer label per image "
+                            f"({len(data)}), found {label.dtype} of shape {label.shape}")
+        if len(label) and (label.min() < 0 or label.max() >= classes):
+            raise DataError(f"{path}: labels must lie in [0, {classes}), found "
+                            f"{label.min()} to {label.max()}")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(label.astype(np.int64))
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 
@@ -79,10 +95,14 @@ class _Cifar(DataSource):
             raise DataError(f"{root}: expected the folder {cls.folder}/ of torchvision's "
                             f"{cls.name.upper()} (or set download: true where the internet is "
                             "reachable)")
-        train_x, train_y = _read_batches(folder, cls.train_files, cls.label_key)
-        test_x, test_y = _read_batches(folder, cls.test_files, cls.label_key)
+        train_x, train_y = _read_batches(folder, cls.train_files, cls.label_key, cls.classes)
+        test_x, test_y = _read_batches(folder, cls.test_files, cls.label_key, cls.classes)
         meta = restricted_load_file(folder / cls.meta_file, encoding="bytes")
-        names = tuple(n.decode() for n in meta.get(cls.names_key, []))
+        listed = meta.get(cls.names_key, []) if isinstance(meta, dict) else None
+        if not isinstance(listed, list) or not all(isinstance(n, bytes) for n in listed):
+            raise DataError(f"{folder / cls.meta_file}: expected a mapping with "
+                            f"{cls.names_key!r}, a list of class names")
+        names = tuple(n.decode(errors="replace") for n in listed)
         return ImageData(train_x, train_y, test_x, test_y,
                          names or tuple(str(i) for i in range(cls.classes)), CIFAR_MEAN, CIFAR_STD)
 

@@ -53,6 +53,24 @@ class ImageFolderParams:
                 raise ConfigError(f"{path}.{key}", f"needs 3 values, got {len(value)}")
 
 
+def read_order(path: str) -> np.ndarray:
+    """An order file: a ``.npy`` array of class labels (whole numbers ≥ 0, one dimension), read
+    without pickles; anything else is refused naming the file."""
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"{path}: not a .npy array of class labels ({type(err).__name__}: "
+                        f"{str(err)[:120].split('. ')[0]})") from None
+    if labels.ndim != 1 or labels.dtype.kind not in "iuf" or len(labels) == 0:
+        raise DataError(f"{path}: expected a non-empty list of class labels, found an array of "
+                        f"shape {labels.shape} and type {labels.dtype}")
+    if labels.dtype.kind == "f" and not np.all(np.isfinite(labels) & (labels == np.round(labels))):
+        raise DataError(f"{path}: class labels must be whole numbers")
+    if labels.min() < 0:
+        raise DataError(f"{path}: class labels must be ≥ 0, found {labels.min()}")
+    return labels.astype(np.int64)
+
+
 def original_order(class_major_labels: np.ndarray, original_labels: np.ndarray,
                    where: str) -> np.ndarray:
     """Permutation ``p`` with ``class_major[p]`` in original order (see module docstring)."""
@@ -107,14 +125,14 @@ class ImageFolder(DataSource):
         test_x, test_y = _load_split(files, classes, "test", root)
         test_exact = None
         if params.train_order:
-            order = np.load(params.train_order, allow_pickle=False).astype(np.int64)
+            order = read_order(params.train_order)
             if len(order) != len(train_y):
                 raise DataError(f"{params.train_order}: {len(order)} labels for "
                                 f"{len(train_y)} training images")
             perm = original_order(train_y, order, params.train_order)
             train_x, train_y = train_x[perm], train_y[perm]
         if params.test_order:
-            prefix = np.load(params.test_order, allow_pickle=False).astype(np.int64)
+            prefix = read_order(params.test_order)
             head = original_order(test_y, prefix, params.test_order)
             rest = np.setdiff1d(np.arange(len(test_y)), head)
             perm = np.concatenate([head, rest])
