@@ -70,3 +70,16 @@ def test_trials_with_batched_heads_give_the_rows_of_trials_trained_alone(banked)
         assert (a["success"], a["target_pred"]) == (b["success"], b["target_pred"])
         assert a["clean_accuracy"] == pytest.approx(b["clean_accuracy"], abs=1e-9)
         assert a["target_margin"] == pytest.approx(b["target_margin"], abs=1e-4)
+
+
+def test_a_diverging_recipe_fails_each_batched_trial_as_it_fails_alone(tiny_raw, tiny_checkpoint):
+    """A NaN loss stops a head trained alone (the trial fails); batched, each head's final loss
+    is checked, so the trials fail alike instead of writing ok rows for heads of NaNs."""
+    tiny_raw["scenarios"][0]["recipe"]["lr"] = 1e30
+    suite = parse_suite(tiny_raw)
+    ctx = TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
+    specs = [s for s in expand(suite) if s.attack.name == "none" and s.index < 2]
+    for batch in (False, True):
+        rows = run_trials(specs, ctx, batch_heads=batch)
+        assert [r["status"] for (r,) in rows] == ["failed", "failed"], batch
+        assert all("diverged" in r["error"] for (r,) in rows), [r["error"] for (r,) in rows]

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import re
 import resource
 import socket
@@ -372,3 +373,37 @@ def test_a_setups_base_index_outside_the_training_set_names_the_file_and_entry(
     with pytest.raises(ValueError, match=r"setups.json\[1\]: base indices \[1042\] lie outside "
                                          r"the training set \(160 images\)"):
         ctx.setup(1)
+
+
+def test_a_training_that_diverges_fails_its_trial_instead_of_writing_a_model_of_nans(
+        tiny_raw, tiny_checkpoint):
+    """A recipe whose loss becomes NaN used to write ok rows for a model of NaN weights."""
+    import dataclasses
+
+    import torch
+
+    from raypoison.models import build_model
+    from raypoison.training.loop import TrainingDiverged, train
+    from raypoison.training.recipe import RecipeConfig
+    from raypoison.trial.context import TrialContext
+    from raypoison.trial.run import run_trials
+
+    recipe = RecipeConfig(lr=1e30, epochs=3, milestones=(), batch_size=16)
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 12, 12), dtype=torch.uint8)
+    labels = torch.arange(64) % 4
+    model = build_model("convnet", 4, (0.5,) * 3, (0.25,) * 3, 12, None)
+    with pytest.raises(TrainingDiverged, match=r"the loss became nan by step \d+ \(lr 1e\+30"):
+        train(model, images, labels, recipe=recipe, seed=1, trainable="all")
+    fresh = build_model("convnet", 4, (0.5,) * 3, (0.25,) * 3, 12, None)
+    sane = train(fresh, images, labels, recipe=dataclasses.replace(recipe, lr=0.01), seed=1,
+                 trainable="all")
+    assert math.isfinite(sane.final_loss)  # a sane rate trains to a finite loss
+
+    tiny_raw["scenarios"][0]["recipe"]["lr"] = 1e30
+    tiny_raw["attacks"] = [{"name": "none"}]
+    suite = parse_suite(tiny_raw)
+    ctx = TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
+    (rows,) = run_trials(list(expand(suite))[:1], ctx)
+    assert [r["status"] for r in rows] == ["failed"]
+    assert rows[0]["error"].startswith("train: ") and "diverged" in rows[0]["error"]

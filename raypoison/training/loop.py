@@ -7,6 +7,7 @@ reproducible on a given device and library build.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,18 +145,38 @@ def train(
             if per_step:
                 schedule.step()
             steps += 1
-            loss_value = loss.item() if steps % 20 == 0 else loss_value
+            if steps % 20 == 0:
+                loss_value = _finite(loss.item(), steps, recipe)
             if max_steps is not None and steps >= max_steps:
                 break
         if not per_step:
             schedule.step()
         if max_steps is not None and steps >= max_steps:
             break
-    loss_value = loss.item() if steps else loss_value
+    loss_value = _finite(loss.item(), steps, recipe) if steps else loss_value
     model.eval()
     if half and on_cuda:
         model.to(memory_format=torch.contiguous_format)
     return TrainResult(recipe.epochs, steps, float(loss_value), time.perf_counter() - start)
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: the model's weights mean nothing from there on."""
+
+
+def _finite(value: float, step: int, recipe: RecipeConfig) -> float:
+    """``value``, the loss read every 20 steps (a read synchronises a GPU, so not every step);
+    a NaN or infinite loss stops the training, so that no row reports a model of NaNs as ok."""
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"the loss became {value} by step {step} (lr {recipe.lr:g}, "
+                               f"batch {recipe.batch_size}): the training diverged")
+    return value
+
+
+def check_finite(result: TrainResult, recipe: RecipeConfig) -> None:
+    """Raise :class:`TrainingDiverged` for a result whose final loss is not finite (a batched
+    head's: :func:`train_heads` trains several, and one diverging must not fail the others)."""
+    _finite(result.final_loss, result.steps, recipe)
 
 
 def _views(idx: torch.Tensor, generator: torch.Generator, augment: bool,

@@ -34,7 +34,7 @@ from raypoison.store.rows import (
     trial_fields,
     trial_rows,
 )
-from raypoison.training.loop import TrainResult, train, train_heads
+from raypoison.training.loop import TrainResult, check_finite, train, train_heads
 from raypoison.trial.context import TrialContext
 from raypoison.trial.defend import run_defenses
 from raypoison.trial.evaluate import check_poisons, evaluate_victim, poisons_fit
@@ -463,6 +463,8 @@ def _train_group(jobs: list[_Ready], ctx: TrialContext,
     for job in jobs:
         trial = job.trial
         try:
+            for _model, fit, _seed in trained[id(job)].values():
+                check_finite(fit, scenario.training_recipe)
             per = {victim: _evaluate(trial.spec, ctx, trial.setup, victim, model, fit, seed,
                                      job.poisons, job.trigger, job.store, sets[id(job)])
                    for victim, (model, fit, seed) in trained[id(job)].items()}
