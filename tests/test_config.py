@@ -190,3 +190,24 @@ def test_a_clean_label_backdoor_with_its_own_model_ignores_the_attacker_list(tin
     assert parse_suite(tiny_raw).scenarios[0].attackers == ("net-a", "net-b")
     tiny_raw["attacks"] = [{"name": "clean_label_backdoor"}]  # on the attacker: which one?
     assert error_of(tiny_raw).path == "scenarios[0].attacker"
+
+
+def test_what_the_data_set_rules_out_is_refused_before_any_trial(tiny_raw):
+    """BadNets' default 50 poisons on a training set with 36 images outside the target class, a
+    trigger or patch larger than the 12 px images: every trial would fail at craft time while the
+    run reported itself completed."""
+    tiny_raw["attacks"] = [{"name": "badnets"}]  # 50 poisons; 12 a class, 3 other classes
+    with pytest.raises(ConfigError, match=r"attacks\[0\]\.params: poisons: 50, but the training "
+                                          r"set has at most 36 images outside the target class"):
+        parse_suite(tiny_raw)
+    tiny_raw["attacks"] = [{"name": "badnets", "params": {"poisons": 36}}]
+    assert parse_suite(tiny_raw)
+    tiny_raw["attacks"][0]["params"]["trigger"] = {"kind": "checkerboard", "size": 10,
+                                                   "offset": 3}
+    with pytest.raises(ConfigError, match=r"trigger: a 10 px patch 3 px from the corner does not "
+                                          r"fit the data set's 12x12 images"):
+        parse_suite(tiny_raw)
+    tiny_raw["attacks"] = [{"name": "none"}]
+    tiny_raw["scenarios"][0]["patch_size"] = 13
+    with pytest.raises(ConfigError, match=r"scenarios\[0\]\.patch_size: 13 px does not fit"):
+        parse_suite(tiny_raw)

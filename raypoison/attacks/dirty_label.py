@@ -55,6 +55,35 @@ class DirtyLabelBackdoor(Attack):
     def poison_count(cls, params: Any, scenario: Any) -> int:
         return params.poisons
 
+    @classmethod
+    def scenario_problem(cls, params: Any, scenario: Any) -> str | None:
+        """What the data set's description already rules out, so that a config no trial can run
+        is refused before the run rather than failing every trial: more poisons than the
+        training set has images outside the target class (an upper bound), or a patch that does
+        not fit the images."""
+        from raypoison.data import DATASETS
+
+        info = DATASETS.get(scenario.dataset.name).describe(scenario.dataset.params)
+        if info is None:
+            return None
+        per_class = scenario.train_per_class
+        if per_class is not None:
+            outside = per_class * (info.num_classes - 1)
+        elif info.train_size is not None:
+            outside = info.train_size - info.min_train_per_class
+        else:
+            outside = None
+        if outside is not None and params.poisons > outside:
+            return (f"poisons: {params.poisons}, but the training set has at most {outside} "
+                    "images outside the target class")
+        trigger = params.trigger
+        if trigger.style == "patch" and info.image_size is not None:
+            side = trigger.size if trigger.size is not None else scenario.patch_size
+            if side + trigger.offset > info.image_size:
+                return (f"trigger: a {side} px patch {trigger.offset} px from the corner does not "
+                        f"fit the data set's {info.image_size}x{info.image_size} images")
+        return None
+
     def craft(self, ctx: CraftingContext, setup: Setup, seed: int, index: int) -> CraftResult:
         p = self.params
         pool = ctx.training_pool(setup, index)

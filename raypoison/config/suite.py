@@ -242,6 +242,9 @@ class ScenarioConfig:
         if info is not None:
             if info.num_classes < 2:
                 raise ConfigError(f"{path}.dataset", "needs at least 2 classes")
+            if info.image_size is not None and self.patch_size > info.image_size:
+                raise ConfigError(f"{path}.patch_size", f"{self.patch_size} px does not fit the "
+                                  f"data set's {info.image_size}x{info.image_size} images")
             if self.budget > info.min_train_per_class:
                 raise ConfigError(
                     f"{path}.budget",
