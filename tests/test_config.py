@@ -80,7 +80,18 @@ def test_missing_required_key(tiny_raw):
 def test_duplicate_attack_labels_are_rejected(tiny_raw):
     tiny_raw["attacks"].append({"name": "none"})
     err = error_of(tiny_raw)
-    assert err.path == "attacks[2].label" and "used twice" in str(err)
+    assert err.path == "attacks[2].label" and "used twice (also by attacks[0])" in str(err)
+
+
+def test_a_label_a_sweep_repeats_is_named_where_the_file_has_it(tiny_raw):
+    """After a sweep, the list has more entries than the file: the error used to name
+    attacks[3] of a file with three."""
+    tiny_raw["attacks"] = [
+        {"name": "feature_collision", "label": "fc", "sweep": {"iterations": [5, 10]}},
+        {"name": "feature_collision", "label": "fc-iterations10"}]
+    err = error_of(tiny_raw)
+    assert err.path == "attacks[1].label"
+    assert "'fc-iterations10' is used twice (also by attacks[0].sweep[1])" in str(err)
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):

@@ -267,3 +267,10 @@ def test_restored_images_are_the_files_the_order_names(cifar10_jpeg):
             name = f"train/{cifar10_jpeg.classes[labels[i]]}/{rank:04d}.jpg"
             expected = decode(tar.extractfile(name).read(), name)
             assert torch.equal(cifar10_jpeg.train_x[i], torch.from_numpy(expected).permute(2, 0, 1))
+
+
+def test_a_corrupt_image_is_named_with_its_class_folder(tmp_path):
+    _write_shuffled_folder(tmp_path)
+    (tmp_path / "train" / "c1" / "0001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataError, match=r"train/c1/0001.png"):
+        source("imagefolder", root=str(tmp_path))

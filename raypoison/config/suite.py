@@ -408,16 +408,17 @@ def _component_list(raw: Any, path: str, registry: Any, what: str,
         return ()
     if not isinstance(raw, list) or (not raw and not allow_empty):
         raise ConfigError(path, f"expected a non-empty list of {what}")
-    out = []
+    out, wheres = [], []
     for i, entry in enumerate(raw):
         for where, one in _sweep(entry, f"{path}[{i}]"):
             out.append(build_component(one, where, registry))
+            wheres.append(where)
     labels = [c.label for c in out]
     for i, label in enumerate(labels):
-        if labels.index(label) != i:
-            raise ConfigError(
-                f"{path}[{i}].label", f"label {label!r} is used twice; give each entry a label"
-            )
+        first = labels.index(label)
+        if first != i:  # named where the file has it: a sweep's entry by its place in the sweep
+            raise ConfigError(f"{wheres[i]}.label", f"label {label!r} is used twice (also by "
+                                                    f"{wheres[first]}); give each entry a label")
     return tuple(out)
 
 

@@ -94,7 +94,7 @@ def _load_split(files: dict[str, list[tuple[str, bytes]]], classes: list[str], s
     for label, name in enumerate(classes):
         entries = sorted(files.get(f"{split}/{name}", []))
         for rel, data in entries:
-            images.append(decode(data, f"{root}:{rel}"))
+            images.append(decode(data, f"{root}:{split}/{name}/{rel}"))
             labels.append(label)
     if not images:
         raise DataError(f"{root}: no images under {split}/<class>/")
