@@ -171,6 +171,11 @@ def _run(args: argparse.Namespace) -> int:
           f"({summary.failed} with failures), {summary.rows_written} rows in "
           f"{summary.files_written} files, {summary.seconds:.1f} s")
     print(f"results: {args.output.rstrip('/')}/results   manifest: {summary.manifest}")
+    if summary.errors:  # failed trials are data, but a reader must not miss them
+        rows = sum(n for n, _ in summary.errors)
+        print(f"{rows} rows failed or were rejected; the most common reasons:", file=sys.stderr)
+        for n, error in summary.errors[:3]:
+            print(f"  {n} x {error}", file=sys.stderr)
     return EXIT_OK
 
 

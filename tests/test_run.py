@@ -227,3 +227,23 @@ def test_manifests_record_the_weights_and_a_changed_cached_model_is_reported(
                                         r"pre-trained model: restore it"):
         run_suite(fourth, RunOptions(output=str(out), trials=range(3, 4)))
     assert len(results.load(str(out))) == rows_before
+
+
+@pytest.mark.slow
+def test_a_run_whose_trials_fail_says_why_at_its_end(ray_cluster, tmp_path, tiny_raw, capsys):
+    """Failed trials are data (exit 0), but the run's last lines say how many rows failed and
+    the most common reasons, and the manifest keeps them."""
+    from raypoison.cli import main
+    from tests.conftest import write_config
+
+    tiny_raw["scenarios"][0]["trials"] = 2
+    tiny_raw["scenarios"][0]["recipe"]["lr"] = 1e30  # every victim's training diverges
+    tiny_raw["attacks"] = [{"name": "none"}]
+    config = write_config(tmp_path / "c.yaml", tiny_raw)
+    assert main(["run", str(config), "--output", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "2 rows failed or were rejected; the most common reasons:" in err
+    assert "  2 x train: " in err and "diverged" in err
+    (manifest,) = (tmp_path / "out" / "manifests").glob("run-*.json")
+    [entry] = json.loads(manifest.read_text())["failed_rows"]
+    assert entry["rows"] == 2 and "diverged" in entry["error"]

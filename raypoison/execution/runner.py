@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from raypoison.execution.scheduler import Scheduler
 from raypoison.execution.worker import TrialTask, start_worker
 from raypoison.store import results
 from raypoison.store.results import Stored, stored_trials
-from raypoison.store.rows import check_rows, stamp
+from raypoison.store.rows import STATUS_FAILED, STATUS_REJECTED, check_rows, stamp
 from raypoison.store.sink import ParquetSink
 from raypoison.store.storage import Location
 from raypoison.trial.run import saved_rows
@@ -89,6 +90,14 @@ class RunSummary:
     manifest: str = ""
     scheduler: dict[str, Any] = field(default_factory=dict)
     salvaged: int = 0  # rows of stopped trials' finished work, written at the stop
+    # the errors of this run's failed and rejected rows, most common first: (count, error)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _error_key(row: dict) -> str:
+    """A failed row's error as it groups with its like: the first line, cut to 300 characters."""
+    text = str(row.get("error") or row.get("poison_check") or row.get("status"))
+    return text.splitlines()[0][:300] if text else str(row.get("status"))
 
 
 def new_run_id() -> str:
@@ -406,6 +415,7 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
     sink = ParquetSink(location, run_id, rows_per_file=suite.execution.rows_per_file,
                        flush_seconds=suite.execution.flush_seconds)
     failure: str | None = None  # why the run failed, for the manifest
+    errors: Counter[str] = Counter()  # this run's failed and rejected rows, by error
     flush_error: Exception | None = None
     progress: Progress | None = None
     scheduler: Scheduler | None = None
@@ -453,6 +463,8 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
 
             def on_rows(rows: list[dict]) -> None:
                 sink.add(rows)
+                errors.update(_error_key(r) for r in rows
+                              if r.get("status") in (STATUS_FAILED, STATUS_REJECTED))
 
             def on_tick(stats, in_flight: int) -> None:
                 sink.flush_due()
@@ -498,6 +510,7 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
             summary.computed = scheduler.stats.trials_done
             summary.failed = scheduler.stats.trials_failed
             summary.scheduler = dataclasses.asdict(scheduler.stats)
+        summary.errors = [(n, e) for e, n in errors.most_common()]
         summary.rows_written, summary.files_written = sink.rows_written, sink.files_written
         summary.seconds = time.monotonic() - start
         try:  # the disk that refused the rows may refuse the manifest too
@@ -508,6 +521,7 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
                         "resumed_from_saved_victims": resumed,
                         "to_craft_and_train": planned - skipped - from_saved - resumed,
                         "computed": summary.computed, "with_failures": summary.failed},
+                failed_rows=[{"rows": n, "error": e} for n, e in summary.errors[:20]],
                 output={"rows_written": summary.rows_written, "files_written": summary.files_written,
                         "rows_from_saved_work_after_the_stop": summary.salvaged},
                 scheduler=summary.scheduler, seconds=summary.seconds,
