@@ -126,6 +126,28 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, tiny_raw):
     merged.write_text("base: &b {lr: 0.1, epochs: 2}\nrecipe:\n  <<: *b\n  lr: 0.2\n")
     with pytest.raises(ConfigError, match="base: unknown key"):  # parsed, then refused by name
         load_suite(merged)
+    # a merged mapping that merges another, used before it is built: PyYAML flattens the
+    # anchored mapping in place, which a check made after flattening took for a repeated key
+    nested = tmp_path / "n.yaml"
+    nested.write_text(
+        "a: {x: &base {classes: 4, size: 20}, y: &pre {<<: *base, classes: 5}}\n"
+        "b: {<<: *pre, size: 30}\nc: [{<<: [*pre, *base], size: 1}]\n")
+    with pytest.raises(ConfigError, match="^a: unknown key"):  # parsed, then refused by name
+        load_suite(nested)
+    twice_in_merge = tmp_path / "t.yaml"
+    twice_in_merge.write_text("a: &a {k: 1, k: 2}\nb: {<<: *a}\n")
+    with pytest.raises(ConfigError, match="line 1: key 'k' is given twice"):
+        load_suite(twice_in_merge)
+
+
+def test_a_yaml_cycle_and_a_huge_integer_get_messages_not_tracebacks(tmp_path, tiny_raw):
+    cycle = tmp_path / "cycle.yaml"
+    cycle.write_text("a: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match="^a: unknown key"):
+        load_suite(cycle)
+    tiny_raw["scenarios"][0]["budget"] = 10**400
+    with pytest.raises(ConfigError, match=r"must be at least the budget \(1000"):
+        parse_suite(tiny_raw)
 
 
 @pytest.mark.parametrize("key, value", [("lr", ".nan"), ("lr", ".inf"), ("weight_decay", ".nan"),
@@ -204,9 +226,9 @@ def test_a_clean_label_backdoor_with_its_own_model_ignores_the_attacker_list(tin
 
 
 def test_what_the_data_set_rules_out_is_refused_before_any_trial(tiny_raw):
-    """BadNets' default 50 poisons on a training set with 36 images outside the target class, a
-    trigger or patch larger than the 12 px images: every trial would fail at craft time while the
-    run reported itself completed."""
+    """BadNets' default 50 poisons on a training set with 36 images outside the target class, or
+    a trigger larger than the 12 px images: every trial would fail at craft time while the run
+    reported itself completed."""
     tiny_raw["attacks"] = [{"name": "badnets"}]  # 50 poisons; 12 a class, 3 other classes
     with pytest.raises(ConfigError, match=r"attacks\[0\]\.params: poisons: 50, but the training "
                                           r"set has at most 36 images outside the target class"):
@@ -218,7 +240,9 @@ def test_what_the_data_set_rules_out_is_refused_before_any_trial(tiny_raw):
     with pytest.raises(ConfigError, match=r"trigger: a 10 px patch 3 px from the corner does not "
                                           r"fit the data set's 12x12 images"):
         parse_suite(tiny_raw)
-    tiny_raw["attacks"] = [{"name": "none"}]
-    tiny_raw["scenarios"][0]["patch_size"] = 13
-    with pytest.raises(ConfigError, match=r"scenarios\[0\]\.patch_size: 13 px does not fit"):
+    tiny_raw["attacks"] = [{"name": "badnets", "params": {"poisons": 30}}]
+    tiny_raw["scenarios"][0]["patch_size"] = 13  # the trigger's size when it names none
+    with pytest.raises(ConfigError, match=r"trigger: a 13 px patch 0 px from the corner"):
         parse_suite(tiny_raw)
+    tiny_raw["attacks"] = [{"name": "none"}]  # no patch: the scenario's patch_size is unused
+    assert parse_suite(tiny_raw)

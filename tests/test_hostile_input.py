@@ -254,7 +254,9 @@ def test_compact_takes_the_results_folder_and_a_non_object_manifest_is_skipped(t
     (tmp_path / "manifests" / "run-r1.json").write_text(json.dumps({
         "run_id": "r1", "status": "running", "host": socket.gethostname(), "pid": "abc",
         "started_at": 5, "trials": {"planned": "16", "skipped_already_done": 0}, "models": 5}))
-    (tmp_path / "manifests" / "run-r2.json").write_text('{"run_id": "r2", "trials": [1]}')
+    (tmp_path / "manifests" / "run-r2.json").write_text(json.dumps({
+        "run_id": "r2", "trials": [1], "status": "running", "host": socket.gethostname(),
+        "pid": 10**30}))  # well typed, but no process id: os.kill overflows
     (tmp_path / "manifests" / "run-r3.json").write_text('{"run_id": "r3", "sta')
     with pytest.warns(UserWarning) as caught:
         assert main(["report", str(tmp_path)]) == 0
@@ -262,7 +264,7 @@ def test_compact_takes_the_results_folder_and_a_non_object_manifest_is_skipped(t
     assert "run-r1.json: ignoring started_at, pid, models, trials.planned" in said
     assert "run-r2.json: ignoring trials" in said and "run-r3.json: not a readable manifest" in said
     out = capsys.readouterr().out
-    assert "run r1 [running]" in out and "run r2 [?]" in out  # the rest of each still shown
+    assert "run r1 [running]" in out and "run r2 [stopped]" in out  # the rest still shown
 
 
 @pytest.mark.slow
@@ -322,6 +324,7 @@ def test_a_poison_label_that_is_not_an_integer_is_refused_naming_the_poison(tmp_
     string failed at craft time without a file named."""
     import pickle
 
+    import numpy as np
     import torch
 
     from raypoison.errors import DataError
@@ -331,6 +334,9 @@ def test_a_poison_label_that_is_not_an_integer_is_refused_naming_the_poison(tmp_
     write_trial_folder(tmp_path, TrialFolder(images, (1, 1, 1), (4, 5, 6), images[0], 2))
     assert read_trial_folder(tmp_path).labels == (1, 1, 1)
     poisons = pickle.loads((tmp_path / "poisons.pickle").read_bytes())  # our own file
+    poisons[1] = (poisons[1][0], np.array(1))  # a 0-d integer array is an integer label
+    (tmp_path / "poisons.pickle").write_bytes(pickle.dumps(poisons, protocol=4))
+    assert read_trial_folder(tmp_path).labels == (1, 1, 1)
     poisons[2] = (poisons[2][0], label)
     (tmp_path / "poisons.pickle").write_bytes(pickle.dumps(poisons, protocol=4))
     with pytest.raises(DataError, match=rf"poisons.pickle\[2\]: a label must be an integer class, "
@@ -407,3 +413,42 @@ def test_a_training_that_diverges_fails_its_trial_instead_of_writing_a_model_of_
     (rows,) = run_trials(list(expand(suite))[:1], ctx)
     assert [r["status"] for r in rows] == ["failed"]
     assert rows[0]["error"].startswith("train: ") and "diverged" in rows[0]["error"]
+
+
+def test_a_model_whose_last_update_blew_up_is_not_evaluated_as_if_it_were_sane():
+    """The loss is read before the last update, and huge finite weights can still give NaN or
+    infinite outputs: the evaluation itself refuses them (argmax would call them class 0)."""
+    import torch
+
+    from raypoison.core.registry import build_component
+    from raypoison.data import DATASETS, load_dataset
+    from raypoison.data.setups import sample_setup
+    from raypoison.models import build_model
+    from raypoison.training.loop import TrainingDiverged
+    from raypoison.trial.evaluate import evaluate_victim
+
+    data = load_dataset(build_component(TINY["scenarios"][0]["dataset"], "dataset", DATASETS))
+    setup = sample_setup(data.train_y.numpy(), data.test_y.numpy(), budget=3, seed=0, index=0)
+    model = build_model("convnet", 4, data.mean, data.std, 12, None)
+    assert 0 <= evaluate_victim(model, data, setup).clean_accuracy <= 1  # a sane model
+    with torch.no_grad():  # finite weights whose products overflow
+        model.head.weight.copy_(torch.sign(model.head.weight) * 3e38)
+    assert bool(torch.isfinite(model.head.weight).all())
+    with pytest.raises(TrainingDiverged, match="outputs on the test set are NaN or infinite"):
+        evaluate_victim(model, data, setup)
+
+
+def test_weights_broken_by_the_last_update_fail_the_training():
+    import torch
+
+    from raypoison.models import build_model
+    from raypoison.training.loop import TrainingDiverged, train
+    from raypoison.training.recipe import RecipeConfig
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8)
+    labels = torch.arange(16) % 4
+    model = build_model("convnet", 4, (0.5,) * 3, (0.25,) * 3, 12, None)
+    recipe = RecipeConfig(lr=float("inf"), epochs=1, milestones=(), batch_size=16)  # unvalidated
+    with pytest.raises(TrainingDiverged, match="weights became NaN or infinite by step 1"):
+        train(model, images, labels, recipe=recipe, seed=1, trainable="all")

@@ -187,6 +187,22 @@ def test_compaction_leaves_a_part_of_a_newer_version_as_it_is(tmp_path, newer):
     assert sorted(results.load(str(tmp_path))["trial_id"]) == ["t0", "t1", "t2", "t9"]
 
 
+def test_a_part_with_a_pandas_index_column_is_compacted_not_left_as_newer(tmp_path):
+    from raypoison.store.compact import compact
+    from raypoison.store.rows import to_table
+
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    sink.add([row("t0")])
+    sink.flush()
+    folder = tmp_path / "results" / "scenario=s" / "attack=a"
+    table = to_table([row("t1")])
+    pq.write_table(table.append_column("__index_level_0__", pa.array([7])),
+                   folder / "part-pandas-000001.parquet")
+    done = compact(str(tmp_path))
+    assert done.left_newer == [] and (done.files_before, done.files_after) == (2, 1)
+    assert sorted(results.load(str(tmp_path))["trial_id"]) == ["t0", "t1"]
+
+
 def test_pandas_and_pyarrow_read_the_results_folder_itself(tmp_path):
     """``pd.read_parquet(OUTPUT/results)`` merges the Hive keys of the folder names with the
     keys stored in each part; a lone part still carries its keys."""

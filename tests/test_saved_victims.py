@@ -485,3 +485,7 @@ def test_a_retrained_victims_defenses_are_kept_beside_it_not_in_a_twins_folder(t
     assert store.load_defense(held, "net", defense, 7, first) == {"detection_score": 0.5}
     assert store.load_defense(training, "net", defense, 7, first) is None
     assert len(list((tmp_path / "victims").rglob("net.defense-*.pt"))) == 2
+    twin_file = next((tmp_path / "victims" / "scenario=tiny").rglob("net.pt"))
+    twin_file.write_bytes(b"damaged")  # the twin's victim, unreadable: not this trial's concern
+    fresh = VictimStore(str(tmp_path / "victims"))
+    assert fresh.load_defense(training, "net", defense, 7, again) == {"detection_score": 0.25}

@@ -23,7 +23,7 @@ from raypoison.store.storage import Location
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # gone, or no process id at all
         return False
     except PermissionError:
         return True

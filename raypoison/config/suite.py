@@ -242,9 +242,6 @@ class ScenarioConfig:
         if info is not None:
             if info.num_classes < 2:
                 raise ConfigError(f"{path}.dataset", "needs at least 2 classes")
-            if info.image_size is not None and self.patch_size > info.image_size:
-                raise ConfigError(f"{path}.patch_size", f"{self.patch_size} px does not fit the "
-                                  f"data set's {info.image_size}x{info.image_size} images")
             if self.budget > info.min_train_per_class:
                 raise ConfigError(
                     f"{path}.budget",
@@ -482,7 +479,7 @@ def expanded_size(value: Any, limit: int = MAX_CONFIG_VALUES) -> int:
             return 1
         key = id(v)
         if key not in sizes:
-            sizes[key] = 0  # a cycle counts as small; YAML's safe loader cannot make one anyway
+            sizes[key] = 0  # a cycle (``a: &a [1, *a]``) counts as small
             items = list(v.keys()) + list(v.values()) if isinstance(v, dict) else v
             total = 1
             for item in items:
@@ -535,23 +532,32 @@ class _DuplicateKey(yaml.YAMLError):
 class _StrictLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (``epsilon`` written twice
     would otherwise keep the last silently). Keys merged in with ``<<`` may be overridden: that
-    is what a merge is for."""
+    is what a merge is for.
 
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
+    Each mapping is checked once, as written, before its merges are flattened into it: PyYAML
+    flattens an anchored mapping in place when another mapping merges it, so a later look would
+    see the merged keys as its own."""
+
+    _MERGE, _VALUE = "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node):
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag in (
+                        self._MERGE, self._VALUE):
+                    continue  # merges may override; other keys the safe loader judges itself
+                key = self.construct_object(key_node)
                 line = key_node.start_mark.line + 1
-                try:
-                    if key in seen:
-                        raise _DuplicateKey(key, line, seen[key])
-                    seen[key] = line
-                except TypeError:  # an unhashable key: the safe loader says so itself
-                    break
-        return super().construct_mapping(node, deep=deep)
+                if key in seen:
+                    raise _DuplicateKey(key, line, seen[key])
+                seen[key] = line
+        super().flatten_mapping(node)
 
 
 def parse_suite(raw: Any, base_dir: Path | None = None) -> SuiteConfig:

@@ -50,18 +50,22 @@ def finite(value: float, path: str) -> float:
     return value
 
 
-def non_finite(value: Any, path: str = "") -> str | None:
-    """The path of the first NaN or infinite number anywhere in a YAML tree, or None."""
+def non_finite(value: Any, path: str = "", _seen: set[int] | None = None) -> str | None:
+    """The path of the first NaN or infinite number anywhere in a YAML tree, or None. Each
+    object is visited once: YAML aliases share objects, and may even make a cycle."""
     if isinstance(value, float) and not math.isfinite(value):
         return path
-    if isinstance(value, dict):
-        items: Any = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
-    elif isinstance(value, list):
-        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
-    else:
+    if not isinstance(value, dict | list):
         return None
+    seen = set() if _seen is None else _seen
+    if id(value) in seen:
+        return None
+    seen.add(id(value))
+    items: Any = (((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+                  if isinstance(value, dict) else
+                  ((f"{path}[{i}]", v) for i, v in enumerate(value)))
     for where, item in items:
-        found = non_finite(item, where)
+        found = non_finite(item, where, seen)
         if found is not None:
             return found
     return None
@@ -245,7 +249,7 @@ def to_plain(obj: Any) -> Any:
 
 
 def positive(path: str, name: str, value: float, allow_zero: bool = False) -> None:
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # ints are finite, however long
         raise ConfigError(f"{path}.{name}", f"must be a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = "≥ 0" if allow_zero else "> 0"

@@ -168,8 +168,10 @@ def _check_cached(blob: bytes, path: str) -> None:
     otherwise fail every trial (after its digest was recorded as the run's weights)."""
     try:
         load_checkpoint(blob, where=path)
-    except DataError as err:
-        raise DataError(f"{err}. This is the run's cached pre-trained model: restore it from "
+    except (DataError, KeyError, TypeError, ValueError) as err:
+        what = str(err) if isinstance(err, DataError) else (
+            f"{path}: not a raypoison checkpoint ({type(err).__name__}: {err})")
+        raise DataError(f"{what}. This is the run's cached pre-trained model: restore it from "
                         "where the output came from, or delete it to pre-train it again (the "
                         "new weights will differ from those the output's rows used; the report "
                         "then says the rows come from two sets of weights)") from None

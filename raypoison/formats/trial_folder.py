@@ -171,6 +171,8 @@ def read_trial_folder(folder: str | Path) -> TrialFolder:
 def _label(value: object, where: str) -> int:
     """A class label as the file stores it: an integer (a float such as 1.9 would be cut to 1
     and a poison's label silently changed)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise DataError(f"{where}: a label must be an integer class, found {str(value)[:40]!r} "
                         f"({type(value).__name__})")

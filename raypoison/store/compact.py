@@ -52,7 +52,8 @@ class CompactionSummary:
 def newer_than_this_version(stored: pa.Schema, table: pa.Table) -> str | None:
     """Why a part cannot be rewritten by this version without losing data, or None: it names
     columns today's schema lacks, or its rows or footer carry a higher schema version."""
-    unknown = sorted(set(stored.names) - set(SCHEMA.names))
+    unknown = sorted(n for n in set(stored.names) - set(SCHEMA.names)
+                     if not n.startswith("__index_level_"))  # pandas' index: nothing to keep
     if unknown:
         return f"columns this version does not know: {', '.join(unknown[:8])}"
     versions = [int(v) for v in ((stored.metadata or {}).get(b"raypoison_schema_version"),)

@@ -154,6 +154,8 @@ def train(
         if max_steps is not None and steps >= max_steps:
             break
     loss_value = _finite(loss.item(), steps, recipe) if steps else loss_value
+    if steps:  # the last update comes after the last loss read: the weights must be finite too
+        _finite_weights(model.head if trainable == "head" else model, steps, recipe)
     model.eval()
     if half and on_cuda:
         model.to(memory_format=torch.contiguous_format)
@@ -171,6 +173,16 @@ def _finite(value: float, step: int, recipe: RecipeConfig) -> float:
         raise TrainingDiverged(f"the loss became {value} by step {step} (lr {recipe.lr:g}, "
                                f"batch {recipe.batch_size}): the training diverged")
     return value
+
+
+def _finite_weights(module: torch.nn.Module, steps: int, recipe: RecipeConfig) -> None:
+    """Every parameter and buffer (BatchNorm's statistics too) of ``module`` is finite, read in
+    one synchronisation."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise TrainingDiverged(f"the weights became NaN or infinite by step {steps} (lr "
+                               f"{recipe.lr:g}, batch {recipe.batch_size}): the training "
+                               "diverged")
 
 
 def check_finite(result: TrainResult, recipe: RecipeConfig) -> None:
@@ -258,7 +270,9 @@ def train_heads(models: list[ImageClassifier], labels: list[torch.Tensor], *,
             model.head.weight.copy_(weight[i])
             model.head.bias.copy_(bias[i])
     seconds = (time.perf_counter() - start) / len(models)
-    final = loss.detach()
+    final = loss.detach().clone()
+    broken = ~(torch.isfinite(weight).flatten(1).all(1) & torch.isfinite(bias).all(1))
+    final[broken.to(final.device)] = float("nan")  # a head whose weights diverged: its check fails
     return [TrainResult(recipe.epochs, steps, float(final[i]), seconds) for i in range(len(models))]
 
 

@@ -13,7 +13,7 @@ from raypoison.data import ImageData
 from raypoison.data.setups import Setup
 from raypoison.data.triggers import Trigger, paste
 from raypoison.models import ImageClassifier
-from raypoison.training.loop import logits, predict
+from raypoison.training.loop import TrainingDiverged, logits, predict
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,9 @@ def evaluate_victim(model: ImageClassifier, data: ImageData, setup: Setup, *,
     mode): then only the head runs, and the predictions are the same as running the whole model.
     """
     test_logits = _head_or_model(model, test_features, data.test_x)
+    if not bool(torch.isfinite(test_logits).all()):  # argmax of NaN is class 0: rows would lie
+        raise TrainingDiverged("the model's outputs on the test set are NaN or infinite: its "
+                               "training diverged (or its weights are broken)")
     preds = test_logits.argmax(1)
     clean = float((preds == data.test_y).float().mean())
     asr = None

@@ -92,6 +92,7 @@ class VictimStore:
 
     def __init__(self, uri: str):
         self.location = Location.parse(uri)
+        self._fingerprints: dict[str, str | None] = {}  # saved victim file -> its fingerprint
 
     def _folders(self, spec: TrialSpec) -> list[tuple[str, str, str]]:
         """Where ``spec``'s victims may be saved, in the order they are looked for: (scenario
@@ -153,7 +154,9 @@ class VictimStore:
                 "head_only": head_only, "state": state, "fields": fields}
         if head_only:  # the head means something only on top of the extractor it trained on
             blob["extractor"] = extractor_digest(model)
-        self.location.write_bytes(self._file(folder, victim), _dump(blob))
+        path = self._file(folder, victim)
+        self.location.write_bytes(path, _dump(blob))
+        self._fingerprints[path] = fingerprint(fields)
 
     def _load(self, spec, name: str, missing_ok: bool = False,
               folder: tuple[str, str, str] | None = None) -> tuple[str, dict[str, Any] | None]:
@@ -233,12 +236,24 @@ class VictimStore:
         folder when no saved victim matches."""
         wanted = fingerprint(victim_fields)
         for folder in self._folders(spec):
-            if not self.location.exists(self._file(folder, victim)):
-                continue
-            _, blob = self._load(spec, victim, folder=folder)
-            if blob is not None and fingerprint(dict(blob.get("fields", {}))) == wanted:
+            if self._fingerprint_of(spec, folder, victim) == wanted:
                 return folder
         return self._folder(spec)
+
+    def _fingerprint_of(self, spec: TrialSpec, folder: tuple[str, str, str], victim: str
+                        ) -> str | None:
+        """The fingerprint of the victim saved in ``folder`` (read once per store, as the whole
+        model is), or None where none is saved or its file cannot be read (a damaged file in a
+        twin's folder is not this trial's concern)."""
+        path = self._file(folder, victim)
+        if path not in self._fingerprints:
+            try:
+                _, blob = self._load(spec, victim, missing_ok=True, folder=folder)
+            except DataError:
+                blob = None
+            self._fingerprints[path] = (None if blob is None
+                                        else fingerprint(dict(blob.get("fields", {}))))
+        return self._fingerprints[path]
 
     def _defense_name(self, spec: TrialSpec, victim: str, defense: Component) -> str:
         context = spec.scenario.defense_context()
