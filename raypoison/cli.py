@@ -212,6 +212,14 @@ def _report(args: argparse.Namespace) -> int:
         if target and not Path(target).resolve().parent.is_dir():
             raise ConfigError(flag, f"no folder {Path(target).resolve().parent} to write "
                                     f"{Path(target).name} into")
+        if target and Path(target).is_dir():
+            raise ConfigError(flag, f"{target} is a folder; give a file name")
+    if args.figures and Path(args.figures).exists() and not Path(args.figures).is_dir():
+        raise ConfigError("--figures", f"{args.figures} is a file; give a folder")
+    for flag, pair in (("--compare", args.compare), ("--compare-scenarios",
+                                                     args.compare_scenarios)):
+        if pair and pair[0] == pair[1]:
+            raise ConfigError(flag, f"compares {pair[0]!r} with itself; name two different ones")
     df = results.load(args.output)
     if df.empty:
         print(f"error: no results in {args.output} (no readable part files under its results/)",

@@ -106,6 +106,7 @@ def test_bad_command_lines_exit_2_with_a_message(tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # refused before anything was written
     assert main(["compact", str(tmp_path / "absent")]) == 2
     assert "no results folder to compact" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "results").write_text("")  # a file where the results folder goes
     for command in (["report", str(tmp_path / "flat")], ["compact", str(tmp_path / "flat")]):
@@ -113,6 +114,12 @@ def test_bad_command_lines_exit_2_with_a_message(tmp_path, capsys):
         assert "is a file where a folder was expected" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "empty"), "--csv", str(tmp_path / "no" / "x.csv")]) == 2
     assert "--csv: no folder" in capsys.readouterr().err
+    for extra, said in ((["--html", str(tmp_path)], "--html: "),
+                        (["--figures", str(tmp_path / "file")], "--figures: "),
+                        (["--compare", "a", "a"], "with itself"),
+                        (["--compare-scenarios", "s", "s"], "with itself")):
+        assert main(["report", str(tmp_path / "empty"), *extra]) == 2
+        assert said in capsys.readouterr().err, extra
     (tmp_path / "file").write_text("")
     assert main(["run", str(config), "--output", str(tmp_path / "file")]) == 2
     assert "not a folder" in capsys.readouterr().err
