@@ -367,6 +367,23 @@ def stage_sharing(args, device, state) -> dict:
 
 STAGES = {"environment": stage_environment, "epoch": stage_epoch, "trials": stage_trials,
           "witches_brew": stage_witches_brew, "sharing": stage_sharing, "pilot": stage_pilot}
+NEEDS = {"trials": "epoch", "witches_brew": "epoch"}  # a stage -> the stage that makes its model
+
+
+def chosen_stages(text: str) -> list[str]:
+    """The stages ``--stages`` names, checked before any device time is spent: each known, and
+    each after the stage it needs."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown or not names:
+        raise SystemExit(f"--stages: unknown {', '.join(map(repr, unknown)) or 'nothing'} "
+                         f"(known: {', '.join(STAGES)})")
+    for i, name in enumerate(names):
+        need = NEEDS.get(name)
+        if need is not None and need not in names[:i]:
+            raise SystemExit(f"--stages: {name} uses the model that {need} trains; list {need} "
+                             "before it")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages is None:
         args.stages = "environment,pilot" if args.pilot else ",".join(
             name for name in STAGES if name != "pilot")
+    stages = chosen_stages(args.stages)
+    if Path(args.out).is_dir():
+        raise SystemExit(f"--out: {args.out} is a folder; give the JSON file's name")
     args.pilot_epochs = args.pilot_epochs or (2 if args.tiny else 20)
     if args.tiny:
         args.pilot_trials = min(args.pilot_trials, 3)
@@ -403,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     state: dict[str, Any] = {}
     failed = 0
-    for name in args.stages.split(","):
+    for name in stages:
         tick = time.perf_counter()
         try:
             report[name] = STAGES[name](args, device, state)

@@ -47,3 +47,19 @@ def test_gpu_check_tiny_pilot_pairs_the_control_and_bullseye_polytope(tmp_path):
         low, high = pilot[attack]["wilson95_percent"]
         assert 0 <= low <= pilot[attack]["success_percent"] <= high <= 100
     assert pilot["paired"]["pairs"] == 3
+
+
+@pytest.mark.parametrize("stages, said", [
+    ("epoch,bogus", "unknown 'bogus'"), ("", "unknown nothing"),
+    ("trials,epoch", "trials uses the model that epoch trains"),
+])
+def test_bad_stages_are_refused_before_any_device_time(tmp_path, stages, said):
+    """A typo used to be recorded as a KeyError after the earlier stages had spent the lent
+    device's minutes."""
+    from benchmarks.gpu_check import main
+
+    with pytest.raises(SystemExit, match=said):
+        main(["--tiny", "--stages", stages, "--out", str(tmp_path / "g.json")])
+    assert not (tmp_path / "g.json").exists()
+    with pytest.raises(SystemExit, match="is a folder"):
+        main(["--tiny", "--stages", "environment", "--out", str(tmp_path)])
