@@ -322,11 +322,15 @@ def _plan(args: argparse.Namespace) -> int:
     from raypoison.config.suite import load_suite
     from raypoison.execution import cost
 
+    if args.gpus < 1:
+        raise ConfigError("--gpus", f"must be at least 1, got {args.gpus}")
+    if args.calibrate and not args.calibration:
+        raise ConfigError("--calibrate", "needs --calibration FILE to write to")
+    if args.calibration:  # a bad file is refused before anything is measured
+        cost.calibration_file(Path(args.calibration))
     suite = load_suite(args.config)
     plans = cost.plan_suite(suite, attacks=args.attacks, scenarios=args.scenarios)
     if args.calibrate:
-        if not args.calibration:
-            raise ConfigError("--calibrate", "needs --calibration FILE to write to")
         # on the first planned scenario's attacker and data shape (its data already read)
         scenario = next(s for s in suite.scenarios if s.name == plans[0].name)
         threads = max(1, int(suite.execution.cpus_per_worker))

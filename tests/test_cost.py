@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 import torch
@@ -152,3 +153,37 @@ def test_defense_scoring_is_counted_on_two_test_sizes_and_extrapolated(tiny_raw,
     direct = cost.extrapolated(defense.params, run).flops + flag
     assert planned.flops > 0
     assert planned.flops == pytest.approx(direct, rel=1e-6)
+
+
+@pytest.mark.parametrize("content, said", [
+    ("{\"devices\": {\"x\"", "not a readable calibration file"),
+    ("[1, 2]", "an object with a 'devices' mapping"),
+    ('{"devices": []}', "an object with a 'devices' mapping"),
+    ('{"devices": {"x": {"description": "d"}}}', "device 'x': float32 must be a number > 0"),
+    ('{"devices": {"x": {"float32": 0}}}', "float32 must be a number > 0, got '0'"),
+    ('{"devices": {"x": {"float32": -5}}}', "float32 must be a number > 0"),
+    ('{"devices": {"x": {"float32": "fast"}}}', "float32 must be a number > 0, got 'fast'"),
+    ('{"devices": {"x": {"float32": 1e12, "kind": "tpu"}}}', "kind must be 'gpu' or 'cpu'"),
+])
+def test_a_bad_calibration_file_is_refused_naming_it(tiny_raw, tmp_path, capsys, content, said):
+    """Tracebacks, negative GPU-hours or a ZeroDivisionError before; and --calibrate measured for
+    ten seconds before it found the file unreadable."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(tiny_raw))
+    bad = tmp_path / "cal.json"
+    bad.write_text(content)
+    assert main(["plan", str(config), "--calibration", str(bad), "--device", "x"]) == 2
+    assert said in capsys.readouterr().err
+    tick = time.perf_counter()
+    assert main(["plan", str(config), "--calibration", str(bad), "--calibrate", "here"]) == 2
+    assert time.perf_counter() - tick < 5 and "cal.json" in capsys.readouterr().err
+
+
+def test_plan_refuses_a_missing_calibration_file_and_no_gpus(tiny_raw, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(tiny_raw))
+    assert main(["plan", str(config), "--calibration", str(tmp_path / "absent.json")]) == 2
+    assert "calibration file not found" in capsys.readouterr().err
+    for gpus in ("0", "-2"):
+        assert main(["plan", str(config), "--gpus", gpus]) == 2
+        assert "--gpus: must be at least 1" in capsys.readouterr().err

@@ -49,6 +49,7 @@ from raypoison.core.schema import to_plain
 from raypoison.data import DATASETS, ImageData, load_dataset
 from raypoison.data.setups import Setup
 from raypoison.defenses import DEFENSES, TrainingSet, TrustedSet
+from raypoison.errors import DataError
 from raypoison.execution.checkpoints import models_of, pretrained_name
 from raypoison.models import ImageClassifier, build_model, to_device
 from raypoison.training.loop import train
@@ -499,14 +500,55 @@ def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
 
 # -- devices and calibration -------------------------------------------------------------------
 
+def calibration_file(path: Path) -> dict[str, Any]:
+    """A calibration file's JSON document, refused with what is wrong unless it is an object
+    with a ``devices`` mapping (an absent file is an empty one: ``--calibrate`` creates it)."""
+    if not path.exists():
+        return {"devices": {}}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable calibration file ({type(err).__name__}: "
+                        f"{str(err)[:120]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("devices", {}), dict):
+        raise DataError(f"{path}: a calibration file is an object with a 'devices' mapping")
+    doc.setdefault("devices", {})
+    return doc
+
+
+def _device(name: str, d: Any, where: Path) -> Device:
+    """One measured device of a calibration file, its rates positive finite numbers."""
+    if not isinstance(d, dict):
+        raise DataError(f"{where}: device {name!r} must be a mapping")
+    rates: dict[str, float] = {}
+    for key, default in (("float32", None), ("bf16", d.get("float32")),
+                         ("seconds_per_step", 0.0)):
+        value = d.get(key, default)
+        least = 0.0 if key == "seconds_per_step" else None  # rates > 0, the step's cost ≥ 0
+        if (not isinstance(value, int | float) or isinstance(value, bool)
+                or not math.isfinite(value)
+                or (value < least if least is not None else value <= 0)):
+            bound = "≥ 0" if least is not None else "> 0"
+            raise DataError(f"{where}: device {name!r}: {key} must be a number {bound}, got "
+                            f"{str(value)[:40]!r}")
+        rates[key] = float(value)
+    kind = d.get("kind", "gpu")
+    if kind not in ("gpu", "cpu"):
+        raise DataError(f"{where}: device {name!r}: kind must be 'gpu' or 'cpu', got "
+                        f"{str(kind)[:40]!r}")
+    return Device(str(d.get("description", name)), rates["float32"], rates["bf16"],
+                  rates["seconds_per_step"], str(d.get("source", "measured")), kind)
+
+
 def load_devices(calibration: str | Path | None) -> dict[str, Device]:
     """The built-in table, with the measured devices of a calibration file added or replaced."""
     devices = dict(DEVICES)
-    if calibration is not None and Path(calibration).is_file():
-        for name, d in json.loads(Path(calibration).read_text()).get("devices", {}).items():
-            devices[name] = Device(d["description"], d["float32"], d.get("bf16", d["float32"]),
-                                   d.get("seconds_per_step", 0.0), d.get("source", "measured"),
-                                   d.get("kind", "gpu"))
+    if calibration is not None:
+        path = Path(calibration)
+        if not path.is_file():
+            raise DataError(f"{path}: calibration file not found")
+        for name, d in calibration_file(path)["devices"].items():
+            devices[str(name)] = _device(str(name), d, path)
     return devices
 
 
@@ -546,7 +588,7 @@ def calibrate(cfg: ModelConfig, shape: Shape, threads: int, repeats: int = 7) ->
 
 def write_calibration(path: str | Path, name: str, device: Device) -> None:
     target = Path(path)
-    doc = json.loads(target.read_text()) if target.is_file() else {"devices": {}}
+    doc = calibration_file(target)
     doc["devices"][name] = dataclasses.asdict(device)
     target.write_text(json.dumps(doc, indent=2) + "\n")
 
