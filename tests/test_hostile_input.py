@@ -459,3 +459,22 @@ def test_weights_broken_by_the_last_update_fail_the_training():
     recipe = RecipeConfig(lr=float("inf"), epochs=1, milestones=(), batch_size=16)  # unvalidated
     with pytest.raises(TrainingDiverged, match="weights became NaN or infinite by step 1"):
         train(model, images, labels, recipe=recipe, seed=1, trainable="all")
+
+
+@pytest.mark.parametrize("address, said", [
+    ("127.0.0.1:1", "nothing answers at 127.0.0.1:1"),
+    ("http://127.0.0.1:8265", "the dashboard's address, for `ray job submit`"),
+    ("headnode", "is not host:port"),
+])
+def test_a_cluster_address_nothing_answers_at_is_refused_in_seconds(tmp_path, capsys, address,
+                                                                    said):
+    """``ray.init`` retried for minutes printing only its own messages (and not the address)."""
+    from raypoison.execution.cluster import check_address
+
+    tick = time.monotonic()
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        check_address(address)
+    config = write_config(tmp_path / "c.yaml", copy.deepcopy(TINY))
+    assert main(["run", str(config), "--output", str(tmp_path / "o"), "--address", address]) == 2
+    assert said in capsys.readouterr().err and time.monotonic() - tick < 30
+    assert not (tmp_path / "o" / "results").exists()

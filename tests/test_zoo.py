@@ -47,3 +47,63 @@ def test_zoo_trains_each_seed_once_and_adversarial_training_is_more_robust(ray_c
         robust[name] = robust_accuracy(model, data.test_x, data.test_y, epsilon=16 / 255,
                                        step=4 / 255, steps=10, seed=1)
     assert robust["robust"] > robust["clean"] + 0.1, robust
+
+
+def test_a_present_checkpoint_is_kept_only_if_the_index_says_it_is_this_entry(tmp_path):
+    """Checkpoints were reused by file name alone: after the entry changed (another architecture
+    or recipe), the old weights stayed under the new description. A missing or damaged index
+    crashed with KeyError or JSONDecodeError. Each now stops before any training, naming the
+    file."""
+    from raypoison.errors import ConfigError, DataError
+    from raypoison.execution.zoo import _describe
+
+    def zoo_with(epochs: int):
+        zoo_file = tmp_path / f"zoo-{epochs}.yaml"
+        zoo_file.write_text(yaml.safe_dump({"name": "z", "models": [
+            {"name": "clean", "arch": "convnet", "dataset": DATASET,
+             "recipe": dict(RECIPE, epochs=epochs), "seeds": [0]}]}))
+        return load_zoo(zoo_file)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clean-s0.pt").write_bytes(b"weights")
+    zoo = zoo_with(8)
+    entry = {"clean-s0.pt": {**_describe(zoo.models[0], 0), "clean_accuracy": 0.9}}
+    (out / "zoo.json").write_text(json.dumps(entry))
+    assert pretrain_zoo(zoo, str(out)) == [entry["clean-s0.pt"]]  # present and the same: kept
+    with pytest.raises(DataError, match=r"clean-s0.pt was trained from another zoo entry \(its "
+                                        r"recipe differ"):
+        pretrain_zoo(zoo_with(9), str(out))
+    for index, said in (("{}", "does not describe it"), ("[]", "a zoo index is a JSON object"),
+                        ('{"clean-s0.pt": {', "not a readable zoo index")):
+        (out / "zoo.json").write_text(index)
+        with pytest.raises(DataError, match=said):
+            pretrain_zoo(zoo, str(out))
+    assert (out / "clean-s0.pt").read_bytes() == b"weights"  # nothing lost
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        pretrain_zoo(zoo, str(tmp_path / "afile"))
+
+
+@pytest.mark.slow
+def test_pretrain_asking_for_gpus_trains_on_the_cpu_of_a_machine_without_one(tmp_path):
+    """Both zoo configs ask for half a GPU per task; on a machine without one the tasks used to
+    wait forever. The embedded instance has no GPU here (``--num-gpus`` is not given)."""
+    import os
+    import subprocess
+    import sys
+
+    zoo_file = tmp_path / "zoo.yaml"
+    zoo_file.write_text(yaml.safe_dump({
+        "name": "gpu-zoo", "gpus_per_task": 0.5, "cpus_per_task": 4,
+        "models": [{"name": "clean", "arch": "convnet", "params": {"width": 8},
+                    "dataset": DATASET, "recipe": dict(RECIPE, epochs=1, milestones=[]),
+                    "seeds": [0]}]}))
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", CUDA_VISIBLE_DEVICES="")
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-m", "raypoison.cli", "pretrain", str(zoo_file),
+                           "--output", str(tmp_path / "out"), "--num-cpus", "1"],
+                          capture_output=True, text=True, timeout=240, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "clean-s0.pt").is_file()
+    assert "trains on the CPU" in done.stderr + done.stdout

@@ -11,6 +11,7 @@
   that ``raypoison run`` treats SIGTERM like Ctrl-C: it writes what has finished, marks the
   manifest ``interrupted`` and exits 130, and ``ray.shutdown`` then stops the embedded instance.
 - If Ray is already initialized (a notebook, a test), use it and leave it running.
+- An address nothing answers at is refused within seconds, naming it (:func:`check_address`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import ray
+
+from raypoison.errors import ConfigError
 
 log = logging.getLogger("raypoison")
 
@@ -39,13 +43,40 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def check_address(address: str, source: str = "--address", seconds: float = 10.0) -> None:
+    """Refuse, at once and naming it, a cluster address nothing answers at: ``ray.init`` would
+    retry for minutes printing only its own low-level messages. ``http://`` is the dashboard's
+    job-submission address (``ray job submit``), not one a driver joins; ``auto`` and ``ray://``
+    are left to Ray."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(source, f"{address} is the dashboard's address, for `ray job submit`; "
+                                  "a driver joins the cluster at its head's GCS address "
+                                  "(host:6379), or unset it to start a local Ray instance")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(source, f"{address!r} is not host:port (the head's GCS address, "
+                                  "e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as err:
+        raise ConfigError(source, f"nothing answers at {address} ({err.strerror or err}); is "
+                                  "the cluster's head running, and is this its GCS port "
+                                  "(6379 by default)?") from None
+
+
 @contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None,
                 num_gpus: float | None = None, dashboard: bool = False) -> Iterator[RaySession]:
+    if address:
+        check_address(address)
     if ray.is_initialized():
         yield RaySession("existing", None, dict(ray.cluster_resources()))
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    if not address and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+        check_address(address, "RAY_ADDRESS (environment)")
     ours = signal.getsignal(signal.SIGTERM) if _main_thread() else None
     if address:
         ray.init(address=address, log_to_driver=True)

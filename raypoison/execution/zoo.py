@@ -2,18 +2,23 @@
 
 Each checkpoint is written atomically as ``<output>/<name>-s<seed>.pt``; ``<output>/zoo.json``
 lists them with their clean (and, for adversarial training, robust) test accuracy. Checkpoints that
-exist are kept, so running the command again trains only what is missing.
+exist are kept, so running the command again trains only what is missing; a checkpoint is kept
+only if ``zoo.json`` says it was trained from the config's very entry (else the command stops and
+says which file and what differs).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+from typing import Any
 
 import ray
 
-from raypoison.config.suite import ZooConfig
+from raypoison.config.suite import ZooConfig, ZooEntry
 from raypoison.core.schema import to_plain
+from raypoison.errors import ConfigError, DataError
 from raypoison.execution.checkpoints import pretrain_task
 from raypoison.execution.cluster import ray_session
 from raypoison.models import load_checkpoint
@@ -22,19 +27,72 @@ from raypoison.store.storage import Location
 log = logging.getLogger("raypoison")
 
 
+def _describe(entry: ZooEntry, seed: int) -> dict[str, Any]:
+    """What defines a checkpoint of the zoo: what its index entry must say for it to be reused."""
+    return {"name": entry.name, "arch": entry.arch, "seed": seed,
+            "params": to_plain(entry.params), "dataset": to_plain(entry.dataset),
+            "recipe": to_plain(entry.recipe)}
+
+
+def _read_index(location: Location, index_path: str) -> dict[str, Any]:
+    if not location.exists(index_path):
+        return {}
+    try:
+        index = json.loads(location.read_bytes(index_path))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{index_path}: not a readable zoo index ({type(err).__name__}: "
+                        f"{str(err)[:120]}); restore it, or delete it and the checkpoints it "
+                        "listed to train them again") from None
+    if not isinstance(index, dict):
+        raise DataError(f"{index_path}: a zoo index is a JSON object (file name -> entry)")
+    return index
+
+
+def _check_present(location: Location, index: dict[str, Any], index_path: str,
+                   entry: ZooEntry, seed: int) -> None:
+    """A checkpoint already in the output is kept only if the index says it was trained from
+    this very entry: reused by file name alone, a changed entry (another architecture, recipe
+    or data) would keep the old weights under the new description."""
+    name = entry.file_name(seed)
+    recorded = index.get(name)
+    if not isinstance(recorded, dict):
+        raise DataError(f"{location.join(name)} exists but {index_path} does not describe it: "
+                        "restore the index, or delete the checkpoint to train it again")
+    wanted = _describe(entry, seed)
+    differs = [k for k, v in wanted.items() if recorded.get(k) != v]
+    if differs:
+        raise DataError(f"{location.join(name)} was trained from another zoo entry (its "
+                        f"{', '.join(differs)} differ from the config's): delete it to train "
+                        "it again, or write the zoo to another --output")
+
+
 def pretrain_zoo(zoo: ZooConfig, output: str, *, address: str | None = None,
                  num_cpus: int | None = None, num_gpus: float | None = None) -> list[dict]:
     location = Location.parse(output)
+    if location.is_local and os.path.exists(location.root) and not os.path.isdir(location.root):
+        raise ConfigError("--output", f"{output} is a file, not a folder")
     index_path = location.join("zoo.json")
-    index = json.loads(location.read_bytes(index_path)) if location.exists(index_path) else {}
-    jobs = [(entry, seed) for entry in zoo.models for seed in entry.seeds
-            if not location.exists(location.join(entry.file_name(seed)))]
+    index = _read_index(location, index_path)
+    jobs = []
+    for entry in zoo.models:
+        for seed in entry.seeds:
+            if location.exists(location.join(entry.file_name(seed))):
+                _check_present(location, index, index_path, entry, seed)
+            else:
+                jobs.append((entry, seed))
     log.info("zoo %s: %d checkpoints to train, %d present", zoo.name, len(jobs),
              sum(len(e.seeds) for e in zoo.models) - len(jobs))
     if jobs:
-        with ray_session(address, num_cpus=num_cpus, num_gpus=num_gpus):
+        with ray_session(address, num_cpus=num_cpus, num_gpus=num_gpus) as session:
+            gpus = zoo.gpus_per_task
+            if session.mode == "embedded" and gpus > 0 and not session.resources.get("GPU"):
+                log.info("no GPUs in the local Ray instance: the zoo trains on the CPU")
+                gpus = 0.0  # else the tasks wait for a GPU forever
+            cpus = zoo.cpus_per_task
+            if session.mode == "embedded":
+                cpus = min(cpus, session.resources.get("CPU", cpus))
             task = ray.remote(pretrain_task).options(
-                num_cpus=zoo.cpus_per_task, num_gpus=zoo.gpus_per_task, max_retries=2)
+                num_cpus=cpus, num_gpus=gpus, max_retries=2)
             refs = {task.remote(entry.model_config(seed), entry.dataset): (entry, seed)
                     for entry, seed in jobs}
             pending = list(refs)
@@ -45,9 +103,7 @@ def pretrain_zoo(zoo: ZooConfig, output: str, *, address: str | None = None,
                 _, meta = load_checkpoint(blob, where=entry.file_name(seed))
                 location.write_bytes(location.join(entry.file_name(seed)), blob)
                 index[entry.file_name(seed)] = {
-                    "name": entry.name, "arch": entry.arch, "seed": seed,
-                    "params": to_plain(entry.params), "dataset": to_plain(entry.dataset),
-                    "recipe": to_plain(entry.recipe),
+                    **_describe(entry, seed),
                     "clean_accuracy": meta.get("clean_accuracy"),
                     "robust_accuracy": meta.get("robust_accuracy"),
                     "train_seconds": meta.get("train_seconds"),
