@@ -205,6 +205,7 @@ def _report(args: argparse.Namespace) -> int:
 
     from raypoison.analysis.document import assemble, to_html, to_markdown
     from raypoison.analysis.report import current_protocol
+    from raypoison.analysis.row_checks import split_malformed
     from raypoison.store import results
 
     for flag, target in (("--csv", args.csv), ("--markdown", args.markdown),
@@ -225,6 +226,13 @@ def _report(args: argparse.Namespace) -> int:
         print(f"error: no results in {args.output} (no readable part files under its results/)",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+    df, malformed = split_malformed(df)
+    for reason, rows in malformed.itertuples(index=False):
+        print(f"warning: left out {rows} rows of {args.output} that no run writes ({reason})",
+              file=sys.stderr)
+    if df.empty:
+        print(f"error: no well-formed rows in {args.output}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.scenarios:
         df = _only_scenarios(df, args.scenarios, args.output)
     df, left_out = current_protocol(df)
@@ -233,7 +241,7 @@ def _report(args: argparse.Namespace) -> int:
         other = results.load(args.against)
         if other.empty:
             raise ConfigError("--against", f"no results in {args.against}")
-        other, _ = current_protocol(other)
+        other, _ = current_protocol(split_malformed(other)[0])
         against = (args.against, other)
     for label in args.compare or ():
         if label not in set(df["attack"]):

@@ -8,6 +8,7 @@ import pytest
 from raypoison.analysis.report import success_table, to_markdown
 from raypoison.analysis.stats import clopper_pearson, wilson
 from raypoison.cli import main
+from raypoison.store import results
 from raypoison.store.sink import ParquetSink
 from raypoison.store.storage import Location
 
@@ -385,3 +386,34 @@ def test_a_paired_comparisons_rates_and_difference_weigh_trials_alike():
             for a in ("strong", "weak") for t, v in ((0, "v1"), (0, "v2"), (1, "v1"))]
     diff = compare_attacks(pd.DataFrame(rows), "strong", "weak").iloc[0]
     assert diff["rate_strong"] - diff["rate_weak"] == pytest.approx(diff["difference"]) == 0.5
+
+
+def test_rows_no_run_writes_are_left_out_of_the_report_and_counted(tmp_path, capsys):
+    """Hand-edited or foreign rows: a share outside [0, 1] gave a mean outside its own interval
+    (109.0 [-100.0, 100.0]); a null victim collapsed two rows into one key; a null role counted
+    in 'all' and in no role. They are left out, and the warning says how many and why."""
+    from raypoison.analysis.row_checks import split_malformed
+    from raypoison.store.rows import SCHEMA_VERSION
+
+    def good(index: int, **changes):
+        return {"schema_version": SCHEMA_VERSION, "protocol_version": "3",
+                "trial_id": f"t{index}", "scenario": "s", "attack": "a", "attack_name": "a",
+                "victim": "v", "role": "white-box", "trial": index, "status": "ok",
+                "success": index % 2 == 0, "clean_accuracy": 0.8, **changes}
+
+    rows = [good(i) for i in range(4)] + [
+        good(4, clean_accuracy=1.7), good(5, victim=None), good(6, role=None),
+        good(7, trial=-3), good(8, status="maybe"), good(9, flag_auc=2.0)]
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    sink.add(rows)
+    sink.flush()
+    df = results.load(str(tmp_path))
+    kept, bad = split_malformed(df)
+    assert sorted(kept["trial"]) == [0, 1, 2, 3]
+    assert dict(zip(bad["reason"], bad["rows"], strict=True)) == {
+        "clean_accuracy outside [0, 1]": 1, "victim missing": 1, "role missing or unknown": 1,
+        "negative trial index": 1, "unknown status": 1, "flag_auc outside [0, 1]": 1}
+    assert main(["report", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "left out 1 rows of" in captured.err and "(victim missing)" in captured.err
+    assert "| s | a | white-box | 4 | 50.0 [15.0, 85.0] | wilson |" in captured.out
