@@ -179,6 +179,25 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_against(df, other, here: str, there: str) -> None:
+    """``--against`` compares cells of the scenarios both datasets hold: refuse none in common,
+    and warn where a shared scenario's rows come from different protocol versions."""
+    shared = sorted(set(df["scenario"]) & set(other["scenario"]))
+    if not shared:
+        raise ConfigError("--against", f"no scenario in common: {here} has "
+                                       f"{', '.join(sorted(set(df['scenario'])))}; {there} has "
+                                       f"{', '.join(sorted(set(other['scenario'])))}")
+    if "protocol_version" not in df.columns or "protocol_version" not in other.columns:
+        return
+    for name in shared:
+        mine = sorted(set(df.loc[df["scenario"] == name, "protocol_version"].astype(str)))
+        theirs = sorted(set(other.loc[other["scenario"] == name, "protocol_version"].astype(str)))
+        if mine != theirs:
+            print(f"warning: --against: scenario {name} is protocol version {', '.join(mine)} "
+                  f"here and {', '.join(theirs)} in {there}; a protocol change changes results, "
+                  "so the differences mix the two (README, Status)", file=sys.stderr)
+
+
 def _dry_run(suite: SuiteConfig, options: RunOptions) -> int:
     """``raypoison run --dry-run``: each pending trial with its missing defenses and how it will
     be computed; no Ray, no lease, nothing written."""
@@ -242,6 +261,7 @@ def _report(args: argparse.Namespace) -> int:
         if other.empty:
             raise ConfigError("--against", f"no results in {args.against}")
         other, _ = current_protocol(split_malformed(other)[0])
+        _check_against(df, other, args.output, args.against)
         against = (args.against, other)
     for label in args.compare or ():
         if label not in set(df["attack"]):

@@ -417,3 +417,21 @@ def test_rows_no_run_writes_are_left_out_of_the_report_and_counted(tmp_path, cap
     captured = capsys.readouterr()
     assert "left out 1 rows of" in captured.err and "(victim missing)" in captured.err
     assert "| s | a | white-box | 4 | 50.0 [15.0, 85.0] | wilson |" in captured.out
+
+
+def test_against_says_when_the_datasets_share_no_scenario_or_differ_in_protocol(tmp_path, capsys):
+    from raypoison.store.rows import SCHEMA_VERSION
+
+    def write(folder, version, scenario="s"):
+        sink = ParquetSink(Location.parse(str(folder)), "r")
+        sink.add([dict(r, schema_version=SCHEMA_VERSION, run_id="r", protocol_version=version,
+                       scenario=scenario) for r in _paired_rows()])
+        sink.flush()
+
+    write(tmp_path / "a", "3")
+    write(tmp_path / "b", "2")
+    write(tmp_path / "c", "3", scenario="elsewhere")
+    assert main(["report", str(tmp_path / "a"), "--against", str(tmp_path / "b")]) == 0
+    assert "scenario s is protocol version 3 here and 2 in" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "a"), "--against", str(tmp_path / "c")]) == 2
+    assert "no scenario in common" in capsys.readouterr().err
