@@ -252,6 +252,7 @@ def _report(args: argparse.Namespace) -> int:
     if df.empty:
         print(f"error: no well-formed rows in {args.output}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    every_row = df
     if args.scenarios:
         df = _only_scenarios(df, args.scenarios, args.output)
     df, left_out = current_protocol(df)
@@ -280,7 +281,7 @@ def _report(args: argparse.Namespace) -> int:
                         against=against, layout=args.layout,
                         compare_scenarios=(tuple(args.compare_scenarios)
                                            if args.compare_scenarios else None),
-                        left_out=left_out)
+                        left_out=left_out, every_row=every_row)
     text = to_markdown(sections)
     print(text)
     if args.markdown:

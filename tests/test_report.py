@@ -1,5 +1,6 @@
 """Intervals and report tables."""
 
+import json
 import math
 
 import pandas as pd
@@ -256,8 +257,13 @@ def test_report_compares_two_scenarios_defenses_on_the_same_victims(tmp_path, ca
     assert main(["report", str(out), "--compare-scenarios", "drawn", "nope"]) == 2
     assert "--compare-scenarios: no defended rows of scenario 'nope'" in capsys.readouterr().err
     # one scenario's report: the other's rows are left out of every table
+    (out / "manifests").mkdir()  # one run wrote both scenarios: 8 trials
+    (out / "manifests" / "run-r.json").write_text(json.dumps(
+        {"run_id": "r", "suite": "x", "status": "completed", "started_at": "2026-01-01",
+         "trials": {"planned": 8, "skipped_already_done": 0}}))
     assert main(["report", str(out), "--scenarios", "held"]) == 0
     printed = capsys.readouterr().out
+    assert "wrote 8 of the 8 trials it had to compute (100%)" in printed  # not 4 of 8
     defenses = printed[printed.index("## Defenses"):printed.index("## Rows by status")]
     assert "drawn" not in defenses and "| all models |  | 4 models, 2 seeds |" in defenses
     assert "| 3.0 |" in defenses and "| 2.0 " not in defenses  # held lost 3 on each model

@@ -53,10 +53,13 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
              compare_attacks: tuple[str, str] | None = None,
              against: tuple[str, pd.DataFrame] | None = None,
              compare_scenarios: tuple[str, str] | None = None,
-             layout: str = "auto", left_out: pd.DataFrame | None = None) -> list[Section]:
+             layout: str = "auto", left_out: pd.DataFrame | None = None,
+             every_row: pd.DataFrame | None = None) -> list[Section]:
     """The report's sections, the success table first; ``left_out``
     (:func:`raypoison.analysis.report.current_protocol`) says which rows of older protocol
-    versions the tables leave out (the section after it)."""
+    versions the tables leave out (the section after it). ``every_row``: the output's rows
+    before a ``--scenarios`` filter, which the runs' progress counts (a run's manifest counts
+    every scenario it planned); by default ``df``."""
     sections = []
     table = report.success_table(df, interval=interval, per_victim=per_victim)
     if not per_victim and report_tables.uses_table3(table, layout):
@@ -121,7 +124,7 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
     sections.append(Section("Rows by status", status,
                             [("", report_tables.status_display(status))]))
     recorded = run_status.manifests(uri)
-    runs = run_status.run_table(recorded, df)
+    runs = run_status.run_table(recorded, df if every_row is None else every_row)
     if not runs.empty:
         sections.append(Section("Runs", runs, text=run_status.to_text(runs)))
     conflicts = run_status.weight_conflicts(recorded)
