@@ -85,12 +85,18 @@ def crafting_seconds(config: str, *, trials: int = 3, attacks: list[str] | None 
     from raypoison.attacks import ATTACKS, create_attack
     from raypoison.config.suite import load_suite
     from raypoison.core.identity import derive_seed
+    from raypoison.errors import ConfigError
     from raypoison.execution.checkpoints import local_checkpoint, models_of
     from raypoison.trial.context import TrialContext
     from raypoison.trial.pretrain import pretrain_checkpoint
 
     suite = load_suite(config)
     scenario = suite.scenarios[0]
+    crafting = [a.label for a in suite.attacks if ATTACKS.get(a.name).needs_models]
+    unknown = sorted(set(attacks or ()) - set(crafting))
+    if unknown:
+        raise ConfigError("--attacks", f"no crafting attack {', '.join(map(repr, unknown))} in "
+                                       f"{config} (those that craft: {', '.join(crafting)})")
     blobs = {}
     for name in models_of(scenario):
         cfg = scenario.models[name]

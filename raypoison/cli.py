@@ -401,9 +401,17 @@ def _compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _at_least_one(flag: str, value: float) -> None:
+    if value < 1:
+        raise ConfigError(flag, f"must be at least 1, got {value}")
+
+
 def _bench_crafting(args: argparse.Namespace) -> int:
     from raypoison.bench import crafting_seconds
 
+    _at_least_one("--trials", args.trials)
+    if args.models and not Path(args.models).is_dir():
+        raise ConfigError("--models", f"no folder {args.models} (a run's models/ folder)")
     crafting_seconds(args.config, trials=args.trials, attacks=args.attacks,
                      models_dir=args.models)
     return EXIT_OK
@@ -412,6 +420,10 @@ def _bench_crafting(args: argparse.Namespace) -> int:
 def _bench_scheduler(args: argparse.Namespace) -> int:
     from raypoison.bench import scheduler_overhead
 
+    _at_least_one("--trials", args.trials)
+    _at_least_one("--workers", args.workers)
+    if args.gpus < 0:
+        raise ConfigError("--gpus", f"must be ≥ 0, got {args.gpus}")
     scheduler_overhead(trials=args.trials, workers=args.workers, gpus=args.gpus,
                        output=args.output)
     return EXIT_OK

@@ -66,3 +66,18 @@ def test_a_dry_run_lists_every_pending_trial_and_starts_and_writes_nothing(tmp_p
     assert lines[-1].startswith("time left: no finished trial in this output to measure")
     assert not out.exists() and ray.is_initialized() == ray_before
     assert main(["run", str(config), "--output", str(out), "--dry-run", "--defenses", "x"]) == 2
+
+
+def test_bench_arguments_are_checked_before_anything_runs(tmp_path, capsys, tiny_raw):
+    """An unknown --attacks printed nothing and exited 0; --trials 0 divided by zero."""
+    config = write_config(tmp_path / "c.yaml", tiny_raw)
+    for argv, said in (
+            (["bench", "crafting", str(config), "--attacks", "frog"],
+             "--attacks: no crafting attack 'frog'"),
+            (["bench", "crafting", str(config), "--trials", "0"], "--trials: must be at least 1"),
+            (["bench", "crafting", str(config), "--models", str(tmp_path / "absent")],
+             "--models: no folder"),
+            (["bench", "scheduler", "--trials", "0"], "--trials: must be at least 1"),
+            (["bench", "scheduler", "--workers", "0"], "--workers: must be at least 1")):
+        assert main(argv) == 2, argv
+        assert said in capsys.readouterr().err, argv
