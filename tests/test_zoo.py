@@ -107,3 +107,20 @@ def test_pretrain_asking_for_gpus_trains_on_the_cpu_of_a_machine_without_one(tmp
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "out" / "clean-s0.pt").is_file()
     assert "trains on the CPU" in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"models": []}, "models: a zoo needs at least one model"),
+    ({"seeds": [2**70]}, r"models\[0\]\.seeds\[0\]: must lie in \[0, 2\*\*63\)"),
+    ({"seeds": [-1]}, r"models\[0\]\.seeds\[0\]: must lie in"),
+])
+def test_an_empty_zoo_and_seeds_torch_cannot_take_are_refused(tmp_path, change, said):
+    from raypoison.errors import ConfigError
+
+    entry = {"name": "clean", "arch": "convnet", "dataset": DATASET, "recipe": RECIPE,
+             "seeds": change.get("seeds", [0])}
+    raw = {"name": "z", "models": change.get("models", [entry])}
+    zoo_file = tmp_path / "zoo.yaml"
+    zoo_file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=said):
+        load_zoo(zoo_file)

@@ -589,6 +589,9 @@ class ZooEntry:
         object.__setattr__(self, "params", build(cls.Params, self.params, f"{path}.params"))
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"{path}.seeds", "give one or more distinct seeds")
+        for i, seed in enumerate(self.seeds):
+            if not 0 <= seed < 2**63:  # what torch.manual_seed takes
+                raise ConfigError(f"{path}.seeds[{i}]", f"must lie in [0, 2**63), got {seed}")
 
     def model_config(self, seed: int) -> ModelConfig:
         return ModelConfig(self.arch, self.params, None, PretrainConfig(self.recipe, seed))
@@ -608,6 +611,9 @@ class ZooConfig:
 
     def validate(self, path: str) -> None:
         check_name("name", self.name)
+        if not self.models:
+            raise ConfigError(f"{path}.models" if path else "models",
+                              "a zoo needs at least one model")
         names = [m.name for m in self.models]
         for i, n in enumerate(names):
             if names.index(n) != i:
