@@ -92,11 +92,11 @@ def crafting_seconds(config: str, *, trials: int = 3, attacks: list[str] | None 
 
     suite = load_suite(config)
     scenario = suite.scenarios[0]
-    crafting = [a.label for a in suite.attacks if ATTACKS.get(a.name).needs_models]
-    unknown = sorted(set(attacks or ()) - set(crafting))
+    labels = [a.label for a in suite.attacks]
+    unknown = sorted(set(attacks or ()) - set(labels))
     if unknown:
-        raise ConfigError("--attacks", f"no crafting attack {', '.join(map(repr, unknown))} in "
-                                       f"{config} (those that craft: {', '.join(crafting)})")
+        raise ConfigError("--attacks", f"no attack {', '.join(map(repr, unknown))} in {config} "
+                                       f"(its attacks: {', '.join(labels)})")
     blobs = {}
     for name in models_of(scenario):
         cfg = scenario.models[name]

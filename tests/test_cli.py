@@ -73,7 +73,7 @@ def test_bench_arguments_are_checked_before_anything_runs(tmp_path, capsys, tiny
     config = write_config(tmp_path / "c.yaml", tiny_raw)
     for argv, said in (
             (["bench", "crafting", str(config), "--attacks", "frog"],
-             "--attacks: no crafting attack 'frog'"),
+             "--attacks: no attack 'frog'"),
             (["bench", "crafting", str(config), "--trials", "0"], "--trials: must be at least 1"),
             (["bench", "crafting", str(config), "--models", str(tmp_path / "absent")],
              "--models: no folder"),

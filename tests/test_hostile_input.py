@@ -461,6 +461,25 @@ def test_weights_broken_by_the_last_update_fail_the_training():
         train(model, images, labels, recipe=recipe, seed=1, trainable="all")
 
 
+def test_addresses_ray_takes_pass_the_check():
+    import socket as sockets
+
+    from raypoison.execution.cluster import check_address
+
+    for address in ("auto", "local", "ray://head:10001"):
+        check_address(address)
+    for family, host in ((sockets.AF_INET, "127.0.0.1"), (sockets.AF_INET6, "::1")):
+        try:
+            server = sockets.socket(family)
+            server.bind((host, 0))
+        except OSError:
+            continue  # no IPv6 on this machine
+        server.listen()
+        port = server.getsockname()[1]
+        check_address(f"[{host}]:{port}" if family == sockets.AF_INET6 else f"{host}:{port}")
+        server.close()
+
+
 @pytest.mark.parametrize("address, said", [
     ("127.0.0.1:1", "nothing answers at 127.0.0.1:1"),
     ("http://127.0.0.1:8265", "the dashboard's address, for `ray job submit`"),

@@ -71,9 +71,15 @@ def test_a_present_checkpoint_is_kept_only_if_the_index_says_it_is_this_entry(tm
     entry = {"clean-s0.pt": {**_describe(zoo.models[0], 0), "clean_accuracy": 0.9}}
     (out / "zoo.json").write_text(json.dumps(entry))
     assert pretrain_zoo(zoo, str(out)) == [entry["clean-s0.pt"]]  # present and the same: kept
-    with pytest.raises(DataError, match=r"clean-s0.pt was trained from another zoo entry \(its "
-                                        r"recipe differ"):
+    with pytest.raises(DataError, match=r"clean-s0.pt was trained from another zoo entry "
+                                        r"\(recipe: .* in the index, .* in the config\)"):
         pretrain_zoo(zoo_with(9), str(out))
+    older = {k: v for k, v in entry["clean-s0.pt"].items() if k != "identity"}
+    (out / "zoo.json").write_text(json.dumps({"clean-s0.pt": dict(older, recipe={})}))
+    assert pretrain_zoo(zoo, str(out))  # an index from before identities: arch and seed decide
+    (out / "zoo.json").write_text(json.dumps({"clean-s0.pt": dict(older, arch="resnet18")}))
+    with pytest.raises(DataError, match="arch: resnet18 in the index, convnet in the config"):
+        pretrain_zoo(zoo, str(out))
     for index, said in (("{}", "does not describe it"), ("[]", "a zoo index is a JSON object"),
                         ('{"clean-s0.pt": {', "not a readable zoo index")):
         (out / "zoo.json").write_text(index)

@@ -46,10 +46,12 @@ def _main_thread() -> bool:
 def check_address(address: str, source: str = "--address", seconds: float = 10.0) -> None:
     """Refuse, at once and naming it, a cluster address nothing answers at: ``ray.init`` would
     retry for minutes printing only its own low-level messages. ``http://`` is the dashboard's
-    job-submission address (``ray job submit``), not one a driver joins; ``auto`` and ``ray://``
-    are left to Ray."""
-    if address == "auto" or address.startswith("ray://"):
-        return
+    job-submission address (``ray job submit``), not one a driver joins; ``auto``, ``local`` and
+    client addresses (``ray://``) are left to Ray."""
+    address = address.strip()
+    if address in ("auto", "local") or ("://" in address
+                                        and not address.startswith(("http://", "https://"))):
+        return  # Ray's own forms: found by Ray, or a client (ray://) connection
     if address.startswith(("http://", "https://")):
         raise ConfigError(source, f"{address} is the dashboard's address, for `ray job submit`; "
                                   "a driver joins the cluster at its head's GCS address "
@@ -58,6 +60,7 @@ def check_address(address: str, source: str = "--address", seconds: float = 10.0
     if not host or not port.isdigit():
         raise ConfigError(source, f"{address!r} is not host:port (the head's GCS address, "
                                   "e.g. 10.0.0.5:6379)")
+    host = host.removeprefix("[").removesuffix("]")  # an IPv6 address: [::1]:6379
     try:
         socket.create_connection((host, int(port)), timeout=seconds).close()
     except OSError as err:

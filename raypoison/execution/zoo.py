@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from raypoison.config.suite import ZooConfig, ZooEntry
+from raypoison.core.identity import digest, identity_of
 from raypoison.core.schema import to_plain
 from raypoison.errors import ConfigError, DataError
 from raypoison.execution.checkpoints import pretrain_task
@@ -28,10 +29,16 @@ log = logging.getLogger("raypoison")
 
 
 def _describe(entry: ZooEntry, seed: int) -> dict[str, Any]:
-    """What defines a checkpoint of the zoo: what its index entry must say for it to be reused."""
+    """A checkpoint's index entry: what it is, as written in the config, and ``identity``, the
+    digests that decide whether a present checkpoint is the config's entry (the forms trial ids
+    use: defaults left out, so a new option keeps them; data paths replaced by a digest of the
+    files, so moving the data keeps them)."""
     return {"name": entry.name, "arch": entry.arch, "seed": seed,
             "params": to_plain(entry.params), "dataset": to_plain(entry.dataset),
-            "recipe": to_plain(entry.recipe)}
+            "recipe": to_plain(entry.recipe),
+            "identity": {"params": digest(identity_of(entry.params)),
+                         "dataset": digest(identity_of(entry.dataset)),
+                         "recipe": digest(identity_of(entry.recipe))}}
 
 
 def _read_index(location: Location, index_path: str) -> dict[str, Any]:
@@ -59,11 +66,18 @@ def _check_present(location: Location, index: dict[str, Any], index_path: str,
         raise DataError(f"{location.join(name)} exists but {index_path} does not describe it: "
                         "restore the index, or delete the checkpoint to train it again")
     wanted = _describe(entry, seed)
-    differs = [k for k, v in wanted.items() if recorded.get(k) != v]
+    differs = [k for k in ("arch", "seed") if recorded.get(k) != wanted[k]]
+    identity = recorded.get("identity")
+    if isinstance(identity, dict):
+        differs += [k for k, v in wanted["identity"].items() if identity.get(k) != v]
+    else:  # an index written before identities were recorded: architecture and seed only
+        log.info("%s: its index entry predates recorded identities; kept on its architecture "
+                 "and seed", name)
     if differs:
-        raise DataError(f"{location.join(name)} was trained from another zoo entry (its "
-                        f"{', '.join(differs)} differ from the config's): delete it to train "
-                        "it again, or write the zoo to another --output")
+        shown = "; ".join(f"{k}: {str(recorded.get(k))[:60]} in the index, "
+                          f"{str(wanted[k])[:60]} in the config" for k in differs)
+        raise DataError(f"{location.join(name)} was trained from another zoo entry ({shown}): "
+                        "delete it to train it again, or write the zoo to another --output")
 
 
 def pretrain_zoo(zoo: ZooConfig, output: str, *, address: str | None = None,
