@@ -150,14 +150,15 @@ def _run(args: argparse.Namespace) -> int:
     if "://" not in args.output and Path(args.output).exists() and not Path(args.output).is_dir():
         raise ConfigError("--output", f"{args.output} is a file, not a folder")
     for flag, value in (("--workers", args.workers), ("--num-cpus", args.num_cpus)):
-        if value is not None and value < 1:
-            raise ConfigError(flag, f"must be at least 1, got {value}")
+        if value is not None:
+            _at_least_one(flag, value)
     if args.num_gpus is not None and not args.num_gpus >= 0:
         raise ConfigError("--num-gpus", f"must be ≥ 0, got {args.num_gpus}")
-    check_trial_selection(suite, parse_trial_range(args.trials), args.scenarios)
+    trials = parse_trial_range(args.trials)
+    check_trial_selection(suite, trials, args.scenarios)
     options = RunOptions(
         output=args.output, address=args.address, attacks=args.attacks,
-        scenarios=args.scenarios, trials=parse_trial_range(args.trials), defenses=args.defenses,
+        scenarios=args.scenarios, trials=trials, defenses=args.defenses,
         retry_failed=args.retry_failed, save_poisons=args.save_poisons, workers=args.workers,
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus, dashboard=args.dashboard, config_path=str(Path(args.config)),

@@ -249,8 +249,8 @@ def to_plain(obj: Any) -> Any:
 
 
 def positive(path: str, name: str, value: float, allow_zero: bool = False) -> None:
-    if isinstance(value, float) and not math.isfinite(value):  # ints are finite, however long
-        raise ConfigError(f"{path}.{name}", f"must be a finite number, got {value}")
+    if isinstance(value, float):  # ints are finite, however long
+        finite(value, f"{path}.{name}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = "≥ 0" if allow_zero else "> 0"
         raise ConfigError(f"{path}.{name}", f"must be {bound}, got {value}")

@@ -97,7 +97,7 @@ class RunSummary:
 def _error_key(row: dict) -> str:
     """A failed row's error as it groups with its like: the first line, cut to 300 characters."""
     text = str(row.get("error") or row.get("poison_check") or row.get("status"))
-    return text.splitlines()[0][:300] if text else str(row.get("status"))
+    return (text.splitlines() or [text])[0][:300]
 
 
 def new_run_id() -> str:
