@@ -149,3 +149,33 @@ def test_a_driver_refuses_a_live_output_and_sigterm_ends_a_run_like_ctrl_c(tmp_p
     kept = results.committed_trials(str(out))
     assert 0 < len(kept) < 60 and manifest["output"]["rows_written"] == len(kept)
     assert not list((out / LEASE_DIR).glob("*.json"))  # the lease went with the run
+
+
+@pytest.mark.slow
+def test_sigterm_while_ray_starts_is_a_stop_not_a_failure(tmp_path):
+    """``ray.init`` takes seconds and installs Ray's own SIGTERM handlers while it runs, which
+    exit; a stop landing then is still a stop: exit 130, manifest ``interrupted``, no lease left."""
+    config = write_config(tmp_path / "c.yaml", noop_raw(trials=4, seconds=0.1))
+    out = tmp_path / "out"
+    log_path = tmp_path / "driver.log"
+    with log_path.open("w") as log_file:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "raypoison.cli", "run", str(config), "--output", str(out),
+             "--num-cpus", "1"],
+            env=dict(os.environ, RAY_AUTH_MODE="disabled"), stdout=log_file,
+            stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: list(out.glob("manifests/run-*.json")) or driver.poll() is not None)
+            time.sleep(0.3)  # into ray.init, which starts right after the manifest is written
+            driver.send_signal(signal.SIGTERM)
+            driver.wait(timeout=120)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+    log = log_path.read_text()
+    assert "ray: embedded instance" not in log, "the stop came after Ray had started"
+    assert driver.returncode == 130, log[-2000:]
+    assert "interrupted: finished trials are saved" in log
+    (manifest,) = out.glob("manifests/run-*.json")
+    assert json.loads(manifest.read_text())["status"] == "interrupted"
+    assert not list((out / LEASE_DIR).glob("*.json"))

@@ -10,6 +10,8 @@
   node's, which also kills its processes); the handler that was in place before is put back, so
   that ``raypoison run`` treats SIGTERM like Ctrl-C: it writes what has finished, marks the
   manifest ``interrupted`` and exits 130, and ``ray.shutdown`` then stops the embedded instance.
+  A SIGTERM that lands while ``ray.init`` runs (seconds, on a loaded machine) meets Ray's handler,
+  which exits; that exit is turned back into the same stop.
 - If Ray is already initialized (a notebook, a test), use it and leave it running.
 - An address nothing answers at is refused within seconds, naming it (:func:`check_address`).
 """
@@ -22,7 +24,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import ray
@@ -81,15 +83,24 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         address = os.environ["RAY_ADDRESS"]
         check_address(address, "RAY_ADDRESS (environment)")
     ours = signal.getsignal(signal.SIGTERM) if _main_thread() else None
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        mode = "cluster"
-    else:
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,  # type: ignore[arg-type]
-                 include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
-        mode = "embedded"
-    if ours is not None:  # ray.init replaced it with one that exits without our cleanup
-        signal.signal(signal.SIGTERM, ours)
+    mode = "cluster" if address else "embedded"
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,  # type: ignore[arg-type]
+                     include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
+    except SystemExit as err:
+        if ours is None:
+            raise
+        # Ray's handlers, in place while it starts, answer SIGTERM with sys.exit (the node's
+        # after killing what it started): a stop, as ours would have made it, not a failure
+        with suppress(Exception):
+            ray.shutdown()
+        raise KeyboardInterrupt(f"SIGTERM while Ray was starting (exit {err.code})") from None
+    finally:
+        if ours is not None:  # ray.init replaced it with one that exits without our cleanup
+            signal.signal(signal.SIGTERM, ours)
     try:
         session = RaySession(mode, address, dict(ray.cluster_resources()))
         log.info("ray: %s instance, resources %s", mode,
