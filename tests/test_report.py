@@ -345,11 +345,13 @@ def test_the_report_leaves_out_rows_of_an_older_protocol_version(tmp_path, capsy
     old, new = rows("s", "2", 0, "s-v2-"), rows("s", "3", 2, "s-v3-")
     other = rows("t", "2", 1, "t-v2-")  # another scenario's only version stays
     unversioned = [dict(r, protocol_version=None) for r in rows("s", "", 4, "s-none-")]
-    kept, left_out = current_protocol(pd.DataFrame(old + new + other + unversioned))
+    edited = rows("s", "v3-beta", 4, "s-beta-")  # no release writes it: it hides nothing
+    kept, left_out = current_protocol(pd.DataFrame(old + new + other + unversioned + edited))
     assert len(kept) == len(new) + len(other)
     assert left_out.to_dict("records") == [
         {"scenario": "s", "protocol_version": "", "rows": 12, "newest": "3"},
-        {"scenario": "s", "protocol_version": "2", "rows": 12, "newest": "3"}]
+        {"scenario": "s", "protocol_version": "2", "rows": 12, "newest": "3"},
+        {"scenario": "s", "protocol_version": "v3-beta", "rows": 12, "newest": "3"}]
     out = tmp_path / "out"
     sink = ParquetSink(Location.parse(str(out)), "r")
     sink.add([dict(r, schema_version=SCHEMA_VERSION, run_id="r") for r in old + new + other])
@@ -409,7 +411,8 @@ def test_rows_no_run_writes_are_left_out_of_the_report_and_counted(tmp_path, cap
 
     rows = [good(i) for i in range(4)] + [
         good(4, clean_accuracy=1.7), good(5, victim=None), good(6, role=None),
-        good(7, trial=-3), good(8, status="maybe"), good(9, flag_auc=2.0)]
+        good(7, trial=-3), good(8, status="maybe"), good(9, flag_auc=2.0),
+        good(10, protocol_version="v3-beta")]
     sink = ParquetSink(Location.parse(str(tmp_path)), "r")
     sink.add(rows)
     sink.flush()
@@ -418,7 +421,8 @@ def test_rows_no_run_writes_are_left_out_of_the_report_and_counted(tmp_path, cap
     assert sorted(kept["trial"]) == [0, 1, 2, 3]
     assert dict(zip(bad["reason"], bad["rows"], strict=True)) == {
         "clean_accuracy outside [0, 1]": 1, "victim missing": 1, "role missing or unknown": 1,
-        "negative trial index": 1, "unknown status": 1, "flag_auc outside [0, 1]": 1}
+        "negative trial index": 1, "unknown status": 1, "flag_auc outside [0, 1]": 1,
+        "protocol_version not a whole number": 1}
     assert main(["report", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "left out 1 rows of" in captured.err and "(victim missing)" in captured.err

@@ -56,11 +56,12 @@ PUBLISHED = {
 
 
 def _version_key(version: object) -> tuple[int, object]:
-    """Versions in order: none (a row without one) first, then numbers, then any other text."""
+    """Versions in order: none (a row without one) first, then text no raypoison writes (such as
+    ``v3-beta``, from an edited file: it never hides the real rows), then numbers."""
     text = str(version)
     if not text:
         return (-1, "")
-    return (0, int(text)) if text.isdigit() else (1, text)
+    return (1, int(text)) if text.isdigit() else (0, text)
 
 
 def current_protocol(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -1,10 +1,12 @@
 """Rows no run of raypoison writes: left out of the report, and said so.
 
 Parquet keeps a file's types but not its meaning. A part edited by hand or written by another
-tool can hold rows with a share outside [0, 1], a missing key, a negative trial index or an
-unknown role or status. Pooled as they are, they give a mean outside its own interval or a cell
-that silently loses rows (a null victim collapses two rows into one key). The report reads such
-rows as malformed: it leaves them out of every table and lists, by reason, how many it left out.
+tool can hold rows with a share outside [0, 1], a missing key, a negative trial index, an
+unknown role or status, or a protocol version no release wrote (``v3-beta``). Pooled as they
+are, they give a mean outside its own interval, a cell that silently loses rows (a null victim
+collapses two rows into one key) or a scenario whose real rows are set aside as older. The report
+reads such rows as malformed: it leaves them out of every table and lists, by reason, how many it
+left out.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def reasons(df: pd.DataFrame) -> pd.Series:
         mark(df["status"].notna() & ~df["status"].isin(STATUSES), "unknown status")
     if "role" in df.columns:
         mark(df["status"].eq(STATUS_OK) & ~df["role"].isin(ROLES), "role missing or unknown")
+    if "protocol_version" in df.columns:  # every version raypoison wrote is a whole number
+        version = df["protocol_version"]
+        mark(version.notna() & ~version.astype(str).str.fullmatch(r"[0-9]+"),
+             "protocol_version not a whole number")
     if "trial" in df.columns:
         mark(df["trial"].notna() & (df["trial"] < 0), "negative trial index")
     for column in SHARES:
