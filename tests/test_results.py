@@ -33,6 +33,18 @@ def test_sink_batches_into_partitioned_parts(tmp_path):
     assert len(results.load(str(tmp_path / "results"))) == 21  # the results folder itself
 
 
+def test_sink_puts_each_row_in_its_own_partition(tmp_path):
+    """Rows of two attacks in one call land in two folders, each part naming only its own."""
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    sink.add([row("t1", attack="a"), row("t2", attack="b"), row("t3", attack="a")])
+    sink.flush()
+    for attack, trials in (("a", ["t1", "t3"]), ("b", ["t2"])):
+        (part,) = (tmp_path / "results" / "scenario=s" / f"attack={attack}").glob("part-*")
+        table = pq.read_table(part)
+        assert set(table["attack"].to_pylist()) == {attack}
+        assert sorted(table["trial_id"].to_pylist()) == trials
+
+
 def test_readers_skip_truncated_foreign_and_temporary_files(tmp_path):
     location = Location.parse(str(tmp_path))
     sink = ParquetSink(location, "r", rows_per_file=100)
@@ -56,6 +68,49 @@ def test_readers_skip_truncated_foreign_and_temporary_files(tmp_path):
     assert any("part-r-999999" in m for m in messages)
     assert any("part-other-000001" in m for m in messages)
     assert not any(".tmp" in m for m in messages)  # temporary files are silently never read
+
+
+def test_a_part_in_a_folder_its_rows_do_not_name_is_skipped_and_left_alone(tmp_path):
+    """A part copied into another scenario's folder: DuckDB's hive partitioning reads its rows
+    as that scenario, raypoison's reader as theirs. Neither is safe, so it is skipped with the
+    two values named, for every reader, and compaction leaves it as it is."""
+    from raypoison.store.compact import compact
+
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    sink.add([row("t1"), row("t2")])
+    sink.add([row("t3", scenario="u")])
+    sink.flush()
+    part = next((tmp_path / "results" / "scenario=s" / "attack=a").glob("part-*.parquet"))
+    moved = tmp_path / "results" / "scenario=u" / "attack=a" / "part-moved-000001.parquet"
+    moved.write_bytes(part.read_bytes())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = results.load(str(tmp_path), columns=["success"])
+        done = results.committed_trials(str(tmp_path))
+        compact(str(tmp_path))
+    messages = [str(w.message) for w in caught
+                if issubclass(w.category, results.SkippedFileWarning) and "moved" in str(w.message)]
+    assert len(messages) == 3  # load, committed_trials and compact each said so
+    assert "its folder says scenario=u but rows say 's'" in messages[0]
+    assert sorted(zip(df["scenario"], df["trial_id"], strict=True)) == [
+        ("s", "t1"), ("s", "t2"), ("u", "t3")]
+    assert done == {"t1", "t2", "t3"} and moved.exists()
+
+
+def test_one_trial_id_under_two_scenarios_is_said(tmp_path):
+    """A trial id names one scenario and attack; rows claiming another (edited, with the
+    folder to match) share its keys, and reading keeps one of each pair: said, not silent."""
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    sink.add([row("t1"), row("t2")])
+    sink.add([row("t1", scenario="u")])
+    sink.flush()
+    with pytest.warns(results.SharedTrialIdWarning, match=r"1 trial id\(s\).*t1 in s/a, u/a"):
+        df = results.load(str(tmp_path))
+    assert len(df) == 2
+    (tmp_path / "results" / "scenario=u").rename(tmp_path / "elsewhere")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean dataset says nothing
+        assert len(results.load(str(tmp_path))) == 2
 
 
 def test_dedup_keeps_one_row_per_key_preferring_ok_then_latest(tmp_path):

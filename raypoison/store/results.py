@@ -28,6 +28,7 @@ from raypoison.store.storage import Location
 RESULTS_DIR = "results"
 REQUIRED = ("trial_id", "victim", "status")  # a part without these is not ours
 PART_PREFIX = "part-"
+PARTITION_COLUMNS = ("scenario", "attack")  # results/scenario=…/attack=…/part-….parquet
 
 
 class SkippedFileWarning(UserWarning):
@@ -50,21 +51,51 @@ def part_files(location: Location) -> list[str]:
     return sorted(paths)
 
 
+def folder_values(path: str) -> dict[str, str]:
+    """The partition values a part's path declares (``scenario=…/attack=…``)."""
+    parts = posixpath.dirname(path).split("/")
+    return {key: value for key, _, value in (p.partition("=") for p in parts)
+            if key in PARTITION_COLUMNS and value}
+
+
+def _disagreement(table: pa.Table, declared: dict[str, str]) -> str | None:
+    """Which column of ``table`` holds a value its folder does not declare, or None."""
+    for key, value in declared.items():
+        if key in table.column_names:
+            found = {v for v in pc.unique(table[key]).to_pylist() if v != value}
+            if found:
+                shown = ", ".join(repr(v) for v in sorted(found, key=str)[:3])
+                return f"its folder says {key}={value} but rows say {shown}"
+    return None
+
+
 def read_part(location: Location, path: str, columns: list[str] | None) -> pa.Table | None:
     """One part file's table cast to the current schema (of ``columns``), or None (with a
-    warning) if it is not a readable raypoison part: unreadable, without the key columns, or
-    with a value that does not cast to its column's type (a foreign ``trial: "notanint"``)."""
+    warning) if it is not a readable raypoison part: unreadable, without the key columns, with
+    a value that does not cast to its column's type (a foreign ``trial: "notanint"``), or moved
+    or edited so that its rows' scenario or attack is not the one its folder names (readers that
+    take the value from the folder, as DuckDB's and pyarrow's hive partitioning do, and this one,
+    which takes it from the rows, would disagree; compaction leaves such a part alone)."""
     schema = pa.schema([SCHEMA.field(c) for c in (columns or SCHEMA.names)])
     try:
         data = location.read_bytes(path)
         parquet = pq.ParquetFile(io.BytesIO(data))
-        missing = [c for c in REQUIRED if c not in parquet.schema_arrow.names]
+        stored = parquet.schema_arrow.names
+        missing = [c for c in REQUIRED if c not in stored]
         if missing:
             warnings.warn(f"skipping {path}: not a raypoison part (no {missing})",
                           SkippedFileWarning, stacklevel=3)
             return None
-        wanted = [c for c in columns if c in parquet.schema_arrow.names] if columns else None
-        return conform(parquet.read(columns=wanted), schema)
+        declared = folder_values(posixpath.relpath(path, location.join(RESULTS_DIR)))
+        wanted = None if not columns else [
+            c for c in dict.fromkeys([*columns, *declared]) if c in stored]
+        table = parquet.read(columns=wanted)
+        wrong = _disagreement(table, declared)
+        if wrong is not None:
+            warnings.warn(f"skipping {path}: {wrong}; move it to the folder its rows name",
+                          SkippedFileWarning, stacklevel=3)
+            return None
+        return conform(table, schema)
     except (pa.ArrowException, OSError, ValueError) as err:
         warnings.warn(f"skipping unreadable part {path}: {err}", SkippedFileWarning, stacklevel=3)
         return None
@@ -117,16 +148,43 @@ def deduplicate(df: pd.DataFrame) -> pd.DataFrame:
         ascending.append(False)
     order = order.sort_values(sort_by, ascending=ascending, kind="stable")
     order = order.drop_duplicates(list(KEY), keep="first").drop(columns="_ok")
-    return order.sort_values(["scenario", "attack", "trial", "victim", "defense"]
-                             if "scenario" in df.columns else list(KEY)).reset_index(drop=True)
+    by = [c for c in ("scenario", "attack", "trial", "victim", "defense") if c in df.columns]
+    return order.sort_values(by if "scenario" in by else list(KEY)).reset_index(drop=True)
+
+
+class SharedTrialIdWarning(UserWarning):
+    """One trial id has rows under more than one scenario or attack: copied or edited rows."""
+
+
+def warn_shared_trial_ids(df: pd.DataFrame) -> None:
+    """A trial id is a digest of its scenario, attack and index, so it names one partition; rows
+    of one id in two would share keys, and deduplication would keep one of each pair, whichever
+    scenario it came from. Said, with examples, rather than silently."""
+    present = [c for c in PARTITION_COLUMNS if c in df.columns]
+    if df.empty or not present:
+        return
+    where = pd.Series(["/".join(map(str, values)) for values in
+                       zip(*(df[c].tolist() for c in present), strict=True)], index=df.index)
+    spread = where.groupby(df["trial_id"].astype(str)).nunique()
+    shared = spread[spread > 1].index
+    if len(shared):
+        example = shared[0]
+        places = sorted(set(where[df["trial_id"].astype(str) == example]))
+        warnings.warn(f"{len(shared)} trial id(s) have rows in more than one scenario/attack "
+                      f"(e.g. {example} in {', '.join(places[:3])}): rows were copied or "
+                      "edited; reading keeps one row per key, from either place",
+                      SharedTrialIdWarning, stacklevel=3)
 
 
 def load(uri: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
     """The deduplicated results of a dataset at ``uri``: a run's output folder or URI, or the
     ``results/`` folder inside it, which is what analysts tend to pass."""
     if columns is not None:
-        columns = list(dict.fromkeys([*KEY, "status", "finished_at", *columns]))
-    return deduplicate(read_table(run_output(uri), columns).to_pandas())
+        columns = list(dict.fromkeys([*KEY, "status", "finished_at", *PARTITION_COLUMNS,
+                                      *columns]))
+    rows = read_table(run_output(uri), columns).to_pandas()
+    warn_shared_trial_ids(rows)
+    return deduplicate(rows)
 
 
 def run_output(uri: str) -> str:

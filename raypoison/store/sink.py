@@ -34,15 +34,18 @@ class ParquetSink:
         self.rows_lost = 0  # rows whose write failed (they are computed again by a rerun)
 
     def add(self, rows: list[dict]) -> None:
-        """Buffer the rows of one task: one or more trials of one scenario and attack, so they
-        share a partition and land in the same file."""
-        if not rows:
-            return
-        key = (rows[0]["scenario"], rows[0]["attack"])
-        self._buffers[key].extend(rows)
-        self._oldest.setdefault(key, time.monotonic())
-        if len(self._buffers[key]) >= self.rows_per_file:
-            self._write(key)
+        """Buffer rows, each in its own partition (a task's rows share one, so they land in the
+        same file; a part never holds a row its folder does not name, which readers refuse)."""
+        touched: list[tuple[str, str]] = []
+        for row in rows:
+            key = (row["scenario"], row["attack"])
+            if key not in touched:
+                touched.append(key)
+            self._buffers[key].append(row)
+            self._oldest.setdefault(key, time.monotonic())
+        for key in touched:
+            if len(self._buffers[key]) >= self.rows_per_file:
+                self._write(key)
 
     def flush_due(self) -> None:
         """Write every partition whose oldest buffered row has waited long enough."""
