@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="export each trial's poisons to OUTPUT/poisons/ in the reference "
                           "trial-folder format (an 'external' attack can evaluate them again)")
     run.add_argument("--workers", type=int, help="number of worker actors (default: config)")
+    run.add_argument("--cpus-per-worker", type=float,
+                     help="CPUs each worker reserves, and the PyTorch threads it computes with "
+                          "(default: config's execution.cpus_per_worker); e.g. --workers 1 "
+                          "--cpus-per-worker 2 runs one trial at a time on two cores")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
     run.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance")
     run.add_argument("--share", action="store_true",
@@ -152,15 +156,16 @@ def _run(args: argparse.Namespace) -> int:
     for flag, value in (("--workers", args.workers), ("--num-cpus", args.num_cpus)):
         if value is not None:
             _at_least_one(flag, value)
-    if args.num_gpus is not None and not args.num_gpus >= 0:
-        raise ConfigError("--num-gpus", f"must be ≥ 0, got {args.num_gpus}")
+    for flag, value in (("--num-gpus", args.num_gpus), ("--cpus-per-worker", args.cpus_per_worker)):
+        if value is not None and not value >= 0:
+            raise ConfigError(flag, f"must be ≥ 0, got {value}")
     trials = parse_trial_range(args.trials)
     check_trial_selection(suite, trials, args.scenarios)
     options = RunOptions(
         output=args.output, address=args.address, attacks=args.attacks,
         scenarios=args.scenarios, trials=trials, defenses=args.defenses,
         retry_failed=args.retry_failed, save_poisons=args.save_poisons, workers=args.workers,
-        num_cpus=args.num_cpus,
+        cpus_per_worker=args.cpus_per_worker, num_cpus=args.num_cpus,
         num_gpus=args.num_gpus, dashboard=args.dashboard, config_path=str(Path(args.config)),
         share=args.share,
     )

@@ -30,8 +30,10 @@ def test_missing_config_and_bad_filters_exit_2(tmp_path, tiny_raw, capsys):
     config = write_config(tmp_path / "ok.yaml", tiny_raw)
     assert main(["run", str(config), "--output", str(out), "--attacks", "frog"]) == 2
     assert main(["run", str(config), "--output", str(out), "--trials", "x"]) == 2
+    assert main(["run", str(config), "--output", str(out), "--cpus-per-worker", "-1"]) == 2
     err = capsys.readouterr().err
     assert "config file not found" in err and "--attacks" in err and "--trials" in err
+    assert "--cpus-per-worker: must be ≥ 0, got -1.0" in err
     assert not out.exists()
 
 

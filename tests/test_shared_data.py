@@ -28,9 +28,9 @@ def _manifest(output: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _run(raw: dict, output: Path) -> dict:
+def _run(raw: dict, output: Path, **options) -> dict:
     run_suite(parse_suite(raw), RunOptions(output=str(output), num_cpus=2,
-                                           progress_stream=io.StringIO()))
+                                           progress_stream=io.StringIO(), **options))
     return _manifest(output)
 
 
@@ -49,6 +49,17 @@ def test_workers_share_one_decode_of_the_data_set(ray_cluster, tmp_path):
     manifest = _run(raw, tmp_path / "apart")
     assert "decodes" not in manifest["data"]
     assert manifest["data"]["worker_decodes"] >= 1
+
+
+def test_cpus_per_worker_from_the_command_line_sets_each_workers_threads(ray_cluster, tmp_path):
+    """``--cpus-per-worker`` overrides the config: one worker on two cores computes with two
+    PyTorch threads, and the manifest says so (the config's one CPU gives one thread)."""
+    raw = noop_raw(trials=2, seconds=0.01)
+    raw["execution"]["workers"] = 1
+    default = _run(raw, tmp_path / "config")["ray"]
+    assert (default["cpus_per_worker"], default["worker_threads"]) == (1, [1])
+    wide = _run(raw, tmp_path / "wide", cpus_per_worker=2)["ray"]
+    assert (wide["workers"], wide["cpus_per_worker"], wide["worker_threads"]) == (1, 2, [2])
 
 
 def test_shared_arrays_are_mapped_not_copied_and_trials_never_write_them(ray_cluster, tiny_raw,

@@ -67,6 +67,7 @@ class RunOptions:
     retry_failed: bool = False
     save_poisons: bool = False  # export poisons to OUTPUT/poisons/ in the reference folder format
     workers: int | None = None
+    cpus_per_worker: float | None = None  # overrides execution.cpus_per_worker (and its threads)
     num_cpus: int | None = None  # embedded instance only
     num_gpus: float | None = None  # embedded instance only (logical GPUs are fine for tests)
     dashboard: bool = False
@@ -176,7 +177,8 @@ def _worker_plan(suite: SuiteConfig, options: RunOptions,
     """How many workers, with how many CPUs and GPUs each, for this cluster."""
     ex = suite.execution
     workers = options.workers or ex.workers
-    cpus, gpus = ex.cpus_per_worker, ex.gpus_per_worker
+    cpus = ex.cpus_per_worker if options.cpus_per_worker is None else options.cpus_per_worker
+    gpus = ex.gpus_per_worker
     have_cpu = session.resources.get("CPU", 0.0)
     have_gpu = session.resources.get("GPU", 0.0)
     if session.mode != "embedded":
@@ -218,9 +220,10 @@ class _Plan:
     pending: list[PendingTrial] = field(default_factory=list)  # what each pending trial computes
 
 
-def _record_worker_decodes(manifest: _Manifest, handles: list[Any]) -> None:
+def _record_worker_pings(manifest: _Manifest, handles: list[Any]) -> None:
     """How many data sets the live workers decoded themselves (0 when they all shared the run's
-    decode), into the manifest's ``data`` record."""
+    decode), into the manifest's ``data`` record, and the PyTorch threads each computed with,
+    into its ``ray`` record."""
     try:
         pings = ray.get([h.ping.remote() for h in handles], timeout=30)
     except Exception as err:  # a worker that cannot answer does not fail a finished run
@@ -228,7 +231,9 @@ def _record_worker_decodes(manifest: _Manifest, handles: list[Any]) -> None:
         return
     manifest.write(data={**manifest.content.get("data", {"shared": False}),
                          "worker_decodes": sum(p.get("decodes", 0) for p in pings),
-                         "workers_asked": len(pings)})
+                         "workers_asked": len(pings)},
+                   ray={**manifest.content.get("ray", {}),
+                        "worker_threads": sorted(p.get("threads", 0) for p in pings)})
 
 
 # how a pending trial will be computed (``raypoison run --dry-run`` prints it)
@@ -481,7 +486,7 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
             )
             try:
                 scheduler.run(tasks())
-                _record_worker_decodes(manifest, scheduler.handles)
+                _record_worker_pings(manifest, scheduler.handles)
             finally:
                 for handle in scheduler.handles:  # free their resources for the autoscaler
                     with suppress(Exception):

@@ -90,7 +90,10 @@ class TrialWorker:
         self.decodes = 0  # data sets this worker decoded itself (not from the object store)
 
     def ping(self) -> dict[str, Any]:
+        import torch
+
         return {"worker": self.identity, "node": self.node, "device": self.device,
+                "threads": torch.get_num_threads(),
                 "pid": os.getpid(), "trials_run": self.trials_run, "decodes": self.decodes}
 
     def _context(self, task: TrialTask):
