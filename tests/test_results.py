@@ -113,6 +113,26 @@ def test_one_trial_id_under_two_scenarios_is_said(tmp_path):
         assert len(results.load(str(tmp_path))) == 2
 
 
+def test_rows_silent_on_their_partition_take_their_folders_values(tmp_path):
+    """A part without scenario/attack columns (an older writer's), or with nulls there, reads as
+    its folder names, as DuckDB's and pyarrow's hive partitioning read it: never as a scenario
+    of its own, and never as a second place for a trial id."""
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    sink.add([row("t1"), row("t2")])
+    sink.flush()
+    folder = tmp_path / "results" / "scenario=s" / "attack=a"
+    silent = [{k: v for k, v in row(f"t{i}", victim="w").items() if k not in ("scenario", "attack")}
+              for i in (1, 3)]
+    pq.write_table(pa.Table.from_pylist(silent), folder / "part-silent.parquet")
+    nulls = [row("t4") | {"scenario": None}, row("t5") | {"attack": None}]
+    pq.write_table(pa.Table.from_pylist(nulls), folder / "part-nulls.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        df = results.load(str(tmp_path))
+    assert len(df) == 6
+    assert set(df["scenario"]) == {"s"} and set(df["attack"]) == {"a"}
+
+
 def test_dedup_keeps_one_row_per_key_preferring_ok_then_latest(tmp_path):
     sink = ParquetSink(Location.parse(str(tmp_path)), "r")
     sink.add([row("t1", status="failed", minutes=5)])
@@ -184,6 +204,7 @@ def test_duckdb_reads_the_dataset_with_hive_partitions(tmp_path):
     df = results.load(str(tmp_path))
     undefended = df[df["defense"] == "none"]
     assert (scenario, attack, n) == ("s", "a", 8) and len(undefended) == 8
+    assert set(undefended["scenario"]) == {"s"}  # the legacy part's rows, from their folder
     assert rate == pytest.approx(undefended["success"].mean())
 
 

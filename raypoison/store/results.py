@@ -59,14 +59,28 @@ def folder_values(path: str) -> dict[str, str]:
 
 
 def _disagreement(table: pa.Table, declared: dict[str, str]) -> str | None:
-    """Which column of ``table`` holds a value its folder does not declare, or None."""
+    """Which column of ``table`` holds a value its folder does not declare, or None (a null
+    declares nothing)."""
     for key, value in declared.items():
         if key in table.column_names:
-            found = {v for v in pc.unique(table[key]).to_pylist() if v != value}
+            found = {v for v in pc.unique(table[key]).to_pylist() if v is not None and v != value}
             if found:
                 shown = ", ".join(repr(v) for v in sorted(found, key=str)[:3])
                 return f"its folder says {key}={value} but rows say {shown}"
     return None
+
+
+def _with_folder_values(table: pa.Table, declared: dict[str, str]) -> pa.Table:
+    """``table`` with its folder's partition values where its rows are silent: a column a part
+    lacks (an older writer's, or a file written by hand) or a null, as hive-partitioned readers
+    (DuckDB, pyarrow) read it."""
+    for key, value in declared.items():
+        if key not in table.column_names:
+            table = table.append_column(key, pa.array([value] * len(table), pa.string()))
+        elif table[key].null_count:
+            filled = pc.fill_null(table[key].cast(pa.string()), value)
+            table = table.set_column(table.column_names.index(key), key, filled)
+    return table
 
 
 def read_part(location: Location, path: str, columns: list[str] | None) -> pa.Table | None:
@@ -75,7 +89,8 @@ def read_part(location: Location, path: str, columns: list[str] | None) -> pa.Ta
     a value that does not cast to its column's type (a foreign ``trial: "notanint"``), or moved
     or edited so that its rows' scenario or attack is not the one its folder names (readers that
     take the value from the folder, as DuckDB's and pyarrow's hive partitioning do, and this one,
-    which takes it from the rows, would disagree; compaction leaves such a part alone)."""
+    which takes it from the rows, would disagree; compaction leaves such a part alone). Rows
+    silent on their scenario or attack take the folder's."""
     schema = pa.schema([SCHEMA.field(c) for c in (columns or SCHEMA.names)])
     try:
         data = location.read_bytes(path)
@@ -95,7 +110,7 @@ def read_part(location: Location, path: str, columns: list[str] | None) -> pa.Ta
             warnings.warn(f"skipping {path}: {wrong}; move it to the folder its rows name",
                           SkippedFileWarning, stacklevel=3)
             return None
-        return conform(table, schema)
+        return conform(_with_folder_values(table, declared), schema)
     except (pa.ArrowException, OSError, ValueError) as err:
         warnings.warn(f"skipping unreadable part {path}: {err}", SkippedFileWarning, stacklevel=3)
         return None
