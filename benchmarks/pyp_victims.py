@@ -55,8 +55,8 @@ def summary(table: pd.DataFrame, within: float, planted: float) -> list[str]:
     for poisons, group in table[backdoored].groupby(level="poisons"):
         nad = group["neural_attention_distillation:asr"].round(1).tolist()
         lines.append(f"backdoored at {poisons} poisons: {len(group)} models; NAD left {nad}%")
-    missing = table.index[~backdoored & (table.index.get_level_values("poisons") > 0)]
     lines.append(f"models: {len(table)}; backdoored: {int(backdoored.sum())}")
+    missing = table.index[~backdoored & (table.index.get_level_values("poisons") > 0)]
     lines.append("attacked models without a backdoor: "
                  + (", ".join(f"{a} seed {t}" for a, _, t, _ in missing) or "none"))
     return lines
