@@ -146,6 +146,7 @@ def test_a_driver_refuses_a_live_output_and_sigterm_ends_a_run_like_ctrl_c(tmp_p
     assert "interrupted: finished trials are saved" in log
     manifest = json.loads((out / "manifests" / f"run-{running}.json").read_text())
     assert manifest["status"] == "interrupted"
+    assert manifest["ray"]["worker_threads"] == [1]  # from the workers' first answers
     kept = results.committed_trials(str(out))
     assert 0 < len(kept) < 60 and manifest["output"]["rows_written"] == len(kept)
     assert not list((out / LEASE_DIR).glob("*.json"))  # the lease went with the run

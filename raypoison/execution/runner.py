@@ -515,6 +515,12 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
             summary.computed = scheduler.stats.trials_done
             summary.failed = scheduler.stats.trials_failed
             summary.scheduler = dataclasses.asdict(scheduler.stats)
+        threads = {}
+        if (scheduler is not None and scheduler.answers
+                and "worker_threads" not in manifest.content.get("ray", {})):
+            # a stopped run never asked again; its workers said so when they came up
+            threads = {"ray": {**manifest.content.get("ray", {}), "worker_threads": sorted(
+                a.get("threads", 0) for a in scheduler.answers)}}
         summary.errors = [(n, e) for e, n in errors.most_common()]
         summary.rows_written, summary.files_written = sink.rows_written, sink.files_written
         summary.seconds = time.monotonic() - start
@@ -529,7 +535,7 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
                 failed_rows=[{"rows": n, "error": e} for n, e in summary.errors[:20]],
                 output={"rows_written": summary.rows_written, "files_written": summary.files_written,
                         "rows_from_saved_work_after_the_stop": summary.salvaged},
-                scheduler=summary.scheduler, seconds=summary.seconds,
+                scheduler=summary.scheduler, seconds=summary.seconds, **threads,
                 error=failure, rows_not_written=sink.rows_lost,
             )
         except OSError as err:

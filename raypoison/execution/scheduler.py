@@ -51,6 +51,7 @@ class _Worker:
     down_since: float | None = None  # set when a placed worker was lost
     next_ping: float = 0.0
     ping_ref: Any = None
+    answer: dict | None = None  # its latest ping's answer (what it computes with)
 
 
 @dataclass
@@ -103,6 +104,12 @@ class Scheduler:
     @property
     def handles(self) -> list[Any]:
         return [w.handle for w in self.workers]
+
+    @property
+    def answers(self) -> list[dict]:
+        """Each worker's latest ping answer, for those that have answered: known without asking
+        again, so a stopped run can still say what its workers computed with."""
+        return [w.answer for w in self.workers if w.answer is not None]
 
     def unfinished(self) -> list[tuple[TrialTask, int]]:
         """The tasks submitted and not finished (in flight, or waiting to be tried again), each
@@ -246,10 +253,11 @@ class Scheduler:
         worker = self._pings.pop(ref)
         worker.ping_ref = None
         try:
-            ray.get(ref)
+            answer = ray.get(ref)
         except RayError:
             worker.next_ping = time.monotonic() + self.ping_seconds
             return
+        worker.answer = answer if isinstance(answer, dict) else None
         if worker.down_since is not None:
             log.info("a worker is back after %.1f s", time.monotonic() - worker.down_since)
         worker.healthy, worker.down_since = True, None
