@@ -207,10 +207,8 @@ def _check_against(df, other, here: str, there: str) -> None:
 def _dry_run(suite: SuiteConfig, options: RunOptions) -> int:
     """``raypoison run --dry-run``: each pending trial with its missing defenses and how it will
     be computed; no Ray, no lease, nothing written."""
-    from raypoison.analysis.time_left import COLUMNS, time_left
     from raypoison.core.identity import NO_DEFENSE
-    from raypoison.execution.runner import pending_trial, pending_work
-    from raypoison.store import results
+    from raypoison.execution.runner import estimate_time_left, pending_trial, pending_work
 
     planned, pending = pending_work(suite, options)
     for spec, work in pending:
@@ -219,8 +217,8 @@ def _dry_run(suite: SuiteConfig, options: RunOptions) -> int:
               f"[{spec.trial_id}]: {work}; defenses: {defenses}")
     print(f"dry run: {planned} trials planned, {planned - len(pending)} already in "
           f"{options.output}, {len(pending)} to compute")
-    left = time_left(results.load(options.output, COLUMNS),
-                     [pending_trial(spec, work) for spec, work in pending])
+    left = estimate_time_left(suite, options,
+                              [pending_trial(spec, work) for spec, work in pending])
     print(left.text(options.workers or suite.execution.workers))
     return EXIT_OK
 

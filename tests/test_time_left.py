@@ -80,3 +80,34 @@ def test_progress_shows_the_expected_eta_until_a_trial_ends():
     progress.update(done=1, failed=0, in_flight=3)  # then the measured rate takes over
     assert progress.summary().endswith("ETA 30m00s") or "ETA 29m59s" in progress.summary()
     assert Progress(4, stream=io.StringIO()).summary().endswith("ETA ?")
+
+
+def test_phases_measured_at_the_pending_runs_cpus_a_worker_come_first():
+    """Rows of a run whose workers had 2 CPUs measure a 2-CPU run; the 1-CPU rows count only for
+    phases the 2-CPU rows never measured. The CPUs come from the runs' manifests."""
+    from raypoison.analysis.time_left import with_cpus_per_worker
+
+    rows = _rows().query("status == 'ok'")
+    rows = rows.assign(run_id=rows["trial_id"].map({"t1": "run-a", "t2": "run-b"}))
+    fast = rows[rows["trial_id"] == "t1"].assign(  # t1 again, as trial t4 on two threads
+        trial_id="t4", run_id="run-c", seconds_train=rows["seconds_train"] / 4,
+        seconds_defense=rows["seconds_defense"] / 4)
+    fast = fast[fast["defense"] == "none"]  # no Pivotal Tuning measured at 2 CPUs
+    manifests = [{"run_id": "run-a", "ray": {"cpus_per_worker": 1}},
+                 {"run_id": "run-b", "ray": {"cpus_per_worker": 1.0}},
+                 {"run_id": "run-c", "ray": {"cpus_per_worker": 2.0}},
+                 {"run_id": "broken", "ray": "not a record"}]
+    df = with_cpus_per_worker(pd.concat([rows, fast]), manifests)
+    assert df.groupby("run_id")["cpus_per_worker"].first().to_dict() == {
+        "run-a": 1.0, "run-b": 1.0, "run-c": 2.0}
+    pending = [PendingTrial("s", "bn-1500", "badnets", trains=True, defenses=("pt",))]
+
+    two = time_left(df, pending, cpus_per_worker=2)
+    assert two.seconds == (3.5 + 30 / 4 + 2) + 225.0  # training from t4 alone; pt from all rows
+    assert (two.phases, two.at_same_cpus) == (2, 1)
+    assert "; 1 of its 2 phases measured at 2 CPUs a worker, as this run has them;" in two.text(1)
+    one = time_left(df, pending, cpus_per_worker=1)
+    assert one.seconds == 40.5 + 225.0 and one.at_same_cpus == 2  # as if t4 were not there
+    assert "2 of its 2 phases measured at 1 CPU a worker" in one.text(1)
+    assert time_left(df, pending).seconds == 35.5 + 225.0  # all three trials' median, 35.5
+    assert "CPUs a worker" not in time_left(rows, pending, cpus_per_worker=1).text(1)

@@ -12,9 +12,14 @@ scenario:
 - **a defense** (for every defense a trial still lacks): the sum over the trial's victims of that
   defense label's ``seconds_defense``.
 
-The figures are those of the machines and the contention that wrote the rows; worker start-up
-(decoding, loading models) is not in them. ``raypoison plan`` estimates a config that has no rows
-yet from FLOPs instead.
+Where the rows say how many CPUs each of their run's workers had (a ``cpus_per_worker`` column,
+joined from the runs' manifests by :func:`with_cpus_per_worker`) and the caller names the
+pending run's, each phase is taken from rows measured at that many CPUs a worker first, and
+from all rows only where none are: a trial on two threads runs each phase about twice as fast as
+one on one thread beside another (``benchmarks/README.md``), so mixing them would halve or
+double the estimate. The figures are otherwise those of the machines and the contention that
+wrote the rows; worker start-up (decoding, loading models) is not in them. ``raypoison plan``
+estimates a config that has no rows yet from FLOPs instead.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from raypoison.core.identity import NO_DEFENSE
 _TRIAL_PHASES = ("seconds_setup", "seconds_craft", "seconds_check")
 _VICTIM_PHASES = ("seconds_train", "seconds_eval")
 # the row columns the estimate reads (a reader of the whole dataset need load no others)
-COLUMNS = ("scenario", "attack", "attack_name", "trial", *_TRIAL_PHASES, *_VICTIM_PHASES,
-           "seconds_defense")
+COLUMNS = ("scenario", "attack", "attack_name", "trial", "run_id", *_TRIAL_PHASES,
+           *_VICTIM_PHASES, "seconds_defense")
+CPUS = "cpus_per_worker"  # the column :func:`with_cpus_per_worker` adds
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,9 @@ class TimeLeft:
     unmeasured: Counter[str] = field(default_factory=Counter)  # phase → pending trials lacking one
     measured: bool = False  # whether the output has any finished trial to measure by
     longest: float = 0.0  # the longest pending trial's estimated phases
+    cpus_per_worker: float | None = None  # the pending run's, where the caller named it
+    phases: int = 0  # estimated phases
+    at_same_cpus: int = 0  # of them, those measured at the pending run's CPUs a worker
 
     def wall(self, workers: int) -> float:
         """The seconds ``workers`` take for the estimated phases: the work shared among no more
@@ -76,9 +85,13 @@ class TimeLeft:
                      f"{self.trials - self.estimated} of the {self.trials} trials need")
             per = (f", about {duration(self.wall(workers))} with {workers} workers"
                    if workers > 1 and self.trials > 1 else "")
+            cpus = ("" if self.cpus_per_worker is None else
+                    f"; {self.at_same_cpus} of its {self.phases} phases measured at "
+                    f"{self.cpus_per_worker:g} CPU{'' if self.cpus_per_worker == 1 else 's'} a "
+                    f"worker, as this run has them")
             lines = [f"time left: about {duration(self.seconds)} of trial computation{per} (the "
                      f"median of each phase in this output's finished trials, as fast as the "
-                     f"machines and the load that wrote them; worker start-up not "
+                     f"machines and the load that wrote them{cpus}; worker start-up not "
                      f"included){scope}"]
         lines += [f"  no measured {phase}: {n} trial{'s' if n > 1 else ''}"
                   for phase, n in sorted(self.unmeasured.items())]
@@ -109,13 +122,14 @@ def training_seconds(df: pd.DataFrame) -> pd.DataFrame:
     ok = _ok(df)
     undefended = ok if ok.empty else ok[ok["defense"] == NO_DEFENSE]
     if undefended.empty:
-        return pd.DataFrame(columns=["scenario", "attack", "attack_name", "seconds"])
+        return pd.DataFrame(columns=["scenario", "attack", "attack_name", "seconds", CPUS])
     keys = ["trial_id", "scenario", "attack", "attack_name"]
     undefended = undefended.assign(**{k: undefended[k].astype(str) for k in keys})
     grouped = undefended.groupby(keys, observed=True)
     per_trial = grouped[list(_TRIAL_PHASES)].first().fillna(0).sum(axis=1)
     per_victims = grouped[list(_VICTIM_PHASES)].sum(min_count=1).fillna(0).sum(axis=1)
-    return (per_trial + per_victims).rename("seconds").reset_index()
+    out = (per_trial + per_victims).rename("seconds").reset_index()
+    return _with_cpus(out, grouped, undefended)
 
 
 def defense_seconds(df: pd.DataFrame) -> pd.DataFrame:
@@ -125,39 +139,85 @@ def defense_seconds(df: pd.DataFrame) -> pd.DataFrame:
     defended = ok[(ok["defense"] != NO_DEFENSE) & ok["seconds_defense"].notna()] \
         if not ok.empty and "seconds_defense" in ok.columns else ok.iloc[0:0]
     if defended.empty:
-        return pd.DataFrame(columns=["scenario", "defense", "seconds"])
+        return pd.DataFrame(columns=["scenario", "defense", "seconds", CPUS])
     keys = ["trial_id", "scenario", "defense"]
     defended = defended.assign(**{k: defended[k].astype(str) for k in keys})
-    return (defended.groupby(keys, observed=True)["seconds_defense"].sum()
-            .rename("seconds").reset_index())
+    grouped = defended.groupby(keys, observed=True)
+    return _with_cpus(grouped["seconds_defense"].sum().rename("seconds").reset_index(),
+                      grouped, defended)
 
 
-def time_left(df: pd.DataFrame, pending: Iterable[PendingTrial]) -> TimeLeft:
+def _with_cpus(out: pd.DataFrame, grouped, rows: pd.DataFrame) -> pd.DataFrame:
+    """``out`` (one row per group of ``grouped``, in its order) with the group's CPUs a worker,
+    where ``rows`` carry them."""
+    if CPUS not in rows.columns:
+        return out
+    return out.assign(**{CPUS: grouped[CPUS].first().to_numpy(dtype=float)})
+
+
+def with_cpus_per_worker(df: pd.DataFrame, manifests: Iterable[dict]) -> pd.DataFrame:
+    """``df`` with a ``cpus_per_worker`` column: each row's run's ``ray.cpus_per_worker`` from
+    the output's run manifests (:func:`raypoison.analysis.run_status.manifests`), missing where
+    the row has no run id or its run's manifest does not say."""
+    cpus: dict[str, float] = {}
+    for m in manifests:
+        ray_record = m.get("ray")
+        value = ray_record.get(CPUS) if isinstance(ray_record, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and m.get("run_id"):
+            cpus[str(m["run_id"])] = float(value)
+    if df.empty or "run_id" not in df.columns:
+        return df.assign(**{CPUS: pd.Series(dtype=float, index=df.index)})
+    return df.assign(**{CPUS: df["run_id"].astype(str).map(cpus).astype(float)})
+
+
+def _medians(trained: pd.DataFrame, defended: pd.DataFrame) -> tuple[dict, dict, dict]:
+    return (trained.groupby(["scenario", "attack"])["seconds"].median().to_dict(),
+            trained.groupby(["scenario", "attack_name"])["seconds"].median().to_dict(),
+            defended.groupby(["scenario", "defense"])["seconds"].median().to_dict())
+
+
+def time_left(df: pd.DataFrame, pending: Iterable[PendingTrial],
+              cpus_per_worker: float | None = None) -> TimeLeft:
     """The estimate for ``pending`` from ``df``, an output's rows (:mod:`raypoison.store.results`
-    ``load``)."""
-    trained = training_seconds(df)
-    by_label = trained.groupby(["scenario", "attack"])["seconds"].median().to_dict()
-    by_name = trained.groupby(["scenario", "attack_name"])["seconds"].median().to_dict()
-    defended = defense_seconds(df)
-    by_defense = defended.groupby(["scenario", "defense"])["seconds"].median().to_dict()
-    out = TimeLeft(measured=not trained.empty or not defended.empty)
+    ``load``), preferring rows measured at ``cpus_per_worker`` where ``df`` has the column
+    (:func:`with_cpus_per_worker`; see the module's docstring)."""
+    trained, defended = training_seconds(df), defense_seconds(df)
+    by_label, by_name, by_defense = _medians(trained, defended)
+    same: tuple[dict, dict, dict] = ({}, {}, {})
+    if cpus_per_worker is not None and CPUS in df.columns:
+        same = _medians(trained[trained[CPUS] == cpus_per_worker],
+                        defended[defended[CPUS] == cpus_per_worker])
+    out = TimeLeft(measured=not trained.empty or not defended.empty,
+                   cpus_per_worker=cpus_per_worker if CPUS in df.columns else None)
+
+    def measure(*choices: tuple[dict, tuple[str, str]]) -> float | None:
+        """The first (table, key) that has the key; the first half of ``choices`` are the
+        same-CPU tables, the second half the same lookups over all rows."""
+        for rank, (table, key) in enumerate(choices):
+            if key in table:
+                out.phases += 1
+                out.at_same_cpus += rank < len(choices) // 2
+                return float(table[key])
+        return None
+
     for p in pending:
         out.trials += 1
         missing: list[str] = []
         trial = 0.0
         if p.trains:
-            seconds = by_label.get((p.scenario, p.attack), by_name.get((p.scenario,
-                                                                        p.attack_name)))
+            label, name = (p.scenario, p.attack), (p.scenario, p.attack_name)
+            seconds = measure((same[0], label), (same[1], name), (by_label, label),
+                              (by_name, name))
             if seconds is None:
                 missing.append(f"training of {p.attack} in {p.scenario}")
             else:
-                trial += float(seconds)
-        for label in p.defenses:
-            seconds = by_defense.get((p.scenario, label))
+                trial += seconds
+        for defense in p.defenses:
+            seconds = measure((same[2], (p.scenario, defense)), (by_defense, (p.scenario, defense)))
             if seconds is None:
-                missing.append(f"{label} in {p.scenario}")
+                missing.append(f"{defense} in {p.scenario}")
             else:
-                trial += float(seconds)
+                trial += seconds
         out.seconds += trial
         out.longest = max(out.longest, trial)
         out.unmeasured.update(missing)

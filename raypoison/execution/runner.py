@@ -32,7 +32,13 @@ import ray
 
 from raypoison import PROTOCOL_VERSION, __version__
 from raypoison.analysis import run_status
-from raypoison.analysis.time_left import COLUMNS, PendingTrial, time_left
+from raypoison.analysis.time_left import (
+    COLUMNS,
+    PendingTrial,
+    TimeLeft,
+    time_left,
+    with_cpus_per_worker,
+)
 from raypoison.attacks import ATTACKS
 from raypoison.config.specs import TrialSpec, expand
 from raypoison.config.suite import SuiteConfig
@@ -172,12 +178,17 @@ def batches(specs: Iterator[TrialSpec], size: int) -> Iterator[tuple[TrialSpec, 
     yield from (tuple(b) for b in buffers.values() if b)
 
 
+def _cpus_per_worker(suite: SuiteConfig, options: RunOptions) -> float:
+    ex = suite.execution
+    return ex.cpus_per_worker if options.cpus_per_worker is None else options.cpus_per_worker
+
+
 def _worker_plan(suite: SuiteConfig, options: RunOptions,
                  session: RaySession) -> tuple[int, float, float]:
     """How many workers, with how many CPUs and GPUs each, for this cluster."""
     ex = suite.execution
     workers = options.workers or ex.workers
-    cpus = ex.cpus_per_worker if options.cpus_per_worker is None else options.cpus_per_worker
+    cpus = _cpus_per_worker(suite, options)
     gpus = ex.gpus_per_worker
     have_cpu = session.resources.get("CPU", 0.0)
     have_gpu = session.resources.get("GPU", 0.0)
@@ -313,12 +324,21 @@ def _expected_seconds(suite: SuiteConfig, options: RunOptions, plan: _Plan) -> f
         return None
     workers = options.workers or suite.execution.workers
     try:  # a log line: reading the rows again must never stop the run
-        left = time_left(results.load(options.output, COLUMNS), plan.pending)
+        left = estimate_time_left(suite, options, plan.pending)
     except Exception as err:
         log.warning("no estimate of the time left (%s)", err)
         return None
     log.info("%s", left.text(workers))
     return left.wall(workers) if left.estimated == left.trials else None
+
+
+def estimate_time_left(suite: SuiteConfig, options: RunOptions,
+                       pending: list[PendingTrial]) -> TimeLeft:
+    """The time ``pending`` will take, from the output's own rows, preferring those measured at
+    this run's CPUs a worker (:mod:`raypoison.analysis.time_left`)."""
+    rows = with_cpus_per_worker(results.load(options.output, COLUMNS),
+                                run_status.manifests(options.output))
+    return time_left(rows, pending, _cpus_per_worker(suite, options))
 
 
 def _warn_weight_conflicts(uri: str, run_id: str) -> None:
