@@ -182,22 +182,23 @@ def time_left(df: pd.DataFrame, pending: Iterable[PendingTrial],
     ``load``), preferring rows measured at ``cpus_per_worker`` where ``df`` has the column
     (:func:`with_cpus_per_worker`; see the module's docstring)."""
     trained, defended = training_seconds(df), defense_seconds(df)
-    by_label, by_name, by_defense = _medians(trained, defended)
-    same: tuple[dict, dict, dict] = ({}, {}, {})
+    every = _medians(trained, defended)  # by attack label, by attack name, by defense label
+    same: tuple[dict, dict, dict] = ({}, {}, {})  # the same, at this run's CPUs a worker
     if cpus_per_worker is not None and CPUS in df.columns:
         same = _medians(trained[trained[CPUS] == cpus_per_worker],
                         defended[defended[CPUS] == cpus_per_worker])
     out = TimeLeft(measured=not trained.empty or not defended.empty,
                    cpus_per_worker=cpus_per_worker if CPUS in df.columns else None)
 
-    def measure(*choices: tuple[dict, tuple[str, str]]) -> float | None:
-        """The first (table, key) that has the key; the first half of ``choices`` are the
-        same-CPU tables, the second half the same lookups over all rows."""
-        for rank, (table, key) in enumerate(choices):
-            if key in table:
-                out.phases += 1
-                out.at_same_cpus += rank < len(choices) // 2
-                return float(table[key])
+    def measure(*lookups: tuple[int, tuple[str, str]]) -> float | None:
+        """The first median found of ``lookups`` (table index, key), at this run's CPUs a worker
+        before over all rows."""
+        for tables in (same, every):
+            for index, key in lookups:
+                if key in tables[index]:
+                    out.phases += 1
+                    out.at_same_cpus += tables is same
+                    return float(tables[index][key])
         return None
 
     for p in pending:
@@ -205,15 +206,13 @@ def time_left(df: pd.DataFrame, pending: Iterable[PendingTrial],
         missing: list[str] = []
         trial = 0.0
         if p.trains:
-            label, name = (p.scenario, p.attack), (p.scenario, p.attack_name)
-            seconds = measure((same[0], label), (same[1], name), (by_label, label),
-                              (by_name, name))
+            seconds = measure((0, (p.scenario, p.attack)), (1, (p.scenario, p.attack_name)))
             if seconds is None:
                 missing.append(f"training of {p.attack} in {p.scenario}")
             else:
                 trial += seconds
         for defense in p.defenses:
-            seconds = measure((same[2], (p.scenario, defense)), (by_defense, (p.scenario, defense)))
+            seconds = measure((2, (p.scenario, defense)))
             if seconds is None:
                 missing.append(f"{defense} in {p.scenario}")
             else:
