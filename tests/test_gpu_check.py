@@ -2,6 +2,7 @@
 to work before a GPU is lent."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def without_ray(tmp_path: Path) -> dict[str, str]:
+    """An environment in which `import ray` fails, as it does on the lent GPU machine (PyTorch
+    there, Ray not): the check must not reach the execution layer, or its first device minutes
+    would be spent on an ImportError."""
+    shim = tmp_path / "no-ray" / "ray"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text('raise ImportError("no Ray on the device machine")\n')
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim.parent), env.get("PYTHONPATH")]))
+    return env
+
+
 @pytest.mark.slow
 def test_gpu_check_tiny_measures_every_stage(tmp_path):
     out = tmp_path / "gpu_check.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny",
                            "--out", str(out)], capture_output=True, text=True, timeout=900,
-                          check=False)
+                          check=False, env=without_ray(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["environment"]["tiny"] is True
@@ -38,7 +51,7 @@ def test_gpu_check_tiny_pilot_pairs_the_control_and_bullseye_polytope(tmp_path):
     out = tmp_path / "pilot.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny",
                            "--pilot", "--out", str(out)], capture_output=True, text=True,
-                          timeout=900, check=False)
+                          timeout=900, check=False, env=without_ray(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     pilot = json.loads(out.read_text())["pilot"]
     assert pilot["pretrain"]["clean_accuracy"] > 0
