@@ -89,7 +89,7 @@ def descend(
         if bool((steps < min_step).all()):
             break
     return CraftOutcome(x.detach(), done, initial, loss.detach(), rose=rose,
-                        per_image_iterations=torch.full((len(x),), done))
+                        per_image_iterations=torch.full((len(x),), done, device=x.device))
 
 
 def descend_lagged(
