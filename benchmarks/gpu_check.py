@@ -7,13 +7,14 @@ The lent GPU machine has PyTorch (and pandas, pyarrow, pyyaml, pillow) but not R
 is Ray-free, so this runs the project's own training loop and trial path there. Copy the shared
 CIFAR-10 JPEG folder into an ignored folder of the checkout (``data/`` is ignored) and name it in
 the device call's ``carry``. Each stage is timed and guarded: a stage that fails records its error
-and the next one runs, and the JSON is rewritten after every stage, so a run stopped at its limit
-still returns what it measured. Stages:
+and the next one runs, and the JSON is rewritten after every stage (the pilot's also after its
+pre-training and after every pair, marked ``partial``), so a run stopped at its limit still
+returns what it measured. Stages:
 
 1. ``environment``: torch, device, memory.
 2. ``epoch``: one epoch of a full-width ResNet-18 on the training set (50,000 images), float32
    and then bf16 autocast with channels-last (``precision: bf16``), images per second and peak
-   memory each.
+   memory each, each after a few untimed warm-up steps.
 3. ``trials``: one transfer trial per attack (the no-attack control: a 40-epoch head on 2,500
    images from the feature bank; Feature Collision, Convex and Bullseye Polytope with 25 poisons,
    Hidden Trigger Backdoor) on the ResNet-18 of stage 2, through ``run_trial`` as a worker runs
@@ -22,7 +23,8 @@ still returns what it measured. Stages:
 4. ``witches_brew``: Witches' Brew crafting, 500 poisons, one restart of a share of the
    iterations, scaled to the protocol's 8 × 250.
 5. ``sharing``: 1, 2 and 4 processes training at once on the one GPU, each capped at its share
-   of the memory (the fractional packing of the workers): aggregate images per second.
+   of the memory (the fractional packing of the workers): aggregate images per second, over
+   windows that start together once every process has warmed up.
 
 ``--pilot`` (a second call on the same lent machine) runs ``pilot`` instead: a full-width ResNet-18
 pre-trained on CIFAR-10's classes 0-4, then the control and Bullseye Polytope paired in transfer
@@ -111,6 +113,10 @@ def stage_epoch(args, device, state) -> dict:
                                       data.image_shape[1], params), device)
         recipe = RecipeConfig(lr=0.1, epochs=1, milestones=(), batch_size=args.batch_size,
                               weight_decay=5e-4, precision=precision)
+        # untimed warm-up steps on a copy, so that library start-up and kernel selection are
+        # charged to neither precision (the first timed would otherwise carry them)
+        train(copy.deepcopy(model), data.train_x, data.train_y, recipe=recipe, seed=1,
+              trainable="all", max_steps=2 if args.tiny else 20)
         _reset_peak(device)
         result = train(model, data.train_x, data.train_y, recipe=recipe, seed=1,
                        trainable="all")
@@ -228,7 +234,6 @@ def stage_pilot(args, device, state) -> dict:
     Bullseye Polytope at the protocol's settings in transfer mode on classes 5-9 (250 images a
     class, 25 poisons, ε 8/255, the protocol's 40-epoch head on the frozen extractor), in pairs on
     the same targets until ``--pilot-trials`` pairs or ``--pilot-seconds`` have passed."""
-    from raypoison.analysis.stats import mcnemar_exact, wilson
     from raypoison.config.specs import expand
     from raypoison.config.suite import parse_suite
     from raypoison.core.registry import build_component
@@ -277,11 +282,23 @@ def stage_pilot(args, device, state) -> dict:
     suite = parse_suite(raw)
     ctx = TrialContext.create(suite.scenarios[0], {"net": folder / "pilot.pt"}, device)
     by_trial: dict[int, dict[str, dict]] = {}
+    save = state.get("save", lambda partial: None)
+    save(out)  # a call stopped at its limit still returns the pre-training figures ...
     for spec in sorted(expand(suite), key=lambda s: (s.index, s.attack.name != "none")):
         if time.monotonic() > deadline:
             break
         row = run_trial(spec, ctx)[0]
         by_trial.setdefault(spec.index, {})[spec.attack.name] = row
+        if len(by_trial[spec.index]) == 2:  # ... and every finished pair
+            save(_pilot_summary(out, by_trial, args.pilot_trials))
+    return _pilot_summary(out, by_trial, args.pilot_trials)
+
+
+def _pilot_summary(out: dict, by_trial: dict[int, dict[str, dict]], planned: int) -> dict:
+    """``out`` (the pre-training figures) with the success of the finished pairs of trials."""
+    from raypoison.analysis.stats import mcnemar_exact, wilson
+
+    out = dict(out)
     pairs = {i: t for i, t in by_trial.items() if len(t) == 2}
     for attack in ("none", "bullseye_polytope"):
         rows = [t[attack] for t in pairs.values()]
@@ -305,7 +322,7 @@ def stage_pilot(args, device, state) -> dict:
     out["paired"] = {"pairs": len(pairs), "only_bullseye_polytope": only_bp,
                      "only_control": only_none,
                      "mcnemar_p": round(mcnemar_exact(only_bp, only_none), 5)}
-    out["stopped_by_time"] = len(pairs) < args.pilot_trials
+    out["stopped_by_time"] = len(pairs) < planned
     return out
 
 
@@ -334,8 +351,10 @@ while True:
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
         loss = torch.nn.functional.cross_entropy(model(x).float(), y)
     opt.zero_grad(); loss.backward(); opt.step(); steps += 1
-    if steps == 3:
+    if steps == 3:  # warmed up: wait until every process is, so that their windows overlap
         if device == "cuda": torch.cuda.synchronize()
+        print("ready", flush=True)
+        sys.stdin.readline()
         start, counted = time.perf_counter(), 0
     elif start is not None:
         counted += 1
@@ -347,22 +366,53 @@ print(counted * batch / (time.perf_counter() - start))
 
 
 def stage_sharing(args, device, state) -> dict:
-    out = {}
+    """``k`` processes training at once, each capped at 0.9/k of the GPU's memory; they warm up,
+    then all start their timed window together (each says ``ready`` and waits for ``go``)."""
+    out: dict[str, Any] = {}
     seconds = 1 if args.tiny else 20
+    if device == "cuda":  # this process's cached blocks would count against the children's share
+        torch.cuda.empty_cache()
+        total_gb = torch.cuda.get_device_properties(0).total_memory / 2**30
     for k in ((1, 2) if args.tiny else (1, 2, 4)):
         code = SHARING_WORKER.format(root=str(ROOT), k=k, seconds=seconds, tiny=args.tiny,
                                      batch=16 if args.tiny else args.batch_size)
-        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(k)]
-        rates = []
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=300)
-            if p.returncode != 0:
-                raise RuntimeError(f"a sharing process failed: {stderr[-800:]}")
-            rates.append(float(stdout.strip().splitlines()[-1]))
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(k)]
+        try:
+            rates = _shared_rates(procs, timeout=60 + 3 * seconds)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
         out[f"processes_{k}"] = {"images_per_second_total": round(sum(rates), 1),
                                  "per_process": [round(r, 1) for r in rates]}
+        if device == "cuda":
+            out[f"processes_{k}"]["memory_cap_gb"] = round(0.9 / k * total_gb, 1)
     return out
+
+
+def _shared_rates(procs: list[subprocess.Popen], timeout: float) -> list[float]:
+    """Wait until every process is warmed up, let them all go, and read their images per
+    second; a process that fails or is not ready within ``timeout`` seconds fails the stage."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            _, stderr = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            raise RuntimeError(f"a sharing process failed before its window: {stderr[-800:]}")
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    rates = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        if p.returncode != 0:
+            raise RuntimeError(f"a sharing process failed: {stderr[-800:]}")
+        rates.append(float(stdout.strip().splitlines()[-1]))
+    return rates
 
 
 STAGES = {"environment": stage_environment, "epoch": stage_epoch, "trials": stage_trials,
@@ -425,6 +475,15 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for name in stages:
         tick = time.perf_counter()
+
+        def save(partial: dict, name: str = name, tick: float = tick) -> None:
+            """Write the report with ``partial`` as the running stage's figures so far."""
+            partial = {**partial, "stage_seconds": round(time.perf_counter() - tick, 1),
+                       "partial": True}
+            Path(args.out).write_text(json.dumps({**report, name: partial}, indent=2,
+                                                 default=str))
+
+        state["save"] = save
         try:
             report[name] = STAGES[name](args, device, state)
         except Exception as err:  # the next stage still runs; the error is a figure too

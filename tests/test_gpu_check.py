@@ -76,3 +76,28 @@ def test_bad_stages_are_refused_before_any_device_time(tmp_path, stages, said):
     assert not (tmp_path / "g.json").exists()
     with pytest.raises(SystemExit, match="is a folder"):
         main(["--tiny", "--stages", "environment", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_the_pilot_saves_its_figures_after_pre_training_and_every_pair(tmp_path):
+    """A device call stopped at its limit keeps what the pilot measured: the report is written
+    after pre-training and after each finished pair, not only when the stage returns."""
+    from benchmarks.gpu_check import main
+
+    out = tmp_path / "pilot.json"
+    seen: list[dict] = []
+    write_text = Path.write_text
+
+    def recording(self, text, *args, **kwargs):
+        if self == out:
+            seen.append(json.loads(text))
+        return write_text(self, text, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "write_text", recording)
+        assert main(["--tiny", "--pilot", "--out", str(out)]) == 0
+    pilots = [r["pilot"] for r in seen if "pilot" in r]
+    partial = [p for p in pilots if p.get("partial")]
+    assert partial[0]["pretrain"]["clean_accuracy"] > 0 and "paired" not in partial[0]
+    assert [p["paired"]["pairs"] for p in partial[1:]] == [1, 2, 3]
+    assert "partial" not in pilots[-1] and pilots[-1]["paired"]["pairs"] == 3
