@@ -345,6 +345,9 @@ model = build_model("convnet" if tiny else "resnet18", 10, (0.5,) * 3, (0.25,) *
                     {{"width": 8}} if tiny else None).to(device).train()
 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 x = torch.rand(batch, 3, size, size, device=device)
+if device == "cuda":  # the layout the training loop uses under bf16 on CUDA
+    model = model.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 10, (batch,), device=device)
 steps, start = 0, None
 while True:
