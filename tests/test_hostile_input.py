@@ -184,6 +184,48 @@ def test_the_restricted_unpickler_refuses_to_build_huge_arrays(tmp_path):
     assert type(fine["i"]) is np.ndarray and fine["i"].tolist() == [0, 1, 2, 3, 4]
 
 
+def _pickled_as_on_a_gpu(tensor) -> bytes:
+    """``pickle.dumps(tensor)`` as a machine with CUDA writes it for a tensor on ``cuda:0``: the
+    same bytes but the storage's location (made here by rewriting the location of a CPU pickle;
+    both length prefixes that frame it grow with it)."""
+    import io
+    import pickle
+
+    import torch
+
+    blob = pickle.dumps(tensor, protocol=2)
+    inner: list[bytes] = []
+
+    class Capture(pickle.Unpickler):  # our own bytes: reads the storage's legacy save
+        def find_class(self, module, name):
+            if name == "_load_from_bytes":
+                return lambda b: inner.append(b) or torch.storage._load_from_bytes(b)
+            return super().find_class(module, name)
+
+    Capture(io.BytesIO(blob)).load()
+    on_gpu = inner[0].replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+    assert on_gpu != inner[0]
+
+    def framed(raw: bytes) -> bytes:  # protocol 2 carries bytes as latin-1 text, BINUNICODE
+        text = raw.decode("latin1").encode("utf-8")
+        return b"X" + len(text).to_bytes(4, "little") + text
+
+    assert blob.count(framed(inner[0])) == 1
+    return blob.replace(framed(inner[0]), framed(on_gpu))
+
+
+def test_a_patch_tensor_pickled_on_a_gpu_is_rebuilt_on_the_cpu():
+    """The reference's target.pickle carries its backdoor patch as a pickled tensor; one saved
+    from a GPU names cuda:0, which a machine without CUDA refused to rebuild."""
+    import torch
+
+    from raypoison.core.safe_pickle import restricted_loads
+
+    patch = torch.arange(12, dtype=torch.float32).view(3, 2, 2)
+    loaded = restricted_loads(_pickled_as_on_a_gpu(patch), allow_tensors=True)
+    assert loaded.device.type == "cpu" and torch.equal(loaded, patch)
+
+
 def test_external_poisons_are_keyed_by_their_content_not_their_path(tmp_path):
     """Overwriting ROOT/0/poisons.pickle used to reuse the old rows ("already done")."""
     root = tmp_path / "poisons"

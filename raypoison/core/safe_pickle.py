@@ -36,7 +36,8 @@ for _module in ("numpy.core.numeric", "numpy._core.numeric"):
 def _storage_from_bytes(data: bytes) -> Any:
     import torch
 
-    return torch.load(io.BytesIO(data), weights_only=True)
+    # a tensor pickled on a GPU names its device; rebuilt here on the CPU whatever the machine
+    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
 
 def _latin1(text: str, encoding: str = "latin1") -> bytes:
