@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,24 @@ def test_cpus_per_worker_from_the_command_line_sets_each_workers_threads(ray_clu
     assert (default["cpus_per_worker"], default["worker_threads"]) == (1, [1])
     wide = _run(raw, tmp_path / "wide", cpus_per_worker=2)["ray"]
     assert (wide["workers"], wide["cpus_per_worker"], wide["worker_threads"]) == (1, 2, [2])
+
+
+def test_a_worker_computes_on_the_device_ray_gave_it_and_the_manifest_says_which(ray_cluster,
+                                                                                 tmp_path):
+    """A worker asks Ray, not PyTorch, which device is its own: one that holds a share of a GPU
+    that PyTorch cannot use (the tests' logical GPUs) computes on the CPU, and the manifest names
+    the GPU it held unused; one that holds none says plain ``cpu`` (on a GPU node it no longer
+    trains on GPU 0 outside every memory share)."""
+    raw = noop_raw(trials=2, seconds=0.01)
+    raw["execution"].update(workers=2, gpus_per_worker=0)
+    assert _run(raw, tmp_path / "none")["ray"]["worker_devices"] == ["cpu", "cpu"]
+    raw["execution"].update(gpus_per_worker=0.5)
+    shared = _run(raw, tmp_path / "share")["ray"]
+    assert shared["gpus_per_worker"] == 0.5 and len(shared["worker_devices"]) == 2
+    for label in shared["worker_devices"]:
+        assert re.fullmatch(r"cpu \(Ray's GPU \d unused: no CUDA\)", label), label
+    rows = read_table(str(tmp_path / "share"), ["device"]).to_pydict()["device"]
+    assert rows and set(rows) == {"cpu"}
 
 
 def test_shared_arrays_are_mapped_not_copied_and_trials_never_write_them(ray_cluster, tiny_raw,

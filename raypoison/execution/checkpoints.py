@@ -27,6 +27,7 @@ from raypoison.core.identity import pretrained_key
 from raypoison.core.registry import Component
 from raypoison.errors import DataError
 from raypoison.execution.datasets import SharedDatasets, project_errors
+from raypoison.execution.devices import assigned_device
 from raypoison.models import load_checkpoint
 from raypoison.store.storage import Location
 
@@ -44,7 +45,7 @@ def pretrain_task(model_cfg: ModelConfig, dataset: Component,
 
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources()
                                      .get("CPU", 1))))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = assigned_device()
     data = ImageData.from_arrays(arrays) if arrays is not None else None
     return pretrain_checkpoint(model_cfg, dataset, device, data)
 

@@ -243,8 +243,23 @@ def _record_worker_pings(manifest: _Manifest, handles: list[Any]) -> None:
     manifest.write(data={**manifest.content.get("data", {"shared": False}),
                          "worker_decodes": sum(p.get("decodes", 0) for p in pings),
                          "workers_asked": len(pings)},
-                   ray={**manifest.content.get("ray", {}),
-                        "worker_threads": sorted(p.get("threads", 0) for p in pings)})
+                   ray={**manifest.content.get("ray", {}), **_worker_records(pings)})
+
+
+def _worker_records(answers: list[dict]) -> dict[str, list]:
+    """From the workers' ping answers, the manifest's record of what they computed with: the
+    PyTorch threads of each, and each one's device (``cpu``, ``cuda`` with the GPU's name, or
+    ``cpu`` with the GPU Ray assigned but PyTorch could not use)."""
+    def device(answer: dict) -> str:
+        name = str(answer.get("device", "unknown"))
+        if answer.get("gpu_name"):
+            return f"{name} ({answer['gpu_name']})"
+        if answer.get("gpu_ids") and name != "cuda":
+            return f"{name} (Ray's GPU {', '.join(map(str, answer['gpu_ids']))} unused: no CUDA)"
+        return name
+
+    return {"worker_threads": sorted(a.get("threads", 0) for a in answers),
+            "worker_devices": sorted(device(a) for a in answers)}
 
 
 # how a pending trial will be computed (``raypoison run --dry-run`` prints it)
@@ -539,8 +554,8 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
         if (scheduler is not None and scheduler.answers
                 and "worker_threads" not in manifest.content.get("ray", {})):
             # a stopped run never asked again; its workers said so when they came up
-            threads = {"ray": {**manifest.content.get("ray", {}), "worker_threads": sorted(
-                a.get("threads", 0) for a in scheduler.answers)}}
+            threads = {"ray": {**manifest.content.get("ray", {}),
+                               **_worker_records(scheduler.answers)}}
         summary.errors = [(n, e) for e, n in errors.most_common()]
         summary.rows_written, summary.files_written = sink.rows_written, sink.files_written
         summary.seconds = time.monotonic() - start

@@ -16,6 +16,7 @@ from typing import Any, cast
 import ray
 
 from raypoison.config.specs import TrialSpec
+from raypoison.execution.devices import assigned_device, describe_device
 from raypoison.store.rows import check_rows, describe_error, failure_rows, stamp
 
 
@@ -79,7 +80,7 @@ class TrialWorker:
         import torch
 
         torch.set_num_threads(max(1, cpu_threads))
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = assigned_device()
         if self.device == "cuda" and 0 < gpu_fraction < 1:
             torch.cuda.set_per_process_memory_fraction(gpu_fraction)
         self.max_contexts = max_contexts
@@ -92,7 +93,7 @@ class TrialWorker:
     def ping(self) -> dict[str, Any]:
         import torch
 
-        return {"worker": self.identity, "node": self.node, "device": self.device,
+        return {"worker": self.identity, "node": self.node, **describe_device(self.device),
                 "threads": torch.get_num_threads(),
                 "pid": os.getpid(), "trials_run": self.trials_run, "decodes": self.decodes}
 
