@@ -130,6 +130,50 @@ def test_workers_hold_one_trial_each_until_every_worker_is_up(ray_cluster):
         ray.kill(handle)
 
 
+def _worker_that_fails_to_start():
+    """A real worker actor whose constructor raises (as one does when CUDA cannot start)."""
+    return ray.remote(TrialWorker).options(num_cpus=0, max_restarts=2).remote(cpu_threads="two")
+
+
+def test_workers_that_fail_to_start_stop_the_run_with_their_error(ray_cluster):
+    """A worker whose constructor raised was pinged forever: the run waited, saying its
+    workers were not placed yet. It is replaced at once, and once the replacements are spent
+    with no worker up, the run stops with the constructor's own error."""
+    from raypoison.execution.scheduler import Scheduler
+
+    specs = list(expand(parse_suite(noop_raw(trials=2, seconds=0.0))))
+    scheduler = Scheduler(_worker_that_fails_to_start, workers=1, max_in_flight=2,
+                          max_attempts=1, on_rows=lambda rows: None, max_replacements=2)
+    with pytest.raises(RuntimeError, match=r"workers fail to start \(3 tries.*TypeError"):
+        scheduler.run(TrialTask((spec,), "run-bad-start", {}) for spec in specs)
+    assert scheduler.stats.start_failures == 3 and scheduler.stats.workers_replaced == 2
+    assert scheduler.stats.trials_done == 0
+
+
+def test_a_worker_that_fails_to_start_is_dropped_and_the_others_finish_the_run(ray_cluster):
+    from raypoison.execution.scheduler import Scheduler
+    from raypoison.execution.worker import start_worker
+
+    starts = iter([start_worker, _worker_that_fails_to_start, _worker_that_fails_to_start])
+
+    def start():
+        maker = next(starts)
+        return maker() if maker is _worker_that_fails_to_start else maker(
+            num_cpus=0, num_gpus=0, max_restarts=0, cpu_threads=1)
+
+    specs = list(expand(parse_suite(noop_raw(trials=6, seconds=1.0))))  # outlasts the starts
+    rows: list[dict] = []
+    scheduler = Scheduler(start, workers=2, max_in_flight=2, max_attempts=1,
+                          on_rows=rows.extend, max_replacements=1)
+    stats = scheduler.run(TrialTask((spec,), "run-one-bad", {}) for spec in specs)
+    assert stats.start_failures == 2 and stats.workers_replaced == 1
+    assert stats.trials_done == 6 and sorted(r["trial_id"] for r in rows) == sorted(
+        s.trial_id for s in specs)
+    assert [w.retired for w in scheduler.workers] == [False, True]
+    for handle in scheduler.handles:
+        ray.kill(handle)
+
+
 @pytest.mark.slow
 def test_exported_poisons_evaluate_the_same_through_the_external_attack(ray_cluster, tmp_path,
                                                                          tiny_raw):

@@ -10,6 +10,9 @@
   with one more attempt, up to ``max_attempts``, after which they become failure rows. The worker
   is pinged until it answers again (Ray restarts it, up to its ``max_restarts``); one that stays
   down for ``replace_after`` seconds is killed and replaced by a new worker.
+- A worker whose constructor raises (Ray says ``actor_init_failed``; it is never restarted) is
+  replaced at once, within the same ``max_replacements``; once they are spent it is dropped, or,
+  when no worker is up, the run stops with the constructor's error instead of waiting forever.
 - Any other error of a trial task becomes failure rows at once: application errors are not
   retried blindly (inside a trial they are already failure rows, made by the trial itself).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -52,6 +56,7 @@ class _Worker:
     next_ping: float = 0.0
     ping_ref: Any = None
     answer: dict | None = None  # its latest ping's answer (what it computes with)
+    retired: bool = False  # failed to start with no replacement left: no longer pinged
 
 
 @dataclass
@@ -62,6 +67,7 @@ class SchedulerStats:
     requeued: int = 0
     worker_failures: int = 0
     workers_replaced: int = 0
+    start_failures: int = 0  # workers whose constructor raised
     peak_in_flight: int = 0
     loop_seconds: float = 0.0  # driver time spent in the loop, outside ray.wait
     wait_seconds: float = 0.0
@@ -225,7 +231,7 @@ class Scheduler:
     def _tend_workers(self) -> None:
         now = time.monotonic()
         for i, worker in enumerate(self.workers):
-            if worker.healthy or worker.ping_ref is not None:
+            if worker.healthy or worker.ping_ref is not None or worker.retired:
                 continue
             if (worker.down_since is not None and now - worker.down_since > self.replace_after
                     and worker.load == 0):
@@ -254,6 +260,12 @@ class Scheduler:
         worker.ping_ref = None
         try:
             answer = ray.get(ref)
+        except RayActorError as err:
+            if err.actor_init_failed:
+                self._failed_start(worker, err)
+            else:
+                worker.next_ping = time.monotonic() + self.ping_seconds
+            return
         except RayError:
             worker.next_ping = time.monotonic() + self.ping_seconds
             return
@@ -262,10 +274,31 @@ class Scheduler:
             log.info("a worker is back after %.1f s", time.monotonic() - worker.down_since)
         worker.healthy, worker.down_since = True, None
 
+    def _failed_start(self, worker: _Worker, err: RayActorError) -> None:
+        """A worker whose constructor raised is dead for good, and Ray restarts none: pinging it
+        would wait forever (the run used to, saying its workers were not placed yet). Start
+        another while replacements last; once they are spent and no worker is up, stop the run
+        with the cause."""
+        self.stats.start_failures += 1
+        cause = _last_line(str(err))
+        index = self.workers.index(worker)
+        if self.stats.workers_replaced < self.max_replacements:
+            log.warning("worker %d failed to start (%s); starting a new one", index, cause)
+            with contextlib.suppress(Exception):
+                ray.kill(worker.handle, no_restart=True)
+            self.workers[index] = _Worker(self.start_worker())
+            self.stats.workers_replaced += 1
+            return
+        if not any(w.healthy for w in self.workers):
+            raise RuntimeError(f"workers fail to start ({self.stats.start_failures} tries, "
+                               f"replacements used up): {cause}")
+        log.error("worker %d failed to start (%s); going on with the others", index, cause)
+        worker.retired = True
+
     def _report_waiting(self) -> None:
         """Say so, once a minute, while work is waiting for workers that cannot be placed."""
         now = time.monotonic()
-        waiting = sum(1 for w in self.workers if not w.healthy)
+        waiting = sum(1 for w in self.workers if not w.healthy and not w.retired)
         if waiting and now - self._last_waiting_log >= 60:
             self._last_waiting_log = now
             log.warning("%d of %d workers are not placed yet (waiting for resources; on an "
@@ -273,7 +306,15 @@ class Scheduler:
                         len(self.workers))
 
     def _wait_timeout(self) -> float:
-        pending = [w.next_ping for w in self.workers if not w.healthy and w.ping_ref is None]
+        pending = [w.next_ping for w in self.workers
+                   if not w.healthy and w.ping_ref is None and not w.retired]
         if not pending:
             return self.tick_seconds
         return max(0.01, min(self.tick_seconds, min(pending) - time.monotonic()))
+
+
+def _last_line(text: str) -> str:
+    """The last line of an error's text (where Ray's creation-task traceback names the cause),
+    without terminal colour codes."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()]
+    return next((line for line in reversed(lines) if line), text)[:500]
