@@ -22,7 +22,10 @@ returns what it measured. Stages:
    seconds are also reported scaled up to the protocol's count.
 4. ``witches_brew``: Witches' Brew crafting, 500 poisons, one restart of a share of the
    iterations, scaled to the protocol's 8 × 250.
-5. ``sharing``: 1, 2 and 4 processes training at once on the one GPU, each capped at its share
+5. ``backdoors``: BadNets, Blend, WaNet and the clean-label backdoor from scratch, BadNets with
+   every defense, on a small ConvNet and synthetic data through ``run_trial``: whether each of
+   these code paths runs on the device (none had run on CUDA), with a status and an error a row.
+6. ``sharing``: 1, 2 and 4 processes training at once on the one GPU, each capped at its share
    of the memory (the fractional packing of the workers): aggregate images per second, over
    windows that start together once every process has warmed up.
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -217,6 +221,90 @@ def stage_witches_brew(args, device, state) -> dict:
             "seconds_craft_at_protocol": round(seconds * 8 * 250 / iterations, 1),
             "loss_initial": result.loss_initial, "loss_final": result.loss_final,
             "linf_255": linf, "peak_memory_mb": _peak_mb(device)}
+
+
+
+
+def _defense_params(tiny: bool) -> dict[str, dict]:
+    """Every defense, sized for seconds on the backdoor stage's small model: a check that the
+    code runs, not a repair or a detection worth reading."""
+    steps = 5 if tiny else 50
+    return {
+        "fine_tuning": {"epochs": 2}, "fine_pruning": {"tune": {"epochs": 2}},
+        "pivotal_tuning": {"steps": steps, "param_mean": "resnet18"},
+        "neural_attention_distillation": {"teacher": {"epochs": 2}, "student": {"epochs": 2}},
+        "neural_cleanse": {"steps": steps},
+        "calibrated_trigger_inversion": {"steps": 2 if tiny else 20,
+                                         "repair": {"steps": steps, "param_mean": "resnet18"}},
+    }
+
+
+def stage_backdoors(args, device, state) -> dict:
+    """Every backdoor attack from scratch and every defense once, through ``run_trial`` on the
+    device: a small ConvNet on synthetic data, trained under the recipe's precision. No code of
+    these had run on CUDA before; this says whether each does (``status`` and ``error`` per row)
+    and how long each took at this toy size, not what they cost or achieve at the protocol's."""
+    from raypoison.config.specs import expand
+    from raypoison.config.suite import parse_suite
+    from raypoison.core.registry import build_component
+    from raypoison.data import DATASETS, load_dataset
+    from raypoison.defenses import DEFENSES
+    from raypoison.models import build_model, checkpoint_bytes, to_device
+    from raypoison.training.loop import train
+    from raypoison.training.recipe import RecipeConfig
+    from raypoison.trial.context import TrialContext
+    from raypoison.trial.run import run_trial
+
+    poisons = 20 if args.tiny else 40
+    size = 16 if args.tiny else 32
+    dataset = {"name": "synthetic", "params": {
+        "classes": 4, "image_size": size, "train_per_class": 60 if args.tiny else 250,
+        "test_per_class": 25, "noise": 0.2, "seed": 3}}
+    # the clean-label backdoor perturbs its poisons on a trained model: one, briefly trained
+    data = load_dataset(build_component(dataset, "dataset", DATASETS)).to(device)
+    torch.manual_seed(0)
+    adv = to_device(build_model("convnet", data.num_classes, data.mean, data.std, size,
+                                {"width": 8}), device)
+    train(adv, data.train_x, data.train_y, seed=0, trainable="all",
+          recipe=RecipeConfig(lr=0.05, epochs=2, milestones=(), batch_size=32))
+    folder = Path(args.scratch)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adv.pt").write_bytes(checkpoint_bytes(adv.cpu(), {"image_size": size}))
+    raw = {
+        "name": "gpu-check-backdoors",
+        "scenarios": [{
+            "name": "scratch", "mode": "scratch", "dataset": dataset,
+            "models": {"net": {"arch": "convnet", "params": {"width": 8}},
+                       "adv": {"arch": "convnet", "params": {"width": 8},
+                               "checkpoint": str(folder / "adv.pt")}},
+            "attacker": "adv", "victims": ["net"], "budget": 1, "epsilon": "8/255", "trials": 1,
+            "train_per_class": 50 if args.tiny else 200, "trusted_per_class": 10,
+            "patch_size": 3, "asr_scope": "other_classes",
+            "recipe": {"lr": 0.05, "epochs": 2 if args.tiny else 8, "milestones": [],
+                       "batch_size": 32}}],
+        "attacks": [{"name": name, "params": {"poisons": poisons}}
+                    for name in ("badnets", "blend", "wanet")]
+        + [{"name": "clean_label_backdoor", "params": {"steps": 5}}],
+        "defenses": [{"name": name, "params": _defense_params(args.tiny).get(name, {})}
+                     for name in DEFENSES.names()],
+    }
+    suite = parse_suite(raw)
+    ctx = TrialContext.create(suite.scenarios[0], {"adv": folder / "adv.pt"}, device)
+    out: dict[str, Any] = {}
+    for spec in expand(suite):
+        if args.tiny and spec.attack.name != "badnets":  # the CPU form: one attack defended
+            spec = dataclasses.replace(spec, defenses=())
+        _reset_peak(device)
+        rows = run_trial(spec, ctx)
+        out[spec.attack.label] = {
+            row.get("defense") or "none": {
+                "status": row.get("status"), "error": (row.get("error") or "")[:300] or None,
+                "seconds": round(row.get("seconds_defense") or row.get("seconds_total") or 0, 2)}
+            for row in rows}
+        out[spec.attack.label]["peak_memory_mb"] = _peak_mb(device)
+    out["failed"] = sum(r["status"] != "ok" for a in out.values() for r in a.values()
+                        if isinstance(r, dict))
+    return out
 
 
 def _pilot_dataset(args: argparse.Namespace, classes: list[int]) -> dict:
@@ -419,7 +507,8 @@ def _shared_rates(procs: list[subprocess.Popen], timeout: float) -> list[float]:
 
 
 STAGES = {"environment": stage_environment, "epoch": stage_epoch, "trials": stage_trials,
-          "witches_brew": stage_witches_brew, "sharing": stage_sharing, "pilot": stage_pilot}
+          "witches_brew": stage_witches_brew, "backdoors": stage_backdoors,
+          "sharing": stage_sharing, "pilot": stage_pilot}
 NEEDS = {"trials": "epoch", "witches_brew": "epoch"}  # a stage -> the stage that makes its model
 
 

@@ -44,6 +44,12 @@ def test_gpu_check_tiny_measures_every_stage(tmp_path):
     assert report["sharing"]["processes_2"]["images_per_second_total"] > 0
     brew = report["witches_brew"]
     assert brew["linf_255"] <= 8 and brew["seconds_craft_at_protocol"] > brew["seconds_craft"]
+    backdoors = report["backdoors"]
+    assert backdoors["failed"] == 0
+    assert set(backdoors) >= {"badnets", "blend", "wanet", "clean_label_backdoor"}
+    from raypoison.defenses import DEFENSES
+
+    assert set(backdoors["badnets"]) == {"none", "peak_memory_mb", *DEFENSES.names()}
 
 
 @pytest.mark.slow
