@@ -130,3 +130,16 @@ def test_a_data_set_that_cannot_be_decoded_stops_the_run_with_its_error(ray_clus
         _run(tiny_raw, tmp_path / "out")
     manifest = _manifest(tmp_path / "out")
     assert manifest["status"] == "failed" and "2.png" in manifest["error"]
+
+
+@pytest.mark.parametrize("total_gb", [24, 80, 141])
+@pytest.mark.parametrize("workers", [1, 2, 4, 8])
+def test_packed_workers_memory_caps_leave_room_for_their_cuda_contexts(total_gb, workers):
+    """k workers at 1/k each used to cap PyTorch at the whole card between them, with each
+    process's CUDA context on top: now their caps and contexts fit on the card together."""
+    from raypoison.execution.devices import CONTEXT_BYTES, memory_share
+
+    total = total_gb * 2**30
+    share = memory_share(1 / workers, total)
+    assert workers * (share * total + CONTEXT_BYTES) <= total
+    assert 1 / workers - share < 0.03  # the context is all it gives up

@@ -253,7 +253,9 @@ def _worker_records(answers: list[dict]) -> dict[str, list]:
     def device(answer: dict) -> str:
         name = str(answer.get("device", "unknown"))
         if answer.get("gpu_name"):
-            return f"{name} ({answer['gpu_name']})"
+            cap = answer.get("memory_cap")
+            return f"{name} ({answer['gpu_name']}" + (
+                f", memory capped at {100 * cap:.1f}%)" if cap else ")")
         if answer.get("gpu_ids") and name != "cuda":
             return f"{name} (Ray's GPU {', '.join(map(str, answer['gpu_ids']))} unused: no CUDA)"
         return name

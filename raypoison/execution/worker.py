@@ -1,7 +1,8 @@
 """TrialWorker: a long-lived actor that loads a scenario's data and models once and runs trials.
 
 Workers ask Ray for a fraction of a GPU; Ray does not split GPU memory, so each worker caps its own
-share with ``torch.cuda.set_per_process_memory_fraction``. An error inside a trial comes back as
+share, less its CUDA context (:func:`raypoison.execution.devices.memory_share`), with
+``torch.cuda.set_per_process_memory_fraction``. An error inside a trial comes back as
 failure rows; only the death of the worker process itself reaches the scheduler as an error.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, cast
 import ray
 
 from raypoison.config.specs import TrialSpec
-from raypoison.execution.devices import assigned_device, describe_device
+from raypoison.execution.devices import assigned_device, describe_device, memory_share
 from raypoison.store.rows import check_rows, describe_error, failure_rows, stamp
 
 
@@ -81,8 +82,11 @@ class TrialWorker:
 
         torch.set_num_threads(max(1, cpu_threads))
         self.device = assigned_device()
+        self.memory_cap: float | None = None  # of the GPU's memory, where shared
         if self.device == "cuda" and 0 < gpu_fraction < 1:
-            torch.cuda.set_per_process_memory_fraction(gpu_fraction)
+            self.memory_cap = memory_share(gpu_fraction,
+                                           torch.cuda.get_device_properties(0).total_memory)
+            torch.cuda.set_per_process_memory_fraction(self.memory_cap)
         self.max_contexts = max_contexts
         self._contexts: dict[str, Any] = {}
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
@@ -94,6 +98,7 @@ class TrialWorker:
         import torch
 
         return {"worker": self.identity, "node": self.node, **describe_device(self.device),
+                "memory_cap": self.memory_cap,
                 "threads": torch.get_num_threads(),
                 "pid": os.getpid(), "trials_run": self.trials_run, "decodes": self.decodes}
 
