@@ -163,13 +163,16 @@ def test_a_worker_that_fails_to_start_is_dropped_and_the_others_finish_the_run(r
 
     specs = list(expand(parse_suite(noop_raw(trials=6, seconds=1.0))))  # outlasts the starts
     rows: list[dict] = []
-    scheduler = Scheduler(start, workers=2, max_in_flight=2, max_attempts=1,
+    scheduler = Scheduler(start, workers=2, max_in_flight=4, max_attempts=1,
                           on_rows=rows.extend, max_replacements=1)
     stats = scheduler.run(TrialTask((spec,), "run-one-bad", {}) for spec in specs)
     assert stats.start_failures == 2 and stats.workers_replaced == 1
     assert stats.trials_done == 6 and sorted(r["trial_id"] for r in rows) == sorted(
         s.trial_id for s in specs)
     assert [w.retired for w in scheduler.workers] == [False, True]
+    assert scheduler.live_handles == [scheduler.workers[0].handle]
+    # the worker left holds its share of max_in_flight again, not one trial as while others start
+    assert stats.peak_in_flight == 2
     for handle in scheduler.handles:
         ray.kill(handle)
 

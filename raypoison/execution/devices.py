@@ -19,10 +19,6 @@ import ray
 
 log = logging.getLogger("raypoison")
 
-# what each process's CUDA context and kernels take outside PyTorch's allocator (about 0.3-0.5
-# GB on recent GPUs): a memory share leaves it out, so k shares of 1/k fit on the card together
-CONTEXT_BYTES = 512 * 2**20
-
 
 def assigned_device() -> str:
     """``"cuda"`` when Ray assigned this process a GPU and PyTorch can use it, else ``"cpu"``."""
@@ -49,11 +45,3 @@ def describe_device(device: str) -> dict[str, Any]:
         out["gpu_name"] = torch.cuda.get_device_name()
     return out
 
-
-def memory_share(gpu_fraction: float, total_bytes: int) -> float:
-    """The fraction of the GPU's memory to cap PyTorch's allocator at for a worker holding
-    ``gpu_fraction`` of the GPU: its share less its CUDA context, so that the workers packed on
-    one GPU fit with their contexts (four at 0.25 would otherwise ask for the whole card plus
-    four contexts). Never below a tenth of the share."""
-    share = gpu_fraction - CONTEXT_BYTES / total_bytes
-    return max(share, gpu_fraction / 10)

@@ -523,7 +523,7 @@ def _run_planned(suite: SuiteConfig, options: RunOptions, config_text: str | Non
             )
             try:
                 scheduler.run(tasks())
-                _record_worker_pings(manifest, scheduler.handles)
+                _record_worker_pings(manifest, scheduler.live_handles)
             finally:
                 for handle in scheduler.handles:  # free their resources for the autoscaler
                     with suppress(Exception):

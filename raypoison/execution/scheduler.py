@@ -11,8 +11,8 @@
   is pinged until it answers again (Ray restarts it, up to its ``max_restarts``); one that stays
   down for ``replace_after`` seconds is killed and replaced by a new worker.
 - A worker whose constructor raises (Ray says ``actor_init_failed``; it is never restarted) is
-  replaced at once, within the same ``max_replacements``; once they are spent it is dropped, or,
-  when no worker is up, the run stops with the constructor's error instead of waiting forever.
+  replaced at once, within the same ``max_replacements``; once they are spent it is retired, and
+  when every worker is, the run stops with the constructor's error instead of waiting forever.
 - Any other error of a trial task becomes failure rows at once: application errors are not
   retried blindly (inside a trial they are already failure rows, made by the trial itself).
 """
@@ -112,6 +112,11 @@ class Scheduler:
         return [w.handle for w in self.workers]
 
     @property
+    def live_handles(self) -> list[Any]:
+        """The workers' handles but for those retired (dead since their start failed)."""
+        return [w.handle for w in self.workers if not w.retired]
+
+    @property
     def answers(self) -> list[dict]:
         """Each worker's latest ping answer, for those that have answered: known without asking
         again, so a stopped run can still say what its workers computed with."""
@@ -164,7 +169,7 @@ class Scheduler:
         # a trial queued behind another on one worker cannot move to a worker that comes up
         # later, so workers hold one trial each until every worker is up (with two workers and
         # two trials, both would otherwise wait on the first worker to answer its ping)
-        depth = self.per_worker if all(w.healthy for w in self.workers) else 1
+        depth = self.per_worker if all(w.healthy or w.retired for w in self.workers) else 1
         while len(self._in_flight) < self.max_in_flight:
             worker = min((w for w in self.workers if w.healthy and w.load < depth),
                          key=lambda w: w.load, default=None)
@@ -277,23 +282,24 @@ class Scheduler:
     def _failed_start(self, worker: _Worker, err: RayActorError) -> None:
         """A worker whose constructor raised is dead for good, and Ray restarts none: pinging it
         would wait forever (the run used to, saying its workers were not placed yet). Start
-        another while replacements last; once they are spent and no worker is up, stop the run
-        with the cause."""
+        another while replacements last; once they are spent, retire it, and once every worker
+        is retired, stop the run with the cause. (Workers still starting or waiting for a node
+        are not counted as failed: they may yet come up.)"""
         self.stats.start_failures += 1
         cause = _last_line(str(err))
-        index = self.workers.index(worker)
+        index = next(i for i, w in enumerate(self.workers) if w is worker)
+        with contextlib.suppress(Exception):
+            ray.kill(worker.handle, no_restart=True)
         if self.stats.workers_replaced < self.max_replacements:
             log.warning("worker %d failed to start (%s); starting a new one", index, cause)
-            with contextlib.suppress(Exception):
-                ray.kill(worker.handle, no_restart=True)
             self.workers[index] = _Worker(self.start_worker())
             self.stats.workers_replaced += 1
             return
-        if not any(w.healthy for w in self.workers):
+        worker.retired = True
+        if all(w.retired for w in self.workers):
             raise RuntimeError(f"workers fail to start ({self.stats.start_failures} tries, "
                                f"replacements used up): {cause}")
         log.error("worker %d failed to start (%s); going on with the others", index, cause)
-        worker.retired = True
 
     def _report_waiting(self) -> None:
         """Say so, once a minute, while work is waiting for workers that cannot be placed."""

@@ -1,7 +1,7 @@
 """TrialWorker: a long-lived actor that loads a scenario's data and models once and runs trials.
 
 Workers ask Ray for a fraction of a GPU; Ray does not split GPU memory, so each worker caps its own
-share, less its CUDA context (:func:`raypoison.execution.devices.memory_share`), with
+share, less its CUDA context (:func:`raypoison.core.gpu_memory.memory_share`), with
 ``torch.cuda.set_per_process_memory_fraction``. An error inside a trial comes back as
 failure rows; only the death of the worker process itself reaches the scheduler as an error.
 """
@@ -17,7 +17,8 @@ from typing import Any, cast
 import ray
 
 from raypoison.config.specs import TrialSpec
-from raypoison.execution.devices import assigned_device, describe_device, memory_share
+from raypoison.core.gpu_memory import memory_share
+from raypoison.execution.devices import assigned_device, describe_device
 from raypoison.store.rows import check_rows, describe_error, failure_rows, stamp
 
 

@@ -1,0 +1,17 @@
+"""How much of a shared GPU's memory one process may take (plain arithmetic, no Ray: the device
+check uses it where Ray is not installed)."""
+
+from __future__ import annotations
+
+# what each process's CUDA context and kernels take outside PyTorch's allocator (about 0.3-0.5
+# GB on recent GPUs): a memory share leaves it out, so k shares of 1/k fit on the card together
+CONTEXT_BYTES = 512 * 2**20
+
+
+def memory_share(gpu_fraction: float, total_bytes: int) -> float:
+    """The fraction of the GPU's memory to cap PyTorch's allocator at for a process holding
+    ``gpu_fraction`` of the GPU: its share less its CUDA context, so that the processes packed on
+    one GPU fit with their contexts (four at 0.25 would otherwise ask for the whole card plus
+    four contexts). Never below a tenth of the share."""
+    share = gpu_fraction - CONTEXT_BYTES / total_bytes
+    return max(share, gpu_fraction / 10)
