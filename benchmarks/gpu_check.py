@@ -40,12 +40,15 @@ success rates, Wilson intervals and the paired counts:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
 import os
+import select
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -223,8 +226,6 @@ def stage_witches_brew(args, device, state) -> dict:
             "linf_255": linf, "peak_memory_mb": _peak_mb(device)}
 
 
-
-
 def _defense_params(tiny: bool) -> dict[str, dict]:
     """Every defense, sized for seconds on the backdoor stage's small model: a check that the
     code runs, not a repair or a detection worth reading."""
@@ -292,7 +293,7 @@ def stage_backdoors(args, device, state) -> dict:
     ctx = TrialContext.create(suite.scenarios[0], {"adv": folder / "adv.pt"}, device)
     out: dict[str, Any] = {}
     for spec in expand(suite):
-        if args.tiny and spec.attack.name != "badnets":  # the CPU form: one attack defended
+        if spec.attack.name != "badnets":  # one attack defended: the defenses' paths once
             spec = dataclasses.replace(spec, defenses=())
         _reset_peak(device)
         rows = run_trial(spec, ctx)
@@ -425,7 +426,7 @@ from raypoison.models import build_model
 k, seconds, tiny, batch = {k}, {seconds}, {tiny}, {batch}
 device = "cuda" if torch.cuda.is_available() else "cpu"
 if device == "cuda":
-    torch.cuda.set_per_process_memory_fraction(0.9 / k)
+    torch.cuda.set_per_process_memory_fraction({cap})
 else:
     torch.set_num_threads(1)
 size = 16 if tiny else 32
@@ -459,49 +460,73 @@ print(counted * batch / (time.perf_counter() - start))
 def stage_sharing(args, device, state) -> dict:
     """``k`` processes training at once, each capped at 0.9/k of the GPU's memory; they warm up,
     then all start their timed window together (each says ``ready`` and waits for ``go``)."""
+    from raypoison.core.gpu_memory import memory_share
+
     out: dict[str, Any] = {}
     seconds = 1 if args.tiny else 20
+    total = 0
     if device == "cuda":  # this process's cached blocks would count against the children's share
         torch.cuda.empty_cache()
-        total_gb = torch.cuda.get_device_properties(0).total_memory / 2**30
+        total = torch.cuda.get_device_properties(0).total_memory
     for k in ((1, 2) if args.tiny else (1, 2, 4)):
+        cap = memory_share(1 / k, total) if total else 1.0  # as a worker holding 1/k caps itself
         code = SHARING_WORKER.format(root=str(ROOT), k=k, seconds=seconds, tiny=args.tiny,
-                                     batch=16 if args.tiny else args.batch_size)
-        procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(k)]
-        try:
-            rates = _shared_rates(procs, timeout=60 + 3 * seconds)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+                                     batch=16 if args.tiny else args.batch_size, cap=cap)
+        with tempfile.TemporaryDirectory() as logs, contextlib.ExitStack() as files:
+            errs = [files.enter_context(open(Path(logs) / f"{i}.err", "w+")) for i in range(k)]
+            procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=err, text=True)
+                     for err in errs]
+            try:
+                rates = _shared_rates(procs, errs, timeout=60 + 3 * seconds)
+            finally:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
         out[f"processes_{k}"] = {"images_per_second_total": round(sum(rates), 1),
                                  "per_process": [round(r, 1) for r in rates]}
         if device == "cuda":
-            out[f"processes_{k}"]["memory_cap_gb"] = round(0.9 / k * total_gb, 1)
+            out[f"processes_{k}"]["memory_cap_gb"] = round(cap * total / 2**30, 1)
     return out
 
 
-def _shared_rates(procs: list[subprocess.Popen], timeout: float) -> list[float]:
+def _shared_rates(procs: list[subprocess.Popen], errs: list[Any], timeout: float
+                  ) -> list[float]:
     """Wait until every process is warmed up, let them all go, and read their images per
-    second; a process that fails or is not ready within ``timeout`` seconds fails the stage."""
+    second; a process that fails, or is not ready or done within ``timeout`` seconds, fails the
+    stage with its standard error (written to a file, so a chatty process never blocks on a full
+    pipe)."""
     deadline = time.monotonic() + timeout
-    for p in procs:
+
+    def failed(i: int, what: str) -> RuntimeError:
+        errs[i].seek(0)
+        return RuntimeError(f"a sharing process {what}: {errs[i].read()[-800:]}")
+
+    for i, p in enumerate(procs):
         assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise failed(i, f"was not ready within {timeout:.0f} s")
         if p.stdout.readline().strip() != "ready":
-            _, stderr = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            raise RuntimeError(f"a sharing process failed before its window: {stderr[-800:]}")
-    for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            raise failed(i, "failed before its window")
+    for i, p in enumerate(procs):
         assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
+        try:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        except BrokenPipeError:
+            p.wait(timeout=5)
+            raise failed(i, "died after warming up") from None
     rates = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    for i, p in enumerate(procs):
+        try:
+            stdout, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise failed(i, f"did not finish within {timeout:.0f} s") from None
         if p.returncode != 0:
-            raise RuntimeError(f"a sharing process failed: {stderr[-800:]}")
+            raise failed(i, "failed")
         rates.append(float(stdout.strip().splitlines()[-1]))
     return rates
 
@@ -572,15 +597,17 @@ def main(argv: list[str] | None = None) -> int:
             """Write the report with ``partial`` as the running stage's figures so far."""
             partial = {**partial, "stage_seconds": round(time.perf_counter() - tick, 1),
                        "partial": True}
+            state["partial"] = partial
             Path(args.out).write_text(json.dumps({**report, name: partial}, indent=2,
                                                  default=str))
 
         state["save"] = save
+        state.pop("partial", None)
         try:
             report[name] = STAGES[name](args, device, state)
         except Exception as err:  # the next stage still runs; the error is a figure too
-            failed += 1
-            report[name] = {"error": f"{type(err).__name__}: {err}",
+            failed += 1  # what the stage saved before it failed is kept beside the error
+            report[name] = {**state.get("partial", {}), "error": f"{type(err).__name__}: {err}",
                             "traceback": traceback.format_exc()[-2000:]}
         report[name]["stage_seconds"] = round(time.perf_counter() - tick, 1)
         print(f"{name}: {json.dumps(report[name], default=str)[:1500]}", flush=True)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,29 @@ def test_the_pilot_saves_its_figures_after_pre_training_and_every_pair(tmp_path)
     assert partial[0]["pretrain"]["clean_accuracy"] > 0 and "paired" not in partial[0]
     assert [p["paired"]["pairs"] for p in partial[1:]] == [1, 2, 3]
     assert "partial" not in pilots[-1] and pilots[-1]["paired"]["pairs"] == 3
+
+
+@pytest.mark.parametrize("code, said, within", [
+    ("import sys; print('no CUDA', file=sys.stderr); sys.exit(3)", "failed before its window",
+     2),
+    ("import time; time.sleep(60)", "was not ready within 3 s", 8),
+])
+def test_a_sharing_process_that_dies_or_hangs_fails_the_stage_in_time(tmp_path, code, said,
+                                                                      within):
+    """The sharing stage waits for every process to warm up; one that dies says why (its
+    standard error), and one that never gets ready no longer holds the lent device's minutes."""
+    from benchmarks.gpu_check import _shared_rates
+
+    with open(tmp_path / "err", "w+") as err:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        start = time.monotonic()
+        try:
+            with pytest.raises(RuntimeError, match=said) as info:
+                _shared_rates([proc], [err], timeout=3)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert time.monotonic() - start < within
+    if "no CUDA" in code:
+        assert "no CUDA" in str(info.value)
