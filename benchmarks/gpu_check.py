@@ -15,6 +15,9 @@ returns what it measured. Stages:
 2. ``epoch``: one epoch of a full-width ResNet-18 on the training set (50,000 images), float32
    and then bf16 autocast with channels-last (``precision: bf16``), images per second and peak
    memory each, each after a few untimed warm-up steps.
+   Then ``calibration`` turns them into FLOP rates (the FLOPs of one of their steps counted as
+   ``raypoison plan`` counts them) and a cost per step (timed linear-head steps), written as a
+   calibration file beside ``--out`` for ``raypoison plan --calibration FILE --device NAME``.
 3. ``trials``: one transfer trial per attack (the no-attack control: a 40-epoch head on 2,500
    images from the feature bank; Feature Collision, Convex and Bullseye Polytope with 25 poisons,
    Hidden Trigger Backdoor) on the ResNet-18 of stage 2, through ``run_trial`` as a worker runs
@@ -97,6 +100,7 @@ def stage_environment(args, device, state) -> dict:
         out.update(name=props.name, memory_gb=round(props.total_memory / 2**30, 1),
                    capability=f"{props.major}.{props.minor}",
                    bf16=torch.cuda.is_bf16_supported())
+    state["environment"] = out
     return out
 
 
@@ -137,7 +141,70 @@ def stage_epoch(args, device, state) -> dict:
         state["model"] = model.cpu()
     out["arch"] = arch
     out["bf16_speedup"] = round(out["float32"]["seconds"] / out["bf16"]["seconds"], 2)
+    state["epoch"] = out
     return out
+
+
+def stage_calibration(args, device, state) -> dict:
+    """This device as ``raypoison plan`` reads one: float32 and bf16 FLOP rates from the epoch
+    stage's timed epochs, with the FLOPs of one of their training steps counted as the planner
+    counts them, and the fixed cost per step from timed linear-head steps (as ``plan
+    --calibrate`` measures a CPU). Written beside ``--out`` as a calibration file
+    (``*_calibration.json``) for ``raypoison plan --calibration FILE --device NAME``."""
+    from raypoison.training.flops import counted
+    from raypoison.training.loop import train
+    from raypoison.training.recipe import RecipeConfig
+
+    epoch, model = state["epoch"], state["model"].to(device)
+    data = state["data"].to(device)
+    batch = args.batch_size
+    x, y = data.train_x[:batch], data.train_y[:batch]
+    recipe = RecipeConfig(lr=0.1, epochs=1, milestones=(), batch_size=batch, weight_decay=5e-4)
+    step_flops = counted(lambda: train(copy.deepcopy(model), x, y, recipe=recipe, seed=1,
+                                       trainable="all", max_steps=1))
+    head = torch.nn.Linear(model.feature_dim, data.num_classes).to(device)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9)
+    feats = torch.randn(batch, model.feature_dim, device=device)
+    labels = y.to(device)
+
+    def head_step() -> None:
+        loss = torch.nn.functional.cross_entropy(head(feats), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    head_flops = counted(head_step)
+    n = 200 if args.tiny else 2000
+    for _ in range(20):
+        head_step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    tick = time.perf_counter()
+    for _ in range(n):
+        head_step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    small = (time.perf_counter() - tick) / n
+    steps = -(-epoch["train_images"] // batch)
+    rates = {}
+    for precision in ("float32", "bf16"):
+        big = epoch[precision]["seconds"] / steps  # one training step, augmentation included
+        rates[precision] = (step_flops - head_flops) / max(big - small, 1e-9)
+    overhead = max(small - head_flops / rates["float32"], 0.0)
+    env = state.get("environment", {})
+    gpu = env.get("name") or f"{device} ({torch.get_num_threads()} threads)"
+    name = args.device_name or ("-".join(gpu.lower().split()[:2]) + "-measured"
+                                if device == "cuda" else f"{device}-gpu-check")
+    entry = {"description": f"{gpu}, measured by gpu_check on {epoch['arch']} at batch {batch}",
+             "float32": rates["float32"], "bf16": rates["bf16"], "seconds_per_step": overhead,
+             "source": f"measured {time.strftime('%Y-%m-%d')} (benchmarks/gpu_check.py)",
+             "kind": "gpu" if device == "cuda" else "cpu"}
+    target = Path(args.out).with_name(Path(args.out).stem + "_calibration.json")
+    target.write_text(json.dumps({"devices": {name: entry}}, indent=2) + "\n")
+    return {"device_name": name, "file": str(target), "step_flops": step_flops,
+            "head_step_flops": head_flops, "head_step_seconds": small,
+            "float32_tflops": round(rates["float32"] / 1e12, 3),
+            "bf16_tflops": round(rates["bf16"] / 1e12, 3)}
 
 
 def stage_trials(args, device, state) -> dict:
@@ -531,10 +598,12 @@ def _shared_rates(procs: list[subprocess.Popen], errs: list[Any], timeout: float
     return rates
 
 
-STAGES = {"environment": stage_environment, "epoch": stage_epoch, "trials": stage_trials,
+STAGES = {"environment": stage_environment, "epoch": stage_epoch,
+          "calibration": stage_calibration, "trials": stage_trials,
           "witches_brew": stage_witches_brew, "backdoors": stage_backdoors,
           "sharing": stage_sharing, "pilot": stage_pilot}
-NEEDS = {"trials": "epoch", "witches_brew": "epoch"}  # a stage -> the stage that makes its model
+NEEDS = {"trials": "epoch", "witches_brew": "epoch",  # a stage -> the stage it builds on
+         "calibration": "epoch"}
 
 
 def chosen_stages(text: str) -> list[str]:
@@ -562,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
                                                       "gpu_check.json"))
     parser.add_argument("--scratch", default=None, help="a folder for the check's checkpoint")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device-name", default=None,
+                        help="the calibration's device name (default: from the GPU's, e.g. "
+                             "nvidia-h200-measured)")
     parser.add_argument("--craft-scale", type=float, default=None,
                         help="share of the protocol's crafting iterations (default 0.1; tiny "
                              "0.01)")

@@ -45,6 +45,13 @@ def test_gpu_check_tiny_measures_every_stage(tmp_path):
     assert report["sharing"]["processes_2"]["images_per_second_total"] > 0
     brew = report["witches_brew"]
     assert brew["linf_255"] <= 8 and brew["seconds_craft_at_protocol"] > brew["seconds_craft"]
+    # the measured device as `raypoison plan --calibration FILE --device NAME` reads it
+    from raypoison.execution.cost import load_devices
+
+    calibration = report["calibration"]
+    measured = load_devices(calibration["file"])[calibration["device_name"]]
+    assert measured.bf16 > 0 and measured.float32 > 0 and measured.seconds_per_step >= 0
+    assert calibration["step_flops"] > calibration["head_step_flops"] > 0
     backdoors = report["backdoors"]
     assert backdoors["failed"] == 0
     assert set(backdoors) >= {"badnets", "blend", "wanet", "clean_label_backdoor"}

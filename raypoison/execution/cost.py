@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 from raypoison.attacks import ATTACKS
 from raypoison.attacks.context import StandaloneContext
@@ -52,6 +50,7 @@ from raypoison.defenses import DEFENSES, TrainingSet, TrustedSet
 from raypoison.errors import DataError
 from raypoison.execution.checkpoints import models_of, pretrained_name
 from raypoison.models import ImageClassifier, build_model, to_device
+from raypoison.training.flops import counted
 from raypoison.training.loop import train
 from raypoison.training.recipe import RecipeConfig
 
@@ -142,32 +141,6 @@ class ScenarioCost:
     shared: dict[str, Count]  # once per run (pre-training) or per worker (feature bank)
     cells: list[Cell]
     precision: str = "float32"
-
-
-class _FlopCount(TorchDispatchMode):
-    """Every dispatched op's FLOPs by :data:`torch.utils.flop_counter.flop_registry` (the formulas
-    of ``FlopCounterMode``), without its per-module tracking: that tracking's backward hooks break
-    ``torch.autograd.grad`` on an input, which the attacks and PGD call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None
-                           ) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
-        return out
-
-
-def counted(fn: Callable[[], Any]) -> float:
-    """The FLOPs of running ``fn`` (forward and backward ops, as PyTorch dispatches them)."""
-    with _FlopCount() as counter:
-        fn()
-    return float(counter.total)
 
 
 # -- data and models of the right shape ------------------------------------------------------
