@@ -22,7 +22,8 @@ returns what it measured. Stages:
    images from the feature bank; Feature Collision, Convex and Bullseye Polytope with 25 poisons,
    Hidden Trigger Backdoor) on the ResNet-18 of stage 2, through ``run_trial`` as a worker runs
    it; crafting runs with fewer iterations than the protocol's (``--craft-scale``), and the
-   seconds are also reported scaled up to the protocol's count.
+   seconds are also reported scaled up to the protocol's count. The control runs first, and its
+   ``seconds_total`` includes building the feature bank and the test features once for all.
 4. ``witches_brew``: Witches' Brew crafting, 500 poisons, one restart of a share of the
    iterations, scaled to the protocol's 8 × 250.
 5. ``backdoors``: BadNets, Blend, WaNet and the clean-label backdoor from scratch, BadNets with
