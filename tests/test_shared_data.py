@@ -147,3 +147,18 @@ def test_packed_workers_memory_caps_leave_room_for_their_cuda_contexts(total_gb,
     share = memory_share(1 / workers, total)
     assert workers * (share * total + CONTEXT_BYTES) <= total
     assert 1 / workers - share < 0.03  # the context is all it gives up
+
+
+def test_the_manifest_names_each_workers_gpu_and_its_memory_cap():
+    """What a GPU worker's ping says becomes the manifest's record (no GPU here: the answers are
+    those a worker on one would give)."""
+    from raypoison.execution.runner import _worker_records
+
+    answers = [{"device": "cuda", "gpu_ids": ["0"], "gpu_name": "NVIDIA H200",
+                "memory_cap": 0.2465, "threads": 1},
+               {"device": "cpu", "gpu_ids": ["1"], "threads": 2},
+               {"device": "cpu", "gpu_ids": [], "threads": 1}]
+    assert _worker_records(answers) == {
+        "worker_threads": [1, 1, 2],
+        "worker_devices": ["cpu", "cpu (Ray's GPU 1 unused: no CUDA)",
+                           "cuda (NVIDIA H200, memory capped at 24.6%)"]}
