@@ -100,7 +100,12 @@ def stage_environment(args, device, state) -> dict:
         props = torch.cuda.get_device_properties(0)
         out.update(name=props.name, memory_gb=round(props.total_memory / 2**30, 1),
                    capability=f"{props.major}.{props.minor}",
-                   bf16=torch.cuda.is_bf16_supported())
+                   bf16=torch.cuda.is_bf16_supported(),
+                   # "float32" convolutions run as TF32 where cuDNN allows it (its default)
+                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                   tf32_cudnn=torch.backends.cudnn.allow_tf32,
+                   cudnn_benchmark=torch.backends.cudnn.benchmark,
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     state["environment"] = out
     return out
 
