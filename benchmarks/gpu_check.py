@@ -157,7 +157,7 @@ def stage_calibration(args, device, state) -> dict:
     counts them, and the fixed cost per step from timed linear-head steps (as ``plan
     --calibrate`` measures a CPU). Written beside ``--out`` as a calibration file
     (``*_calibration.json``) for ``raypoison plan --calibration FILE --device NAME``."""
-    from raypoison.training.flops import counted
+    from raypoison.training.flops import counted, head_step_cost, rate_and_overhead
     from raypoison.training.loop import train
     from raypoison.training.recipe import RecipeConfig
 
@@ -168,35 +168,13 @@ def stage_calibration(args, device, state) -> dict:
     recipe = RecipeConfig(lr=0.1, epochs=1, milestones=(), batch_size=batch, weight_decay=5e-4)
     step_flops = counted(lambda: train(copy.deepcopy(model), x, y, recipe=recipe, seed=1,
                                        trainable="all", max_steps=1))
-    head = torch.nn.Linear(model.feature_dim, data.num_classes).to(device)
-    optimizer = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9)
-    feats = torch.randn(batch, model.feature_dim, device=device)
-    labels = y.to(device)
-
-    def head_step() -> None:
-        loss = torch.nn.functional.cross_entropy(head(feats), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    head_flops = counted(head_step)
-    n = 200 if args.tiny else 2000
-    for _ in range(20):
-        head_step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    tick = time.perf_counter()
-    for _ in range(n):
-        head_step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    small = (time.perf_counter() - tick) / n
+    head_flops, small = head_step_cost(model.feature_dim, data.num_classes, batch, device,
+                                       steps=200 if args.tiny else 2000, warmup=20)
     steps = -(-epoch["train_images"] // batch)
-    rates = {}
-    for precision in ("float32", "bf16"):
-        big = epoch[precision]["seconds"] / steps  # one training step, augmentation included
-        rates[precision] = (step_flops - head_flops) / max(big - small, 1e-9)
-    overhead = max(small - head_flops / rates["float32"], 0.0)
+    fits = {p: rate_and_overhead(step_flops, epoch[p]["seconds"] / steps,  # augmentation in
+                                 head_flops, small) for p in ("float32", "bf16")}
+    rates = {p: rate for p, (rate, _) in fits.items()}
+    overhead = fits["float32"][1]
     env = state.get("environment", {})
     gpu = env.get("name") or f"{device} ({torch.get_num_threads()} threads)"
     name = args.device_name or ("-".join(gpu.lower().split()[:2]) + "-measured"
@@ -531,8 +509,9 @@ print(counted * batch / (time.perf_counter() - start))
 
 
 def stage_sharing(args, device, state) -> dict:
-    """``k`` processes training at once, each capped at 0.9/k of the GPU's memory; they warm up,
-    then all start their timed window together (each says ``ready`` and waits for ``go``)."""
+    """``k`` processes training at once, each capped as a worker holding 1/k of the GPU caps
+    itself (:func:`raypoison.core.gpu_memory.memory_share`); they warm up, then all start their
+    timed window together (each says ``ready`` and waits for ``go``)."""
     from raypoison.core.gpu_memory import memory_share
 
     out: dict[str, Any] = {}

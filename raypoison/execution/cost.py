@@ -50,7 +50,7 @@ from raypoison.defenses import DEFENSES, TrainingSet, TrustedSet
 from raypoison.errors import DataError
 from raypoison.execution.checkpoints import models_of, pretrained_name
 from raypoison.models import ImageClassifier, build_model, to_device
-from raypoison.training.flops import counted
+from raypoison.training.flops import counted, head_step_cost, rate_and_overhead
 from raypoison.training.loop import train
 from raypoison.training.recipe import RecipeConfig
 
@@ -531,7 +531,6 @@ def calibrate(cfg: ModelConfig, shape: Shape, threads: int, repeats: int = 7) ->
     torch.set_num_threads(threads)
     recipe = RecipeConfig(batch_size=128, epochs=1, milestones=())
     big_flops = train_step(cfg, shape, recipe, "all")
-    small_flops = head_step(cfg, shape, 128)
     model = to_device(fresh(cfg, shape), "cpu")  # as workers hold it (channels-last on a CPU)
     data = random_data(shape, -(-128 // shape.classes))
     x, y = data.train_x[:128], data.train_y[:128]
@@ -543,18 +542,8 @@ def calibrate(cfg: ModelConfig, shape: Shape, threads: int, repeats: int = 7) ->
         train(model, x, y, recipe=recipe, seed=0, max_steps=1)
         times.append(time.perf_counter() - tick)
     big = sorted(times)[len(times) // 2]  # the median step
-    head = torch.nn.Linear(model.feature_dim, shape.classes)
-    optimizer = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9)
-    feats, labels = torch.randn(128, model.feature_dim), torch.randint(0, shape.classes, (128,))
-    tick, n = time.perf_counter(), 2000
-    for _ in range(n):
-        loss = torch.nn.functional.cross_entropy(head(feats), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    small = (time.perf_counter() - tick) / n
-    rate = (big_flops - small_flops) / max(big - small, 1e-9)
-    overhead = max(small - small_flops / rate, 0.0)
+    small_flops, small = head_step_cost(model.feature_dim, shape.classes, 128)
+    rate, overhead = rate_and_overhead(big_flops, big, small_flops, small)
     return Device(f"one worker of this machine, {threads} thread(s), measured on {cfg.arch}",
                   rate, rate, overhead, source=f"measured {time.strftime('%Y-%m-%d')}", kind="cpu")
 

@@ -44,4 +44,3 @@ def describe_device(device: str) -> dict[str, Any]:
     if device == "cuda":
         out["gpu_name"] = torch.cuda.get_device_name()
     return out
-

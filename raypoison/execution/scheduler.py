@@ -252,11 +252,14 @@ class Scheduler:
                     f"every worker is down and {self.max_replacements} replacements are used up"
                 )
             return
-        old = self.workers[index]
-        with contextlib.suppress(Exception):  # it may be gone already
-            ray.kill(old.handle, no_restart=True)
         log.warning("worker %d did not come back in %.0f s; starting a new one", index,
                     self.replace_after)
+        self._start_anew(index)
+
+    def _start_anew(self, index: int) -> None:
+        """Kill worker ``index`` (it may be gone already) and start a new one in its place."""
+        with contextlib.suppress(Exception):
+            ray.kill(self.workers[index].handle, no_restart=True)
         self.workers[index] = _Worker(self.start_worker())
         self.stats.workers_replaced += 1
 
@@ -288,13 +291,12 @@ class Scheduler:
         self.stats.start_failures += 1
         cause = _last_line(str(err))
         index = next(i for i, w in enumerate(self.workers) if w is worker)
-        with contextlib.suppress(Exception):
-            ray.kill(worker.handle, no_restart=True)
         if self.stats.workers_replaced < self.max_replacements:
             log.warning("worker %d failed to start (%s); starting a new one", index, cause)
-            self.workers[index] = _Worker(self.start_worker())
-            self.stats.workers_replaced += 1
+            self._start_anew(index)
             return
+        with contextlib.suppress(Exception):
+            ray.kill(worker.handle, no_restart=True)
         worker.retired = True
         if all(w.retired for w in self.workers):
             raise RuntimeError(f"workers fail to start ({self.stats.start_failures} tries, "
