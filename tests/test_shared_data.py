@@ -146,7 +146,7 @@ def test_packed_workers_memory_caps_leave_room_for_their_cuda_contexts(total_gb,
     total = total_gb * 2**30
     share = memory_share(1 / workers, total)
     assert workers * (share * total + CONTEXT_BYTES) <= total
-    assert 1 / workers - share < 0.03  # the context is all it gives up
+    assert share * total == pytest.approx(total / workers - CONTEXT_BYTES)  # the context, no more
 
 
 def test_the_manifest_names_each_workers_gpu_and_its_memory_cap():
