@@ -544,12 +544,10 @@ def test_report_tables_and_draws_the_trade_off(pyp, tmp_path):
         assert image.size[0] > 1000
 
 
-def test_dirty_label_transfer_trials_run_with_bases_outside_the_feature_bank(tiny_checkpoint,
-                                                                             monkeypatch):
+def test_dirty_label_transfer_trials_run_with_bases_outside_the_feature_bank(tiny_checkpoint):
     """In transfer mode a dirty-label trial keeps the setup's bases as clean training images;
     those outside the feature bank's pool make the trial run the extractor instead, so it trains
     the same head as a trial without a bank."""
-    import raypoison.trial.context
     from tests.conftest import TINY
 
     raw = copy.deepcopy(TINY)
@@ -573,8 +571,8 @@ def test_dirty_label_transfer_trials_run_with_bases_outside_the_feature_bank(tin
         assert row["poisons"] == 6 and 0 <= row["attack_success_rate"] <= 1
         rows.append(row)
     assert outside > 0  # the fallback ran
-    monkeypatch.setattr(raypoison.trial.context, "MAX_BANK_BYTES", 0)  # no bank at all
-    plain = TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
+    plain = TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint},
+                                bank_bytes=0)  # no bank at all
     assert not plain.uses_feature_bank
     for spec, row in zip(expand(suite), rows, strict=True):
         [again] = run_trial(spec, plain)

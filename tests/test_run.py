@@ -8,6 +8,7 @@ import ray
 
 from raypoison.config.specs import expand
 from raypoison.config.suite import parse_suite
+from raypoison.core.gpu_memory import CPU_BANK_BYTES
 from raypoison.errors import DataError
 from raypoison.execution.runner import RunOptions, run_suite
 from raypoison.execution.worker import TrialTask, TrialWorker
@@ -62,7 +63,9 @@ def test_an_error_in_a_worker_trial_becomes_failure_rows(ray_cluster, tiny_raw):
     (row,) = ray.get(worker.run.remote(task, 1))
     assert row["status"] == "failed" and "not a readable checkpoint" in row["error"]
     assert row["run_id"] == "run-x" and row["attempt"] == 1
-    assert ray.get(worker.ping.remote())["trials_run"] == 1  # the worker lives on
+    answer = ray.get(worker.ping.remote())
+    assert answer["trials_run"] == 1  # the worker lives on
+    assert answer["device"] == "cpu" and answer["bank_bytes"] == CPU_BANK_BYTES
     ray.kill(worker)
 
 

@@ -149,6 +149,25 @@ def test_packed_workers_memory_caps_leave_room_for_their_cuda_contexts(total_gb,
     assert share * total == pytest.approx(total / workers - CONTEXT_BYTES)  # the context, no more
 
 
+@pytest.mark.parametrize("total_gb", [16, 80, 141])
+@pytest.mark.parametrize("workers", [1, 4, 8])
+def test_a_feature_bank_takes_at_most_half_of_its_workers_share(total_gb, workers):
+    """The bank was bounded at a fixed 4 GiB whatever the card and the packing: four workers of
+    a 16 GB card could each ask for 4 GiB. Now a bank takes half of its worker's cap at most."""
+    from raypoison.core.gpu_memory import CPU_BANK_BYTES, bank_limit, memory_share
+
+    total = total_gb * 2**30
+    cap = memory_share(1 / workers, total) if workers > 1 else None
+    limit = bank_limit("cuda", cap, total)
+    assert limit == pytest.approx((cap or 1.0) * total / 2, abs=1)
+    assert workers * limit <= total / 2
+    # the paper-scale transfer trial's bank (162 views of 2,525 images, 512 features, float32)
+    # fits in a quarter of an 80 GB card, not in an eighth of a 16 GB one
+    paper = 162 * 2525 * 512 * 4
+    assert (paper <= limit) == (total / workers >= 3 * 2**30)
+    assert bank_limit("cpu", None, None) == CPU_BANK_BYTES
+
+
 def test_the_manifest_names_each_workers_gpu_and_its_memory_cap():
     """What a GPU worker's ping says becomes the manifest's record (no GPU here: the answers are
     those a worker on one would give)."""

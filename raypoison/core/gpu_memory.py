@@ -6,6 +6,8 @@ from __future__ import annotations
 # what each process's CUDA context and kernels take outside PyTorch's allocator (about 0.3-0.5
 # GB on recent GPUs): a memory share leaves it out, so k shares of 1/k fit on the card together
 CONTEXT_BYTES = 512 * 2**20
+# a feature bank on the CPU: the machine's memory, not a device's, bounds it
+CPU_BANK_BYTES = 4 * 2**30
 
 
 def memory_share(gpu_fraction: float, total_bytes: int) -> float:
@@ -15,3 +17,14 @@ def memory_share(gpu_fraction: float, total_bytes: int) -> float:
     four contexts). Never below a tenth of the share."""
     share = gpu_fraction - CONTEXT_BYTES / total_bytes
     return max(share, gpu_fraction / 10)
+
+
+def bank_limit(device: str, memory_cap: float | None, total_bytes: int | None) -> int:
+    """The largest feature bank a process may hold, in bytes: on a GPU half of what its allocator
+    may take (``memory_cap`` of ``total_bytes``, the whole card where uncapped), leaving the rest
+    to the models, the poisons and the activations of training; on the CPU
+    :data:`CPU_BANK_BYTES`. A trial whose bank would not fit runs the extractor instead, with
+    the same results, only slower."""
+    if device == "cpu" or total_bytes is None:
+        return CPU_BANK_BYTES
+    return int((1.0 if memory_cap is None else memory_cap) * total_bytes / 2)

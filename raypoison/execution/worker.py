@@ -17,7 +17,7 @@ from typing import Any, cast
 import ray
 
 from raypoison.config.specs import TrialSpec
-from raypoison.core.gpu_memory import memory_share
+from raypoison.core.gpu_memory import bank_limit, memory_share
 from raypoison.execution.devices import assigned_device, describe_device
 from raypoison.store.rows import check_rows, describe_error, failure_rows, stamp
 
@@ -84,10 +84,11 @@ class TrialWorker:
         torch.set_num_threads(max(1, cpu_threads))
         self.device = assigned_device()
         self.memory_cap: float | None = None  # of the GPU's memory, where shared
-        if self.device == "cuda" and 0 < gpu_fraction < 1:
-            self.memory_cap = memory_share(gpu_fraction,
-                                           torch.cuda.get_device_properties(0).total_memory)
+        total = torch.cuda.get_device_properties(0).total_memory if self.device == "cuda" else None
+        if total is not None and 0 < gpu_fraction < 1:
+            self.memory_cap = memory_share(gpu_fraction, total)
             torch.cuda.set_per_process_memory_fraction(self.memory_cap)
+        self.bank_bytes = bank_limit(self.device, self.memory_cap, total)
         self.max_contexts = max_contexts
         self._contexts: dict[str, Any] = {}
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
@@ -99,7 +100,7 @@ class TrialWorker:
         import torch
 
         return {"worker": self.identity, "node": self.node, **describe_device(self.device),
-                "memory_cap": self.memory_cap,
+                "memory_cap": self.memory_cap, "bank_bytes": self.bank_bytes,
                 "threads": torch.get_num_threads(),
                 "pid": os.getpid(), "trials_run": self.trials_run, "decodes": self.decodes}
 
@@ -120,8 +121,8 @@ class TrialWorker:
                 data = load_dataset(scenario.dataset)
                 self.decodes += 1
             self._contexts[key] = TrialContext(
-                scenario, data, dict(zip(names, blobs, strict=True)), self.device
-            )
+                scenario, data, dict(zip(names, blobs, strict=True)), self.device,
+                self.bank_bytes)
         return self._contexts[key]
 
     def run(self, task: TrialTask, attempt: int = 1) -> list[dict]:

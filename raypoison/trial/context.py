@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from raypoison.config.suite import ScenarioConfig
+from raypoison.core.gpu_memory import bank_limit
 from raypoison.core.identity import derive_seed
 from raypoison.data import ImageData, load_dataset
 from raypoison.data.augment import identity_view
@@ -26,8 +27,13 @@ from raypoison.training.recipe import RecipeConfig, uses_bf16
 from raypoison.trial.evaluate import asr_members
 
 VIEWS = 162  # crop offsets (9 x 9) x flips, for the protocol's 4-pixel padding
-MAX_BANK_BYTES = 4 * 2**30  # a larger bank would not fit beside the models on a shared GPU
 
+
+def _device_bytes(device: str) -> int | None:
+    """The memory of a CUDA ``device``; None on the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    return torch.cuda.get_device_properties(torch.device(device)).total_memory
 
 
 class TrialContext:
@@ -38,9 +44,13 @@ class TrialContext:
     """
 
     def __init__(self, scenario: ScenarioConfig, data: ImageData,
-                 checkpoints: Mapping[str, bytes | str | Path], device: str = "cpu"):
+                 checkpoints: Mapping[str, bytes | str | Path], device: str = "cpu",
+                 bank_bytes: int | None = None):
         self.scenario = scenario
         self.device = device
+        # the largest feature bank this process holds (raypoison.core.gpu_memory.bank_limit)
+        self.bank_bytes = bank_limit(device, None, _device_bytes(device)) \
+            if bank_bytes is None else bank_bytes
         self.data = data.to(device)
         self.train_labels = data.train_y.cpu().numpy()
         self.test_labels = data.test_y.cpu().numpy()
@@ -54,8 +64,8 @@ class TrialContext:
 
     @classmethod
     def create(cls, scenario: ScenarioConfig, checkpoints: Mapping[str, bytes | str | Path],
-               device: str = "cpu") -> TrialContext:
-        return cls(scenario, load_dataset(scenario.dataset), checkpoints, device)
+               device: str = "cpu", bank_bytes: int | None = None) -> TrialContext:
+        return cls(scenario, load_dataset(scenario.dataset), checkpoints, device, bank_bytes)
 
     # what attacks see of the scenario (raypoison.attacks.context.CraftingContext)
     @property
@@ -123,14 +133,15 @@ class TrialContext:
 
     @property
     def uses_feature_bank(self) -> bool:
-        """Transfer trials on a fixed-size training set train heads on banked features."""
+        """Transfer trials on a fixed-size training set train heads on banked features, when
+        the bank (float32, every view of the pool) fits in :attr:`bank_bytes`."""
         s = self.scenario
         if s.mode != "transfer" or s.train_per_class is None or s.train_subset != "first":
             return False  # a bank covers the fixed pool of first images only
         pool = (s.train_per_class + s.budget) * self.data.num_classes
         widest = max(self.model(v).feature_dim for v in s.victims)
         views = VIEWS if self.bank_views is None else len(self.bank_views)
-        return views * pool * widest * 4 <= MAX_BANK_BYTES
+        return views * pool * widest * 4 <= self.bank_bytes
 
     @property
     def bank_views(self) -> list[int] | None:
