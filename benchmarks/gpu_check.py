@@ -18,6 +18,9 @@ returns what it measured. Stages:
    Then ``calibration`` turns them into FLOP rates (the FLOPs of one of their steps counted as
    ``raypoison plan`` counts them) and a cost per step (timed linear-head steps), written as a
    calibration file beside ``--out`` for ``raypoison plan --calibration FILE --device NAME``.
+   Then ``host_copies`` times training steps (the network's, and a head's on an augmented
+   feature bank) with each step's random draws copied to the GPU blocking and through pinned
+   memory, and checks that both give the same weights.
 3. ``trials``: one transfer trial per attack (the no-attack control: a 40-epoch head on 2,500
    images from the feature bank; Feature Collision, Convex and Bullseye Polytope with 25 poisons,
    Hidden Trigger Backdoor) on the ResNet-18 of stage 2, through ``run_trial`` as a worker runs
@@ -189,6 +192,69 @@ def stage_calibration(args, device, state) -> dict:
             "head_step_flops": head_flops, "head_step_seconds": small,
             "float32_tflops": round(rates["float32"] / 1e12, 3),
             "bf16_tflops": round(rates["bf16"] / 1e12, 3)}
+
+
+def stage_host_copies(args, device, state) -> dict:
+    """What copying each step's random draws through pinned memory saves
+    (:mod:`raypoison.core.host_copy`): training steps of the epoch stage's network (bf16) and of a
+    linear head on an augmented feature bank, with the draws copied the plain blocking way and
+    the pinned way, alternating, the best of two each. The same draws either way: the head's
+    weights come out equal (reported); the network's differ only as far as cuDNN's
+    nondeterministic kernels make any two runs differ."""
+    from raypoison.core import host_copy
+    from raypoison.training.feature_bank import TrainingFeatures
+    from raypoison.training.loop import train
+    from raypoison.training.recipe import RecipeConfig
+
+    model, data = state["model"].to(device), state["data"].to(device)
+    batch = args.batch_size
+    steps = 5 if args.tiny else 100
+    x, y = data.train_x[:batch * steps], data.train_y[:batch * steps]
+    full = RecipeConfig(lr=0.1, epochs=1, milestones=(), batch_size=batch, weight_decay=5e-4,
+                        precision="bf16")
+    head_recipe = RecipeConfig(lr=0.01, epochs=4 if args.tiny else 40, milestones=(),
+                               batch_size=batch, weight_decay=5e-4)
+    pool = 250 if args.tiny else 2500
+    generator = torch.Generator().manual_seed(0)
+    bank = torch.randn(162, pool, model.feature_dim, generator=generator).to(device)
+    features = TrainingFeatures(bank, torch.arange(pool, device=device), model,
+                                data.train_x[:0])
+    head_y = data.train_y[:pool]
+
+    def timed(pinned: bool, what: str) -> tuple[float, int, torch.Tensor]:
+        host_copy.PINNED = pinned
+        victim = copy.deepcopy(model)
+        try:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            tick = time.perf_counter()
+            if what == "network":
+                result = train(victim, x, y, recipe=full, seed=1, trainable="all",
+                               max_steps=steps)
+            else:
+                result = train(victim, data.train_x[:pool], head_y, recipe=head_recipe, seed=1,
+                               trainable="head", features=features)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return (time.perf_counter() - tick, result.steps,
+                    victim.head.weight.detach().float().cpu())
+        finally:
+            host_copy.PINNED = True
+
+    out: dict[str, Any] = {}
+    for what in ("network", "head"):
+        timed(True, what)  # warm-up
+        seconds: dict[bool, list[float]] = {False: [], True: []}
+        weights = {}
+        for pinned in (False, True, False, True):
+            took, n, weights[pinned] = timed(pinned, what)
+            seconds[pinned].append(took)
+        out[what] = {"steps": n,
+                     "blocking_ms_per_step": round(1000 * min(seconds[False]) / n, 3),
+                     "pinned_ms_per_step": round(1000 * min(seconds[True]) / n, 3),
+                     "speedup": round(min(seconds[False]) / min(seconds[True]), 3),
+                     "max_weight_difference": float((weights[False] - weights[True]).abs().max())}
+    return out
 
 
 def stage_trials(args, device, state) -> dict:
@@ -584,11 +650,12 @@ def _shared_rates(procs: list[subprocess.Popen], errs: list[Any], timeout: float
 
 
 STAGES = {"environment": stage_environment, "epoch": stage_epoch,
-          "calibration": stage_calibration, "trials": stage_trials,
+          "calibration": stage_calibration, "host_copies": stage_host_copies,
+          "trials": stage_trials,
           "witches_brew": stage_witches_brew, "backdoors": stage_backdoors,
           "sharing": stage_sharing, "pilot": stage_pilot}
 NEEDS = {"trials": "epoch", "witches_brew": "epoch",  # a stage -> the stage it builds on
-         "calibration": "epoch"}
+         "calibration": "epoch", "host_copies": "epoch"}
 
 
 def chosen_stages(text: str) -> list[str]:

@@ -52,6 +52,9 @@ def test_gpu_check_tiny_measures_every_stage(tmp_path):
     measured = load_devices(calibration["file"])[calibration["device_name"]]
     assert measured.bf16 > 0 and measured.float32 > 0 and measured.seconds_per_step >= 0
     assert calibration["step_flops"] > calibration["head_step_flops"] > 0
+    copies = report["host_copies"]  # on the CPU both ways are one path: the same weights
+    assert copies["network"]["steps"] > 0 and copies["head"]["steps"] > 0
+    assert copies["head"]["max_weight_difference"] == copies["network"]["max_weight_difference"] == 0
     backdoors = report["backdoors"]
     assert backdoors["failed"] == 0
     assert set(backdoors) >= {"badnets", "blend", "wanet", "clean_label_backdoor"}

@@ -44,6 +44,7 @@ from raypoison.attacks.base import Attack, CraftResult, Poisons
 from raypoison.attacks.context import CraftingContext
 from raypoison.attacks.crafting import CraftOutcome, adam_descend, quantize
 from raypoison.attacks.registry import ATTACKS
+from raypoison.core.host_copy import host_to_device
 from raypoison.core.identity import derive_seed
 from raypoison.data.augment import apply_crop_flip, apply_shift_flip, draw_crop_flip, draw_shift_flip
 from raypoison.data.setups import Setup
@@ -175,7 +176,7 @@ class WitchesBrew(Attack):
             lr = p.tau * (p.pbatch / 512) / len(models)
             outcomes = []
             for _ in range(p.restarts):
-                noise = torch.randn(bases.shape, generator=generator).to(bases.device)
+                noise = host_to_device(torch.randn(bases.shape, generator=generator), bases.device)
                 start = bases + (epsilon * noise).clamp(-epsilon, epsilon)
                 outcomes.append(adam_descend(
                     objective, start, bases, epsilon, iterations=p.iterations, lr=lr, signed=True,

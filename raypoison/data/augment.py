@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from raypoison.core.host_copy import host_to_device
+
 
 def draw_crop_flip(n: int, generator: torch.Generator, padding: int = 4
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -28,7 +30,9 @@ def apply_crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: t
     """Crop each image of ``x`` ``[B, C, H, W]`` at its offset in the zero-padded image, then flip."""
     b, c, h, w = x.shape
     device = x.device
-    dy, dx, flip = dy.to(device), dx.to(device), flip.to(device)
+    if device.type != "cpu":  # one copy for the three draws
+        dy, dx, flip = host_to_device(torch.stack([dy, dx, flip.long()]), device)
+        flip = flip.bool()
     padded = F.pad(x, (padding, padding, padding, padding))
     rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
     cols = torch.arange(w, device=device)
@@ -81,7 +85,7 @@ def apply_shift_flip(x: torch.Tensor, draws: torch.Tensor, fill: torch.Tensor,
     flip negates the shifted x coordinates, so a flipped image is shifted the mirrored way.
     """
     b, _, h, w = x.shape
-    draws = draws.to(device=x.device, dtype=x.dtype)
+    draws = host_to_device(draws, x.device).to(x.dtype)
     xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
     ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
     gx = xs.view(1, 1, w).expand(b, h, w) + ((draws[:, 0] - 0.5) * 2 * (2 * max_shift / (w - 1))

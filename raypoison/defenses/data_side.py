@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from raypoison.core.host_copy import host_to_device
 from raypoison.defenses.base import Defense, Flags, TrainingSet, TrustedSet, features_of
 from raypoison.defenses.registry import DEFENSES
 from raypoison.errors import ConfigError
@@ -115,7 +116,8 @@ def _blend_entropy(model, images: torch.Tensor, overlays: torch.Tensor, blends: 
         x = images[start:start + batch_size].float() / 255
         total = torch.zeros(len(x), device=x.device)
         for _ in range(blends):
-            pick = torch.randint(len(overlays), (len(x),), generator=generator).to(x.device)
+            pick = host_to_device(torch.randint(len(overlays), (len(x),), generator=generator),
+                                  x.device)
             probs = F.softmax(model(0.5 * x + 0.5 * overlays[pick].float() / 255), dim=1)
             total += -(probs * probs.clamp_min(1e-12).log()).sum(1)
         out.append(total / blends)

@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from raypoison.core.host_copy import host_to_device
 from raypoison.data.augment import random_crop_flip
 from raypoison.defenses.base import Defense, TrustedSet, frozen_copy
 from raypoison.defenses.registry import DEFENSES
@@ -67,8 +68,8 @@ def invert(suspect: ImageClassifier, images: torch.Tensor, target: int, params: 
     optimizer = torch.optim.Adam([mask_logit, pattern_logit], lr=params.lr)
     goal = torch.full((len(images),), target, dtype=torch.long, device=device)
     for _ in range(params.steps):
-        idx = torch.randint(len(images), (min(params.batch_size, len(images)),),
-                            generator=generator).to(device)
+        idx = host_to_device(torch.randint(len(images), (min(params.batch_size, len(images)),),
+                                           generator=generator), device)
         trigger = InvertedTrigger(torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit))
         x = trigger.apply(images[idx])
         loss = F.cross_entropy(suspect(x), goal[idx]) + params.l1 * trigger.mask.mean()
@@ -142,7 +143,7 @@ def invert_calibrated(suspect: ImageClassifier, repaired: ImageClassifier, image
     for _ in range(p.steps):
         if position >= len(order):
             order, position = torch.randperm(len(images), generator=generator), 0
-        idx = order[position:position + p.batch_size].to(device)
+        idx = host_to_device(order[position:position + p.batch_size], device)
         position += p.batch_size
         x = images[idx]
         if p.augment == "reference":

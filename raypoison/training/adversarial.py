@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from raypoison.core.host_copy import host_to_device
 from raypoison.models.base import ImageClassifier
 
 
@@ -16,7 +17,7 @@ def pgd(model: ImageClassifier, x: torch.Tensor, y: torch.Tensor, *, epsilon: fl
 
     The model's mode (train or eval) is left as the caller set it.
     """
-    noise = torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1
+    noise = host_to_device(torch.rand(x.shape, generator=generator), x.device) * 2 - 1
     adv = (x + epsilon * noise).clamp(0, 1)
     for _ in range(steps):
         adv.requires_grad_(True)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 
+from raypoison.core.host_copy import host_to_device
 from raypoison.data.augment import draw_crop_flip, identity_view, random_crop_flip, view_index
 from raypoison.models.base import ImageClassifier
 from raypoison.training.adversarial import pgd
@@ -118,7 +119,7 @@ def train(
     schedule = _schedule(optimizer, recipe, steps_per_epoch=-(-n // recipe.batch_size))
     loss = torch.tensor(float("nan"))
     for _ in range(recipe.epochs):
-        order = torch.randperm(n, generator=generator).to(images.device)
+        order = host_to_device(torch.randperm(n, generator=generator), images.device)
         for start_i in range(0, n, recipe.batch_size):
             idx = order[start_i:start_i + recipe.batch_size]
             if features is not None:
@@ -197,7 +198,7 @@ def _views(idx: torch.Tensor, generator: torch.Generator, augment: bool,
     ``unaugmented`` marks), or the unaugmented view."""
     if not augment:
         return torch.full_like(idx, identity_view())
-    views = view_index(*draw_crop_flip(len(idx), generator)).to(idx.device)
+    views = host_to_device(view_index(*draw_crop_flip(len(idx), generator)), idx.device)
     if unaugmented is None:
         return views
     return torch.where(unaugmented[idx], torch.full_like(views, identity_view()), views)
@@ -245,7 +246,7 @@ def train_heads(models: list[ImageClassifier], labels: list[torch.Tensor], *,
     device = labels[0].device
     steps, loss = 0, torch.full((len(models),), float("nan"))
     for _ in range(recipe.epochs):
-        orders = [torch.randperm(n, generator=g).to(device) for g in generators]
+        orders = [host_to_device(torch.randperm(n, generator=g), device) for g in generators]
         for start_i in range(0, n, recipe.batch_size):
             feats, targets = [], []
             for order, g, bank, y, keep in zip(orders, generators, features, labels, kept,
