@@ -63,12 +63,14 @@ def main() -> None:
     victim = scenario.victims[0]
     data = ctx.data
     test_features = ctx.test_features(victim)
+    assert test_features is not None  # a transfer scenario's
     print(f"{scenario.name}, victim {victim}, {copies} copies of the target; head lr {lrs}, "
           f"otherwise {base_recipe}", flush=True)
 
     # per lr and arm: flips, fits, final losses, test accuracies
     arm_names = ("control", "copies", "neighbours")
-    tally = {(lr, arm): ([], [], [], []) for lr in lrs for arm in arm_names}
+    tally: dict[tuple[float, str], tuple[list, list, list, list]] = {
+        (lr, arm): ([], [], [], []) for lr in lrs for arm in arm_names}
     for index in range(args.trials):
         setup = ctx.setup(index)
         target = data.test_x[setup.target_index:setup.target_index + 1]

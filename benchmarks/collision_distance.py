@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import statistics
 import time
+from collections.abc import Sequence
 
 import torch
 import yaml
@@ -84,8 +85,9 @@ def main() -> None:
     data = ctx.data
     bound = eps_pixels(scenario.epsilon)
     test_features = ctx.test_features(scenario.attackers[0])
+    assert test_features is not None  # a transfer scenario's
 
-    def summary(values: list[float], digits: int = 2) -> str:
+    def summary(values: Sequence[float], digits: int = 2) -> str:
         return f"{statistics.median(values):.{digits}f}"
 
     def columns(measured: list[tuple[float, float, float]]) -> str:
@@ -110,6 +112,7 @@ def main() -> None:
             crafted = attack.craft(ctx, setup, derive_seed(scenario.seed, index, base.label,
                                                            "craft"), index)
             seconds.append(time.perf_counter() - start)
+            assert crafted.poisons is not None  # a crafting attack's result holds its poisons
             poisons = crafted.poisons.images
             measured.append(distances(model, poisons, target))
             bases_u8 = data.train_x[list(setup.base_indices)]

@@ -48,7 +48,8 @@ class MemoryWatch(threading.Thread):
 
     def __init__(self, interval: float = 0.2):
         super().__init__(daemon=True)
-        self.interval, self.peak_rss, self.peak_pss, self.seen = interval, 0, 0, set()
+        self.interval, self.peak_rss, self.peak_pss = interval, 0, 0
+        self.seen: set[int] = set()
         self._stop_event = threading.Event()
 
     def run(self) -> None:

@@ -335,6 +335,8 @@ def stage_witches_brew(args, device, state) -> dict:
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - tick
+    if result.poisons is None:
+        raise RuntimeError("Witches' Brew crafted no poisons")
     linf = float((result.poisons.images.int() - data.train_x[list(bases)].int()).abs().max())
     return {"poisons": budget, "iterations": iterations, "restarts": 1,
             "seconds_craft": round(seconds, 2),

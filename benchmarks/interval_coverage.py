@@ -57,18 +57,18 @@ def small_sides(repeats: int, rng: np.random.Generator) -> None:
           "Newcombe | AUC 0.9 coverage, report | mean width at 0.9, Newcombe / report |")
     print("|---|---|---|---|---|---|")
     for k in range(2, 7):
-        null = {"newcombe": [], "report": []}
+        null: dict[str, list[bool]] = {"newcombe": [], "report": []}
         for top in itertools.combinations(range(2 * k), k):
             pos, neg = list(top), [i for i in range(2 * k) if i not in top]
             for name, method in (("newcombe", newcombe_only), ("report", stats.auc_interval)):
                 _, low, high = method(pos, neg)
                 null[name].append(low <= 0.5 <= high)
-        hits = {"newcombe": [], "report": []}
-        width = {"newcombe": [], "report": []}
+        hits: dict[str, list[bool]] = {"newcombe": [], "report": []}
+        width: dict[str, list[float]] = {"newcombe": [], "report": []}
         for _ in range(repeats):
-            pos, neg = rng.normal(shift, 1, k), rng.normal(0, 1, k)
+            drawn_pos, drawn_neg = rng.normal(shift, 1, k), rng.normal(0, 1, k)
             for name, method in (("newcombe", newcombe_only), ("report", stats.auc_interval)):
-                _, low, high = method(pos, neg)
+                _, low, high = method(drawn_pos, drawn_neg)
                 hits[name].append(low <= 0.9 <= high)
                 width[name].append(high - low)
         print(f"| {k} | {100 * np.mean(null['newcombe']):.1f}% | {100 * np.mean(null['report']):.1f}% "

@@ -33,7 +33,7 @@ from raypoison.config.specs import expand
 
 
 def twenty_steps(c: np.ndarray, features: np.ndarray, target: np.ndarray,
-                 rng: np.random.Generator, **_: object) -> tuple[np.ndarray, int]:
+                 rng: np.random.Generator, **unused: object) -> tuple[np.ndarray, int]:
     """Protocol 1's refit: 20 projected steps of size 1 / ‖AAᵀ‖₂ (no tolerance)."""
     gram = features @ features.T
     step = 1 / max(float(np.linalg.norm(gram, 2)), 1e-12)
@@ -77,6 +77,7 @@ def main() -> None:
             params = dataclasses.replace(polytope.PolytopeParams(), iterations=args.iterations,
                                          lr=lr)
             result = polytope.ConvexPolytope(params).craft(ctx, setup, 0, spec.index)
+            assert result.poisons is not None  # a crafting attack's result holds its poisons
             c = last["c"]
             moved = (result.poisons.images.float() - bases).abs().mean((1, 2, 3))
             print(f"trial {index}, {name} (lr {lr} normalized), {args.iterations} iterations: "

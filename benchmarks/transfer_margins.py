@@ -101,6 +101,7 @@ def main() -> None:
         seconds = time.perf_counter() - tick
         target = data.test_x[setup.target_index:setup.target_index + 1]
         bases = data.train_x[torch.as_tensor(setup.base_indices)]
+        assert crafted.poisons is not None  # a crafting attack's result holds its poisons
         poisons = crafted.poisons.images
         with torch.no_grad():
             f_target = extractor.features(target.float().div(255))[0]
