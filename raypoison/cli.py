@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -23,12 +24,23 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:  # an empty filter would select nothing and compute nothing, silently
+        raise argparse.ArgumentTypeError(f"names nothing ({text!r}); name at least one, or "
+                                         "leave the option out")
+    return names
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raypoison", description=__doc__.splitlines()[0])
+    from raypoison import PROTOCOL_VERSION, __version__
+
+    parser = argparse.ArgumentParser(
+        prog="raypoison", description="Data-poisoning and backdoor benchmarks on image "
+        "classifiers, run on Ray: run a benchmark config, report its results with intervals, "
+        "plan what one will cost.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version",
+                        version=f"raypoison {__version__} (protocol version {PROTOCOL_VERSION})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a benchmark config (resumes into an existing output)")
@@ -68,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="success rates with intervals from a results dataset")
     report.add_argument("output", help="the run's output folder or URI")
-    report.add_argument("--interval", choices=["wilson", "clopper-pearson"], default="wilson")
+    report.add_argument("--interval", choices=["wilson", "clopper-pearson"], default="wilson",
+                        help="95%% interval of a success rate: Wilson (default) or the exact, "
+                             "wider Clopper-Pearson")
     report.add_argument("--per-victim", action="store_true", help="one row per victim")
     report.add_argument("--csv", help="also write the success table as CSV to this file (and "
                                       "the defenses' as <name>-defenses.csv)")
@@ -125,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.set_defaults(handler=_plan)
 
     validate = sub.add_parser("validate", help="check a config and count its trials")
-    validate.add_argument("config")
+    validate.add_argument("config", help="benchmark YAML file")
     validate.set_defaults(handler=_validate)
 
     bench = sub.add_parser("bench", help="print performance figures")
@@ -244,6 +258,9 @@ def _report(args: argparse.Namespace) -> int:
                                                      args.compare_scenarios)):
         if pair and pair[0] == pair[1]:
             raise ConfigError(flag, f"compares {pair[0]!r} with itself; name two different ones")
+    _check_output("report", args.output)
+    if args.against:
+        _check_output("--against", args.against)
     df = results.load(args.output)
     if df.empty:
         print(f"error: no results in {args.output} (no readable part files under its results/)",
@@ -280,22 +297,27 @@ def _report(args: argparse.Namespace) -> int:
             raise ConfigError("--compare-scenarios", f"no defended rows of scenario {name!r} in "
                               f"{args.output} (scenarios with defenses: "
                               f"{', '.join(sorted(with_defenses)) or 'none'})")
-    sections = assemble(df, args.output, interval=args.interval, per_victim=args.per_victim,
+    sections = assemble(df, results.run_output(args.output), interval=args.interval,
+                        per_victim=args.per_victim,
                         compare_attacks=tuple(args.compare) if args.compare else None,
                         against=against, layout=args.layout,
                         compare_scenarios=(tuple(args.compare_scenarios)
                                            if args.compare_scenarios else None),
                         left_out=left_out, every_row=every_row)
     text = to_markdown(sections)
-    print(text)
+    _emit(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
+        print(f"wrote {args.markdown}", file=sys.stderr)
     if args.csv:
         sections[0].table.to_csv(args.csv, index=False)
+        written = [args.csv]
         defended = next((s.table for s in sections if s.title == "Defenses"), None)
         if defended is not None:
             path = Path(args.csv)
-            defended.to_csv(path.with_name(f"{path.stem}-defenses{path.suffix}"), index=False)
+            written.append(str(path.with_name(f"{path.stem}-defenses{path.suffix}")))
+            defended.to_csv(written[-1], index=False)
+        print(f"wrote {', '.join(written)}", file=sys.stderr)
     if not (args.figures or args.html):
         return EXIT_OK
     with tempfile.TemporaryDirectory() as scratch:  # figures for the page alone, if no --figures
@@ -306,7 +328,38 @@ def _report(args: argparse.Namespace) -> int:
         if args.html:
             Path(args.html).write_text(to_html(sections, f"raypoison report: {args.output}",
                                                figures))
+            print(f"wrote {args.html}", file=sys.stderr)
     return EXIT_OK
+
+
+def _check_output(flag: str, uri: str) -> None:
+    """A local results location that does not exist or is a file is refused as such (not as a
+    folder with no results)."""
+    if "://" in uri:
+        return
+    if not Path(uri).exists():
+        raise ConfigError(flag, f"{uri} does not exist; give a run's output folder (the "
+                                "--output of raypoison run)")
+    if not Path(uri).is_dir():
+        raise ConfigError(flag, f"{uri} is a file; give a run's output folder (the --output "
+                                "of raypoison run)")
+
+
+def _emit(text: str) -> None:
+    """Print ``text``; a reader that closes the pipe early (``| head``) ends the printing only,
+    not the command, which still writes the files it was asked for."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Send what is left for stdout to the null device, so that neither later prints nor the
+    interpreter's last flush meet the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _only_scenarios(df, names: str, output: str):
@@ -397,8 +450,14 @@ def _compact(args: argparse.Namespace) -> int:
     from raypoison.store.compact import compact
 
     done = compact(args.output)
-    print(f"compacted {done.partitions} partitions: {done.files_before} files -> "
-          f"{done.files_after}, {done.rows_before} rows -> {done.rows_after}")
+    if done.partitions:
+        print(f"compacted {done.partitions} partitions: {done.files_before} files -> "
+              f"{done.files_after}, {done.rows_before} rows -> {done.rows_after}"
+              + (f"; {done.already_compact} already one part each" if done.already_compact
+                 else ""))
+    else:
+        print(f"nothing to compact: each of the {done.already_compact} partitions is already "
+              "one part")
     if done.left_newer:
         print(f"left {len(done.left_newer)} part(s) of a newer raypoison as they are (compact "
               f"with that version): {', '.join(done.left_newer[:5])}")
@@ -455,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished trials are saved; run the same command to resume"
               if args.command == "run" else "interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout went away (| head): not an error of ours
+        _silence_stdout()
+        return EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, previous)
 

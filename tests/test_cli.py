@@ -21,6 +21,7 @@ def test_malformed_configs_exit_2_and_write_nothing(tmp_path, tiny_raw, capsys, 
     assert main(["run", str(config), "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
+    assert err[0].startswith(f"error: {config}: ")  # the file, then the key
     assert not out.exists()
 
 
@@ -35,6 +36,37 @@ def test_missing_config_and_bad_filters_exit_2(tmp_path, tiny_raw, capsys):
     assert "config file not found" in err and "--attacks" in err and "--trials" in err
     assert "--cpus-per-worker: must be ≥ 0, got -1.0" in err
     assert not out.exists()
+
+
+def test_filters_that_name_nothing_or_what_the_config_lacks_say_so(tmp_path, tiny_raw, capsys):
+    """``--attacks ''`` planned 0 trials and exited 0; ``--defenses`` on a config without
+    defenses listed ``(known: )``; a folder given as the config was "not found"."""
+    tiny_raw.pop("defenses", None)
+    config = write_config(tmp_path / "ok.yaml", tiny_raw)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exited:
+        main(["run", str(config), "--output", str(out), "--attacks", ""])
+    assert exited.value.code == 2
+    assert "--attacks: names nothing" in capsys.readouterr().err
+    assert main(["run", str(config), "--output", str(out), "--defenses", "strip"]) == 2
+    assert main(["validate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: --defenses: unknown name 'strip' (the config has no defenses; 'none' "
+                   "selects the undefended rows only)",
+                   f"error: {tmp_path} is a folder; give a config file (e.g. configs/smoke.yaml)"]
+    assert main(["run", str(config), "--output", str(out), "--defenses", "none",
+                 "--dry-run"]) == 0  # 'none' alone is a selection
+    assert not out.exists()
+
+
+def test_version_names_the_protocol(capsys):
+    from raypoison import PROTOCOL_VERSION, __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == \
+        f"raypoison {__version__} (protocol version {PROTOCOL_VERSION})"
 
 
 def test_corrupt_checkpoint_exits_2_before_writing(tmp_path, tiny_raw, capsys):

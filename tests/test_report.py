@@ -155,6 +155,43 @@ def test_report_writes_markdown_html_comparisons_figures_and_run_progress(tmp_pa
     assert (tmp_path / "fig" / "success-vs-epsilon.png").stat().st_size > 1000
     assert not (tmp_path / "fig" / "success-vs-patch_size.png").exists()  # one value only
     assert main(["report", str(out), "--compare", "strong", "nope"]) == 2
+    capsys.readouterr()
+    # the results/ folder inside the output, as analysts pass it, still finds the manifests
+    assert main(["report", str(out / "results"), "--csv", str(tmp_path / "t.csv")]) == 0
+    inner = capsys.readouterr()
+    assert "wrote 60 of the 80 trials it had to compute" in inner.out
+    assert f"wrote {tmp_path / 't.csv'}" in inner.err  # a file written is said, on stderr
+
+
+def test_a_report_on_a_missing_path_or_a_file_says_which(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["report", str(tmp_path / "absent")]) == 2
+    assert main(["report", str(tmp_path / "notes.txt")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: report: {tmp_path / 'absent'} does not exist; give a run's output "
+                   "folder (the --output of raypoison run)",
+                   f"error: report: {tmp_path / 'notes.txt'} is a file; give a run's output "
+                   "folder (the --output of raypoison run)"]
+
+
+def test_a_report_piped_into_head_still_writes_its_files(tmp_path):
+    """A reader that closes the pipe early (``| head -1``) made the report die with a
+    BrokenPipeError traceback before it wrote --markdown."""
+    import subprocess
+    import sys
+
+    from raypoison.store.rows import SCHEMA_VERSION
+
+    sink = ParquetSink(Location.parse(str(tmp_path / "out")), "r")
+    sink.add([dict(r, schema_version=SCHEMA_VERSION, run_id="r") for r in _paired_rows()])
+    sink.flush()
+    command = (f"{sys.executable} -m raypoison.cli report {tmp_path / 'out'} --markdown "
+               f"{tmp_path / 'r.md'} | head -c 1")
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == "#"
+    assert (tmp_path / "r.md").read_text().startswith("## Success rates")
 
 
 def test_backdoor_cells_carry_the_mean_attack_success_rate():

@@ -232,6 +232,23 @@ def test_compaction_keeps_exactly_the_deduplicated_rows(tmp_path):
     assert results.read_table(str(tmp_path)).num_rows == 25  # no duplicates left at all
     columns = ["trial_id", "victim", "status", "success"]
     assert after[columns].equals(before[columns])
+    again = compact(str(tmp_path))  # nothing left to gain: said as such, not "0 partitions"
+    assert (again.partitions, again.already_compact) == (0, 2)
+
+
+def test_compact_says_when_there_is_nothing_to_compact(tmp_path, capsys):
+    from raypoison.cli import main
+
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r", rows_per_file=2)
+    for i in range(3):
+        sink.add([row(f"t{i}")])
+    sink.add([row("b0", attack="b")])
+    sink.flush()
+    assert main(["compact", str(tmp_path)]) == 0
+    assert main(["compact", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "compacted 1 partitions: 2 files -> 1, 3 rows -> 3; 1 already one part each",
+        "nothing to compact: each of the 2 partitions is already one part"]
 
 
 @pytest.mark.parametrize("newer", ["column", "version"])

@@ -123,5 +123,9 @@ def select(items: Iterable[T], wanted: Iterable[str] | None, option: str,
     known = [key(i) for i in items]
     for w in wanted:
         if w not in known:
-            raise ConfigError(option, f"unknown name {w!r} (known: {', '.join(known)})")
+            listed = f"known: {', '.join(known)}" if known else \
+                f"the config has no {option.lstrip('-')}"
+            if option == "--defenses":
+                listed += f"; {NO_DEFENSE!r} selects the undefended rows only"
+            raise ConfigError(option, f"unknown name {w!r} ({listed})")
     return [i for i in items if key(i) in wanted]

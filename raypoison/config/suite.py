@@ -24,9 +24,10 @@ The shape of a file (see ``configs/smoke.yaml`` for a complete one)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -493,6 +494,8 @@ def expanded_size(value: Any, limit: int = MAX_CONFIG_VALUES) -> int:
 
 
 def _read_yaml(path: Path) -> Any:
+    if path.is_dir():
+        raise ConfigError("", f"{path} is a folder; give a config file (e.g. configs/smoke.yaml)")
     if not path.is_file():
         raise ConfigError("", f"config file not found: {path}")
     try:
@@ -565,9 +568,11 @@ def parse_suite(raw: Any, base_dir: Path | None = None) -> SuiteConfig:
 
 
 def load_suite(path: str | Path) -> SuiteConfig:
-    """Read and validate a benchmark file; raises ConfigError naming the bad key."""
+    """Read and validate a benchmark file; raises ConfigError naming the file and the bad key."""
     path = Path(path)
-    return parse_suite(_read_yaml(path), path.parent.resolve())
+    raw = _read_yaml(path)
+    with _in_file(path):
+        return parse_suite(raw, path.parent.resolve())
 
 
 @dataclass(frozen=True)
@@ -625,4 +630,16 @@ class ZooConfig:
 def load_zoo(path: str | Path) -> ZooConfig:
     """Read and validate a zoo file for ``raypoison pretrain``."""
     path = Path(path)
-    return _build_in(ZooConfig, _read_yaml(path), path.parent.resolve())
+    raw = _read_yaml(path)
+    with _in_file(path):
+        return _build_in(ZooConfig, raw, path.parent.resolve())
+
+
+@contextlib.contextmanager
+def _in_file(path: Path) -> Iterator[None]:
+    """A ConfigError raised inside names the file before the key: ``configs/x.yaml:
+    scenarios[0].trails: unknown key``."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err.path}" if err.path else str(path), err.message) from None

@@ -46,6 +46,7 @@ class CompactionSummary:
     files_after: int = 0
     rows_before: int = 0
     rows_after: int = 0
+    already_compact: int = 0  # partitions that were one part of today's layout already
     left_newer: list[str] = field(default_factory=list)  # parts of a newer schema, untouched
 
 
@@ -93,6 +94,7 @@ def compact(uri: str) -> CompactionSummary:
                 read.append(path)
                 old_layout = old_layout or not is_part_layout(stored)
         if not read or (len(read) < 2 and not old_layout):
+            summary.already_compact += bool(read)
             continue  # nothing to gain
         rows = pa.concat_tables(tables).to_pandas()
         kept = deduplicate(rows)
