@@ -124,9 +124,10 @@ def test_bad_command_lines_exit_2_with_a_message(tmp_path, capsys):
     assert main(["run", str(config), "--output", str(tmp_path / "file")]) == 2
     assert "not a folder" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "absent")]) == 2
-    assert "no results" in capsys.readouterr().err
+    assert "absent does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no results in" in capsys.readouterr().err
     assert main(["validate", str(config)]) == 0
     out = capsys.readouterr().out
     assert "8 trials" in out and "saved" not in out
