@@ -227,13 +227,13 @@ def _dry_run(suite: SuiteConfig, options: RunOptions) -> int:
     planned, pending = pending_work(suite, options)
     for spec, work in pending:
         defenses = ", ".join(d.label for d in spec.defenses) or NO_DEFENSE
-        print(f"{spec.scenario.name} trial {spec.index} {spec.attack.label} "
+        _emit(f"{spec.scenario.name} trial {spec.index} {spec.attack.label} "
               f"[{spec.trial_id}]: {work}; defenses: {defenses}")
-    print(f"dry run: {planned} trials planned, {planned - len(pending)} already in "
+    _emit(f"dry run: {planned} trials planned, {planned - len(pending)} already in "
           f"{options.output}, {len(pending)} to compute")
     left = estimate_time_left(suite, options,
                               [pending_trial(spec, work) for spec, work in pending])
-    print(left.text(options.workers or suite.execution.workers))
+    _emit(left.text(options.workers or suite.execution.workers))
     return EXIT_OK
 
 
@@ -347,7 +347,7 @@ def _check_output(flag: str, uri: str) -> None:
 
 def _emit(text: str) -> None:
     """Print ``text``; a reader that closes the pipe early (``| head``) ends the printing only,
-    not the command, which still writes the files it was asked for."""
+    not the command, which still writes the files it was asked for and exits as it would."""
     try:
         print(text, flush=True)
     except BrokenPipeError:
@@ -428,7 +428,7 @@ def _plan(args: argparse.Namespace) -> int:
     name = args.calibrate or args.device
     if name not in devices:
         raise ConfigError("--device", f"unknown device {name!r} (known: {', '.join(devices)})")
-    print(cost.render(plans, name, devices[name], gpus=args.gpus,
+    _emit(cost.render(plans, name, devices[name], gpus=args.gpus,
                       gpus_per_worker=suite.execution.gpus_per_worker,
                       cpu_workers=suite.execution.workers))
     return EXIT_OK
@@ -455,9 +455,11 @@ def _compact(args: argparse.Namespace) -> int:
               f"{done.files_after}, {done.rows_before} rows -> {done.rows_after}"
               + (f"; {done.already_compact} already one part each" if done.already_compact
                  else ""))
-    else:
+    elif done.already_compact:
         print(f"nothing to compact: each of the {done.already_compact} partitions is already "
               "one part")
+    else:
+        print("nothing to compact: no part this version can rewrite")
     if done.left_newer:
         print(f"left {len(done.left_newer)} part(s) of a newer raypoison as they are (compact "
               f"with that version): {', '.join(done.left_newer[:5])}")
@@ -514,9 +516,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished trials are saved; run the same command to resume"
               if args.command == "run" else "interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # the reader of stdout went away (| head): not an error of ours
-        _silence_stdout()
-        return EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, previous)
 

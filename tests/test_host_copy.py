@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raypoison.core import host_copy
-from raypoison.core.host_copy import host_to_device
+from raypoison.core.host_copy import host_to_device, host_to_device_together
 from raypoison.data.augment import apply_crop_flip, draw_crop_flip
 
 
@@ -20,15 +20,18 @@ def test_a_copy_to_the_cpu_is_the_tensor_itself():
         host_copy.PINNED = True
 
 
-def test_the_crop_draws_travel_as_one_tensor_and_keep_their_values():
-    """Off the CPU the three draws go in one stacked copy; on the meta device (no values) that
-    path still has to give each its shape and the flip its type."""
+def test_draws_copied_together_keep_their_values_and_types():
+    """Off the CPU the crop's three draws go in one stacked copy; the stacking itself runs here."""
     generator = torch.Generator().manual_seed(0)
-    dy, dx, flip = draw_crop_flip(4, generator)
+    dy, dx, flip = draw_crop_flip(64, generator)
+    together = host_to_device_together([dy, dx, flip], "cpu")
+    assert [t.dtype for t in together] == [torch.int64, torch.int64, torch.bool]
+    assert all(torch.equal(a, b) for a, b in zip(together, (dy, dx, flip), strict=True))
+    assert flip.any() and not flip.all()  # both values of the flip went through
+    # and apply_crop_flip's path off the CPU keeps shapes and types (the meta device: no values)
     x = torch.rand(4, 3, 8, 8)
-    on_cpu = apply_crop_flip(x, dy, dx, flip)
-    meta = apply_crop_flip(x.to("meta"), dy, dx, flip)
-    assert meta.shape == on_cpu.shape and meta.dtype == on_cpu.dtype
+    meta = apply_crop_flip(x.to("meta"), dy[:4], dx[:4], flip[:4])
+    assert meta.shape == x.shape and meta.dtype == x.dtype
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned copies need CUDA")
@@ -36,3 +39,6 @@ def test_a_pinned_copy_carries_the_same_values():
     draws = torch.randint(0, 162, (4096,))
     on_gpu = host_to_device(draws, "cuda")
     assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), draws)
+    flips = torch.rand(4096) < 0.5
+    dy, flip = host_to_device_together([draws, flips], "cuda")
+    assert torch.equal(dy.cpu(), draws) and torch.equal(flip.cpu(), flips)

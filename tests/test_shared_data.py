@@ -161,11 +161,30 @@ def test_a_feature_bank_takes_at_most_half_of_its_workers_share(total_gb, worker
     limit = bank_limit("cuda", cap, total)
     assert limit == pytest.approx((cap or 1.0) * total / 2, abs=1)
     assert workers * limit <= total / 2
-    # the paper-scale transfer trial's bank (162 views of 2,525 images, 512 features, float32)
-    # fits in a quarter of an 80 GB card, not in an eighth of a 16 GB one
-    paper = 162 * 2525 * 512 * 4
-    assert (paper <= limit) == (total / workers >= 3 * 2**30)
+    # the paper-scale transfer scenario's banks (162 views of 2,750 images under ResNet-18,
+    # VGG-11 and MobileNetV2: 512 + 512 + 1,280 features, float32; 3.82 GiB together) fit a
+    # quarter of an 80 GB card, not a quarter of a 16 GB one, where the victims run the extractor
+    paper = 162 * 2750 * (512 + 512 + 1280) * 4
+    assert (paper <= limit) == (total / workers >= 8 * 2**30)
     assert bank_limit("cpu", None, None) == CPU_BANK_BYTES
+
+
+def test_the_bank_limit_counts_every_victims_bank(tiny_raw, tiny_checkpoint):
+    """A trial trains all its victims and each keeps its bank: the limit held one bank (the
+    widest victim's), so a scenario of three victims could take three times what it allowed."""
+    from raypoison.config.suite import parse_suite
+    from raypoison.trial.context import VIEWS, TrialContext
+
+    scenario = tiny_raw["scenarios"][0]
+    scenario["models"]["net-b"] = dict(scenario["models"]["net-a"])
+    scenario["victims"] = ["net-a", "net-b"]
+    parsed = parse_suite(tiny_raw).scenarios[0]
+    checkpoints = {"net-a": tiny_checkpoint, "net-b": tiny_checkpoint}
+    probe = TrialContext.create(parsed, checkpoints)
+    pool = (parsed.train_per_class + parsed.budget) * probe.data.num_classes
+    one_bank = VIEWS * pool * probe.model("net-a").feature_dim * 4
+    assert not TrialContext.create(parsed, checkpoints, bank_bytes=one_bank).uses_feature_bank
+    assert TrialContext.create(parsed, checkpoints, bank_bytes=2 * one_bank).uses_feature_bank
 
 
 def test_the_manifest_names_each_workers_gpu_and_its_memory_cap():

@@ -20,11 +20,12 @@ def memory_share(gpu_fraction: float, total_bytes: int) -> float:
 
 
 def bank_limit(device: str, memory_cap: float | None, total_bytes: int | None) -> int:
-    """The largest feature bank a process may hold, in bytes: on a GPU half of what its allocator
-    may take (``memory_cap`` of ``total_bytes``, the whole card where uncapped), leaving the rest
-    to the models, the poisons and the activations of training; on the CPU
-    :data:`CPU_BANK_BYTES`. A trial whose bank would not fit runs the extractor instead, with
-    the same results, only slower."""
+    """What the feature banks of a scenario's victims may take together in one process, in
+    bytes: on a GPU half of what its allocator may take (``memory_cap`` of ``total_bytes``, the
+    whole card where uncapped), leaving the rest to the data, the models, the poisons and the
+    activations of training; on the CPU :data:`CPU_BANK_BYTES`. Trials whose banks would not fit
+    run the extractor instead, with the same results, only slower. (A worker holding several
+    scenarios' contexts, ``max_contexts`` > 1, holds their banks too.)"""
     if device == "cpu" or total_bytes is None:
         return CPU_BANK_BYTES
     return int((1.0 if memory_cap is None else memory_cap) * total_bytes / 2)

@@ -22,3 +22,11 @@ def host_to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Te
     if not PINNED or device.type != "cuda" or tensor.device.type != "cpu":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def host_to_device_together(tensors: list[torch.Tensor], device: torch.device | str
+                            ) -> list[torch.Tensor]:
+    """Several 1-D integer or bool CPU tensors of one length on ``device`` in one copy (each
+    copy has its fixed cost), each with its own dtype again."""
+    moved = host_to_device(torch.stack([t.long() for t in tensors]), device)
+    return [m.to(t.dtype) for m, t in zip(moved.unbind(), tensors, strict=True)]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from raypoison.core.host_copy import host_to_device
+from raypoison.core.host_copy import host_to_device, host_to_device_together
 
 
 def draw_crop_flip(n: int, generator: torch.Generator, padding: int = 4
@@ -31,8 +31,7 @@ def apply_crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: t
     b, c, h, w = x.shape
     device = x.device
     if device.type != "cpu":  # one copy for the three draws
-        dy, dx, flip = host_to_device(torch.stack([dy, dx, flip.long()]), device)
-        flip = flip.bool()
+        dy, dx, flip = host_to_device_together([dy, dx, flip], device)
     padded = F.pad(x, (padding, padding, padding, padding))
     rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
     cols = torch.arange(w, device=device)

@@ -48,7 +48,7 @@ class TrialContext:
                  bank_bytes: int | None = None):
         self.scenario = scenario
         self.device = device
-        # the largest feature bank this process holds (raypoison.core.gpu_memory.bank_limit)
+        # what this scenario's feature banks may take together (core.gpu_memory.bank_limit)
         self.bank_bytes = bank_limit(device, None, _device_bytes(device)) \
             if bank_bytes is None else bank_bytes
         self.data = data.to(device)
@@ -134,14 +134,15 @@ class TrialContext:
     @property
     def uses_feature_bank(self) -> bool:
         """Transfer trials on a fixed-size training set train heads on banked features, when
-        the bank (float32, every view of the pool) fits in :attr:`bank_bytes`."""
+        the banks of every victim together (float32, every view of the pool; a trial trains all
+        its victims, and each keeps its bank) fit in :attr:`bank_bytes`."""
         s = self.scenario
         if s.mode != "transfer" or s.train_per_class is None or s.train_subset != "first":
             return False  # a bank covers the fixed pool of first images only
         pool = (s.train_per_class + s.budget) * self.data.num_classes
-        widest = max(self.model(v).feature_dim for v in s.victims)
+        features = sum(self.model(v).feature_dim for v in s.victims)
         views = VIEWS if self.bank_views is None else len(self.bank_views)
-        return views * pool * widest * 4 <= self.bank_bytes
+        return views * pool * features * 4 <= self.bank_bytes
 
     @property
     def bank_views(self) -> list[int] | None:
