@@ -351,15 +351,11 @@ def _emit(text: str) -> None:
     try:
         print(text, flush=True)
     except BrokenPipeError:
-        _silence_stdout()
-
-
-def _silence_stdout() -> None:
-    """Send what is left for stdout to the null device, so that neither later prints nor the
-    interpreter's last flush meet the closed pipe."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+        # the rest of stdout goes to the null device: later prints and the interpreter's last
+        # flush must not meet the closed pipe
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _only_scenarios(df, names: str, output: str):
