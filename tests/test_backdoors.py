@@ -58,6 +58,45 @@ def test_trigger_from_a_file_is_resized(tmp_path):
     assert trigger.pattern[0].min() == 255 and trigger.pattern[1:].max() == 0
 
 
+def test_a_translucent_patch_mixes_into_the_pixels_it_covers_and_nowhere_else(tmp_path):
+    """The "Pick your Poison" group's BadNets: an image mark at the top-left, opacity 0.2."""
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (255, 255, 255)).save(tmp_path / "mark.png")
+    cfg = TriggerConfig(kind="file", path=str(tmp_path / "mark.png"), corner="top-left",
+                        opacity=0.2)
+    trigger = make_trigger(cfg, 3)
+    images = torch.full((2, 3, 8, 8), 100, dtype=torch.uint8)
+    out = paste(images, trigger)
+    assert (out[:, :, :3, :3] == 131).all()  # 0.8 * 100 + 0.2 * 255 = 131
+    out[:, :, :3, :3] = 100
+    assert torch.equal(out, images)
+    as_float = paste(images.float() / 255, trigger)
+    assert torch.allclose(as_float[:, :, :3, :3], torch.tensor(0.8 * 100 / 255 + 0.2))
+    # an opaque patch's description (so its rows and ids) is what it was before opacity
+    opaque = make_trigger(TriggerConfig(kind="checkerboard"), 3)
+    assert "opacity" not in json.loads(opaque.description)
+    assert json.loads(trigger.description)["opacity"] == 0.2
+    assert paste(images, make_trigger(TriggerConfig(kind="file", path=cfg.path,
+                                                    corner="top-left"), 3))[0, 0, 0, 0] == 255
+    # the reference trial folder's patch replaces pixels, so a translucent one is not exported
+    from raypoison.formats.trial_folder import patch_position
+
+    assert patch_position(trigger, 8, 8) is None
+    assert patch_position(opaque, 8, 8) is not None
+
+
+@pytest.mark.parametrize("trigger, message", [
+    ({"opacity": 0}, "opacity: must be in"), ({"opacity": 1.5}, "opacity: must be in"),
+    ({"style": "blend", "opacity": 0.5}, "opacity: is a patch's; a blend trigger has its own"),
+])
+def test_an_opacity_outside_a_patch_or_its_range_is_refused(trigger, message):
+    name = "blend" if trigger.get("style") == "blend" else "badnets"
+    attacks = [{"name": name, "params": {"poisons": 2, "trigger": trigger}}]
+    with pytest.raises(ConfigError, match=message):
+        parse_suite({**TINY, "attacks": attacks})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("which", range(2), ids=["clbd", "htbd"])
 def test_backdoor_poisons_stay_in_the_ball_and_repeat(context, which):

@@ -109,14 +109,19 @@ def twins(pyp):
             _trained(ctx, _spec(suite, "control")))
 
 
-@pytest.mark.parametrize("label", ["badnets-poisons40", "blend", "wanet"])
+@pytest.mark.parametrize("label", ["badnets-poisons40", "badnets-translucent", "blend", "wanet"])
 def test_dirty_label_poisons_carry_the_trigger_and_the_target_label(pyp, label):
     suite, ctx = pyp
-    spec = _spec(suite, label)
+    translucent = label == "badnets-translucent"
+    spec = _spec(suite, "badnets-poisons40" if translucent else label)
     setup = ctx.setup(0)
     attack = create_attack(spec.attack)
+    if translucent:  # the authors' form: a mark mixed in at opacity 0.2
+        trigger_cfg = dataclasses.replace(attack.params.trigger, opacity=0.2)
+        attack = type(attack)(dataclasses.replace(attack.params, trigger=trigger_cfg))
     crafted = attack.craft(ctx, setup, 7, 0)
     poisons, trigger = crafted.poisons, crafted.trigger
+    assert ("opacity" in trigger.description) == translucent
     indices = list(poisons.base_indices)
     assert len(indices) == len(set(indices)) == 40
     assert set(poisons.labels) == {setup.base_class}

@@ -245,9 +245,11 @@ def test_a_saved_victim_of_another_trial_is_refused(ray_cluster, tmp_path):
     assert set(strip["status"]) == {"ok", "failed"}
 
 
-@pytest.mark.parametrize("style", ["patch", "blend", "warp"])
+@pytest.mark.parametrize("style", ["patch", "translucent patch", "blend", "warp"])
 def test_triggers_round_trip_through_the_saved_state(style):
-    trigger = make_trigger(TriggerConfig(style=style, kind="checkerboard"), 3, 16)
+    opacity = 0.3 if style == "translucent patch" else 1.0
+    cfg = TriggerConfig(style=style.split()[-1], kind="checkerboard", opacity=opacity)  # type: ignore[arg-type]
+    trigger = make_trigger(cfg, 3, 16)
     buffer = io.BytesIO()
     torch.save(trigger_state(trigger), buffer)
     back = trigger_from_state(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))

@@ -3,7 +3,9 @@
 Three styles, each deterministic from its config:
 
 - ``patch`` (BadNets and the benchmark's backdoors): a uint8 ``[3, size, size]`` patch replacing
-  the pixels at a corner and an offset from it;
+  the pixels at a corner and an offset from it; with ``opacity`` below 1 it is mixed into them
+  instead, ``(1 - opacity) x + opacity p`` over the patch's pixels only (the "Pick your Poison"
+  group's BadNets: its image mark at 3/32 of the side, top-left, opacity 0.2);
 - ``blend`` (Blend): the image mixed with a full-size pattern, ``(1 - alpha) x + alpha p``;
 - ``warp`` (WaNet): a smooth, seeded warping field — a ``grid x grid`` random flow in [-1, 1],
   divided by its mean magnitude, upsampled bicubically, scaled by ``strength / image size`` in
@@ -48,6 +50,7 @@ class TriggerConfig:
     offset: int = 0
     style: Literal["patch", "blend", "warp"] = "patch"
     alpha: float = 0.2  # blend: weight of the pattern
+    opacity: float = 1.0  # patch: weight of the mark over the pixels it covers (1 replaces them)
     strength: float = 0.5  # warp: WaNet's s, the field's scale
     grid: int = 4  # warp: control points per side of the random flow
 
@@ -60,6 +63,11 @@ class TriggerConfig:
             raise ConfigError(f"{path}.offset", f"must be ≥ 0, got {self.offset}")
         if not 0 < self.alpha <= 1:
             raise ConfigError(f"{path}.alpha", f"must be in (0, 1], got {self.alpha}")
+        if not 0 < self.opacity <= 1:
+            raise ConfigError(f"{path}.opacity", f"must be in (0, 1], got {self.opacity}")
+        if self.opacity != 1 and self.style != "patch":
+            raise ConfigError(f"{path}.opacity", f"is a patch's; a {self.style} trigger has "
+                              + ("its own weight, alpha" if self.style == "blend" else "none"))
         if self.strength <= 0:
             raise ConfigError(f"{path}.strength", f"must be > 0, got {self.strength}")
         if self.grid < 2:
@@ -93,6 +101,7 @@ class PatchTrigger(Trigger):
     offset: int
     description: str
     at: tuple[int, int] | None = None  # (top, left) in pixels, overriding corner and offset
+    opacity: float = 1.0  # below 1: mixed into the pixels it covers rather than replacing them
 
     def region(self, height: int, width: int) -> tuple[slice, slice]:
         s = self.pattern.shape[-1]
@@ -112,7 +121,12 @@ class PatchTrigger(Trigger):
         out = images.clone()
         rows, cols = self.region(*images.shape[-2:])
         pattern = self.pattern.to(images.device)
-        out[..., rows, cols] = pattern if images.dtype == torch.uint8 else pattern.float() / 255
+        if self.opacity == 1:
+            out[..., rows, cols] = pattern if images.dtype == torch.uint8 else pattern.float() / 255
+            return out
+        under = _as_float(images[..., rows, cols])
+        mixed = (1 - self.opacity) * under + self.opacity * (pattern.float() / 255)
+        out[..., rows, cols] = _like(mixed, images)
         return out
 
 
@@ -186,7 +200,7 @@ def make_trigger(cfg: TriggerConfig, patch_size: int, image_size: int | None = N
         size = cfg.size or patch_size
         pattern = _pattern(cfg, size, size).to(torch.uint8).contiguous()
         description = json.dumps({**_described(cfg), "size": size}, sort_keys=True)
-        return PatchTrigger(pattern, cfg.corner, cfg.offset, description)
+        return PatchTrigger(pattern, cfg.corner, cfg.offset, description, opacity=cfg.opacity)
     if image_size is None:
         raise ValueError(f"a {cfg.style} trigger needs the image size")
     description = json.dumps({**_described(cfg), "image_size": image_size}, sort_keys=True)
@@ -198,8 +212,10 @@ def make_trigger(cfg: TriggerConfig, patch_size: int, image_size: int | None = N
 
 def _described(cfg: TriggerConfig) -> dict:
     """The fields that shape this style of trigger (a patch's description is what it was before
-    blend and warp existed, so its rows stay comparable)."""
+    blend and warp existed, so its rows stay comparable; an opaque patch's, before ``opacity``)."""
     plain = asdict(cfg)
+    if cfg.style != "patch" or cfg.opacity == 1:
+        plain.pop("opacity")
     if cfg.kind != "reference":
         plain.pop("name")  # descriptions of the other kinds are what they were before it existed
     style_fields = {"patch": (), "blend": ("style", "alpha"), "warp": ("style", "strength", "grid")}

@@ -5,9 +5,9 @@ A folder holds ``poisons.pickle`` (a list of ``(PIL image, label)``), ``base_ind
 or for a backdoor ``(PIL image, target label, patch, [start_x, start_y])``, the patch a float
 ``[3, p, p]`` array in [0, 1] that the reference evaluator pastes on the target with its top-left
 pixel at column ``start_x``, row ``start_y``. A patch trigger is exported that way (as a float32
-numpy array, which the reference converts with ``torch.tensor``); blend and warp triggers have no
-place in the format and are exported without it. A patch read back is turned into uint8 the way
-the reference's ``ToPILImage`` does (×255, truncated).
+numpy array, which the reference converts with ``torch.tensor``); blend and warp triggers, and
+patches of ``opacity`` below 1, have no place in the format and are exported without it. A patch
+read back is turned into uint8 the way the reference's ``ToPILImage`` does (×255, truncated).
 
 Folders written elsewhere are read through the restricted unpickler, which admits Pillow images,
 numpy arrays and (in ``target.pickle``) a pickled torch tensor, and nothing else.
@@ -57,8 +57,8 @@ class TrialFolder:
 def patch_position(trigger: Trigger, height: int, width: int) -> tuple[torch.Tensor, tuple[int, int]] | None:
     """A patch trigger's pattern and ``(start_x, start_y)`` on ``height × width`` images; None for
     triggers the format cannot hold."""
-    if not isinstance(trigger, PatchTrigger):
-        return None
+    if not isinstance(trigger, PatchTrigger) or trigger.opacity != 1:
+        return None  # the format's patch replaces the pixels it covers
     rows, cols = trigger.region(height, width)
     return trigger.pattern, (cols.start, rows.start)
 

@@ -60,7 +60,7 @@ def trigger_state(trigger: Trigger | None) -> dict[str, Any] | None:
     if isinstance(trigger, PatchTrigger):
         return {"style": "patch", "pattern": trigger.pattern.cpu(), "corner": trigger.corner,
                 "offset": trigger.offset, "at": list(trigger.at) if trigger.at else None,
-                "description": trigger.description}
+                "opacity": trigger.opacity, "description": trigger.description}
     if isinstance(trigger, BlendTrigger):
         return {"style": "blend", "pattern": trigger.pattern.cpu(), "alpha": trigger.alpha,
                 "description": trigger.description}
@@ -75,7 +75,8 @@ def trigger_from_state(state: dict[str, Any] | None) -> Trigger | None:
     if state["style"] == "patch":
         at = tuple(state["at"]) if state["at"] else None
         return PatchTrigger(state["pattern"], state["corner"], state["offset"],
-                            state["description"], at=at)
+                            state["description"], at=at,
+                            opacity=float(state.get("opacity", 1.0)))  # saved before opacity: 1
     if state["style"] == "blend":
         return BlendTrigger(state["pattern"], state["alpha"], state["description"])
     return WarpTrigger(state["grid"], state["description"])
