@@ -203,6 +203,33 @@ def test_witches_brew_starts_from_a_clipped_gaussian_and_its_augmentation_is_dif
     assert check.valid, check.reason
 
 
+def test_witches_brew_steps_in_the_units_of_the_std_it_is_given(context):
+    """``step_std`` sets the step's length in pixels (the reference's own CIFAR-10 std in the
+    benchmark configs); without it the data set's std, so giving that one changes nothing."""
+    from raypoison.attacks.witches_brew import WitchesBrew
+    from raypoison.errors import ConfigError
+
+    suite, ctx = context
+    setup = ctx.setup(0)
+    plain = dict(iterations=8, restarts=1, augment=False)  # full-rate steps at iterations 0, 1
+
+    def brew(times: float | None) -> torch.Tensor:
+        std = None if times is None else tuple(times * v for v in ctx.data.std)
+        crafted = WitchesBrew(WitchesBrew.Params(**plain, step_std=std)).craft(ctx, setup, 4, 0)
+        assert check_poisons(crafted.poisons, setup, ctx.data, suite.scenarios[0].epsilon, 3).valid
+        return crafted.poisons.images.int()
+
+    default = brew(None)
+    assert torch.equal(brew(1), default)
+    # from the same start, longer steps end further from the default's poisons
+    apart = [(brew(k) - default).abs().float().mean() for k in (2, 3)]
+    assert 0 < apart[0] < apart[1]
+    with pytest.raises(ConfigError, match="step_std: must be three positive numbers"):
+        WitchesBrew.Params(step_std=(0.2, 0.2)).validate("attacks[0].params")
+    with pytest.raises(ConfigError, match="step_std"):
+        WitchesBrew.Params(step_std=(0.2, 0.0, 0.2)).validate("attacks[0].params")
+
+
 # --- Hidden Trigger Backdoor -------------------------------------------------------------------
 
 
