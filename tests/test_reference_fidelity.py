@@ -203,6 +203,31 @@ def test_witches_brew_starts_from_a_clipped_gaussian_and_its_augmentation_is_dif
     assert check.valid, check.reason
 
 
+def test_witches_brew_shifts_by_an_eighth_of_the_side_where_told(context):
+    """The reference's shift is an index of ``linspace(0, 1, side)``: 8 of 32 on CIFAR, 16 of 64
+    on Tiny-ImageNet, half an index a pixel; ``max_shift`` 8 is the latter's 8 pixels."""
+    from raypoison.attacks.witches_brew import WitchesBrew
+    from raypoison.data.augment import apply_shift_flip
+    from raypoison.errors import ConfigError
+
+    x = torch.rand(1, 3, 64, 64)
+    fill = torch.zeros(1, 3, 1, 1)
+    right = torch.tensor([[1.0, 0.5, 0.0, 0.0]])  # the largest shift along x, no flip
+    out = apply_shift_flip(x, right, fill, max_shift=8.0)
+    assert torch.allclose(out[..., :56], x[..., 8:], atol=1e-5)
+    assert torch.allclose(out[..., 56:], torch.zeros(1, 3, 64, 8), atol=1e-5)
+    reference_offset = torch.linspace(0, 1, 64)[16]  # RandomTransform(64, 64, shift=16).delta
+    assert float(reference_offset) == pytest.approx(2 * 8.0 / (64 - 1))
+    suite, ctx = context
+    setup = ctx.setup(0)
+    plain = dict(iterations=2, restarts=1)
+    four, eight = (WitchesBrew(WitchesBrew.Params(**plain, max_shift=m)).craft(ctx, setup, 4, 0)
+                   for m in (4.0, 8.0))
+    assert not torch.equal(four.poisons.images, eight.poisons.images)
+    with pytest.raises(ConfigError, match="max_shift: must be > 0"):
+        WitchesBrew.Params(max_shift=0).validate("attacks[0].params")
+
+
 def test_witches_brew_steps_in_the_units_of_the_std_it_is_given(context):
     """``step_std`` sets the step's length in pixels (the reference's own CIFAR-10 std in the
     benchmark configs); without it the data set's std, so giving that one changes nothing."""

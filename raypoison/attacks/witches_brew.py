@@ -16,8 +16,11 @@ one cosine over all parameters for each batch of ``pbatch`` poisons, as the refe
   image range only after the first step); 8 restarts, keeping the one whose loss in its last
   iteration (before the last step, as the reference scores it) is lowest;
 - differentiable augmentation (``augmentation: shift``, the reference's): a continuous random
-  shift of up to 4 pixels with bilinear resampling and a horizontal flip, fresh in every
-  iteration; ``crop_flip`` uses this project's integer crop-and-flip instead.
+  shift of up to ``max_shift`` pixels with bilinear resampling and a horizontal flip, fresh in
+  every iteration; ``crop_flip`` uses this project's integer crop-and-flip instead. The
+  reference's shift is an eighth of the image side (its ``RandomTransform`` shift index 8 of 32
+  on CIFAR, 16 of 64 on Tiny-ImageNet, half an index a pixel): the default 4 is CIFAR's, and
+  ``configs/tinyimagenet-scratch.yaml`` sets 8.
 
 It crafts on a model trained on the clean training set:
 
@@ -97,6 +100,7 @@ class WitchesBrew(Attack):
         fresh_model: bool = False  # train a crafting model per trial (see the module docstring)
         recipe: RecipeConfig | None = None  # the fresh crafting model's (default: the scenario's)
         step_std: tuple[float, ...] | None = None  # the std of the step's units (module docstring)
+        max_shift: float = 4.0  # pixels, ``augmentation: shift`` (module docstring)
 
         def validate(self, path: str) -> None:
             for key in ("iterations", "restarts", "pbatch"):
@@ -108,6 +112,8 @@ class WitchesBrew(Attack):
                                   f"colour channel, got {list(self.step_std)}")
             if self.tau <= 0:
                 raise ConfigError(f"{path}.tau", f"must be > 0, got {self.tau}")
+            if self.max_shift <= 0:
+                raise ConfigError(f"{path}.max_shift", f"must be > 0, got {self.max_shift}")
             if self.recipe is not None and not self.fresh_model:
                 raise ConfigError(f"{path}.recipe", "trains the fresh crafting model; it needs "
                                   "fresh_model: true")
@@ -166,7 +172,8 @@ class WitchesBrew(Attack):
                 if not p.augment:
                     return x
                 if p.augmentation == "shift":
-                    return apply_shift_flip(x, draw_shift_flip(len(x), generator), mean)
+                    return apply_shift_flip(x, draw_shift_flip(len(x), generator), mean,
+                                            max_shift=p.max_shift)
                 return apply_crop_flip(x, *draw_crop_flip(len(x), generator))
 
             def objective(x: torch.Tensor) -> torch.Tensor:
