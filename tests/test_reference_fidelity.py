@@ -255,6 +255,60 @@ def test_witches_brew_steps_in_the_units_of_the_std_it_is_given(context):
         WitchesBrew.Params(step_std=(0.2, 0.0, 0.2)).validate("attacks[0].params")
 
 
+def test_a_recipe_trains_with_the_references_shift_where_it_says_so():
+    """``augmentation: shift``: the differentiable shift and flip Witches' Brew's reference trains
+    its crafting models with, an eighth of the side, filled with the data set's mean."""
+    import copy
+    import dataclasses
+
+    from raypoison.core.registry import build_component
+    from raypoison.data import DATASETS, load_dataset
+    from raypoison.data.augment import apply_shift_flip, draw_shift_flip
+    from raypoison.errors import ConfigError
+    from raypoison.models import build_model
+    from raypoison.training.loop import _augmented, accuracy, train
+    from raypoison.training.recipe import RecipeConfig
+    from tests.conftest import TINY
+
+    model = build_model("convnet", 4, (0.2, 0.4, 0.6), (0.25, 0.25, 0.25), 64, None)
+    x = torch.rand(3, 3, 64, 64)
+    shift = RecipeConfig(augmentation="shift")
+    got = _augmented(x, shift, model, torch.Generator().manual_seed(5))
+    draws = draw_shift_flip(3, torch.Generator().manual_seed(5))
+    assert torch.equal(got, apply_shift_flip(x, draws, model.mean, max_shift=8.0))
+    flat = torch.full((1, 3, 64, 64), 0.9)
+    edge = _augmented(flat, shift, model, torch.Generator().manual_seed(5))
+    assert torch.isclose(edge, model.mean.expand_as(edge), atol=1e-5).any()  # mean filled in
+
+    data = load_dataset(build_component({"name": "synthetic", "params": {
+        "classes": 4, "image_size": 16, "train_per_class": 40, "test_per_class": 20,
+        "noise": 0.2, "seed": 3}}, "dataset", DATASETS))
+    recipe = RecipeConfig(lr=0.05, epochs=6, milestones=(), batch_size=32)
+    weights = {}
+    for name in ("crop_flip", "shift", "shift again"):
+        torch.manual_seed(0)
+        net = build_model("convnet", 4, data.mean, data.std, 16, None)
+        train(net, data.train_x, data.train_y, seed=1, trainable="all",
+              recipe=dataclasses.replace(recipe, augmentation=name.split()[0]))  # type: ignore[arg-type]
+        weights[name] = torch.cat([p.detach().flatten() for p in net.parameters()])
+        assert accuracy(net, data.test_x, data.test_y) > 0.5  # learns: chance is 0.25
+    assert torch.equal(weights["shift"], weights["shift again"])
+    assert not torch.equal(weights["shift"], weights["crop_flip"])
+
+    with pytest.raises(ConfigError, match="augmentation: says how to augment"):
+        RecipeConfig(augment=False, augmentation="shift").validate("recipe")
+    raw = copy.deepcopy(TINY)
+    raw["scenarios"][0]["recipe"] = {"augmentation": "shift"}
+    with pytest.raises(ConfigError, match="recipe.augmentation: a transfer head trains"):
+        parse_suite(raw)
+    raw["scenarios"][0]["mode"] = "scratch"
+    raw["attacks"] = [{"name": "badnets", "params": {"poisons": 2}}]
+    with pytest.raises(ConfigError, match="view: fixed stores one crop-and-flip view"):
+        parse_suite(raw)
+    raw["attacks"][0]["params"]["view"] = "augmented"
+    assert parse_suite(raw).scenarios[0].training_recipe.augmentation == "shift"
+
+
 # --- Hidden Trigger Backdoor -------------------------------------------------------------------
 
 

@@ -60,8 +60,13 @@ class DirtyLabelBackdoor(Attack):
         """What the data set's description already rules out, so that a config no trial can run
         is refused before the run rather than failing every trial: more poisons than the
         training set has images outside the target class (an upper bound), or a patch that does
-        not fit the images."""
+        not fit the images; or a stored view the victims' augmentation would not draw."""
         from raypoison.data import DATASETS
+
+        recipe = scenario.training_recipe
+        if params.view == "fixed" and recipe.augment and recipe.augmentation != "crop_flip":
+            return (f"view: fixed stores one crop-and-flip view of each poison; the victims' "
+                    f"recipe augments with {recipe.augmentation!r} (use view: augmented)")
 
         info = DATASETS.get(scenario.dataset.name).describe(scenario.dataset.params)
         if info is None:

@@ -194,6 +194,11 @@ class ScenarioConfig:
                 if not self.models[name].has_weights:
                     raise ConfigError(f"{path}.models.{name}", "needs a 'checkpoint' or a "
                                       f"'pretrain' ({self.mode} victims start from trained weights)")
+        recipe = self.training_recipe
+        if self.mode == "transfer" and recipe.augment and recipe.augmentation != "crop_flip":
+            raise ConfigError(f"{path}.recipe.augmentation", "a transfer head trains on the "
+                              "feature bank's crop-and-flip views; 'shift' is for networks "
+                              "trained whole (modes scratch and finetune)")
         positive(path, "budget", self.budget)
         positive(path, "trials", self.trials)
         if self.trials > MAX_TRIALS:

@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from raypoison.core.host_copy import host_to_device
-from raypoison.data.augment import draw_crop_flip, identity_view, random_crop_flip, view_index
+from raypoison.data.augment import (
+    apply_shift_flip,
+    draw_crop_flip,
+    draw_shift_flip,
+    identity_view,
+    random_crop_flip,
+    view_index,
+)
 from raypoison.models.base import ImageClassifier
 from raypoison.training.adversarial import pgd
 from raypoison.training.recipe import RecipeConfig, uses_bf16
@@ -99,6 +106,8 @@ def train(
     if features is not None and recipe.augment and not features.holds_every_view:
         raise ValueError("augmented training draws views the feature bank does not hold (a bank "
                          "of the unaugmented view)")
+    if features is not None and recipe.augment and recipe.augmentation != "crop_flip":
+        raise ValueError(f"a feature bank holds crop-and-flip views, not {recipe.augmentation!r}")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     half = uses_bf16(recipe.precision, images.device)
@@ -128,7 +137,8 @@ def train(
             else:
                 x = images[idx].float().div_(255)
                 if recipe.augment:
-                    x = _keep_unaugmented(random_crop_flip(x, generator), x, idx, unaugmented)
+                    x = _keep_unaugmented(_augmented(x, recipe, model, generator), x, idx,
+                                          unaugmented)
                 if recipe.adversarial is not None:
                     x = _adversarial_batch(model, x, labels[idx], recipe, generator, trainable)
                 if half and on_cuda:
@@ -192,6 +202,15 @@ def check_finite(result: TrainResult, recipe: RecipeConfig) -> None:
     _finite(result.final_loss, result.steps, recipe)
 
 
+def _augmented(x: torch.Tensor, recipe: RecipeConfig, model: ImageClassifier,
+               generator: torch.Generator) -> torch.Tensor:
+    """A batch of ``[0, 1]`` images augmented as ``recipe.augmentation`` says."""
+    if recipe.augmentation == "shift":
+        return apply_shift_flip(x, draw_shift_flip(len(x), generator), model.mean,
+                                max_shift=x.shape[-1] / 8)
+    return random_crop_flip(x, generator)
+
+
 def _views(idx: torch.Tensor, generator: torch.Generator, augment: bool,
            unaugmented: torch.Tensor | None = None) -> torch.Tensor:
     """The bank views of a batch: drawn crops and flips (the unaugmented view for the samples
@@ -230,6 +249,8 @@ def train_heads(models: list[ImageClassifier], labels: list[torch.Tensor], *,
     if recipe.augment and not all(f.holds_every_view for f in features):
         raise ValueError("augmented training draws views the feature bank does not hold (a bank "
                          "of the unaugmented view)")
+    if recipe.augment and recipe.augmentation != "crop_flip":
+        raise ValueError(f"a feature bank holds crop-and-flip views, not {recipe.augmentation!r}")
     start = time.perf_counter()
     (n,) = sizes
     for model in models:

@@ -27,6 +27,12 @@ class RecipeConfig:
     milestones: tuple[int, ...] = (30,)
     gamma: float = 0.1
     augment: bool = True
+    # "crop_flip": a random 4-pixel crop of the zero-padded image and a horizontal flip (the
+    # protocol's victims). "shift": a continuous random shift of up to an eighth of the image
+    # side, bilinear, filled with the data set's mean, and a flip: the differentiable
+    # augmentation Witches' Brew's reference trains its crafting models with. Networks trained
+    # whole only (a transfer head trains on a feature bank's crop-and-flip views).
+    augmentation: Literal["crop_flip", "shift"] = "crop_flip"
     adversarial: AdversarialConfig | None = None
     # "step": lr × gamma at each milestone epoch (the protocol's recipes). "onecycle": lr rises
     # linearly to ``lr`` over the first ``warmup`` fraction of the batches, then falls linearly
@@ -57,6 +63,8 @@ class RecipeConfig:
             raise ConfigError(f"{path}.momentum", f"must be in [0, 1), got {self.momentum}")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"{path}.warmup", f"must be in [0, 1), got {self.warmup}")
+        if self.augmentation != "crop_flip" and not self.augment:
+            raise ConfigError(f"{path}.augmentation", "says how to augment, but augment is false")
         if self.schedule == "onecycle":
             if self.milestones:
                 raise ConfigError(f"{path}.milestones",
