@@ -146,7 +146,7 @@ def test_witches_brew_can_train_its_own_crafting_model_per_trial(two_models):
 
     brew = {"name": "witches_brew", "params": {"iterations": 8, "restarts": 1,
                                                "fresh_model": True}}
-    raw, _ = two_models
+    raw, checkpoints = two_models
     untrained = dict(raw, attacks=[brew])
     untrained["scenarios"] = [dict(raw["scenarios"][0], attacker="net-c", mode="scratch",
                                    models=dict(raw["scenarios"][0]["models"],
@@ -171,6 +171,25 @@ def test_witches_brew_can_train_its_own_crafting_model_per_trial(two_models):
     with torch.no_grad():
         predicted = model(ctx.data.test_x.float() / 255).argmax(1)
     assert (predicted == ctx.data.test_y).float().mean() > 0.5
+
+    # ``model``: another architecture than the attacker's (the reference's Tiny-ImageNet poisons
+    # came from a ResNet-34, its victims were VGG16s); a fresh one needs no weights
+    own = dict(brew, params=dict(brew["params"], model="net-c"))
+    scratch = dict(untrained, attacks=[own])
+    scratch["scenarios"] = [dict(untrained["scenarios"][0], attacker="net-a")]
+    other = parse_suite(scratch)
+    from raypoison.execution import cost
+
+    [plan] = cost.plan_suite(other)  # the planner trains net-c's architecture for it
+    assert plan.cells[0].per_trial["craft"].flops > 0
+    net_c = TrialContext.create(other.scenarios[0], checkpoints)
+    crafted = create_attack(other.attacks[0]).craft(net_c, setup, seed=5, index=3)
+    assert crafted.crafted_on == ("net-c",) and crafted.crafting_model == "fresh net-c (trial 3)"
+    assert not torch.equal(crafted.poisons.images, first.poisons.images)
+    with pytest.raises(ConfigError, match="model: the scenario has no model 'net-z'"):
+        parse_suite(dict(scratch, attacks=[dict(brew, params=dict(brew["params"], model="net-z"))]))
+    with pytest.raises(ConfigError, match="has no trained model 'net-c'"):  # to craft on as it is
+        parse_suite(dict(scratch, attacks=[{"name": "witches_brew", "params": {"model": "net-c"}}]))
 
 
 @pytest.mark.slow

@@ -540,3 +540,19 @@ def test_a_cluster_address_nothing_answers_at_is_refused_in_seconds(tmp_path, ca
     assert main(["run", str(config), "--output", str(tmp_path / "o"), "--address", address]) == 2
     assert said in capsys.readouterr().err and time.monotonic() - tick < 30
     assert not (tmp_path / "o" / "results").exists()
+
+
+def test_a_checkpoint_of_other_architecture_parameters_is_refused(tiny_checkpoint):
+    """A checkpoint rebuilds the network it records; where the config describes another one
+    (a wider ConvNet, VGG16's other last pool), it says so instead of computing with it."""
+    from raypoison.trial.context import TrialContext
+
+    raw = copy.deepcopy(TINY)
+    raw["scenarios"][0]["models"]["net-a"]["params"] = {"width": 16}  # the checkpoint has 32
+    suite = parse_suite(raw)
+    ctx = TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
+    with pytest.raises(ValueError, match=r"model 'net-a': checkpoint holds a convnet with "
+                                         r"\{'width': 32\}, the scenario says \{'width': 16\}"):
+        ctx.model("net-a")
+    same = parse_suite(copy.deepcopy(TINY))
+    assert TrialContext.create(same.scenarios[0], {"net-a": tiny_checkpoint}).model("net-a")

@@ -57,6 +57,27 @@ def test_a_model_on_the_cpu_goes_channels_last_and_computes_the_same():
     assert torch.allclose(loaded.eval()(x), before, atol=1e-5)
 
 
+def test_vgg16s_last_pool_max_is_the_benchmarks_sixth_max_pool_on_64_px_images():
+    """``aks2203/poisoning-benchmark``'s VGG16 plan ends ``..., "M", "M"``: on 64-px images the
+    fifth pool leaves 2x2, the sixth takes its maximum. ``avg`` (the default) averages it."""
+    torch.manual_seed(0)
+    avg = build_model("vgg16", 10, MEAN, STD, 64).eval()
+    top = build_model("vgg16", 10, MEAN, STD, 64, {"last_pool": "max"}).eval()
+    top.load_state_dict(avg.state_dict())  # no weights in a pool: the same network otherwise
+    x = torch.rand(2, 3, 64, 64)
+    normalized = (x - avg.mean) / avg.std
+    grid = avg.extractor.features[:-1](normalized)  # through the fifth pool
+    assert grid.shape == (2, 512, 2, 2)
+    assert torch.allclose(top.features(x), grid.amax(dim=(2, 3)), atol=1e-6)
+    assert torch.allclose(avg.features(x), grid.mean(dim=(2, 3)), atol=1e-6)
+    loaded, _ = load_checkpoint(checkpoint_bytes(top, {"image_size": 64}))
+    assert torch.equal(loaded.eval()(x), top(x))  # the choice travels with the checkpoint
+    small = torch.rand(2, 3, 32, 32)  # 1x1 after the fifth pool: both are the identity
+    small_max = build_model("vgg16", 10, MEAN, STD, 32, {"last_pool": "max"}).eval()
+    small_max.load_state_dict(avg.state_dict())
+    assert torch.equal(small_max(small), avg(small))
+
+
 def test_every_registered_model_is_covered():
     assert {arch for arch, *_ in ZOO} == set(MODELS.names())
 

@@ -33,6 +33,11 @@ It crafts on a model trained on the clean training set:
   several models they are a pool shared by the scenario's trials: trial ``i`` crafts on model
   ``i mod k``, so every model serves the same share of trials, whatever order they run in.
 - ``ensemble: true`` crafts every trial on all of them; the models' gradients add up.
+- ``model: NAME`` crafts on that model of the scenario instead of the attacker (with
+  ``fresh_model``, a network of its architecture trained for the trial). The reference's
+  Tiny-ImageNet poisons were crafted on a ResNet-34 and tested on VGG16 victims
+  (``benchmark_gen_tiny_imagenet.py``: ``source_model = 'ResNet34'``), while the other attacks
+  craft on the VGG16; ``configs/tinyimagenet-scratch.yaml`` says so.
 
 Rows name the crafting model (``crafting_model``). Random starts and augmentations come from the
 trial's crafting seed.
@@ -101,6 +106,7 @@ class WitchesBrew(Attack):
         recipe: RecipeConfig | None = None  # the fresh crafting model's (default: the scenario's)
         step_std: tuple[float, ...] | None = None  # the std of the step's units (module docstring)
         max_shift: float = 4.0  # pixels, ``augmentation: shift`` (module docstring)
+        model: str | None = None  # a scenario model to craft on instead of the attacker
 
         def validate(self, path: str) -> None:
             for key in ("iterations", "restarts", "pbatch"):
@@ -120,19 +126,32 @@ class WitchesBrew(Attack):
             if self.ensemble and self.fresh_model:
                 raise ConfigError(f"{path}.fresh_model", "trains one model per trial; it cannot "
                                   "be combined with ensemble")
+            if self.ensemble and self.model is not None:
+                raise ConfigError(f"{path}.model", "names the one model to craft on; it cannot "
+                                  "be combined with ensemble")
 
     @classmethod
     def needs_attacker_weights(cls, params: Any) -> bool:
-        return not params.fresh_model
+        return not params.fresh_model and params.model is None
+
+    @classmethod
+    def required_models(cls, params: Any, scenario: Any) -> list[str]:
+        # a fresh model needs the architecture only (checked in scenario_problem)
+        return [params.model] if params.model is not None and not params.fresh_model else []
 
     @classmethod
     def scenario_problem(cls, params: Any, scenario: Any) -> str | None:
+        if params.model is not None and params.model not in scenario.models:
+            return (f"model: the scenario has no model {params.model!r} (defined: "
+                    f"{list(scenario.models)})")
         if params.fresh_model and scenario.mode != "scratch":
             return (f"fresh_model trains a network from scratch with the scenario's recipe; a "
                     f"{scenario.mode} scenario's recipe is not one for that")
         return None
 
     def crafted_on(self, ctx: CraftingContext, index: int) -> tuple[str, ...]:
+        if self.params.model is not None:
+            return (self.params.model,)
         names = ctx.attackers
         return names if self.params.ensemble else (names[index % len(names)],)
 

@@ -330,7 +330,7 @@ def crafting(attack: Component, scenario: ScenarioConfig, shape: Shape) -> tuple
     extra = Count()
     if getattr(params, "fresh_model", False):  # a crafting model trained for the trial alone
         recipe = getattr(params, "recipe", None) or scenario.training_recipe
-        name = scenario.attackers[0]
+        name = getattr(params, "model", None) or scenario.attackers[0]
         steps = steps_of(recipe, train_size(scenario, shape))
         extra = Count(train_step(scenario.models[name], shape, recipe, "all") * steps, steps)
         params = dataclasses.replace(params, fresh_model=False)

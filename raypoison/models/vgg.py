@@ -1,11 +1,16 @@
 """VGG11 and VGG16 for small images: the convolutional stacks with BatchNorm, then one linear
-layer on the 512 pooled features. On 32×32 inputs the last max-pool leaves 1×1; on 64×64 inputs
-(Tiny-ImageNet) the 2×2 map is average-pooled to 512 features. Module names follow the common
-CIFAR VGG layout (``features``, ``classifier``)."""
+layer on the 512 pooled features. On 32×32 inputs the last max-pool leaves 1×1. On 64×64 inputs
+(Tiny-ImageNet) it leaves 2×2, which VGG16's ``last_pool`` turns into the 512 features: ``max``
+is the benchmark's VGG16 (``aks2203/poisoning-benchmark`` ``models/vgg.py``, whose plan ends in a
+sixth max-pool, made for 64-px images), ``avg`` (the default, which keeps the ids of the rows
+made before the option) averages the map. Module names follow the common CIFAR VGG layout
+(``features``, ``classifier``); the extra pool has no weights, so checkpoints load either way."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -18,6 +23,14 @@ PLANS = {
     "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
               512, 512, 512, "M"),
 }
+
+
+@dataclass(frozen=True)
+class VGG16Params:
+    """``last_pool``: how the 2×2 map of 64-px inputs becomes 512 features (module docstring);
+    on smaller inputs the map is 1×1 and both are the identity."""
+
+    last_pool: Literal["avg", "max"] = "avg"
 
 
 class VGGFeatures(nn.Module):
@@ -48,5 +61,10 @@ class VGG11(ImageClassifier):
 
 @MODELS.register("vgg16")
 class VGG16(ImageClassifier):
-    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float], image_size: int = 32):
-        super().__init__(VGGFeatures(PLANS["vgg16"]), 512, num_classes, mean, std)
+    Params = VGG16Params
+
+    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float],
+                 image_size: int = 32, last_pool: str = "avg"):
+        # the benchmark's sixth max-pool, where the fifth leaves more than 1×1
+        extra = ("M",) if last_pool == "max" and image_size >= 64 else ()
+        super().__init__(VGGFeatures((*PLANS["vgg16"], *extra)), 512, num_classes, mean, std)

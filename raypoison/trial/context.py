@@ -7,6 +7,7 @@ It is the :class:`raypoison.attacks.context.CraftingContext` that attacks craft 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -105,6 +106,12 @@ class TrialContext:
             if model.name != expected:
                 raise ValueError(f"model {name!r}: checkpoint holds {model.name}, "
                                  f"the scenario says {expected}")
+            wanted = self.scenario.models[name].params
+            held = getattr(model, "arch_params", None)
+            if wanted is not None and held is not None and held != wanted:
+                raise ValueError(f"model {name!r}: checkpoint holds a {model.name} with "
+                                 f"{dataclasses.asdict(held)}, the scenario says "
+                                 f"{dataclasses.asdict(wanted)}")
             model = to_device(model, self.device).eval()
             for p in model.parameters():
                 p.requires_grad_(False)
