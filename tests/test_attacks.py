@@ -150,7 +150,8 @@ def test_witches_brew_can_train_its_own_crafting_model_per_trial(two_models):
     untrained = dict(raw, attacks=[brew])
     untrained["scenarios"] = [dict(raw["scenarios"][0], attacker="net-c", mode="scratch",
                                    models=dict(raw["scenarios"][0]["models"],
-                                               **{"net-c": {"arch": "convnet"}}))]
+                                               **{"net-c": {"arch": "convnet",
+                                                            "params": {"width": 8}}}))]
     parse_suite(untrained)  # a fresh model per trial needs no attacker weights
     with pytest.raises(ConfigError, match="crafts on the attacker"):
         parse_suite(dict(untrained, attacks=[{"name": "witches_brew"}]))
@@ -180,8 +181,10 @@ def test_witches_brew_can_train_its_own_crafting_model_per_trial(two_models):
     other = parse_suite(scratch)
     from raypoison.execution import cost
 
-    [plan] = cost.plan_suite(other)  # the planner trains net-c's architecture for it
-    assert plan.cells[0].per_trial["craft"].flops > 0
+    # the planner trains net-c's (narrower) architecture for it, not the attacker's
+    [plan] = cost.plan_suite(other)
+    [attackers] = cost.plan_suite(parse_suite(dict(scratch, attacks=[brew])))
+    assert 0 < plan.cells[0].per_trial["craft"].flops < attackers.cells[0].per_trial["craft"].flops / 4
     net_c = TrialContext.create(other.scenarios[0], checkpoints)
     crafted = create_attack(other.attacks[0]).craft(net_c, setup, seed=5, index=3)
     assert crafted.crafted_on == ("net-c",) and crafted.crafting_model == "fresh net-c (trial 3)"

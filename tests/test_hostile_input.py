@@ -542,17 +542,28 @@ def test_a_cluster_address_nothing_answers_at_is_refused_in_seconds(tmp_path, ca
     assert not (tmp_path / "o" / "results").exists()
 
 
-def test_a_checkpoint_of_other_architecture_parameters_is_refused(tiny_checkpoint):
+def test_a_checkpoint_of_other_architecture_parameters_is_refused(tiny_checkpoint, tmp_path):
     """A checkpoint rebuilds the network it records; where the config describes another one
-    (a wider ConvNet, VGG16's other last pool), it says so instead of computing with it."""
+    (a wider ConvNet, VGG16's other last pool), the run is refused before it starts, naming the
+    file and the key, instead of computing with it."""
+    from raypoison.errors import DataError
+    from raypoison.execution.checkpoints import check_checkpoint_files
     from raypoison.trial.context import TrialContext
 
+    (tmp_path / "net-a.pt").write_bytes(tiny_checkpoint)
     raw = copy.deepcopy(TINY)
-    raw["scenarios"][0]["models"]["net-a"]["params"] = {"width": 16}  # the checkpoint has 32
+    raw["scenarios"][0]["models"]["net-a"] = {"arch": "convnet", "params": {"width": 16},
+                                              "checkpoint": str(tmp_path / "net-a.pt")}
     suite = parse_suite(raw)
+    with pytest.raises(DataError, match=r"model net-a: .*net-a.pt holds a convnet with "
+                                        r"\{'width': 32\}, the config says \{'width': 16\} "
+                                        r"\(models.net-a.params\)"):
+        check_checkpoint_files(list(suite.scenarios))
     ctx = TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
     with pytest.raises(ValueError, match=r"model 'net-a': checkpoint holds a convnet with "
-                                         r"\{'width': 32\}, the scenario says \{'width': 16\}"):
+                                         r"\{'width': 32\}, the config says \{'width': 16\}"):
         ctx.model("net-a")
+    raw["scenarios"][0]["models"]["net-a"]["params"] = {"width": 32}
+    check_checkpoint_files(list(parse_suite(raw).scenarios))  # the same network: accepted
     same = parse_suite(copy.deepcopy(TINY))
     assert TrialContext.create(same.scenarios[0], {"net-a": tiny_checkpoint}).model("net-a")

@@ -76,6 +76,12 @@ def test_vgg16s_last_pool_max_is_the_benchmarks_sixth_max_pool_on_64_px_images()
     small_max = build_model("vgg16", 10, MEAN, STD, 32, {"last_pool": "max"}).eval()
     small_max.load_state_dict(avg.state_dict())
     assert torch.equal(small_max(small), avg(small))
+    with pytest.raises(ValueError, match="last_pool must be 'avg' or 'max', got 'Max'"):
+        build_model("vgg16", 10, MEAN, STD, 64, {"last_pool": "Max"})  # as a checkpoint may say
+    from raypoison.core.identity import identity_of
+    from raypoison.models.vgg import VGG16Params
+
+    assert identity_of(VGG16Params()) == {}  # the default adds nothing to trial ids or caches
 
 
 def test_every_registered_model_is_covered():

@@ -299,7 +299,7 @@ def test_a_recipe_trains_with_the_references_shift_where_it_says_so():
         RecipeConfig(augment=False, augmentation="shift").validate("recipe")
     raw = copy.deepcopy(TINY)
     raw["scenarios"][0]["recipe"] = {"augmentation": "shift"}
-    with pytest.raises(ConfigError, match="recipe.augmentation: a transfer head trains"):
+    with pytest.raises(ConfigError, match="recipe.augmentation: 'shift' is for networks trained whole"):
         parse_suite(raw)
     raw["scenarios"][0]["mode"] = "scratch"
     raw["attacks"] = [{"name": "badnets", "params": {"poisons": 2}}]

@@ -196,9 +196,9 @@ class ScenarioConfig:
                                       f"'pretrain' ({self.mode} victims start from trained weights)")
         recipe = self.training_recipe
         if self.mode == "transfer" and recipe.augment and recipe.augmentation != "crop_flip":
-            raise ConfigError(f"{path}.recipe.augmentation", "a transfer head trains on the "
-                              "feature bank's crop-and-flip views; 'shift' is for networks "
-                              "trained whole (modes scratch and finetune)")
+            raise ConfigError(f"{path}.recipe.augmentation", "'shift' is for networks trained "
+                              "whole (modes scratch and finetune); transfer heads train on "
+                              "crop-and-flip views, which the feature bank holds")
         positive(path, "budget", self.budget)
         positive(path, "trials", self.trials)
         if self.trials > MAX_TRIALS:

@@ -28,7 +28,7 @@ from raypoison.core.registry import Component
 from raypoison.errors import DataError
 from raypoison.execution.datasets import SharedDatasets, project_errors
 from raypoison.execution.devices import assigned_device
-from raypoison.models import load_checkpoint
+from raypoison.models import load_checkpoint, params_mismatch
 from raypoison.store.storage import Location
 
 log = logging.getLogger("raypoison")
@@ -87,11 +87,15 @@ def check_checkpoint_files(scenarios: list[ScenarioConfig]) -> None:
             if cfg.checkpoint is not None:
                 model, _ = load_checkpoint(  # normalization is irrelevant to this check
                     Path(cfg.checkpoint), where=f"scenario {scenario.name}, model {name}",
-                    arch=cfg.arch, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                    arch=cfg.arch, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), params=cfg.params,
                 )
                 if model.name != cfg.arch:
                     raise DataError(f"scenario {scenario.name}, model {name}: {cfg.checkpoint} "
                                     f"holds a {model.name}, the config says {cfg.arch}")
+                mismatch = params_mismatch(model, cfg.params)
+                if mismatch is not None:
+                    raise DataError(f"scenario {scenario.name}, model {name}: {cfg.checkpoint} "
+                                    f"{mismatch} (models.{name}.params)")
 
 
 @dataclasses.dataclass(frozen=True)

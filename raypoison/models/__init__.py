@@ -5,8 +5,13 @@ from raypoison.models import mobilenet as _mobilenet  # noqa: F401
 from raypoison.models import resnet as _resnet  # noqa: F401
 from raypoison.models import vgg as _vgg  # noqa: F401
 from raypoison.models.base import ImageClassifier, to_device
-from raypoison.models.checkpoint import build_model, checkpoint_bytes, load_checkpoint
+from raypoison.models.checkpoint import (
+    build_model,
+    checkpoint_bytes,
+    load_checkpoint,
+    params_mismatch,
+)
 from raypoison.models.registry import MODELS
 
 __all__ = ["MODELS", "ImageClassifier", "build_model", "checkpoint_bytes", "load_checkpoint",
-           "to_device"]
+           "params_mismatch", "to_device"]

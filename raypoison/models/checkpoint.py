@@ -43,6 +43,19 @@ def build_model(arch: str, num_classes: int, mean: Sequence[float], std: Sequenc
     return model
 
 
+def params_mismatch(model: ImageClassifier, wanted: Any) -> str | None:
+    """How ``model``'s architecture parameters (as its checkpoint recorded them) differ from the
+    config's ``wanted``, or None. A raypoison checkpoint rebuilds the network it records, so a
+    config that describes another one (another width, VGG16's other last pool) would otherwise
+    compute with a network it did not ask for. Reference checkpoints record none: they are built
+    from the config's and always agree."""
+    held = getattr(model, "arch_params", None)
+    if wanted is None or held is None or held == wanted:
+        return None
+    return (f"holds a {model.name} with {dataclasses.asdict(held)}, the config says "
+            f"{dataclasses.asdict(wanted)}")
+
+
 def checkpoint_bytes(model: ImageClassifier, meta: dict[str, Any]) -> bytes:
     payload = {
         "format": FORMAT,

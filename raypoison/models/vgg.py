@@ -2,9 +2,10 @@
 layer on the 512 pooled features. On 32×32 inputs the last max-pool leaves 1×1. On 64×64 inputs
 (Tiny-ImageNet) it leaves 2×2, which VGG16's ``last_pool`` turns into the 512 features: ``max``
 is the benchmark's VGG16 (``aks2203/poisoning-benchmark`` ``models/vgg.py``, whose plan ends in a
-sixth max-pool, made for 64-px images), ``avg`` (the default, which keeps the ids of the rows
-made before the option) averages the map. Module names follow the common CIFAR VGG layout
-(``features``, ``classifier``); the extra pool has no weights, so checkpoints load either way."""
+sixth max-pool, made for 64-px images; the maximum over the whole map here, which is the same
+at 64 px), ``avg`` (the default, which keeps the ids of the rows made before the option)
+averages the map. Module names follow the common CIFAR VGG layout
+(``features``, ``classifier``); a pool has no weights, so checkpoints load either way."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ class VGG16Params:
 
 
 class VGGFeatures(nn.Module):
-    def __init__(self, plan: Sequence[int | str]):
+    def __init__(self, plan: Sequence[int | str], last_pool: str = "avg"):
         super().__init__()
+        self.last_pool = last_pool
         layers: list[nn.Module] = []
         c_in = 3
         for item in plan:
@@ -50,6 +52,8 @@ class VGGFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.features(x)
+        if self.last_pool == "max":  # 2x2 at 64 px, as the benchmark's sixth max-pool takes it
+            return nn.functional.adaptive_max_pool2d(out, 1).flatten(1)
         return nn.functional.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
@@ -65,6 +69,6 @@ class VGG16(ImageClassifier):
 
     def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float],
                  image_size: int = 32, last_pool: str = "avg"):
-        # the benchmark's sixth max-pool, where the fifth leaves more than 1×1
-        extra = ("M",) if last_pool == "max" and image_size >= 64 else ()
-        super().__init__(VGGFeatures((*PLANS["vgg16"], *extra)), 512, num_classes, mean, std)
+        if last_pool not in ("avg", "max"):  # a checkpoint's record is not checked by the config
+            raise ValueError(f"last_pool must be 'avg' or 'max', got {last_pool!r}")
+        super().__init__(VGGFeatures(PLANS["vgg16"], last_pool), 512, num_classes, mean, std)

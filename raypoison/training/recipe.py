@@ -29,9 +29,10 @@ class RecipeConfig:
     augment: bool = True
     # "crop_flip": a random 4-pixel crop of the zero-padded image and a horizontal flip (the
     # protocol's victims). "shift": a continuous random shift of up to an eighth of the image
-    # side, bilinear, filled with the data set's mean, and a flip: the differentiable
-    # augmentation Witches' Brew's reference trains its crafting models with. Networks trained
-    # whole only (a transfer head trains on a feature bank's crop-and-flip views).
+    # side, bilinear, filled with the model's normalization mean (zero in its normalized input,
+    # as the reference pads), and a flip: the differentiable augmentation Witches' Brew's
+    # reference trains its crafting models with. Networks trained whole only (transfer heads
+    # train on a feature bank's crop-and-flip views).
     augmentation: Literal["crop_flip", "shift"] = "crop_flip"
     adversarial: AdversarialConfig | None = None
     # "step": lr × gamma at each milestone epoch (the protocol's recipes). "onecycle": lr rises

@@ -7,7 +7,6 @@ It is the :class:`raypoison.attacks.context.CraftingContext` that attacks craft 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,7 +21,13 @@ from raypoison.data.augment import identity_view
 from raypoison.data.setups import Setup, clean_training_indices, load_setups, sample_setup
 from raypoison.data.triggers import Trigger, paste
 from raypoison.defenses import TrustedSet
-from raypoison.models import ImageClassifier, build_model, load_checkpoint, to_device
+from raypoison.models import (
+    ImageClassifier,
+    build_model,
+    load_checkpoint,
+    params_mismatch,
+    to_device,
+)
 from raypoison.training.feature_bank import TrainingFeatures, view_features
 from raypoison.training.recipe import RecipeConfig, uses_bf16
 from raypoison.trial.evaluate import asr_members
@@ -106,12 +111,10 @@ class TrialContext:
             if model.name != expected:
                 raise ValueError(f"model {name!r}: checkpoint holds {model.name}, "
                                  f"the scenario says {expected}")
-            wanted = self.scenario.models[name].params
-            held = getattr(model, "arch_params", None)
-            if wanted is not None and held is not None and held != wanted:
-                raise ValueError(f"model {name!r}: checkpoint holds a {model.name} with "
-                                 f"{dataclasses.asdict(held)}, the scenario says "
-                                 f"{dataclasses.asdict(wanted)}")
+            mismatch = params_mismatch(model, self.scenario.models[name].params)
+            if mismatch is not None:  # checked before a run; here for a context made directly
+                raise ValueError(f"model {name!r}: checkpoint {mismatch} "
+                                 f"(scenario {self.scenario.name}, models.{name}.params)")
             model = to_device(model, self.device).eval()
             for p in model.parameters():
                 p.requires_grad_(False)
