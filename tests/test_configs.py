@@ -67,3 +67,47 @@ def test_the_benchmark_scenarios_are_all_there():
     names = {c.stem for c in CONFIGS}
     assert {"cifar10-transfer", "cifar10-scratch", "tinyimagenet-transfer",
             "tinyimagenet-scratch", "smoke", "cifar10-jpeg-cpu"} <= names
+
+
+def _loaded(name: str, stand_ins) -> object:
+    root, shared = stand_ins
+    config = Path("configs") / f"{name}.yaml"
+    _create_paths(config, root, shared)
+    return load_zoo(config) if name.startswith("zoo-") else load_suite(config)
+
+
+FOREST_STD = {"cifar10-scratch": (0.24703224, 0.24348514, 0.26158786),
+              "tinyimagenet-scratch": (0.27698642, 0.26906449, 0.28208190)}
+
+
+@pytest.mark.parametrize("name", sorted(FOREST_STD))
+def test_the_from_scratch_benchmarks_brew_as_the_reference_did(name, stand_ins):
+    """Witches' Brew in the from-scratch benchmark configs: forest's step units, its shift (an
+    eighth of the side), its crafting recipe and, on Tiny-ImageNet, its ResNet-34."""
+    suite = _loaded(name, stand_ins)
+    [scenario] = suite.scenarios
+    [brew] = [a for a in suite.attacks if a.name == "witches_brew"]
+    p = brew.params
+    assert p.fresh_model and p.step_std == pytest.approx(FOREST_STD[name])
+    assert p.recipe.augmentation == "shift" and p.recipe.epochs == 40
+    assert p.recipe.milestones == (14, 24, 35) and p.recipe.nesterov and p.recipe.lr == 0.1
+    tiny = name.startswith("tinyimagenet")
+    assert p.max_shift == (8 if tiny else 4)
+    crafting = p.model or scenario.attackers[0]
+    assert scenario.models[crafting].arch == ("resnet34" if tiny else "resnet18")
+
+
+def test_the_tiny_imagenet_benchmarks_use_the_references_vgg16_models_and_recipe(stand_ins):
+    for name in ("tinyimagenet-transfer", "tinyimagenet-scratch"):
+        suite = _loaded(name, stand_ins)
+        [scenario] = suite.scenarios
+        assert scenario.models["vgg16"].params.last_pool == "max"
+        [clbd] = [a for a in suite.attacks if a.name == "clean_label_backdoor"]
+        assert clbd.params.model is None  # the attacker: the VGG16 trained normally
+    zoo = _loaded("zoo-tinyimagenet", stand_ins)
+    for entry in zoo.models:
+        assert (entry.recipe.lr, entry.recipe.batch_size, entry.recipe.epochs,
+                entry.recipe.milestones) == (0.01, 64, 200, (100, 150)), entry.name
+        assert entry.recipe.momentum == 0.9 and entry.recipe.weight_decay == 2e-4
+        if entry.arch == "vgg16":
+            assert entry.params.last_pool == "max"
