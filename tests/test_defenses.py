@@ -55,6 +55,7 @@ CHEAP = {  # every defense, sized for a few seconds each on the tiny model
     "neural_cleanse": {"steps": 150},  # 60 left the inversion unconverged on some builds
     "calibrated_trigger_inversion": {"repair": {"lr": 0.01, "steps": 300,
                                                 "param_mean": "resnet18"}},
+    "neural_cleanse_additive": {},
     "spectral_signatures": {}, "activation_clustering": {}, "strip": {}, "deep_knn": {},
 }
 
@@ -333,7 +334,8 @@ def test_pivotal_tuning_lowers_attack_success_keeping_clean_accuracy(pyp, twins,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["neural_cleanse", "calibrated_trigger_inversion"])
+@pytest.mark.parametrize("name", ["neural_cleanse", "neural_cleanse_additive",
+                                  "calibrated_trigger_inversion"])
 def test_detection_scores_separate_a_backdoored_model_from_its_clean_twin(pyp, twins, name):
     suite, ctx = pyp
     (bad, *_), (clean, *_) = twins

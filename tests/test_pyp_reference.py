@@ -114,3 +114,52 @@ def test_rows_of_one_defense_label_with_other_parameters_are_never_pooled():
     labels = separate_variants(rows)["defense"].tolist()
     assert labels[0] == labels[1] != labels[2] and labels[3] == "strip"
     assert labels[0].startswith("pivotal_tuning [") and len(set(labels)) == 3
+
+
+def test_neural_cleanse_as_the_authors_code_detects_it():
+    """``neural_cleanse_additive`` (their ``neural_cleanse_detection.py``): an additive trigger
+    per class from U[-0.005, 0.005), Adam 0.01 (0.5, 0.9), 50 steps of 128, λ 1e-4 on the L1 norm
+    of the stamped batch's change; the score is the smallest trigger's L1 norm, negated."""
+    from raypoison.defenses.trigger_inversion import NeuralCleanseAdditive, invert_additive
+
+    p = NeuralCleanseAdditive.Params()
+    assert (p.steps, p.lr, tuple(p.betas), p.init_scale, p.l1, p.batch_size, p.augment) == (
+        50, 0.01, (0.5, 0.9), 0.01, 1e-4, 128, "flip")
+    torch.manual_seed(0)
+    model = build_model("convnet", 4, (0.5,) * 3, (0.25,) * 3, 8, {"width": 8}).eval()
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(40) % 4
+    trusted = TrustedSet(images, labels)
+    quick = NeuralCleanseAdditive.Params(steps=6, batch_size=16)
+    x = images.float() / 255
+    norms = [float(invert_additive(model, x[labels != c], c, quick, 3 + c).delta.abs().sum())
+             for c in range(4)]
+    assert NeuralCleanseAdditive(quick).detect(model, trusted, 3) == -min(norms)
+    still = NeuralCleanseAdditive.Params(steps=1, lr=1e-12)  # the start, as drawn
+    start = invert_additive(model, x[labels != 0], 0, still, 3).delta
+    assert start.abs().max() <= 0.005 and start.abs().max() > 0.004  # U[-0.005, 0.005)
+    heavy = NeuralCleanseAdditive.Params(steps=6, batch_size=16, l1=1.0)
+    free = NeuralCleanseAdditive.Params(steps=6, batch_size=16, l1=0.0)
+    sizes = [float(invert_additive(model, x[labels != 1], 1, q, 3).delta.abs().sum())
+             for q in (heavy, free)]
+    assert sizes[0] < sizes[1]  # the L1 term pulls the trigger in
+
+
+def test_the_inversions_batches_are_the_authors_infinite_loader():
+    """Shuffled passes, each drawn as it begins, the last batch of a pass smaller (CTI and the
+    additive Neural Cleanse share it; CTI's draws are what they were before it was shared)."""
+    from raypoison.defenses.trigger_inversion import _batches
+
+    mine = torch.Generator().manual_seed(7)
+    got = _batches(10, 4, mine, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(7)
+    expected, order, position = [], torch.empty(0, dtype=torch.long), 0
+    for _ in range(8):  # the loop CTI ran before: a new order once the last one is used up
+        if position >= len(order):
+            order, position = torch.randperm(10, generator=generator), 0
+        expected.append((order[position:position + 4], torch.rand(2, generator=generator)))
+        position += 4  # ... and each step's own draws (crops, the flip) after its batch
+    assert [len(b) for b, _ in expected] == [4, 4, 2, 4, 4, 2, 4, 4]
+    for want, draws in expected:
+        assert torch.equal(next(got), want)
+        assert torch.equal(torch.rand(2, generator=mine), draws)

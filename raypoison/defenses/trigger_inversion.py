@@ -5,6 +5,9 @@ images to that class.
   others. The score is the anomaly index of the smallest mask: its distance below the median of the
   classes' mask norms, in units of their median absolute deviation (× 1.4826); above 2 is the
   paper's threshold for "backdoored".
+- ``neural_cleanse_additive``: Neural Cleanse as the "Pick your Poison" group's code detects it
+  (``neural_cleanse_detection.py``): an additive full-image trigger per class, penalized by its
+  L1 norm; the score is the smallest trigger's norm, negated (higher is more suspicious).
 - ``calibrated_trigger_inversion`` ("Pick your Poison", as its authors' code computes it,
   :class:`CalibratedTriggerInversion`): each class's additive trigger must flip the suspect
   model to that class while a copy repaired by Pivotal Tuning keeps the true labels; a backdoor
@@ -18,6 +21,7 @@ Neural Cleanse's trigger is ``x' = (1 - m) x + m p`` with a per-pixel mask ``m``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -111,6 +115,67 @@ class NeuralCleanse(Defense):
         return anomaly_index(torch.stack(norms))
 
 
+@DEFENSES.register("neural_cleanse_additive")
+class NeuralCleanseAdditive(Defense):
+    """Neural Cleanse as the "Pick your Poison" group's code detects it
+    (``Ben-Schneider-code/Universal-Backdoor-Attacks``, ``neural_cleanse_detection.py``). For each
+    class c, an additive full-image trigger ``delta`` (from U[-init_scale/2, init_scale/2)) is
+    optimized with Adam on the trusted images of the other classes, unaugmented but for the whole
+    batch flipped with probability ½ (``augment: flip``), minimizing CE(model(x'), c) + ``l1`` ×
+    the L1 norm of ``x' - x`` summed over the batch, where ``x' = clamp(x + delta, 0, 1)``. The
+    score is the smallest L1 norm of a class's ``delta``, negated so that higher is more
+    suspicious (theirs returns the norm). Their early stop when test accuracy falls below a floor
+    is left out: it needs the test set and does not change the trigger's model, which is frozen."""
+
+    @dataclass(frozen=True)
+    class Params:
+        steps: int = 50  # per class
+        lr: float = 0.01
+        betas: tuple[float, float] = (0.5, 0.9)
+        init_scale: float = 0.01
+        l1: float = 1e-4
+        batch_size: int = 128
+        augment: Literal["flip", "none"] = "flip"
+
+        def validate(self, path: str) -> None:
+            if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.l1 < 0:
+                raise ConfigError(path, "steps and batch_size must be ≥ 1, lr > 0, l1 ≥ 0")
+            if self.init_scale < 0:
+                raise ConfigError(f"{path}.init_scale", f"must be ≥ 0, got {self.init_scale}")
+
+    def detect(self, model: ImageClassifier, trusted: TrustedSet, seed: int) -> float:
+        suspect = frozen_copy(model)
+        images = trusted.images.float() / 255
+        norms = [float(invert_additive(suspect, images[trusted.labels != c], c, self.params,
+                                       seed + c).delta.abs().sum())
+                 for c in range(suspect.head.out_features)]
+        return -min(norms)
+
+
+def invert_additive(suspect: ImageClassifier, images: torch.Tensor, target: int,
+                    p: NeuralCleanseAdditive.Params, seed: int) -> AdditiveTrigger:
+    """:class:`NeuralCleanseAdditive`'s inversion for class ``target`` on ``images`` (float in
+    [0, 1], class ``target`` already removed)."""
+    generator = torch.Generator().manual_seed(seed)
+    device = images.device
+    delta = ((torch.rand((1, *images.shape[1:]), generator=generator) - 0.5) * p.init_scale
+             ).to(device).requires_grad_(True)
+    beta1, beta2 = p.betas
+    optimizer = torch.optim.Adam([delta], lr=p.lr, betas=(beta1, beta2))
+    batches = _batches(len(images), p.batch_size, generator, device)
+    for _ in range(p.steps):
+        x = images[next(batches)]
+        if p.augment == "flip" and torch.rand((), generator=generator) < 0.5:
+            x = x.flip(-1)
+        stamped = (x + delta).clamp(0, 1)
+        goal = torch.full((len(x),), target, dtype=torch.long, device=device)
+        loss = F.cross_entropy(suspect(stamped), goal) + p.l1 * (stamped - x).abs().sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return AdditiveTrigger(delta.detach())
+
+
 @dataclass(frozen=True)
 class AdditiveTrigger:
     """A full-image additive trigger: ``clamp(x + delta, 0, 1)`` (delta itself unbounded)."""
@@ -119,6 +184,17 @@ class AdditiveTrigger:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return (x + self.delta).clamp(0, 1)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator,
+             device: torch.device) -> Iterator[torch.Tensor]:
+    """Indices of ``batch_size`` samples of ``n``, pass after shuffled pass (the last batch of a
+    pass smaller), as the authors' infinite loader gives them; each pass's order is drawn from
+    ``generator`` when the pass begins."""
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for position in range(0, n, batch_size):
+            yield host_to_device(order[position:position + batch_size], device)
 
 
 def invert_calibrated(suspect: ImageClassifier, repaired: ImageClassifier, images: torch.Tensor,
@@ -138,13 +214,9 @@ def invert_calibrated(suspect: ImageClassifier, repaired: ImageClassifier, image
     beta1, beta2 = p.betas
     optimizer = torch.optim.Adam([delta], lr=p.lr, betas=(beta1, beta2))
     goal = torch.full((len(images),), target, dtype=torch.long, device=device)
-    order = torch.empty(0, dtype=torch.long)
-    position = 0
+    batches = _batches(len(images), p.batch_size, generator, device)
     for _ in range(p.steps):
-        if position >= len(order):
-            order, position = torch.randperm(len(images), generator=generator), 0
-        idx = host_to_device(order[position:position + p.batch_size], device)
-        position += p.batch_size
+        idx = next(batches)
         x = images[idx]
         if p.augment == "reference":
             x = random_crop_flip(x, generator)
