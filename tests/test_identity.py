@@ -43,7 +43,7 @@ ATTACK_NAMES = ["badnets", "blend", "bullseye_polytope", "clean_label_backdoor",
                 "none", "noop", "wanet", "witches_brew"]
 DEFENSE_NAMES = ["activation_clustering", "calibrated_trigger_inversion", "deep_knn",
                  "fine_pruning", "fine_tuning", "neural_attention_distillation", "neural_cleanse",
-                 "pivotal_tuning", "spectral_signatures", "strip"]
+                 "neural_cleanse_additive", "pivotal_tuning", "spectral_signatures", "strip"]
 
 
 def _every_attack_and_defense(external_root: Path) -> dict:
