@@ -21,7 +21,7 @@ Neural Cleanse's trigger is ``x' = (1 - m) x + m p`` with a per-pixel mask ``m``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -157,23 +157,13 @@ def invert_additive(suspect: ImageClassifier, images: torch.Tensor, target: int,
     """:class:`NeuralCleanseAdditive`'s inversion for class ``target`` on ``images`` (float in
     [0, 1], class ``target`` already removed)."""
     generator = torch.Generator().manual_seed(seed)
-    device = images.device
-    delta = ((torch.rand((1, *images.shape[1:]), generator=generator) - 0.5) * p.init_scale
-             ).to(device).requires_grad_(True)
-    beta1, beta2 = p.betas
-    optimizer = torch.optim.Adam([delta], lr=p.lr, betas=(beta1, beta2))
-    batches = _batches(len(images), p.batch_size, generator, device)
-    for _ in range(p.steps):
-        x = images[next(batches)]
-        if p.augment == "flip" and torch.rand((), generator=generator) < 0.5:
-            x = x.flip(-1)
-        stamped = (x + delta).clamp(0, 1)
-        goal = torch.full((len(x),), target, dtype=torch.long, device=device)
-        loss = F.cross_entropy(suspect(stamped), goal) + p.l1 * (stamped - x).abs().sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return AdditiveTrigger(delta.detach())
+    start = (torch.rand((1, *images.shape[1:]), generator=generator) - 0.5) * p.init_scale
+    goal = torch.full((len(images),), target, dtype=torch.long, device=images.device)
+
+    def loss(stamped: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(suspect(stamped), goal[idx]) + p.l1 * (stamped - x).abs().sum()
+
+    return _fit_additive(images, start, loss, p, p.augment, generator)
 
 
 @dataclass(frozen=True)
@@ -208,25 +198,40 @@ def invert_calibrated(suspect: ImageClassifier, repaired: ImageClassifier, image
     image, as their loader does, then flips the whole batch with probability 0.5 (their explicit
     transform); ``flip`` only the latter; ``none``."""
     generator = torch.Generator().manual_seed(seed)
+    start = torch.rand((1, *images.shape[1:]), generator=generator) * p.init_scale
+    goal = torch.full((len(images),), target, dtype=torch.long, device=images.device)
+
+    def loss(stamped: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return (F.cross_entropy(suspect(stamped), goal[idx])
+                + p.keep_weight * F.cross_entropy(repaired(stamped), labels[idx]))
+
+    return _fit_additive(images, start, loss, p, p.augment, generator)
+
+
+def _fit_additive(images: torch.Tensor, start: torch.Tensor,
+                  loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                  p: CalibratedTriggerInversion.Params | NeuralCleanseAdditive.Params,
+                  augment: str, generator: torch.Generator) -> AdditiveTrigger:
+    """The authors' additive-trigger loop, shared by CTI and their Neural Cleanse: ``delta`` from
+    ``start``, Adam (``p.lr``, ``p.betas``) for ``p.steps`` batches of ``images`` (shuffled passes,
+    :func:`_batches`), each batch cropped and flipped per image (``augment: reference``) and then
+    flipped whole with probability ½ (unless ``none``), minimizing ``loss(clamp(x + delta, 0, 1),
+    x, batch indices)``; the draws come from ``generator`` in that order."""
     device = images.device
-    delta = (torch.rand((1, *images.shape[1:]), generator=generator) * p.init_scale).to(device)
-    delta.requires_grad_(True)
+    delta = start.to(device).requires_grad_(True)
     beta1, beta2 = p.betas
     optimizer = torch.optim.Adam([delta], lr=p.lr, betas=(beta1, beta2))
-    goal = torch.full((len(images),), target, dtype=torch.long, device=device)
     batches = _batches(len(images), p.batch_size, generator, device)
     for _ in range(p.steps):
         idx = next(batches)
         x = images[idx]
-        if p.augment == "reference":
+        if augment == "reference":
             x = random_crop_flip(x, generator)
-        if p.augment != "none" and torch.rand((), generator=generator) < 0.5:
+        if augment != "none" and torch.rand((), generator=generator) < 0.5:
             x = x.flip(-1)
-        stamped = (x + delta).clamp(0, 1)
-        loss = (F.cross_entropy(suspect(stamped), goal[idx])
-                + p.keep_weight * F.cross_entropy(repaired(stamped), labels[idx]))
+        value = loss((x + delta).clamp(0, 1), x, idx)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         optimizer.step()
     return AdditiveTrigger(delta.detach())
 

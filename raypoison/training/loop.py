@@ -103,11 +103,8 @@ def train(
         raise ValueError("precomputed features need a frozen extractor (trainable='head')")
     if features is not None and extra_loss is not None:
         raise ValueError("an extra loss needs the model run on the images, not banked features")
-    if features is not None and recipe.augment and not features.holds_every_view:
-        raise ValueError("augmented training draws views the feature bank does not hold (a bank "
-                         "of the unaugmented view)")
-    if features is not None and recipe.augment and recipe.augmentation != "crop_flip":
-        raise ValueError(f"a feature bank holds crop-and-flip views, not {recipe.augmentation!r}")
+    if features is not None:
+        _check_banks(recipe, [features])
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     half = uses_bf16(recipe.precision, images.device)
@@ -202,6 +199,17 @@ def check_finite(result: TrainResult, recipe: RecipeConfig) -> None:
     _finite(result.final_loss, result.steps, recipe)
 
 
+def _check_banks(recipe: RecipeConfig, banks: list[TrainingFeatures]) -> None:
+    """That ``recipe``'s augmentation draws only views the feature banks hold."""
+    if not recipe.augment:
+        return
+    if not all(bank.holds_every_view for bank in banks):
+        raise ValueError("augmented training draws views the feature bank does not hold (a bank "
+                         "of the unaugmented view)")
+    if recipe.augmentation != "crop_flip":
+        raise ValueError(f"a feature bank holds crop-and-flip views, not {recipe.augmentation!r}")
+
+
 def _augmented(x: torch.Tensor, recipe: RecipeConfig, model: ImageClassifier,
                generator: torch.Generator) -> torch.Tensor:
     """A batch of ``[0, 1]`` images augmented as ``recipe.augmentation`` says."""
@@ -246,11 +254,7 @@ def train_heads(models: list[ImageClassifier], labels: list[torch.Tensor], *,
     sizes = {len(y) for y in labels}
     if len(sizes) != 1 or not models:
         raise ValueError(f"batched heads need training sets of one size, got {sorted(sizes)}")
-    if recipe.augment and not all(f.holds_every_view for f in features):
-        raise ValueError("augmented training draws views the feature bank does not hold (a bank "
-                         "of the unaugmented view)")
-    if recipe.augment and recipe.augmentation != "crop_flip":
-        raise ValueError(f"a feature bank holds crop-and-flip views, not {recipe.augmentation!r}")
+    _check_banks(recipe, features)
     start = time.perf_counter()
     (n,) = sizes
     for model in models:
