@@ -163,3 +163,94 @@ def test_the_inversions_batches_are_the_authors_infinite_loader():
     for want, draws in expected:
         assert torch.equal(next(got), want)
         assert torch.equal(torch.rand(2, generator=mine), draws)
+
+
+def _tiny_resnet(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("resnet18", 4, (0.5,) * 3, (0.25,) * 3, 8, {"width": 4}).eval()
+
+
+def test_nad_as_the_authors_code_distils_a_resnets_stem_and_first_three_stages():
+    """``neural_attention_distillation_pyp`` (their ``neural_attention_distillation.py``):
+    defaults, the attention map of ``criteria/attention.py``, and the maps it is taken of: the
+    inputs of layer1-layer4, i.e. the stem's output and the first three stages' outputs."""
+    from raypoison.defenses.tuning import (
+        NeuralAttentionDistillationPyP,
+        _stage_inputs,
+        attention_map,
+    )
+
+    p = NeuralAttentionDistillationPyP.Params()
+    assert (p.beta, p.p, p.teacher_steps, p.steps, p.lr, p.momentum, p.weight_decay,
+            p.batch_size, p.augment) == (1000.0, 2.0, 500, 2000, 1e-4, 0.9, 0.0, 128, True)
+    f = torch.tensor([[[[1.0, -2.0]], [[2.0, 0.0]]]])  # 1 × 2 channels × 1 × 2
+    summed = torch.tensor([1.0 + 4.0, 4.0 + 0.0])  # Σ_c |f|²
+    want = summed / (summed.norm() + 1e-6)
+    assert torch.allclose(attention_map(f, 2.0).flatten(), want)
+    model = _tiny_resnet()
+    x = torch.rand(2, 3, 8, 8)
+    captured = []
+    hooks = [s.register_forward_hook(lambda m, i, o: captured.append(i[0]))
+             for s in _stage_inputs(model)]
+    with torch.no_grad():
+        model.features(x)
+        ex = model.extractor
+        stem = torch.relu(ex.bn1(ex.conv1((x - model.mean) / model.std)))
+        want = [stem, ex.layer1(stem)]
+        want += [ex.layer2(want[-1])]
+        want += [ex.layer3(want[-1])]
+    for h in hooks:
+        h.remove()
+    assert [tuple(c.shape[1:]) for c in captured[:4]] == [(4, 8, 8), (4, 8, 8), (8, 4, 4),
+                                                          (16, 2, 2)]
+    assert all(torch.allclose(c, w) for c, w in zip(captured[:4], want, strict=True))
+    convnet = build_model("convnet", 4, (0.5,) * 3, (0.25,) * 3, 8, {"width": 8})
+    with pytest.raises(ValueError, match="ResNet.*neural_attention_distillation"):
+        _stage_inputs(convnet)
+
+
+def test_nad_as_the_authors_code_pulls_the_students_attention_to_the_teachers():
+    """With ``beta`` 0 the student is plain step-counted fine-tuning (the teacher's steps are
+    spent on another copy); with the attention term it ends nearer the teacher's maps."""
+    from raypoison.defenses.tuning import (
+        NeuralAttentionDistillationPyP,
+        _stage_inputs,
+        _stepwise,
+        attention_map,
+    )
+    from raypoison.training.loop import train
+
+    model = _tiny_resnet(1)
+    images = torch.randint(0, 256, (48, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(48) % 4
+    trusted = TrustedSet(images, labels)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    quick = dict(teacher_steps=20, steps=12, batch_size=16, lr=0.05, augment=False)
+    plain = NeuralAttentionDistillationPyP(
+        NeuralAttentionDistillationPyP.Params(beta=0.0, **quick)).repair(model, trusted, 5)
+    by_hand = copy.deepcopy(model)
+    train(by_hand, images, labels, seed=6, trainable="all", max_steps=12,
+          recipe=_stepwise(48, 12, 0.05, 0.9, 0.0, 16, False))
+    assert all(torch.allclose(a, b) for a, b in zip(plain.state_dict().values(),
+                                                     by_hand.state_dict().values(), strict=True))
+    teacher = copy.deepcopy(model)
+    train(teacher, images, labels, seed=5, trainable="all", max_steps=20,
+          recipe=_stepwise(48, 20, 0.05, 0.9, 0.0, 16, False))
+    pulled = NeuralAttentionDistillationPyP(
+        NeuralAttentionDistillationPyP.Params(beta=100.0, **quick)).repair(model, trusted, 5)
+
+    def maps(net, training):  # as the loss sees them: the student's BatchNorm in training mode
+        out = []
+        net = copy.deepcopy(net).train(training)
+        for stage in _stage_inputs(net):  # on a throwaway copy
+            stage.register_forward_hook(lambda m, i, o: out.append(attention_map(i[0], 2.0)))
+        with torch.no_grad():
+            net.features(images.float() / 255)
+        return out
+
+    def gap(net):
+        return sum(float(((a - b) ** 2).mean()) for a, b in zip(maps(net, True),
+                                                               maps(teacher, False), strict=True))
+    assert gap(pulled) < 0.6 * gap(plain)  # measured: 0.055 against 0.134
+    assert not model.training and not pulled.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched

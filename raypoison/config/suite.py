@@ -395,6 +395,13 @@ class SuiteConfig:
                     raise ConfigError(f"scenarios[{i}].trusted_per_class",
                                       "defenses need a trusted set: give trusted_per_class, or "
                                       "trusted as a share of the training set (e.g. '1%')")
+        from raypoison.defenses import DEFENSES
+
+        for j, defense in enumerate(self.defenses):
+            for s in self.scenarios:
+                problem = DEFENSES.get(defense.name).scenario_problem(defense.params, s)
+                if problem is not None:
+                    raise ConfigError(f"defenses[{j}]", f"{problem} (scenario {s.name!r})")
 
     def scenario(self, name: str) -> ScenarioConfig:
         for s in self.scenarios:

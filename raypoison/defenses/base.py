@@ -57,6 +57,12 @@ class Defense:
     def __init__(self, params: Any):
         self.params = params
 
+    @classmethod
+    def scenario_problem(cls, params: Any, scenario: Any) -> str | None:
+        """Why these parameters cannot defend ``scenario``'s victims, or None (checked when the
+        config is read)."""
+        return None
+
     def detect(self, model: ImageClassifier, trusted: TrustedSet, seed: int) -> float | None:
         return None
 

@@ -10,6 +10,9 @@
 - ``neural_attention_distillation`` (Li et al., 2021): fine-tune a teacher copy on the trusted
   set, then train the suspect model with cross-entropy + ``beta`` × the distance between its
   attention maps and the teacher's at the last three feature resolutions.
+- ``neural_attention_distillation_pyp``: NAD as the Pick your Poison group's code runs it
+  (:class:`NeuralAttentionDistillationPyP`): a step-counted teacher and student at lr 1e-4, the
+  attention of a ResNet's stem and first three stages, weight 1,000 on their sum.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -176,13 +179,23 @@ class PivotalTuning(Defense):
             drift = mean_squared_distance(tuned.parameters(), anchors, count)
             return p.feature_weight * geometry + p.param_weight * drift
 
-        batches = math.ceil(len(trusted) / p.batch_size)
-        recipe = RecipeConfig(lr=p.lr, momentum=p.momentum, nesterov=True,
-                              weight_decay=p.weight_decay, epochs=math.ceil(p.steps / batches),
-                              batch_size=p.batch_size, milestones=(), augment=p.augment)
+        recipe = _stepwise(len(trusted), p.steps, p.lr, p.momentum, p.weight_decay,
+                           p.batch_size, p.augment)
         train(tuned, trusted.images, trusted.labels, recipe=recipe, seed=seed, trainable="all",
               extra_loss=pivot, max_steps=p.steps)
         return tuned.eval()
+
+
+def _stepwise(n: int, steps: int, lr: float, momentum: float, weight_decay: float,
+              batch_size: int, augment: bool) -> RecipeConfig:
+    """The authors' tuning loops as a recipe of the one training loop: SGD with Nesterov
+    momentum and no schedule over shuffled passes of ``n`` samples (the last batch of a pass
+    smaller, as their infinite loader's), as many passes as ``steps`` needs; the caller stops
+    at ``steps`` with ``max_steps``."""
+    batches = math.ceil(n / batch_size)
+    return RecipeConfig(lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay,
+                        epochs=math.ceil(steps / batches), batch_size=batch_size,
+                        milestones=(), augment=augment)
 
 
 RESNET18_PARAMETERS = 11_173_962
@@ -304,6 +317,113 @@ class NeuralAttentionDistillation(Defense):
         try:
             train(student, trusted.images, trusted.labels, recipe=p.student.recipe(), seed=seed,
                   trainable="all", extra_loss=distill)
+        finally:
+            for h in hooks:
+                h.remove()
+        return student.eval()
+
+
+RESNETS = {"resnet18", "resnet34"}
+
+
+def _stage_inputs(model: ImageClassifier) -> list[nn.Module]:
+    """A ResNet extractor's four stages (``layer1``-``layer4``): their inputs are the stem's
+    output and the first three stages' outputs, the maps the authors' code distils (it records
+    the inputs of ``layer1``-``layer4`` and of the classifier, and keeps the 4-D ones)."""
+    stages = [getattr(model.extractor, f"layer{i}", None) for i in range(1, 5)]
+    if not all(isinstance(s, nn.Module) for s in stages):
+        raise ValueError(f"neural_attention_distillation_pyp distils a ResNet's stages (layer1-"
+                         f"layer4); {type(model).__name__} has none: use "
+                         "neural_attention_distillation, which finds a model's feature maps")
+    return cast(list[nn.Module], stages)
+
+
+def attention_map(features: torch.Tensor, p: float, eps: float = 1e-6) -> torch.Tensor:
+    """The authors' attention map of ``N×C×H×W`` features: the sum over channels of
+    ``|f|^p``, divided by its L2 norm over the map plus ``eps`` (``N×1×H×W``)."""
+    summed = features.abs().pow(p).sum(1, keepdim=True)
+    return summed / (torch.linalg.vector_norm(summed, dim=(2, 3), keepdim=True) + eps)
+
+
+@DEFENSES.register("neural_attention_distillation_pyp")
+class NeuralAttentionDistillationPyP(Defense):
+    """NAD as the Pick your Poison group's code runs it (`Ben-Schneider-code/Universal-Backdoor-
+    Attacks`, ``neural_attention_distillation.py``, ``criteria/attention.py`` and the
+    ``DefenseArgs`` defaults), read line by line and written anew here:
+
+    - the teacher: a copy of the suspect tuned with cross-entropy for ``teacher_steps`` (500)
+      SGD steps (lr 1e-4, Nesterov momentum 0.9, no weight decay) in batches of 128 of the
+      augmented trusted set, then frozen in eval mode;
+    - the student: the suspect itself, ``steps`` (2,000) steps of the same optimizer on
+      cross-entropy + ``beta`` (1,000) × the sum over the stem's and the first three stages'
+      outputs of the mean squared difference of :func:`attention_map` (``p`` = 2) between student
+      and teacher.
+
+    Their early stop when test accuracy falls to 1% is left out (it needs the test set and
+    does not fire at these settings). Only ResNets: the authors' code names the distilled
+    layers for its ResNet-18 alone; on another model it finds no feature map and silently
+    fine-tunes. ``neural_attention_distillation`` is Li et al.'s form at this project's settings.
+    """
+
+    @dataclass(frozen=True)
+    class Params:
+        beta: float = 1000.0
+        p: float = 2.0
+        teacher_steps: int = 500
+        steps: int = 2000
+        lr: float = 1e-4
+        momentum: float = 0.9
+        weight_decay: float = 0.0
+        batch_size: int = 128
+        augment: bool = True
+
+        def validate(self, path: str) -> None:
+            if self.beta < 0 or self.p <= 0:
+                raise ConfigError(path, f"beta must be ≥ 0 and p > 0, got {self.beta}, {self.p}")
+            if self.steps < 1 or self.teacher_steps < 0 or self.batch_size < 1 or self.lr <= 0:
+                raise ConfigError(path, "steps and batch_size must be ≥ 1, teacher_steps ≥ 0, "
+                                        "lr > 0")
+
+    @classmethod
+    def scenario_problem(cls, params: Any, scenario: Any) -> str | None:
+        others = sorted({scenario.models[v].arch for v in scenario.victims} - RESNETS)
+        if others:
+            return (f"neural_attention_distillation_pyp distils a ResNet's stages; victims of "
+                    f"architecture {', '.join(others)} have none (neural_attention_distillation "
+                    "finds any model's feature maps)")
+        return None
+
+    def repair(self, model: ImageClassifier, trusted: TrustedSet, seed: int) -> ImageClassifier:
+        p = self.params
+        teacher = trainable_copy(model)
+        if p.teacher_steps:
+            train(teacher, trusted.images, trusted.labels, seed=seed, trainable="all",
+                  recipe=_stepwise(len(trusted), p.teacher_steps, p.lr, p.momentum,
+                                   p.weight_decay, p.batch_size, p.augment),
+                  max_steps=p.teacher_steps)
+        teacher = frozen_copy(teacher)
+        student = trainable_copy(model)
+        captured: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+        hooks = [stage.register_forward_hook(
+                     lambda mod, inputs, out, who=who: captured[who].append(inputs[0]))
+                 for who, net in (("student", student), ("teacher", teacher))
+                 for stage in _stage_inputs(net)]
+
+        def distill(x: torch.Tensor, feats: torch.Tensor, logits: torch.Tensor,
+                    y: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                teacher.features(x)
+            pairs = zip(captured["student"], captured["teacher"], strict=True)
+            loss = sum(F.mse_loss(attention_map(s, p.p), attention_map(t, p.p)) for s, t in pairs)
+            captured["student"].clear()
+            captured["teacher"].clear()
+            return p.beta * loss
+
+        try:
+            train(student, trusted.images, trusted.labels, seed=seed + 1, trainable="all",
+                  recipe=_stepwise(len(trusted), p.steps, p.lr, p.momentum, p.weight_decay,
+                                   p.batch_size, p.augment),
+                  extra_loss=distill, max_steps=p.steps)
         finally:
             for h in hooks:
                 h.remove()
