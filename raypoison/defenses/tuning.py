@@ -361,8 +361,8 @@ class NeuralAttentionDistillationPyP(Defense):
 
     Their early stop when test accuracy falls to 1% is left out (it needs the test set and
     does not fire at these settings). Only ResNets: the authors' code names the distilled
-    layers for its ResNet-18 alone; on another model it finds no feature map and silently
-    fine-tunes. ``neural_attention_distillation`` is Li et al.'s form at this project's settings.
+    layers for its ResNet-18 alone and does not run on another model; here another victim is
+    refused when the config is read. ``neural_attention_distillation`` is Li et al.'s form at this project's settings.
     """
 
     @dataclass(frozen=True)
