@@ -48,6 +48,15 @@ def test_extrapolation_from_one_and_two_iterations_is_exact_for_nested_loops():
         cost.extrapolated(Loops(), _work).flops
 
 
+def test_every_loop_count_of_a_defense_is_scaled():
+    from raypoison.defenses.tuning import NeuralAttentionDistillationPyP
+
+    params = NeuralAttentionDistillationPyP.Params()
+    assert list(cost.loop_fields(params)) == [("teacher_steps",), ("steps",)]
+    once = cost.looping_once(params)
+    assert (once.teacher_steps, once.steps) == (1, 1)
+
+
 def test_feature_collision_crafting_counts_what_crafting_at_full_length_executes(
         tiny_raw, tiny_checkpoint):
     scenario = parse_suite(tiny_raw).scenarios[0]

@@ -352,8 +352,15 @@ def test_a_defense_for_resnets_only_is_refused_for_other_victims_when_the_config
                                           r"distils a ResNet's stages; victims of architecture "
                                           r"convnet have none .*scenario 'tiny-scratch'"):
         parse_suite({**copy.deepcopy(PYP), "defenses": ["neural_attention_distillation_pyp"]})
+    mixed = copy.deepcopy(PYP)  # one ResNet among the victims is not enough
+    mixed["scenarios"][0]["models"]["res"] = {"arch": "resnet18", "params": {"width": 4}}
+    mixed["scenarios"][0]["victims"] = ["net", "res"]
+    with pytest.raises(ConfigError, match="architecture convnet have none"):
+        parse_suite({**mixed, "defenses": ["neural_attention_distillation_pyp"]})
     raw = copy.deepcopy(PYP)
-    raw["scenarios"][0]["models"]["net"] = {"arch": "resnet18", "params": {"width": 4}}
+    raw["scenarios"][0]["models"] = {"net": {"arch": "resnet18", "params": {"width": 4}},
+                                     "deep": {"arch": "resnet34", "params": {"width": 4}}}
+    raw["scenarios"][0]["victims"] = ["net", "deep"]
     assert parse_suite({**raw, "defenses": ["neural_attention_distillation_pyp"]}).defenses
 
 

@@ -361,8 +361,10 @@ class NeuralAttentionDistillationPyP(Defense):
 
     Their early stop when test accuracy falls to 1% is left out (it needs the test set and
     does not fire at these settings). Only ResNets: the authors' code names the distilled
-    layers for its ResNet-18 alone and does not run on another model; here another victim is
-    refused when the config is read. ``neural_attention_distillation`` is Li et al.'s form at this project's settings.
+    layers for its ResNet-18 alone and does not run on another model; here the ResNet-34 gets
+    the same four maps (an extension: their code has no numbers for it) and another victim is
+    refused when the config is read. ``neural_attention_distillation`` is Li et al.'s form at
+    this project's settings.
     """
 
     @dataclass(frozen=True)
@@ -383,6 +385,9 @@ class NeuralAttentionDistillationPyP(Defense):
             if self.steps < 1 or self.teacher_steps < 0 or self.batch_size < 1 or self.lr <= 0:
                 raise ConfigError(path, "steps and batch_size must be ≥ 1, teacher_steps ≥ 0, "
                                         "lr > 0")
+            if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+                raise ConfigError(path, f"momentum must be in [0, 1) and weight_decay ≥ 0, got "
+                                        f"{self.momentum}, {self.weight_decay}")
 
     @classmethod
     def scenario_problem(cls, params: Any, scenario: Any) -> str | None:

@@ -11,10 +11,10 @@ the formulas of :mod:`torch.utils.flop_counter` on the ops of code this project 
 - crafting and defenses: the attack's ``craft`` and the defense's ``detect``/``repair``/``flag``
   run on models of the scenario's architectures (random weights: FLOPs do not depend on them) and
   random images of the data set's shape, with every iteration count of their parameters
-  (``iterations``, ``steps``, ``epochs``, nested ones too) set to 1, then each in turn to 2; the
-  difference is that loop's cost per iteration, so the configured counts scale it exactly for
-  loops whose cost does not change from one iteration to the next. The result is an upper bound
-  where a loop may stop early (Feature Collision's step rule, a loss threshold).
+  (``iterations``, ``steps``, ``epochs``, ``teacher_steps``, nested ones too) set to 1, then
+  each in turn to 2; the difference is that loop's cost per iteration, so the configured counts
+  scale it exactly for loops whose cost does not change from one iteration to the next. The
+  result is an upper bound where a loop may stop early (Feature Collision's step rule, a loss threshold).
 - evaluation: the forward pass over the test set.
 
 Time is ``FLOPs / rate + steps × seconds_per_step`` with the device's rate (float32 or bf16, by
@@ -55,7 +55,7 @@ from raypoison.training.loop import train
 from raypoison.training.recipe import RecipeConfig
 
 PHASES = ("pretrain", "bank", "craft", "train", "defend", "eval")
-LOOP_FIELDS = ("iterations", "steps", "epochs")
+LOOP_FIELDS = ("iterations", "steps", "epochs", "teacher_steps")
 # parameters that end a loop early on a loss threshold, and the value that never does: the plan
 # counts the configured iterations (on random weights a threshold would stop at once)
 STOP_FIELDS = {"stop_below": None}
