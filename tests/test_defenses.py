@@ -296,6 +296,38 @@ def test_the_trusted_set_is_held_out_from_training(pyp):
         parse_suite(bad)
 
 
+def test_an_attack_success_rate_counts_the_test_images_its_scope_names(pyp):
+    """``other_classes`` leaves out the poisons' label, ``every_class`` (the authors' code)
+    counts every test image, so it is the other classes' rate and the poisons' own class's
+    rate weighted by their counts; ``target_class`` counts the target's class alone."""
+    from raypoison.training.loop import predict
+    from raypoison.trial.evaluate import asr_members
+
+    suite, ctx = pyp
+    setup = ctx.setup(0)
+    crafted = create_attack(_spec(suite, "badnets-poisons40").attack).craft(ctx, setup, 7, 0)
+    torch.manual_seed(4)
+    model = ctx.fresh_victim("net", 11).eval()
+    with torch.no_grad():  # an untrained net says one class; this head spreads its answers
+        model.head.bias.zero_()
+        model.head.weight.normal_(0, 10)
+    rate = {scope: evaluate_victim(model, ctx.data, setup, trigger=crafted.trigger,
+                                   asr_scope=scope).attack_success_rate
+            for scope in ("target_class", "other_classes", "every_class")}
+    y = ctx.data.test_y
+    hit = predict(model, paste(ctx.data.test_x, crafted.trigger)) == setup.base_class
+    own = y == setup.base_class
+    assert len(asr_members(ctx.data, setup, "every_class")) == len(y) == 200
+    assert rate["every_class"] == pytest.approx(float(hit.float().mean()))
+    assert rate["other_classes"] == pytest.approx(float(hit[~own].float().mean()))
+    assert rate["target_class"] == pytest.approx(
+        float(hit[y == setup.target_class].float().mean()))
+    assert rate["every_class"] == pytest.approx(
+        (rate["other_classes"] * int((~own).sum()) + float(hit[own].float().sum())) / len(y))
+    assert 0 < rate["every_class"] < 1 and float(hit[own].float().mean()) != pytest.approx(
+        rate["other_classes"])  # the scopes differ here
+
+
 @pytest.fixture(scope="module")
 def outcomes(pyp, twins):
     suite, ctx = pyp

@@ -129,7 +129,8 @@ class ScenarioConfig:
     # the trial's own clean training images, which the victim trained on (the images above are
     # still left out of training, so both forms train the same victims)
     trusted_from: Literal["held_out", "training"] = "held_out"
-    asr_scope: Literal["target_class", "other_classes"] = "target_class"
+    # which triggered test images an attack success rate counts (:func:`asr_members`)
+    asr_scope: Literal["target_class", "other_classes", "every_class"] = "target_class"
 
     # what only the defenses see: neither crafting, training nor the undefended evaluation reads
     # these (nor the name), so scenarios that differ in no other field train the same victims

@@ -214,7 +214,7 @@ class TrialContext:
         if self.scenario.mode != "transfer":
             return None
         scope = self.scenario.asr_scope
-        which = setup.target_class if scope == "target_class" else setup.base_class
+        which = {"target_class": setup.target_class, "other_classes": setup.base_class}.get(scope)
         key = (name, scope, which, trigger.description)
         if key not in self._triggered:
             images = paste(self.data.test_x[asr_members(self.data, setup, scope)], trigger)

@@ -127,10 +127,14 @@ def poisons_fit(model: ImageClassifier, poisons: Poisons) -> float | None:
 
 def asr_members(data: ImageData, setup: Setup, scope: str) -> torch.Tensor:
     """The test images an attack success rate counts: the target class's (``target_class``, as
-    the benchmark's backdoors are measured) or every class but the base class (``other_classes``,
-    as "Pick your Poison" measures its backdoors)."""
+    the benchmark's backdoors are measured), every class but the base class, the poisons' label
+    (``other_classes``, as "Pick your Poison" defines the rate), or every test image
+    (``every_class``, as that paper's authors' code counts it: images of the poisons' label
+    predicted as their own class count as successes, about clean accuracy / classes more)."""
     if scope == "target_class":
         return torch.nonzero(data.test_y == setup.target_class).flatten()
+    if scope == "every_class":
+        return torch.arange(len(data.test_y))
     return torch.nonzero(data.test_y != setup.base_class).flatten()
 
 

@@ -292,7 +292,8 @@ def _defense_seed(spec: TrialSpec, victim: str, label: str) -> int:
     return derive_seed(spec.scenario.seed, spec.index, victim, label, "defend")
 
 
-def _train_seed(spec: TrialSpec, victim: str) -> int:
+def train_seed(spec: TrialSpec, victim: str) -> int:
+    """The seed victim ``victim`` of trial ``spec`` trains with (its row's ``seed_train``)."""
     return derive_seed(spec.scenario.seed, spec.index, victim, "train")
 
 
@@ -310,7 +311,7 @@ def saved_rows(spec: TrialSpec, store: VictimStore) -> list[dict]:
     per: dict[str, dict[str, Any]] = {}
     finished = list(spec.defenses)
     for victim in spec.scenario.victims:
-        fields = store.victim_fields(spec, victim, _train_seed(spec, victim))
+        fields = store.victim_fields(spec, victim, train_seed(spec, victim))
         if fields is None:
             return []
         defended = {}
@@ -339,7 +340,7 @@ def _defend_saved(trial: _Trial, ctx: TrialContext, store: VictimStore) -> None:
     clean, images, labels = _training_set(ctx, ctx.training_pool(setup, spec.index), poisons)
     per: dict[str, dict[str, Any]] = {}
     for victim in scenario.victims:
-        seed_train = _train_seed(spec, victim)
+        seed_train = train_seed(spec, victim)
         model = ctx.fresh_victim(victim, seed_train)
         per[victim] = store.load_victim(spec, victim, model, seed_train)
         model.eval()
@@ -357,7 +358,7 @@ def _train_and_evaluate(spec, ctx, setup, pool, poisons, trigger=None,
     per: dict[str, dict[str, Any]] = {}
     banked = ctx.uses_feature_bank
     for victim in scenario.victims:
-        seed_train = _train_seed(spec, victim)
+        seed_train = train_seed(spec, victim)
         model = ctx.fresh_victim(victim, seed_train)
         features = ctx.training_features(victim, clean, poisons.images) if banked else None
         fit = train(model, images, labels, recipe=scenario.training_recipe, seed=seed_train,
@@ -442,7 +443,7 @@ def _train_group(jobs: list[_Ready], ctx: TrialContext,
         id(job): {} for job in jobs}
     try:
         for victim in scenario.victims:
-            seeds = [_train_seed(job.trial.spec, victim) for job in jobs]
+            seeds = [train_seed(job.trial.spec, victim) for job in jobs]
             models = [ctx.fresh_victim(victim, seed) for seed in seeds]
             features = []
             for job in jobs:
