@@ -20,8 +20,9 @@ import pandas as pd
 
 from raypoison.store import results
 
-REPAIRS = ("pivotal_tuning", "fine_tuning", "fine_pruning", "neural_attention_distillation")
-DETECTORS = ("calibrated_trigger_inversion", "neural_cleanse")
+REPAIRS = ("pivotal_tuning", "fine_tuning", "fine_pruning", "neural_attention_distillation",
+           "neural_attention_distillation_pyp")
+DETECTORS = ("calibrated_trigger_inversion", "neural_cleanse", "neural_cleanse_additive")
 
 
 def victims(df: pd.DataFrame) -> pd.DataFrame:
