@@ -91,6 +91,20 @@ def test_a_plan_counts_every_phase_and_scales_with_the_config(tiny_raw):
     assert cells["none"].per_trial["train"].steps >= recipe.epochs * 48 // recipe.batch_size
 
 
+def test_an_attack_with_its_own_poison_count_is_counted_on_the_planners_sample(tiny_raw):
+    """BadNets names its poison count itself: the planner must craft its counted sample, not
+    500 poisons from a sample of 27 images a class (that raised)."""
+    tiny_raw["attacks"] = [{"name": "badnets", "params": {"poisons": 30}}]
+    suite = parse_suite(tiny_raw)
+    attack = suite.attacks[0]
+    attack = dataclasses.replace(attack, params=dataclasses.replace(attack.params, poisons=500))
+    shape = cost.Shape(10, 3, 32, 50_000, 10_000, (0.5,) * 3, (0.5,) * 3)
+    count, _ = cost.crafting(attack, suite.scenarios[0], shape)
+    assert count.flops >= 0
+    [plan] = cost.plan_suite(suite)
+    assert [c.attack for c in plan.cells] == ["badnets"]
+
+
 def test_plan_prints_the_table_and_refuses_an_unknown_device(tiny_raw, tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text(json.dumps(tiny_raw))
