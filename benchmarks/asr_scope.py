@@ -42,41 +42,43 @@ def main() -> None:
     wanted = parse_trial_range(args.trials)
     store = VictimStore(f"{args.output.rstrip('/')}/victims")
     seen: set[tuple] = set()
+    contexts: dict[str, TrialContext] = {}  # one per scenario, made when first needed
     print("| attack | trial | victim | recorded | " + " | ".join(SCOPES) + " | clean |")
     print("|---|---|---|---|" + "---|" * len(SCOPES) + "---|")
-    for scenario in suite.scenarios:
-        ctx = None
-        for spec in expand(suite):
-            if spec.scenario.name != scenario.name or (wanted is not None and spec.index not in wanted):
+    for spec in expand(suite):
+        if wanted is not None and spec.index not in wanted:
+            continue
+        scenario = spec.scenario
+        for victim in scenario.victims:
+            seed = train_seed(spec, victim)
+            fields = store.victim_fields(spec, victim, seed)
+            if fields is None:
                 continue
-            for victim in scenario.victims:
-                seed = train_seed(spec, victim)
-                fields = store.victim_fields(spec, victim, seed)
-                if fields is None:
-                    continue
-                key = (spec.attack.label, spec.index, victim, fields.get("seconds_train"))
-                if key in seen:
-                    continue
-                seen.add(key)
-                ctx = ctx or TrialContext.create(scenario, {})
-                _, trigger, _, _ = store.load_trial(spec, ctx.device)
-                if trigger is None:
-                    continue
-                model = ctx.fresh_victim(victim, seed)
-                store.load_victim(spec, victim, model, seed)
-                model.eval()
-                setup = ctx.setup(spec.index)
-                rates = {s: evaluate_victim(model, ctx.data, setup, trigger=trigger,
-                                            asr_scope=s) for s in SCOPES}
-                recorded = fields["attack_success_rate"]
-                again = rates[scenario.asr_scope].attack_success_rate
-                if again is None or abs(again - recorded) > 1e-9:
-                    raise SystemExit(f"{spec.attack.label} trial {spec.index} {victim}: the "
-                                     f"saved victim gives {again}, its row {recorded}")
-                print(f"| {spec.attack.label} | {spec.index} | {victim} | {100 * recorded:.2f} | "
-                      + " | ".join(f"{100 * (rates[s].attack_success_rate or 0.0):.2f}"
-                                   for s in SCOPES)
-                      + f" | {100 * rates[SCOPES[0]].clean_accuracy:.2f} |")
+            key = (spec.attack.label, spec.index, victim, fields.get("seconds_train"))
+            if key in seen:
+                continue
+            seen.add(key)
+            if scenario.name not in contexts:
+                contexts[scenario.name] = TrialContext.create(scenario, {})
+            ctx = contexts[scenario.name]
+            _, trigger, _, _ = store.load_trial(spec, ctx.device)
+            if trigger is None:
+                continue
+            model = ctx.fresh_victim(victim, seed)
+            store.load_victim(spec, victim, model, seed)
+            model.eval()
+            setup = ctx.setup(spec.index)
+            rates = {s: evaluate_victim(model, ctx.data, setup, trigger=trigger,
+                                        asr_scope=s) for s in SCOPES}
+            recorded = fields["attack_success_rate"]
+            again = rates[scenario.asr_scope].attack_success_rate
+            if again is None or abs(again - recorded) > 1e-9:
+                raise SystemExit(f"{spec.attack.label} trial {spec.index} {victim}: the "
+                                 f"saved victim gives {again}, its row {recorded}")
+            print(f"| {spec.attack.label} | {spec.index} | {victim} | {100 * recorded:.2f} | "
+                  + " | ".join(f"{100 * (rates[s].attack_success_rate or 0.0):.2f}"
+                               for s in SCOPES)
+                  + f" | {100 * rates[SCOPES[0]].clean_accuracy:.2f} |")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,13 @@ class Attack:
         """How many poisons a trial must have (the checks hold the attack to it)."""
         return scenario.budget
 
+    @classmethod
+    def with_poison_count(cls, params: Any, count: int) -> Any:
+        """``params`` set to craft ``count`` poisons (the cost planner crafts a sample): an attack
+        whose count is the scenario's budget crafts one poison per base of its setup, so its
+        parameters stay as they are."""
+        return params
+
     def craft(self, ctx: CraftingContext, setup: Setup, seed: int, index: int) -> CraftResult:
         """Poisons for trial ``index`` with ``setup``; ``seed`` drives any randomness."""
         return self.craft_many(ctx, [setup], [seed], [index])[0]

@@ -32,7 +32,7 @@ their labels, which makes the backdoor harder to find) is not implemented.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -54,6 +54,10 @@ class DirtyLabelBackdoor(Attack):
     @classmethod
     def poison_count(cls, params: Any, scenario: Any) -> int:
         return params.poisons
+
+    @classmethod
+    def with_poison_count(cls, params: Any, count: int) -> Any:
+        return replace(params, poisons=count)
 
     @classmethod
     def scenario_problem(cls, params: Any, scenario: Any) -> str | None:

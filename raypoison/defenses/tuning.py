@@ -406,7 +406,7 @@ class NeuralAttentionDistillationPyP(Defense):
                   recipe=_stepwise(len(trusted), p.teacher_steps, p.lr, p.momentum,
                                    p.weight_decay, p.batch_size, p.augment),
                   max_steps=p.teacher_steps)
-        teacher = frozen_copy(teacher)
+        teacher.eval().requires_grad_(False)
         student = trainable_copy(model)
         captured: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
         hooks = [stage.register_forward_hook(

@@ -337,8 +337,7 @@ def crafting(attack: Component, scenario: ScenarioConfig, shape: Shape) -> tuple
         notes.append("crafting includes training its own model")
     budget = cls.poison_count(attack.params, scenario)
     counted_poisons = min(budget, MAX_COUNTED_POISONS)
-    if isinstance(getattr(params, "poisons", None), int):  # the count is the attack's own
-        params = dataclasses.replace(params, poisons=counted_poisons)
+    params = cls.with_poison_count(params, counted_poisons)
     data = random_data(shape, counted_poisons + 2)
     models = {name: _frozen(fresh(scenario.models[name], shape, i))
               for i, name in enumerate(dict.fromkeys((*scenario.attackers,
