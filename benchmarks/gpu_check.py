@@ -353,6 +353,7 @@ def _defense_params(tiny: bool) -> dict[str, dict]:
         "fine_tuning": {"epochs": 2}, "fine_pruning": {"tune": {"epochs": 2}},
         "pivotal_tuning": {"steps": steps, "param_mean": "resnet18"},
         "neural_attention_distillation": {"teacher": {"epochs": 2}, "student": {"epochs": 2}},
+        "neural_attention_distillation_pyp": {"steps": steps, "teacher_steps": steps},
         "neural_cleanse": {"steps": steps},
         "calibrated_trigger_inversion": {"steps": 2 if tiny else 20,
                                          "repair": {"steps": steps, "param_mean": "resnet18"}},
@@ -361,9 +362,10 @@ def _defense_params(tiny: bool) -> dict[str, dict]:
 
 def stage_backdoors(args, device, state) -> dict:
     """Every backdoor attack from scratch and every defense once, through ``run_trial`` on the
-    device: a small ConvNet on synthetic data, trained under the recipe's precision. No code of
-    these had run on CUDA before; this says whether each does (``status`` and ``error`` per row)
-    and how long each took at this toy size, not what they cost or achieve at the protocol's."""
+    device: a narrow ResNet-18 (every defense accepts it; one distils a ResNet's stages) on
+    synthetic data, trained under the recipe's precision. No code of these had run on CUDA
+    before; this says whether each does (``status`` and ``error`` per row) and how long each took
+    at this toy size, not what they cost or achieve at the protocol's."""
     from raypoison.config.specs import expand
     from raypoison.config.suite import parse_suite
     from raypoison.core.registry import build_component
@@ -394,7 +396,7 @@ def stage_backdoors(args, device, state) -> dict:
         "name": "gpu-check-backdoors",
         "scenarios": [{
             "name": "scratch", "mode": "scratch", "dataset": dataset,
-            "models": {"net": {"arch": "convnet", "params": {"width": 8}},
+            "models": {"net": {"arch": "resnet18", "params": {"width": 8}},
                        "adv": {"arch": "convnet", "params": {"width": 8},
                                "checkpoint": str(folder / "adv.pt")}},
             "attacker": "adv", "victims": ["net"], "budget": 1, "epsilon": "8/255", "trials": 1,
