@@ -136,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
                            "--calibration")
     plan.add_argument("--attacks", type=_csv, help="only these attack labels, comma separated")
     plan.add_argument("--scenarios", type=_csv, help="only these scenarios, comma separated")
+    plan.add_argument("--defenses", type=_csv,
+                      help="only these defense labels, comma separated ('none': no defense); "
+                           "counting many defenses on a CIFAR-sized model takes minutes")
     plan.set_defaults(handler=_plan)
 
     validate = sub.add_parser("validate", help="check a config and count its trials")
@@ -411,7 +414,8 @@ def _plan(args: argparse.Namespace) -> int:
     if args.calibration:  # a bad file is refused before anything is measured
         cost.calibration_file(Path(args.calibration))
     suite = load_suite(args.config)
-    plans = cost.plan_suite(suite, attacks=args.attacks, scenarios=args.scenarios)
+    plans = cost.plan_suite(suite, attacks=args.attacks, scenarios=args.scenarios,
+                            defenses=args.defenses)
     if args.calibrate:
         # on the first planned scenario's attacker and data shape (its data already read)
         scenario = next(s for s in suite.scenarios if s.name == plans[0].name)

@@ -116,6 +116,60 @@ def test_plan_prints_the_table_and_refuses_an_unknown_device(tiny_raw, tmp_path,
     assert "unknown device 'tpu9'" in capsys.readouterr().err
 
 
+def test_a_plan_says_what_each_defense_costs_and_plans_only_those_named(tiny_raw, tmp_path,
+                                                                        capsys):
+    tiny_raw["scenarios"][0]["trusted_per_class"] = 2
+    tiny_raw["attacks"] = [{"name": "none"}]
+    tiny_raw["defenses"] = [{"name": "fine_tuning", "label": "ft2", "params": {"epochs": 2}},
+                            {"name": "fine_tuning", "label": "ft6", "params": {"epochs": 6}},
+                            {"name": "spectral_signatures"}]
+    suite = parse_suite(tiny_raw)
+    [plan] = cost.plan_suite(suite)
+    assert list(plan.defenses) == ["ft2", "ft6", "spectral_signatures"]
+    [cell] = plan.cells
+    total = sum((c.flops for c in plan.defenses.values()), 0.0)
+    assert cell.per_trial["defend"].flops == pytest.approx(total) and total > 0
+    assert 2 < plan.defenses["ft6"].flops / plan.defenses["ft2"].flops < 3.05  # 6 epochs vs 2
+    [only] = cost.plan_suite(suite, defenses=["ft6"])
+    assert list(only.defenses) == ["ft6"]
+    assert only.cells[0].per_trial["defend"].flops == pytest.approx(plan.defenses["ft6"].flops)
+    [bare] = cost.plan_suite(suite, defenses=["none"])
+    assert bare.defenses == {} and bare.cells[0].per_trial["defend"].flops == 0
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(tiny_raw))
+    assert main(["plan", str(config), "--defenses", "ft2,spectral_signatures"]) == 0
+    out = capsys.readouterr().out
+    assert "| defense (every victim) | FLOPs / trial | s / trial |" in out
+    assert "| ft2 |" in out and "| spectral_signatures |" in out and "| ft6 |" not in out
+    assert main(["plan", str(config), "--defenses", "strip"]) == 2
+    assert "unknown name 'strip'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["strip", "spectral_signatures"])
+def test_flagging_a_training_set_is_counted_as_flagging_all_of_it(tiny_raw, name):
+    """STRIP scores the trusted set once a trial and each training image: scaling one sample's
+    whole count by the training set's size multiplied the fixed part too (its plan was 2.7 times
+    a measured trial). Two samples and a line equal flagging every image."""
+    from raypoison.core.registry import build_component
+    from raypoison.defenses import DEFENSES, TrainingSet, TrustedSet
+
+    scenario = parse_suite(tiny_raw).scenarios[0]
+    shape = cost.Shape(4, 3, 12, 2000, 40, (0.5,) * 3, (0.5,) * 3)
+    model = cost._frozen(cost.fresh(scenario.models["net-a"], shape))
+    defense = DEFENSES.get(name)(build_component(name, "defense", DEFENSES).params)
+    trusted_data = cost.random_data(shape, 30)  # a large fixed part
+    trusted = TrustedSet(trusted_data.train_x, trusted_data.train_y,
+                         test_images=trusted_data.test_x, test_labels=trusted_data.test_y)
+    n_train = 1000
+    planned = cost.flagging(defense, model, trusted, shape, n_train)
+    everything = cost.random_data(shape, n_train // shape.classes)
+    direct = cost.counted(lambda: defense.flag(
+        TrainingSet(everything.train_x, everything.train_y), model, trusted, 0))
+    assert direct > 0
+    assert planned == pytest.approx(direct, rel=1e-6)
+
+
 def test_calibration_measures_this_machine_and_is_read_back(tiny_raw, tmp_path):
     scenario = parse_suite(tiny_raw).scenarios[0]
     shape = cost.Shape(4, 3, 12, 160, 40, (0.5,) * 3, (0.5,) * 3)

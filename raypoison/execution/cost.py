@@ -42,6 +42,7 @@ from raypoison.attacks import ATTACKS
 from raypoison.attacks.context import StandaloneContext
 from raypoison.config.specs import select
 from raypoison.config.suite import ModelConfig, ScenarioConfig, SuiteConfig
+from raypoison.core.identity import NO_DEFENSE
 from raypoison.core.registry import Component
 from raypoison.core.schema import to_plain
 from raypoison.data import DATASETS, ImageData, load_dataset
@@ -141,6 +142,8 @@ class ScenarioCost:
     shared: dict[str, Count]  # once per run (pre-training) or per worker (feature bank)
     cells: list[Cell]
     precision: str = "float32"
+    # each defense's part of a trial's "defend" phase (every victim), by label
+    defenses: dict[str, Count] = field(default_factory=dict)
 
 
 # -- data and models of the right shape ------------------------------------------------------
@@ -366,7 +369,8 @@ def defending(defense: Component, scenario: ScenarioConfig, shape: Shape, victim
     a class, and one more run with two, its loops at 1, gives the cost of each further image,
     instead of scoring thousands of images on the CPU at each loop count: on a CIFAR-sized config
     that took more than 15 minutes for Calibrated Trigger Inversion alone. The training set is
-    flagged on a sample of at most 256 images and scaled the same way.
+    flagged on samples of at most 128 and 256 images and extrapolated the same way
+    (:func:`flagging`).
     """
     cls = DEFENSES.get(defense.name)
     trusted_per_class = max(1, scenario.trusted_count(shape.train, shape.classes))
@@ -392,19 +396,36 @@ def defending(defense: Component, scenario: ScenarioConfig, shape: Shape, victim
     loops = extrapolated(defense.params, one_image, once=base)
     per_image = max(counted(lambda: detect_and_repair(2)(once)) - base, 0.0)  # one more a class
     scored = loops + Count(per_image * (max(1, shape.test // shape.classes) - 1), 0)
-    sample = random_data(shape, max(1, min(n_train, 256) // shape.classes))
-    training_set, flag_trusted = TrainingSet(sample.train_x, sample.train_y), trusted(1)
+    return scored + Count(flagging(cls(defense.params), model, trusted(1), shape, n_train), 1)
 
-    def flag() -> None:
-        cls(defense.params).flag(training_set, model, flag_trusted, 0)
 
-    return scored + Count(counted(flag) * n_train / len(sample.train_y), 1)
+def flagging(defense: Any, model: ImageClassifier, trusted: TrustedSet, shape: Shape,
+             n_train: int) -> float:
+    """FLOPs of ``defense.flag`` on a training set of ``n_train`` images, from two samples of it
+    (at most 128 and 256 images): the difference is the cost of each further image, and what
+    the smaller sample costs beyond that is fixed per trial (STRIP's entropies of the trusted
+    set). Scaling the whole count of one sample, as the planner did, multiplied that fixed part
+    too: STRIP's plan was 2.7 times what a trial took."""
+    def count(per_class: int) -> tuple[float, int]:
+        sample = random_data(shape, per_class)
+        training = TrainingSet(sample.train_x, sample.train_y)
+        return counted(lambda: defense.flag(training, model, trusted, 0)), len(sample.train_y)
+
+    small_per_class = max(1, min(n_train, 128) // shape.classes)
+    small, n_small = count(small_per_class)
+    if n_train <= n_small:
+        return small * n_train / n_small
+    large, n_large = count(2 * small_per_class)
+    per_image = max(large - small, 0.0) / (n_large - n_small)
+    return max(small - per_image * n_small, 0.0) + per_image * n_train
 
 
 def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
-               scenarios: list[str] | None = None,
+               scenarios: list[str] | None = None, defenses: list[str] | None = None,
                load: Callable[[Component], ImageData] = load_dataset) -> list[ScenarioCost]:
-    """Every scenario's costs: shared (pre-training, feature banks) and per trial, per attack."""
+    """Every scenario's costs: shared (pre-training, feature banks) and per trial, per attack.
+    ``defenses`` keeps only those labels (as ``raypoison run --defenses``; ``none``: no
+    defense), the others neither counted nor costed."""
     out = []
     shapes: dict[str, Shape] = {}
     pretrained: set[str] = set()
@@ -422,6 +443,9 @@ def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
         return shapes[key]
 
     chosen_attacks = select(suite.attacks, attacks, "--attacks", lambda a: a.label)
+    chosen_defenses = select(suite.defenses, None if defenses is None else
+                             [d for d in defenses if d != NO_DEFENSE], "--defenses",
+                             lambda d: d.label)
     for scenario in select(suite.scenarios, scenarios, "--scenarios", lambda s: s.name):
         shape = shape_of(scenario.dataset)
         shared: dict[str, Count] = {p: Count() for p in PHASES}
@@ -451,10 +475,12 @@ def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
             else:
                 evaluation += Count(forward_per_image(cfg, shape) * shape.test,
                                     math.ceil(shape.test / 512))
-        defend = Count()
-        for defense in suite.defenses:
-            for victim in scenario.victims:
-                defend += defending(defense, scenario, shape, victim, n_train)
+        by_defense: dict[str, Count] = {}
+        for defense in chosen_defenses:
+            by_defense[defense.label] = sum(
+                (defending(defense, scenario, shape, victim, n_train)
+                 for victim in scenario.victims), Count())
+        defend = sum(by_defense.values(), Count())
         cells = []
         for attack in chosen_attacks:
             craft, notes = crafting(attack, scenario, shape)
@@ -468,7 +494,7 @@ def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
             cells.append(Cell(scenario.name, attack.label, scenario.trials, per,
                               scenario.training_recipe.precision, notes))
         out.append(ScenarioCost(scenario.name, shape, shared, cells,
-                                scenario.training_recipe.precision))
+                                scenario.training_recipe.precision, by_defense))
     return out
 
 
@@ -628,6 +654,13 @@ def render(plans: list[ScenarioCost], device_name: str, device: Device, *, gpus:
             for note in cell.notes:
                 lines.append(f"  ({cell.attack}: {note})")
         lines.append("")
+        if plan.defenses:  # what makes up "defend", costliest first
+            lines.append("| defense (every victim) | FLOPs / trial | s / trial |")
+            lines.append("|---|---:|---:|")
+            for label, count in sorted(plan.defenses.items(), key=lambda kv: -kv[1].flops):
+                lines.append(f"| {label} | {_flops(count.flops)} | "
+                             f"{device.seconds(count, plan.precision):.3g} |")
+            lines.append("")
     t = totals(plans, device, workers)
     unit = "GPU" if on_gpu else "worker"
     lines.append(f"Whole config: {_flops(t.flops)}, {t.device_seconds / 3600:.3g} {unit}-hours "
