@@ -47,7 +47,7 @@ from raypoison.core.registry import Component
 from raypoison.core.schema import to_plain
 from raypoison.data import DATASETS, ImageData, load_dataset
 from raypoison.data.setups import Setup
-from raypoison.defenses import DEFENSES, TrainingSet, TrustedSet
+from raypoison.defenses import DEFENSES, Defense, TrainingSet, TrustedSet
 from raypoison.errors import DataError
 from raypoison.execution.checkpoints import models_of, pretrained_name
 from raypoison.models import ImageClassifier, build_model, to_device
@@ -324,10 +324,13 @@ def pretraining(cfg: ModelConfig, shape: Shape) -> Count:
     return Count(train_step(cfg, shape, recipe, "all") * steps, steps)
 
 
-def crafting(attack: Component, scenario: ScenarioConfig, shape: Shape) -> tuple[Count, list[str]]:
+def crafting(attack: Component, scenario: ScenarioConfig, shape: Shape
+             ) -> tuple[Count, list[str], bool]:
+    """One trial's crafting cost, notes on how it was counted, and whether the attack has a
+    trigger (its victims are then also evaluated on the triggered test images)."""
     cls = ATTACKS.get(attack.name)
     if not cls.needs_models:
-        return Count(), []
+        return Count(), [], False
     notes = []
     params = attack.params
     extra = Count()
@@ -352,11 +355,32 @@ def crafting(attack: Component, scenario: ScenarioConfig, shape: Shape) -> tuple
     per = counted_poisons + 2
     setup = Setup(target_class=0, target_index=0, base_class=1,
                   base_indices=tuple(range(per, per + counted_poisons)))
-    count = extrapolated(params, lambda p: cls(p).craft(ctx, setup, 0, 0))
+    results: list[Any] = []
+    count = extrapolated(params, lambda p: results.append(cls(p).craft(ctx, setup, 0, 0)))
     scale = budget / counted_poisons
     if scale > 1 and count.flops:
         notes.append(f"crafting counted on {counted_poisons} poisons, scaled to {budget}")
-    return Count(count.flops * scale, count.steps) + extra, notes
+    triggered = any(r.trigger is not None for r in results)
+    return Count(count.flops * scale, count.steps) + extra, notes, triggered
+
+
+def asr_images(scope: str, shape: Shape) -> int:
+    """The test images an attack success rate counts under ``scope``
+    (:func:`raypoison.trial.evaluate.asr_members`), classes taken as balanced."""
+    per_class = shape.test // shape.classes
+    return {"every_class": shape.test, "target_class": per_class}.get(scope,
+                                                                       shape.test - per_class)
+
+
+def passes(per_image: dict[str, float], images: int) -> Count:
+    """Every victim's whole model over ``images`` test images, from its FLOPs per image (a
+    repaired victim's evaluation; an undefended one's outside transfer mode)."""
+    return sum((Count(f * images, math.ceil(images / 512)) for f in per_image.values()), Count())
+
+
+def repairs(defense: Component) -> bool:
+    """Whether the defense returns a repaired model (which the trial then evaluates)."""
+    return DEFENSES.get(defense.name).repair is not Defense.repair
 
 
 def defending(defense: Component, scenario: ScenarioConfig, shape: Shape, victim: str,
@@ -369,7 +393,7 @@ def defending(defense: Component, scenario: ScenarioConfig, shape: Shape, victim
     a class, and one more run with two, its loops at 1, gives the cost of each further image,
     instead of scoring thousands of images on the CPU at each loop count: on a CIFAR-sized config
     that took more than 15 minutes for Calibrated Trigger Inversion alone. The training set is
-    flagged on samples of at most 128 and 256 images and extrapolated the same way
+    flagged on samples of about 128 and 256 images and extrapolated the same way
     (:func:`flagging`).
     """
     cls = DEFENSES.get(defense.name)
@@ -399,13 +423,15 @@ def defending(defense: Component, scenario: ScenarioConfig, shape: Shape, victim
     return scored + Count(flagging(cls(defense.params), model, trusted(1), shape, n_train), 1)
 
 
-def flagging(defense: Any, model: ImageClassifier, trusted: TrustedSet, shape: Shape,
+def flagging(defense: Defense, model: ImageClassifier, trusted: TrustedSet, shape: Shape,
              n_train: int) -> float:
     """FLOPs of ``defense.flag`` on a training set of ``n_train`` images, from two samples of it
-    (at most 128 and 256 images): the difference is the cost of each further image, and what
-    the smaller sample costs beyond that is fixed per trial (STRIP's entropies of the trusted
-    set). Scaling the whole count of one sample, as the planner did, multiplied that fixed part
-    too: STRIP's plan was 2.7 times what a trial took."""
+    (about 128 and 256 images, at least one and two a class): the difference is the cost of
+    each further image, and what the smaller sample costs beyond that is fixed per trial
+    (STRIP's entropies of the trusted set). Scaling the whole count of one sample, as the
+    planner did, multiplied that fixed part too: STRIP's plan was 2.7 times what a trial took.
+    A cost that grows faster than the training set (deep k-NN's distances) would be
+    underestimated, but ``cdist`` has no FLOP formula and is not counted at all."""
     def count(per_class: int) -> tuple[float, int]:
         sample = random_data(shape, per_class)
         training = TrainingSet(sample.train_x, sample.train_y)
@@ -413,8 +439,8 @@ def flagging(defense: Any, model: ImageClassifier, trusted: TrustedSet, shape: S
 
     small_per_class = max(1, min(n_train, 128) // shape.classes)
     small, n_small = count(small_per_class)
-    if n_train <= n_small:
-        return small * n_train / n_small
+    if n_train == n_small:
+        return small
     large, n_large = count(2 * small_per_class)
     per_image = max(large - small, 0.0) / (n_large - n_small)
     return max(small - per_image * n_small, 0.0) + per_image * n_train
@@ -463,34 +489,42 @@ def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
             shared["bank"] += bank
             per_victim[victim] = per_trial
         n_train = train_size(scenario, shape)
-        evaluation = Count()
-        for victim in scenario.victims:
-            cfg = scenario.models[victim]
-            if banked(scenario):  # test features once per worker, then the head per trial
+        full = {victim: forward_per_image(scenario.models[victim], shape)
+                for victim in scenario.victims}
+        scored = asr_images(scenario.asr_scope, shape)
+        if scenario.mode == "transfer":  # test features once per worker (triggered ones once
+            # per trigger and class), then the head per trial
+            evaluation = Count()
+            for victim in scenario.victims:
+                cfg = scenario.models[victim]
                 shared["eval"] += Count(forward_per_image(cfg, shape, head=False) * shape.test,
                                         math.ceil(shape.test / 512))
                 head = fresh(cfg, shape).head
                 feats = torch.randn(shape.test, head.in_features)
                 evaluation += Count(counted(functools.partial(head, feats)), 1)
-            else:
-                evaluation += Count(forward_per_image(cfg, shape) * shape.test,
-                                    math.ceil(shape.test / 512))
+            triggered = Count(evaluation.flops * scored / max(1, shape.test), evaluation.steps)
+        else:
+            evaluation, triggered = passes(full, shape.test), passes(full, scored)
         by_defense: dict[str, Count] = {}
         for defense in chosen_defenses:
             by_defense[defense.label] = sum(
                 (defending(defense, scenario, shape, victim, n_train)
                  for victim in scenario.victims), Count())
+            if repairs(defense):
+                by_defense[defense.label] += passes(full, shape.test)
         defend = sum(by_defense.values(), Count())
+        repairing = sum(repairs(d) for d in chosen_defenses)
         cells = []
         for attack in chosen_attacks:
-            craft, notes = crafting(attack, scenario, shape)
-            trains = ATTACKS.get(attack.name).needs_models
-            per: dict[str, Count] = {
-                "craft": craft,
-                "train": sum(per_victim.values(), Count()) if trains else Count(),
-                "defend": defend if trains else Count(),
-                "eval": evaluation if trains else Count(),
-            }
+            craft, notes, has_trigger = crafting(attack, scenario, shape)
+            per: dict[str, Count] = {"craft": craft, "train": Count(), "defend": Count(),
+                                     "eval": Count()}
+            if ATTACKS.get(attack.name).needs_models:
+                # with a trigger, each victim and each repaired one scores the triggered images
+                rescored = passes(full, scored) * repairing
+                per.update(train=sum(per_victim.values(), Count()),
+                           defend=defend + rescored if has_trigger else defend,
+                           eval=evaluation + triggered if has_trigger else evaluation)
             cells.append(Cell(scenario.name, attack.label, scenario.trials, per,
                               scenario.training_recipe.precision, notes))
         out.append(ScenarioCost(scenario.name, shape, shared, cells,
@@ -660,6 +694,12 @@ def render(plans: list[ScenarioCost], device_name: str, device: Device, *, gpus:
             for label, count in sorted(plan.defenses.items(), key=lambda kv: -kv[1].flops):
                 lines.append(f"| {label} | {_flops(count.flops)} | "
                              f"{device.seconds(count, plan.precision):.3g} |")
+            listed = sum(c.flops for c in plan.defenses.values())
+            extra = max((c.per_trial["defend"].flops - listed for c in plan.cells), default=0.0)
+            if extra > 1e-6 * listed:
+                lines.append(f"  (under an attack with a trigger, each repaired victim is also "
+                             f"scored on the triggered test images: up to {_flops(extra)} more "
+                             "a trial, in that attack's `defend`)")
             lines.append("")
     t = totals(plans, device, workers)
     unit = "GPU" if on_gpu else "worker"
