@@ -16,6 +16,8 @@ busier than when it was calibrated).
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 import pandas as pd
 
@@ -31,7 +33,8 @@ def _measured(rows: pd.DataFrame, column: str) -> tuple[float, int]:
     return (float(values.median()), len(values)) if len(values) else (float("nan"), 0)
 
 
-def compare(plan: cost.ScenarioCost, rows: pd.DataFrame, device: cost.Device) -> list[dict]:
+def compare(plan: cost.ScenarioCost, rows: pd.DataFrame, device: cost.Device
+            ) -> list[dict[str, Any]]:
     """One record per phase and defense: planned and measured seconds per trial (per victim
     where a scenario has several: the plan sums its victims, a row is one)."""
     ok = rows[(rows["scenario"] == plan.name) & (rows["status"] == "ok")]
@@ -58,13 +61,21 @@ def main() -> None:
     parser.add_argument("results", help="the run's output folder")
     parser.add_argument("--calibration", required=True)
     parser.add_argument("--device", required=True, help="a device of the calibration file")
-    parser.add_argument("--scenarios", type=lambda s: s.split(","))
+    for option in ("--scenarios", "--attacks", "--defenses"):
+        parser.add_argument(option, type=lambda s: s.split(","), help="only these, comma separated")
     args = parser.parse_args()
-    device = cost.load_devices(args.calibration)[args.device]
+    devices = cost.load_devices(args.calibration)
+    if args.device not in devices:  # before minutes of counting
+        sys.exit(f"--device: unknown device {args.device!r} (known: {', '.join(devices)})")
+    device = devices[args.device]
     rows = load(args.results)
-    plans = cost.plan_suite(load_suite(args.config), scenarios=args.scenarios)
+    plans = cost.plan_suite(load_suite(args.config), scenarios=args.scenarios,
+                            attacks=args.attacks, defenses=args.defenses)
     for plan in plans:
         records = compare(plan, rows, device)
+        if not any(r["rows"] for r in records):
+            print(f"## {plan.name}: no finished rows in {args.results}\n")
+            continue
         print(f"## {plan.name} (device {args.device})\n")
         print("| phase or defense | planned s | measured s (median) | rows | measured / planned |")
         print("|---|---:|---:|---:|---:|")
