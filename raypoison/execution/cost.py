@@ -505,23 +505,22 @@ def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
             triggered = Count(evaluation.flops * scored / max(1, shape.test), evaluation.steps)
         else:
             evaluation, triggered = passes(full, shape.test), passes(full, scored)
+        repairing = [d for d in chosen_defenses if repairs(d)]
         by_defense: dict[str, Count] = {}
-        for defense in chosen_defenses:
+        for defense in chosen_defenses:  # a repaired victim is scored on the test set too
             by_defense[defense.label] = sum(
                 (defending(defense, scenario, shape, victim, n_train)
-                 for victim in scenario.victims), Count())
-            if repairs(defense):
-                by_defense[defense.label] += passes(full, shape.test)
+                 for victim in scenario.victims),
+                passes(full, shape.test) if defense in repairing else Count())
         defend = sum(by_defense.values(), Count())
-        repairing = sum(repairs(d) for d in chosen_defenses)
+        # under an attack with a trigger, each repaired victim scores the triggered images too
+        rescored = passes(full, scored) * len(repairing)
         cells = []
         for attack in chosen_attacks:
             craft, notes, has_trigger = crafting(attack, scenario, shape)
             per: dict[str, Count] = {"craft": craft, "train": Count(), "defend": Count(),
                                      "eval": Count()}
             if ATTACKS.get(attack.name).needs_models:
-                # with a trigger, each victim and each repaired one scores the triggered images
-                rescored = passes(full, scored) * repairing
                 per.update(train=sum(per_victim.values(), Count()),
                            defend=defend + rescored if has_trigger else defend,
                            eval=evaluation + triggered if has_trigger else evaluation)
