@@ -139,6 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--defenses", type=_csv,
                       help="only these defense labels, comma separated ('none': no defense); "
                            "counting many defenses on a CIFAR-sized model takes minutes")
+    plan.add_argument("--compute", action="store_true",
+                      help="do the arithmetic of the matrix products and convolutions it counts "
+                           "(slower; by default their outputs are noise of the right shape, "
+                           "which counts the same)")
     plan.set_defaults(handler=_plan)
 
     validate = sub.add_parser("validate", help="check a config and count its trials")
@@ -415,7 +419,7 @@ def _plan(args: argparse.Namespace) -> int:
         cost.calibration_file(Path(args.calibration))
     suite = load_suite(args.config)
     plans = cost.plan_suite(suite, attacks=args.attacks, scenarios=args.scenarios,
-                            defenses=args.defenses)
+                            defenses=args.defenses, compute=args.compute)
     if args.calibrate:
         # on the first planned scenario's attacker and data shape (its data already read)
         scenario = next(s for s in suite.scenarios if s.name == plans[0].name)

@@ -112,6 +112,8 @@ def test_plan_prints_the_table_and_refuses_an_unknown_device(tiny_raw, tmp_path,
     out = capsys.readouterr().out
     assert "| feature_collision | 4 |" in out and "| none | 4 |" in out
     assert "Whole config:" in out and "on 2 GPU(s) (8 workers)" in out
+    assert main(["plan", str(config), "--device", "a100", "--gpus", "2", "--compute"]) == 0
+    assert capsys.readouterr().out == out  # the arithmetic done: the same counts
     assert main(["plan", str(config), "--device", "tpu9"]) == 2
     assert "unknown device 'tpu9'" in capsys.readouterr().err
 
@@ -308,3 +310,62 @@ def test_plan_refuses_a_missing_calibration_file_and_no_gpus(tiny_raw, tmp_path,
     for gpus in ("0", "-2"):
         assert main(["plan", str(config), "--gpus", gpus]) == 2
         assert "--gpus: must be at least 1" in capsys.readouterr().err
+
+
+def test_counting_without_the_arithmetic_counts_the_same_and_skips_it():
+    """The planner counts matrix products and convolutions without computing them (noise of
+    their shape instead): the count must equal the computed one, the outputs must not be the
+    computed ones, and code that noise breaks is counted again with everything computed."""
+    from raypoison.training.flops import counted as flops_of
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 10 * 10, 4))
+    x, y = torch.rand(16, 3, 12, 12), torch.randint(0, 4, (16,))
+    seen = {}
+
+    def step(key: str) -> None:
+        out = net(x)
+        seen[key] = out.detach().clone()
+        torch.nn.functional.cross_entropy(out, y).backward()
+
+    computed, quick = flops_of(lambda: step("computed")), flops_of(lambda: step("quick"),
+                                                                     compute=False)
+    assert computed > 0 and quick == computed
+    assert torch.isfinite(seen["quick"]).all()
+    assert not torch.allclose(seen["quick"], seen["computed"])
+
+    a = torch.randn(16, 16)
+
+    def factor() -> None:  # noise is not positive definite: the Cholesky factor fails on it
+        torch.linalg.cholesky(a @ a.T)
+
+    with pytest.raises(torch.linalg.LinAlgError):
+        flops_of(factor, compute=False)
+    assert cost.counted(factor) == flops_of(factor) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["transfer", "scratch"])
+def test_a_quick_plan_equals_a_computed_one_for_every_attack_and_defense(tiny_raw, mode):
+    """Every registered attack and defense is counted the same with and without the arithmetic
+    of what is counted: a new one whose ops depend on values would fail here."""
+    from raypoison.attacks import ATTACKS
+    from raypoison.defenses import DEFENSES
+
+    scenario = tiny_raw["scenarios"][0]
+    scenario.update(mode=mode, trusted_per_class=2,
+                    models={"net-a": {"arch": "resnet18", "params": {"width": 8},
+                                      "pretrain": scenario["models"]["net-a"]["pretrain"]}})
+    counts = {"badnets": 3, "blend": 3, "wanet": 3}
+    tiny_raw["attacks"] = [{"name": n, **({"params": {"poisons": counts[n]}} if n in counts
+                                          else {})}
+                           for n in ATTACKS.names() if n not in ("external", "noop")]
+    tiny_raw["defenses"] = [{"name": n} for n in DEFENSES.names()]
+    suite = parse_suite(tiny_raw)
+    [quick], [computed] = cost.plan_suite(suite), cost.plan_suite(suite, compute=True)
+    assert quick.shared == computed.shared and quick.defenses == computed.defenses
+    assert [c.per_trial for c in quick.cells] == [c.per_trial for c in computed.cells]
+    assert len(quick.defenses) == len(DEFENSES.names()) >= 12
+    assert all(c.flops > 0 for c in quick.defenses.values())
+    assert sum(c.per_trial["craft"].flops > 0 for c in quick.cells) >= 6

@@ -9,31 +9,80 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import flop_registry
 
 
 class _FlopCount(TorchDispatchMode):
     """Every dispatched op's FLOPs by :data:`torch.utils.flop_counter.flop_registry` (the formulas
     of ``FlopCounterMode``), without its per-module tracking: that tracking's backward hooks break
-    ``torch.autograd.grad`` on an input, which the attacks and PGD call."""
+    ``torch.autograd.grad`` on an input, which the attacks and PGD call.
 
-    def __init__(self) -> None:
+    With ``compute=False`` the counted ops (matrix products, convolutions and their backward) are
+    not computed: their shapes come from the same op on meta tensors and their values are noise
+    (:func:`_noise`), so a count takes the time of everything else (normalisation, activations,
+    Python): a ResNet-18 step at batch 128 counted in 1.3 s instead of 7.6 on one CPU thread.
+    The count is the same wherever the ops run do not depend on the values, which on random
+    weights they must not anyway.
+    """
+
+    def __init__(self, compute: bool = True) -> None:
         super().__init__()
         self.total = 0
+        self.compute = compute
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None
                            ) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
+        if formula is None:
+            return func(*args, **kwargs)
+        computed = self.compute or "out" in kwargs
+        out = func(*args, **kwargs) if computed else _shaped_noise(func, args, kwargs)
+        self.total += formula(*args, **kwargs, out_val=out)
         return out
 
 
-def counted(fn: Callable[[], Any]) -> float:
-    """The FLOPs of running ``fn`` (forward and backward ops, as PyTorch dispatches them)."""
-    with _FlopCount() as counter:
+def _shaped_noise(func: Any, args: Any, kwargs: Any) -> Any:
+    """``func``'s outputs as shaped, strided and typed as it makes them, holding noise."""
+    device = next(t.device for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
+
+    def meta(value: Any) -> Any:
+        return value.to("meta") if isinstance(value, torch.Tensor) else value
+
+    def filled(m: Any) -> Any:
+        if not isinstance(m, torch.Tensor):
+            return m
+        out = torch.empty_strided(m.shape, m.stride(), dtype=m.dtype, device=device)
+        if m.dtype.is_floating_point:
+            out.copy_(_noise(m.numel(), device).view(m.shape))
+        else:
+            out.zero_()
+        return out
+
+    return tree_map(filled, func(*tree_map(meta, args), **tree_map(meta, kwargs)))
+
+
+_NOISE: dict[torch.device, torch.Tensor] = {}
+
+
+def _noise(n: int, device: torch.device) -> torch.Tensor:
+    """``n`` normal numbers of standard deviation 0.1 (small, so that what is built from them
+    stays finite), drawn once and reused: drawing them anew took as long as the rest of a step.
+    The pool stays as large as the largest output counted (134 MB for a ResNet-18's first
+    activations at batch 512)."""
+    pool = _NOISE.get(device)
+    if pool is None or pool.numel() < n:
+        g = torch.Generator().manual_seed(0)
+        pool = torch.randn(max(n, 1 << 20), generator=g).mul_(0.1).to(device)
+        _NOISE[device] = pool
+    return pool[:n]
+
+
+def counted(fn: Callable[[], Any], *, compute: bool = True) -> float:
+    """The FLOPs of running ``fn`` (forward and backward ops, as PyTorch dispatches them);
+    ``compute=False`` skips the arithmetic of the counted ops (:class:`_FlopCount`)."""
+    with _FlopCount(compute) as counter:
         fn()
     return float(counter.total)
 
