@@ -137,8 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--attacks", type=_csv, help="only these attack labels, comma separated")
     plan.add_argument("--scenarios", type=_csv, help="only these scenarios, comma separated")
     plan.add_argument("--defenses", type=_csv,
-                      help="only these defense labels, comma separated ('none': no defense); "
-                           "counting many defenses on a CIFAR-sized model takes minutes")
+                      help="only these defense labels, comma separated ('none': no defense)")
     plan.add_argument("--compute", action="store_true",
                       help="do the arithmetic of the matrix products and convolutions it counts "
                            "(slower; by default their outputs are noise of the right shape, "
