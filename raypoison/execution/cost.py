@@ -30,6 +30,7 @@ import contextvars
 import dataclasses
 import functools
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +57,8 @@ from raypoison.training.flops import counted as flops_of
 from raypoison.training.flops import head_step_cost, rate_and_overhead
 from raypoison.training.loop import train
 from raypoison.training.recipe import RecipeConfig
+
+log = logging.getLogger("raypoison")
 
 PHASES = ("pretrain", "bank", "craft", "train", "defend", "eval")
 LOOP_FIELDS = ("iterations", "steps", "epochs", "teacher_steps")
@@ -509,6 +512,7 @@ def _plan_suite(suite: SuiteConfig, attacks: list[str] | None, scenarios: list[s
                              lambda d: d.label)
     for scenario in select(suite.scenarios, scenarios, "--scenarios", lambda s: s.name):
         shape = shape_of(scenario.dataset)
+        log.info("plan %s: counting training and evaluation", scenario.name)
         shared: dict[str, Count] = {p: Count() for p in PHASES}
         for name in models_of(scenario):
             cfg = scenario.models[name]
@@ -542,7 +546,10 @@ def _plan_suite(suite: SuiteConfig, attacks: list[str] | None, scenarios: list[s
             evaluation, triggered = passes(full, shape.test), passes(full, scored)
         repairing = [d for d in chosen_defenses if repairs(d)]
         by_defense: dict[str, Count] = {}
-        for defense in chosen_defenses:  # a repaired victim is scored on the test set too
+        for i, defense in enumerate(chosen_defenses, 1):
+            log.info("plan %s: counting defense %s (%d of %d)", scenario.name, defense.label, i,
+                     len(chosen_defenses))
+            # a repaired victim is scored on the test set too
             by_defense[defense.label] = sum(
                 (defending(defense, scenario, shape, victim, n_train)
                  for victim in scenario.victims),
@@ -551,7 +558,9 @@ def _plan_suite(suite: SuiteConfig, attacks: list[str] | None, scenarios: list[s
         # under an attack with a trigger, each repaired victim scores the triggered images too
         rescored = passes(full, scored) * len(repairing)
         cells = []
-        for attack in chosen_attacks:
+        for i, attack in enumerate(chosen_attacks, 1):
+            log.info("plan %s: counting attack %s (%d of %d)", scenario.name, attack.label, i,
+                     len(chosen_attacks))
             craft, notes, has_trigger = crafting(attack, scenario, shape)
             per: dict[str, Count] = {"craft": craft, "train": Count(), "defend": Count(),
                                      "eval": Count()}
