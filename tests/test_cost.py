@@ -312,7 +312,7 @@ def test_plan_refuses_a_missing_calibration_file_and_no_gpus(tiny_raw, tmp_path,
         assert "--gpus: must be at least 1" in capsys.readouterr().err
 
 
-def test_counting_without_the_arithmetic_counts_the_same_and_skips_it():
+def test_counting_without_the_arithmetic_counts_the_same_and_skips_it(caplog):
     """The planner counts matrix products and convolutions without computing them (noise of
     their shape instead): the count must equal the computed one, the outputs must not be the
     computed ones, and code that noise breaks is counted again with everything computed."""
@@ -342,7 +342,10 @@ def test_counting_without_the_arithmetic_counts_the_same_and_skips_it():
 
     with pytest.raises(torch.linalg.LinAlgError):
         flops_of(factor, compute=False)
+    cost._FELL_BACK.discard("LinAlgError")
     assert cost.counted(factor) == flops_of(factor) > 0
+    assert "counting again with every product computed" in caplog.text
+    assert "LinAlgError" in caplog.text
 
 
 @pytest.mark.slow
@@ -369,3 +372,33 @@ def test_a_quick_plan_equals_a_computed_one_for_every_attack_and_defense(tiny_ra
     assert len(quick.defenses) == len(DEFENSES.names()) >= 12
     assert all(c.flops > 0 for c in quick.defenses.values())
     assert sum(c.per_trial["craft"].flops > 0 for c in quick.cells) >= 6
+
+
+def test_fine_prunings_accuracy_floor_does_not_cut_the_count_short(tiny_raw):
+    """Fine-pruning stops pruning where trusted accuracy first drops by ``max_drop``: on a model
+    whose predictions vary that is early when computed and never when the products are noise,
+    so the plan switches the floor off, as it does loss thresholds, and counts the whole sweep
+    both ways."""
+    from raypoison.defenses import TrustedSet
+    from raypoison.defenses.tuning import FinePruning, TuneParams
+    from raypoison.training.flops import counted as flops_of
+
+    shape = cost.Shape(4, 3, 12, 160, 40, (0.5,) * 3, (0.5,) * 3)
+    model = cost._frozen(cost.fresh(parse_suite(tiny_raw).scenarios[0].models["net-a"], shape))
+    with torch.no_grad():  # a head that tells random images apart: pruning changes accuracy
+        feats = model.features(torch.rand(40, 3, 12, 12))
+        model.head.weight.copy_(torch.randn_like(model.head.weight) / (feats.std(0) + 1e-6))
+        model.head.bias.copy_(-(model.head.weight @ feats.mean(0)))
+    data = cost.random_data(shape, 10)
+    trusted = TrustedSet(data.train_x, data.train_y)
+    assert len(model(data.train_x.float() / 255).argmax(1).unique()) > 1
+
+    def count(params: FinePruning.Params, compute: bool = True) -> float:
+        return flops_of(lambda: FinePruning(params).repair(model, trusted, 0), compute=compute)
+
+    floor = FinePruning.Params(max_drop=0.0, tune=TuneParams(epochs=1))
+    sweep = count(dataclasses.replace(floor, max_drop=0.99))  # never drops that far
+    assert count(floor) < sweep  # computed, the floor stops early
+    planned = cost.never_stopping(floor)
+    assert planned.max_drop == float("inf")
+    assert count(planned) == count(planned, compute=False) == sweep

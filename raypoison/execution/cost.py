@@ -54,7 +54,7 @@ from raypoison.errors import DataError
 from raypoison.execution.checkpoints import models_of, pretrained_name
 from raypoison.models import ImageClassifier, build_model, to_device
 from raypoison.training.flops import counted as flops_of
-from raypoison.training.flops import head_step_cost, rate_and_overhead
+from raypoison.training.flops import head_step_cost, rate_and_overhead, release_noise
 from raypoison.training.loop import train
 from raypoison.training.recipe import RecipeConfig
 
@@ -62,9 +62,11 @@ log = logging.getLogger("raypoison")
 
 PHASES = ("pretrain", "bank", "craft", "train", "defend", "eval")
 LOOP_FIELDS = ("iterations", "steps", "epochs", "teacher_steps")
-# parameters that end a loop early on a loss threshold, and the value that never does: the plan
-# counts the configured iterations (on random weights a threshold would stop at once)
-STOP_FIELDS = {"stop_below": None}
+# parameters that end a loop early on a value the model computes, and the value that never does:
+# the plan counts the configured iterations (on random weights a loss threshold would stop at
+# once; fine-pruning's accuracy floor stops where a random model's accuracy first drops, and
+# never where the matrix products are noise: counted, the two would differ)
+STOP_FIELDS: dict[str, float | None] = {"stop_below": None, "max_drop": math.inf}
 VIEWS = 162  # crop offsets (9 x 9) x flips: what a feature bank holds with augmentation
 # crafting FLOPs grow with the poison count (every poison passes the model each iteration); a
 # larger budget is counted on this many poisons and scaled, so planning 500 poisons stays fast
@@ -154,6 +156,7 @@ class ScenarioCost:
 # -- counting -----------------------------------------------------------------------------------
 
 _COMPUTE = contextvars.ContextVar("compute", default=False)
+_FELL_BACK: set[str] = set()  # the errors already reported
 
 
 def counted(fn: Callable[[], Any]) -> float:
@@ -166,8 +169,11 @@ def counted(fn: Callable[[], Any]) -> float:
     if not _COMPUTE.get():
         try:
             return flops_of(fn, compute=False)
-        except Exception:  # noqa: BLE001 - counted again below; a real error raises there
-            pass
+        except Exception as err:  # noqa: BLE001 - counted again below; a real error raises there
+            if type(err).__name__ not in _FELL_BACK:
+                _FELL_BACK.add(type(err).__name__)
+                log.warning("counting again with every product computed (slower): with noise "
+                            "in their place the code raised %s: %s", type(err).__name__, err)
     return flops_of(fn, compute=True)
 
 
@@ -268,7 +274,8 @@ def _set(params: Any, path: tuple[str, ...], value: Any) -> Any:
 
 
 def never_stopping(params: Any) -> Any:
-    """``params`` with every early stop of :data:`STOP_FIELDS` (nested ones too) switched off."""
+    """``params`` with every early stop of :data:`STOP_FIELDS` (nested ones too) switched off
+    (``dataclasses.replace`` does not run a plugin's ``validate``, which would refuse them)."""
     if not dataclasses.is_dataclass(params) or isinstance(params, type):
         return params
     changes: dict[str, Any] = {}
@@ -485,6 +492,7 @@ def plan_suite(suite: SuiteConfig, *, attacks: list[str] | None = None,
         return _plan_suite(suite, attacks, scenarios, defenses, load)
     finally:
         _COMPUTE.reset(token)
+        release_noise()
 
 
 def _plan_suite(suite: SuiteConfig, attacks: list[str] | None, scenarios: list[str] | None,

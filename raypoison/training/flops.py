@@ -22,8 +22,9 @@ class _FlopCount(TorchDispatchMode):
     not computed: their shapes come from the same op on meta tensors and their values are noise
     (:func:`_noise`), so a count takes the time of everything else (normalisation, activations,
     Python): a ResNet-18 step at batch 128 counted in 1.3 s instead of 7.6 on one CPU thread.
-    The count is the same wherever the ops run do not depend on the values, which on random
-    weights they must not anyway.
+    The count is the same wherever which ops run does not depend on their values; the planner
+    switches off the loops that stop on a computed value
+    (:data:`raypoison.execution.cost.STOP_FIELDS`).
     """
 
     def __init__(self, compute: bool = True) -> None:
@@ -44,7 +45,8 @@ class _FlopCount(TorchDispatchMode):
 
 
 def _shaped_noise(func: Any, args: Any, kwargs: Any) -> Any:
-    """``func``'s outputs as shaped, strided and typed as it makes them, holding noise."""
+    """``func``'s outputs, shaped and typed as it makes them, holding noise (strided as the meta
+    kernel strides them: contiguous where a CPU kernel may return channels-last)."""
     device = next(t.device for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
 
     def meta(value: Any) -> Any:
@@ -77,6 +79,11 @@ def _noise(n: int, device: torch.device) -> torch.Tensor:
         pool = torch.randn(max(n, 1 << 20), generator=g).mul_(0.1).to(device)
         _NOISE[device] = pool
     return pool[:n]
+
+
+def release_noise() -> None:
+    """Free the pool of :func:`_noise` (the planner does at its end)."""
+    _NOISE.clear()
 
 
 def counted(fn: Callable[[], Any], *, compute: bool = True) -> float:
