@@ -653,3 +653,54 @@ def test_the_trade_off_poison_axis_ticks_only_the_swept_counts():
         low, high = ax.get_xlim()
         assert -50 < low < 0 and high > 1500
     plt.close(fig)
+
+
+def test_fine_pruning_sweeps_on_features_computed_once_and_masks_what_the_whole_model_did():
+    """The sweep used to run the whole model over the trusted set at every step; the mask acts
+    after the extractor, so the features are computed once and each step runs the head. The
+    masks must be the ones the whole-model sweep chose, on a model whose accuracy moves as
+    channels go (so the floor stops the sweep partway)."""
+    from raypoison.defenses import TrustedSet
+    from raypoison.defenses.tuning import ChannelMask, FinePruning
+    from raypoison.models import build_model
+    from raypoison.training.loop import accuracy, predict
+
+    torch.manual_seed(0)
+    model = build_model("convnet", 4, (0.5,) * 3, (0.25,) * 3, 12, None).eval()
+    images = torch.randint(0, 256, (600, 3, 12, 12), dtype=torch.uint8)  # two batches of 512
+    with torch.no_grad():  # a head that tells random images apart
+        feats = model.features(images.float() / 255)
+        model.head.weight.copy_(torch.randn_like(model.head.weight) / (feats.std(0) + 1e-6))
+        model.head.bias.copy_(-(model.head.weight @ feats.mean(0)))
+    labels = predict(model, images)  # accuracy 1 before pruning, falling as channels go
+    trusted = TrustedSet(images, labels)
+
+    def whole_model_sweep(max_drop: float, max_ratio: float) -> torch.Tensor:
+        pruned = copy.deepcopy(model)
+        activity = torch.cat([pruned.features(images[i:i + 512].float() / 255)
+                              for i in range(0, 600, 512)]).mean(0)
+        order = torch.argsort(activity)
+        baseline = accuracy(pruned, images, labels)
+        mask = ChannelMask(torch.ones_like(activity))
+        pruned.extractor = torch.nn.Sequential(pruned.extractor, mask)
+        step, chosen = max(1, len(order) // 50), 0
+        for k in range(step, int(max_ratio * len(order)) + 1, step):
+            mask.keep.fill_(1.0)
+            mask.keep[order[:k]] = 0.0
+            if accuracy(pruned, images, labels) < baseline - max_drop:
+                break
+            chosen = k
+        mask.keep.fill_(1.0)
+        mask.keep[order[:chosen]] = 0.0
+        return mask.keep
+
+    partway = 0
+    for max_drop in (0.0, 0.01, 0.03, 0.2, 0.5):
+        params = FinePruning.Params(max_drop=max_drop, max_ratio=0.9)
+        pruned = FinePruning(params).prune(model, trusted)
+        keep = pruned.extractor[1].keep
+        assert torch.equal(keep, whole_model_sweep(max_drop, 0.9)), max_drop
+        dropped = int((keep == 0).sum())
+        partway += 0 < dropped < int(0.9 * len(keep))
+        assert accuracy(pruned, images, labels) >= accuracy(model, images, labels) - max_drop
+    assert partway >= 4  # the floor stopped the sweeps at different points
