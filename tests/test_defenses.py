@@ -660,8 +660,9 @@ def test_fine_pruning_sweeps_on_features_computed_once_and_masks_what_the_whole_
     after the extractor, so the features are computed once and each step runs the head. The
     masks must be the ones the whole-model sweep chose, on a model whose accuracy moves as
     channels go (so the floor stops the sweep partway)."""
+    from benchmarks.fine_pruning_sweep import whole_model_mask  # the sweep as it ran before
     from raypoison.defenses import TrustedSet
-    from raypoison.defenses.tuning import ChannelMask, FinePruning
+    from raypoison.defenses.tuning import FinePruning
     from raypoison.models import build_model
     from raypoison.training.loop import accuracy, predict
 
@@ -675,31 +676,12 @@ def test_fine_pruning_sweeps_on_features_computed_once_and_masks_what_the_whole_
     labels = predict(model, images)  # accuracy 1 before pruning, falling as channels go
     trusted = TrustedSet(images, labels)
 
-    def whole_model_sweep(max_drop: float, max_ratio: float) -> torch.Tensor:
-        pruned = copy.deepcopy(model)
-        activity = torch.cat([pruned.features(images[i:i + 512].float() / 255)
-                              for i in range(0, 600, 512)]).mean(0)
-        order = torch.argsort(activity)
-        baseline = accuracy(pruned, images, labels)
-        mask = ChannelMask(torch.ones_like(activity))
-        pruned.extractor = torch.nn.Sequential(pruned.extractor, mask)
-        step, chosen = max(1, len(order) // 50), 0
-        for k in range(step, int(max_ratio * len(order)) + 1, step):
-            mask.keep.fill_(1.0)
-            mask.keep[order[:k]] = 0.0
-            if accuracy(pruned, images, labels) < baseline - max_drop:
-                break
-            chosen = k
-        mask.keep.fill_(1.0)
-        mask.keep[order[:chosen]] = 0.0
-        return mask.keep
-
     partway = 0
     for max_drop in (0.0, 0.01, 0.03, 0.2, 0.5):
         params = FinePruning.Params(max_drop=max_drop, max_ratio=0.9)
         pruned = FinePruning(params).prune(model, trusted)
         keep = pruned.extractor[1].keep
-        assert torch.equal(keep, whole_model_sweep(max_drop, 0.9)), max_drop
+        assert torch.equal(keep, whole_model_mask(model, images, labels, max_drop, 0.9)), max_drop
         dropped = int((keep == 0).sum())
         partway += 0 < dropped < int(0.9 * len(keep))
         assert accuracy(pruned, images, labels) >= accuracy(model, images, labels) - max_drop
