@@ -164,8 +164,8 @@ def counted(fn: Callable[[], Any]) -> float:
     (:func:`raypoison.training.flops.counted`, ``compute=False``): a CIFAR-sized plan of twelve
     defenses took 21 minutes with them computed, under 5 without. Where noise in place of their
     values breaks the code (a value that must be a probability, a matrix that must be positive
-    definite), the count is taken again with everything computed; :func:`plan_suite` ``compute=True`` computes
-    everything from the start."""
+    definite), the count is taken again with everything computed; :func:`plan_suite`
+    ``compute=True`` computes everything from the start."""
     if not _COMPUTE.get():
         try:
             return flops_of(fn, compute=False)
