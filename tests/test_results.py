@@ -70,6 +70,83 @@ def test_readers_skip_truncated_foreign_and_temporary_files(tmp_path):
     assert not any(".tmp" in m for m in messages)  # temporary files are silently never read
 
 
+def _flip_in_column(path, column, flips):
+    """Flip bytes of ``path`` inside the data of ``column``'s first chunk (``flips`` counts
+    back from the chunk's end), as a disk or a copy damages a file."""
+    data = bytearray(path.read_bytes())
+    meta = pq.ParquetFile(path).metadata
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    chunk = meta.row_group(0).column(names.index(column))
+    end = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size
+    for k in range(end - flips, end):
+        data[k] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("writer", ["raypoison", "no page checksums"])
+def test_a_part_damaged_outside_its_keys_is_not_taken_as_done(tmp_path, writer):
+    """Resuming reads only a part's keys; a part whose keys read but whose ``success`` is
+    damaged used to count its trials as done there, while every reader skipped the part: the
+    rows were gone and no run would compute them again. Every reader now decodes the whole
+    part, and the writer stores page checksums, so a flipped byte is an error, not a value."""
+    from raypoison.store.rows import to_part, to_table
+
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    sink.add([row("t1")])
+    sink.flush()
+    folder = tmp_path / "results" / "scenario=s" / "attack=a"
+    damaged = folder / "part-r-000002.parquet"
+    if writer == "raypoison":
+        sink.add([row("t2"), row("t3")])
+        sink.flush()
+        _flip_in_column(damaged, "success", 1)
+    else:  # an older writer's part: no checksums, so only a decoding error can tell
+        pq.write_table(to_part(to_table([row("t2"), row("t3")])), damaged, compression="zstd")
+        _flip_in_column(damaged, "success", 5)
+    assert pq.read_table(damaged, columns=["trial_id", "victim", "status"]).num_rows == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = results.load(str(tmp_path))
+        done = results.committed_trials(str(tmp_path))
+        stored = results.stored_trials(str(tmp_path))
+    assert list(df["trial_id"]) == ["t1"] and done == {"t1"} and set(stored) == {"t1"}
+    skipped = [str(w.message) for w in caught if issubclass(w.category,
+                                                            results.SkippedFileWarning)]
+    assert len(skipped) == 3 and all("part-r-000002" in m for m in skipped)
+
+
+def test_a_part_of_todays_version_without_a_column_or_with_a_lossy_value_is_skipped(tmp_path):
+    """A part marked with today's schema version but without ``success`` (edited and written
+    back) used to read as ``ok`` rows with no outcome, leaving the success cells quietly; an
+    integer 5 in ``success`` read as True. Both are skipped, named, by every reader; a part of
+    an older version still reads the columns it predates as nulls."""
+    from raypoison.store.rows import to_part, to_table
+
+    sink = ParquetSink(Location.parse(str(tmp_path)), "r")
+    sink.add([row("t1")])
+    sink.flush()
+    folder = tmp_path / "results" / "scenario=s" / "attack=a"
+    table = to_part(to_table([row("t2")]))
+    pq.write_table(table.drop_columns(["success"]), folder / "part-lacking.parquet")
+    lossy = table.set_column(table.schema.get_field_index("success"), "success",
+                             pa.array([5], pa.int64()))
+    pq.write_table(lossy, folder / "part-lossy.parquet")
+    older = table.drop_columns(["attack_loss_rose", "crafting_model"]).replace_schema_metadata(
+        {b"raypoison_schema_version": b"3"})
+    pq.write_table(older.set_column(older.schema.get_field_index("trial_id"), "trial_id",
+                                    pa.array(["t3"])), folder / "part-older.parquet")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = results.load(str(tmp_path))
+        done = results.committed_trials(str(tmp_path))
+    assert sorted(df["trial_id"]) == ["t1", "t3"] and done == {"t1", "t3"}
+    assert df.loc[df["trial_id"] == "t3", "attack_loss_rose"].isna().all()
+    skipped = " ".join(str(w.message) for w in caught)
+    assert "part-lacking.parquet: a part of schema version 4 without its columns success" in (
+        skipped)
+    assert "part-lossy.parquet" in skipped and "int64 that bool does not hold" in skipped
+
+
 def test_a_part_in_a_folder_its_rows_do_not_name_is_skipped_and_left_alone(tmp_path):
     """A part copied into another scenario's folder: DuckDB's hive partitioning reads its rows
     as that scenario, raypoison's reader as theirs. Neither is safe, so it is skipped with the

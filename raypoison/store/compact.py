@@ -12,7 +12,6 @@ compacting an older output makes its folder readable by ``pandas.read_parquet``.
 
 from __future__ import annotations
 
-import io
 import posixpath
 import secrets
 import warnings
@@ -21,7 +20,6 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from raypoison.errors import ResultsError
 from raypoison.store.results import (
@@ -35,7 +33,7 @@ from raypoison.store.results import (
     read_part,
     run_output,
 )
-from raypoison.store.rows import SCHEMA, SCHEMA_VERSION, is_part_layout, to_part
+from raypoison.store.rows import SCHEMA, SCHEMA_VERSION, is_part_layout, part_bytes
 from raypoison.store.storage import Location
 
 
@@ -98,11 +96,9 @@ def compact(uri: str) -> CompactionSummary:
             continue  # nothing to gain
         rows = pa.concat_tables(tables).to_pandas()
         kept = deduplicate(rows)
-        buffer = io.BytesIO()
-        pq.write_table(to_part(pa.Table.from_pandas(kept, schema=SCHEMA, preserve_index=False)),
-                       buffer, compression="zstd")
         target = posixpath.join(folder, f"{PART_PREFIX}compact-{stamp}-000001.parquet")
-        location.write_bytes(target, buffer.getvalue())
+        location.write_bytes(target, part_bytes(pa.Table.from_pandas(kept, schema=SCHEMA,
+                                                                     preserve_index=False)))
         for path in read:
             location.fs.delete_file(path)
         summary.partitions += 1

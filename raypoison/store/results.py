@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raypoison.store.rows import KEY, NO_DEFENSE, SCHEMA, STATUS_OK
+from raypoison.store.rows import KEY, NO_DEFENSE, SCHEMA, SCHEMA_VERSION, STATUS_OK
 from raypoison.store.storage import Location
 
 RESULTS_DIR = "results"
@@ -86,34 +86,58 @@ def _with_folder_values(table: pa.Table, declared: dict[str, str]) -> pa.Table:
 def read_part(location: Location, path: str, columns: list[str] | None) -> pa.Table | None:
     """One part file's table cast to the current schema (of ``columns``), or None (with a
     warning) if it is not a readable raypoison part: unreadable, without the key columns, with
-    a value that does not cast to its column's type (a foreign ``trial: "notanint"``), or moved
-    or edited so that its rows' scenario or attack is not the one its folder names (readers that
-    take the value from the folder, as DuckDB's and pyarrow's hive partitioning do, and this one,
-    which takes it from the rows, would disagree; compaction leaves such a part alone). Rows
-    silent on their scenario or attack take the folder's."""
-    schema = pa.schema([SCHEMA.field(c) for c in (columns or SCHEMA.names)])
+    a value that does not cast to its column's type (a foreign ``trial: "notanint"``) or casts
+    with a loss (``success: 5``), a part of today's schema version without one of its columns,
+    or moved or edited so that its rows' scenario or attack is not the one its folder names
+    (readers that take the value from the folder, as DuckDB's and pyarrow's hive partitioning
+    do, and this one, which takes it from the rows, would disagree; compaction leaves such a
+    part alone). Rows silent on their scenario or attack take the folder's.
+
+    Every column is decoded (and every page's checksum, where the writer stored them, checked),
+    whichever ``columns`` are asked for: a resumed run reads only the keys, and a part whose
+    keys read but whose other columns are damaged must count as absent there too, or the run
+    would take its trials as done while every reader drops them."""
+    names = columns or SCHEMA.names
     try:
         data = location.read_bytes(path)
-        parquet = pq.ParquetFile(io.BytesIO(data))
-        stored = parquet.schema_arrow.names
-        missing = [c for c in REQUIRED if c not in stored]
+        parquet = pq.ParquetFile(io.BytesIO(data), page_checksum_verification=True)
+        stored = parquet.schema_arrow
+        missing = [c for c in REQUIRED if c not in stored.names]
         if missing:
             warnings.warn(f"skipping {path}: not a raypoison part (no {missing})",
                           SkippedFileWarning, stacklevel=3)
             return None
+        table = parquet.read()
+        lacking = _lacking_columns(stored, table)
+        if lacking:
+            warnings.warn(f"skipping {path}: a part of schema version {SCHEMA_VERSION} without "
+                          f"its columns {', '.join(lacking[:5])}", SkippedFileWarning,
+                          stacklevel=3)
+            return None
         declared = folder_values(posixpath.relpath(path, location.join(RESULTS_DIR)))
-        wanted = None if not columns else [
-            c for c in dict.fromkeys([*columns, *declared]) if c in stored]
-        table = parquet.read(columns=wanted)
         wrong = _disagreement(table, declared)
         if wrong is not None:
             warnings.warn(f"skipping {path}: {wrong}; move it to the folder its rows name",
                           SkippedFileWarning, stacklevel=3)
             return None
-        return conform(_with_folder_values(table, declared), schema)
+        whole = conform(_with_folder_values(table, declared), SCHEMA)
+        return whole.select(names)
     except (pa.ArrowException, OSError, ValueError) as err:
         warnings.warn(f"skipping unreadable part {path}: {err}", SkippedFileWarning, stacklevel=3)
         return None
+
+
+def _lacking_columns(stored: pa.Schema, table: pa.Table) -> list[str]:
+    """The columns of :data:`SCHEMA` a part lacks although its footer says it is of today's
+    schema version, as this version's writer marks every part: damaged, or edited and written
+    back. Older parts lack the columns later versions added and read them as nulls; a part
+    without the footer's mark (written by hand, or by another tool) is read as it is; and a
+    partition column may be left to the folder's name, as hive-partitioned writers do."""
+    declared = (stored.metadata or {}).get(b"raypoison_schema_version", b"")
+    if declared != str(SCHEMA_VERSION).encode():
+        return []
+    return [c for c in SCHEMA.names
+            if c not in table.column_names and c not in PARTITION_COLUMNS]
 
 
 def part_schema(location: Location, path: str) -> pa.Schema:
@@ -144,12 +168,27 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         if field.name == "defense" and field.name in table.column_names:
             arrays.append(pc.fill_null(table[field.name].cast(field.type), NO_DEFENSE))
         elif field.name in table.column_names:
-            arrays.append(table[field.name].cast(field.type))
+            arrays.append(_cast_without_loss(table[field.name], field))
         elif field.name == "defense":
             arrays.append(pa.array([NO_DEFENSE] * len(table), field.type))
         else:
             arrays.append(pa.nulls(len(table), field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _cast_without_loss(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
+    """``column`` cast to ``field``'s type, refusing a number that the cast would change (Arrow
+    casts 5 to ``True``; a safe cast already refuses overflow and truncation)."""
+    cast = column.cast(field.type)
+    source = column.type
+    if source != field.type and (pa.types.is_integer(source) or pa.types.is_floating(source)):
+        kept = pc.or_kleene(pc.equal(cast.cast(source), column), pc.is_null(column))
+        if pa.types.is_floating(source):
+            kept = pc.or_kleene(kept, pc.is_nan(column))
+        if not pc.all(kept, min_count=0).as_py():
+            raise ValueError(f"column {field.name} holds values of type {source} that "
+                             f"{field.type} does not hold")
+    return cast
 
 
 def deduplicate(df: pd.DataFrame) -> pd.DataFrame:

@@ -28,12 +28,14 @@ incompatible types"). A single part still reads alone, keys included. Readers ca
 
 from __future__ import annotations
 
+import io
 import json
 import traceback
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from raypoison import PROTOCOL_VERSION, __version__
 from raypoison.core.identity import NO_DEFENSE
@@ -286,6 +288,15 @@ def to_part(table: pa.Table) -> pa.Table:
         table = table.set_column(i, pa.field(name, pa.dictionary(pa.int32(), pa.string())),
                                  table[name].cast(pa.string()).dictionary_encode())
     return table
+
+
+def part_bytes(table: pa.Table) -> bytes:
+    """``table`` (of :data:`SCHEMA`) as the bytes of a part file: :func:`to_part`'s layout,
+    zstd, and a CRC of every data page, so that a flipped byte is an error when read (readers
+    verify them: :func:`raypoison.store.results.read_part`) rather than a changed value."""
+    buffer = io.BytesIO()
+    pq.write_table(to_part(table), buffer, compression="zstd", write_page_checksum=True)
+    return buffer.getvalue()
 
 
 def is_part_layout(schema: pa.Schema) -> bool:

@@ -7,15 +7,12 @@ the end. A trial's rows always land in the same file, so a trial is either wholl
 
 from __future__ import annotations
 
-import io
 import time
 from collections import defaultdict
 
-import pyarrow.parquet as pq
-
 from raypoison.errors import ResultsError
 from raypoison.store.results import PART_PREFIX, RESULTS_DIR
-from raypoison.store.rows import to_part, to_table
+from raypoison.store.rows import part_bytes, to_table
 from raypoison.store.storage import Location
 
 
@@ -70,10 +67,8 @@ class ParquetSink:
         self._sequence += 1
         name = f"{PART_PREFIX}{self.run_id}-{self._sequence:06d}.parquet"
         path = self.location.join(RESULTS_DIR, f"scenario={scenario}", f"attack={attack}", name)
-        buffer = io.BytesIO()
-        pq.write_table(to_part(to_table(rows)), buffer, compression="zstd")
         try:
-            self.location.write_bytes(path, buffer.getvalue())
+            self.location.write_bytes(path, part_bytes(to_table(rows)))
         except OSError as err:
             self._forget(key)
             self.rows_lost += len(rows)
