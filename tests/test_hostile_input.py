@@ -567,3 +567,158 @@ def test_a_checkpoint_of_other_architecture_parameters_is_refused(tiny_checkpoin
     check_checkpoint_files(list(parse_suite(raw).scenarios))  # the same network: accepted
     same = parse_suite(copy.deepcopy(TINY))
     assert TrialContext.create(same.scenarios[0], {"net-a": tiny_checkpoint}).model("net-a")
+
+
+def _reconstructed(shape: int, dtype: str) -> bytes:
+    """84 bytes that ask numpy's ``_reconstruct`` (how every pickled array begins) for an
+    array of ``shape`` elements, as a pickled array never does (it asks for none, then sets its
+    state from the bytes it carries)."""
+    return (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ"
+            + shape.to_bytes(4, "little") + b"\x85cnumpy\ndtype\nX"
+            + len(dtype).to_bytes(4, "little") + dtype.encode() + b"\x85R\x87R.")
+
+
+def test_the_restricted_unpickler_bounds_every_way_to_an_array_or_tensor():
+    """``_reconstruct`` of 2e8 objects filled 1.6 GB before the size check; an object state set
+    on a numeric array crashed numpy; a pickled tensor of stride 0 claimed any size from one
+    float. Each is refused before anything is allocated, and ordinary arrays still load."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    from raypoison.core.safe_pickle import restricted_loads
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(pickle.UnpicklingError, match="Python objects"):
+        restricted_loads(_reconstructed(200_000_000, "O8"))
+    with pytest.raises(pickle.UnpicklingError, match="200,000,000 elements"):
+        restricted_loads(_reconstructed(200_000_000, "f8"))
+    class ObjectState:
+        def __reduce__(self):
+            return (np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+                    (1, (10**9,), np.dtype("O"), False, [1, 2]))
+
+    with pytest.raises(pickle.UnpicklingError, match="Python objects"):
+        restricted_loads(pickle.dumps(ObjectState(), protocol=4))  # numpy segfaulted here
+    claimed = pickle.dumps(torch.full((1,), 0.5).expand(3, 8000, 8000), protocol=2)
+    assert len(claimed) < 2000
+    with pytest.raises(pickle.UnpicklingError, match="tensor of 768,000,000 bytes"):
+        restricted_loads(claimed, allow_tensors=True)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KB
+    fine = restricted_loads(pickle.dumps([np.arange(4.0), np.zeros((2, 3), np.uint8)], 4))
+    assert fine[0].tolist() == [0, 1, 2, 3] and fine[1].shape == (2, 3)
+
+
+def test_an_integer_patch_outside_0_255_is_refused_and_a_huge_one_costs_nothing(tmp_path):
+    """An integer patch of 1000s and -7s was clamped to [0, 255] without a word (a float one
+    outside [0, 1] was refused); a patch larger than the target image was copied four times
+    before the size check."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    from raypoison.errors import DataError
+    from raypoison.formats.trial_folder import TrialFolder, read_trial_folder, write_trial_folder
+
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    write_trial_folder(tmp_path, TrialFolder(images, (1, 1), (4, 5), images[0], 2))
+    image, label = pickle.loads((tmp_path / "target.pickle").read_bytes())  # our own file
+
+    def target(patch):
+        (tmp_path / "target.pickle").write_bytes(pickle.dumps((image, label, patch, [0, 0]), 4))
+
+    target(np.full((3, 3, 3), 255, np.int64))
+    assert read_trial_folder(tmp_path).patch.eq(255).all()
+    bad = np.full((3, 3, 3), 1000, np.int64)
+    bad[0] = -7
+    target(bad)
+    with pytest.raises(DataError, match=r"target.pickle: an integer patch's values must lie in "
+                                        r"\[0, 255\], found -7 to 1000"):
+        read_trial_folder(tmp_path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    target(torch.full((1,), 0.5).expand(3, 2000, 2000))  # 48 MB claimed by 4 bytes
+    with pytest.raises(DataError, match="over the 16,777,216-byte bound"):
+        read_trial_folder(tmp_path)
+    target(torch.full((1,), 0.5).expand(3, 1000, 1000))
+    with pytest.raises(DataError, match="a 1000x1000 patch .* does not fit in the 8x8"):
+        read_trial_folder(tmp_path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 20_000  # KB
+
+
+def test_external_poisons_for_another_target_class_fail_their_trial_naming_the_file(
+        tmp_path, tiny_raw, tiny_checkpoint):
+    """``target.pickle``'s label is the target's class in the reference format; a folder whose
+    label is not the setup's target class was made for another setup, and used to run."""
+    from raypoison.formats.trial_folder import TrialFolder, write_trial_folder
+    from raypoison.trial.context import TrialContext
+    from raypoison.trial.run import run_trials
+
+    tiny_raw["attacks"] = [{"name": "external", "params": {"root": str(tmp_path)}}]
+    suite = parse_suite(tiny_raw)
+    ctx = TrialContext.create(suite.scenarios[0], {"net-a": tiny_checkpoint})
+    specs = list(expand(suite))[:2]
+    for spec in specs:
+        setup = ctx.setup(spec.index)
+        label = setup.target_class if spec.index == 0 else setup.base_class
+        write_trial_folder(tmp_path / str(spec.index), TrialFolder(
+            ctx.data.train_x[list(setup.base_indices)], (setup.base_class,) * len(
+                setup.base_indices), tuple(setup.base_indices),
+            ctx.data.test_x[setup.target_index], label))
+    (right,), (wrong,) = run_trials(specs, ctx)
+    assert right["status"] == "ok", right["error"]
+    setup = ctx.setup(specs[1].index)
+    assert wrong["status"] == "failed" and (
+        f"{tmp_path}/1/target.pickle: its target is labelled {setup.base_class}, but trial 1's "
+        f"target (test image {setup.target_index}) is of class {setup.target_class}"
+        in wrong["error"])
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("num_classes", -3, "malformed metadata (num_classes=-3)"),
+    ("num_classes", 2_000_000, "weights do not fit convnet as its metadata describes it"),
+    ("params", {"width": 1000}, "weights do not fit convnet as its metadata describes it"),
+    ("params", {"wdith": 8}, "cannot rebuild convnet"),
+    ("arch", "resnet81", "cannot rebuild resnet81: unknown model 'resnet81'"),
+    ("meta", [1, 2], "malformed metadata (meta=[1, 2])"),
+    ("state_dict", [1, 2], "its weights are not a mapping of names to tensors"),
+    ("state_dict", {5: "x"}, "its weights are not a mapping of names to tensors"),
+])
+def test_a_checkpoint_with_malformed_metadata_is_refused_naming_it_before_building(
+        tmp_path, tiny_checkpoint, field, value, says):
+    """Metadata a file claims used to reach the model's constructor as it was: a negative class
+    count or a list for ``meta`` crashed with a traceback naming no file, and two million
+    classes or a width of 1,000 allocated gigabytes before the weights were found not to fit."""
+    import io
+
+    import torch
+
+    from raypoison.errors import DataError
+    from raypoison.models.checkpoint import load_checkpoint
+
+    payload = torch.load(io.BytesIO(tiny_checkpoint), weights_only=True)
+    payload[field] = value
+    path = tmp_path / "bad.pt"
+    torch.save(payload, path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError) as caught:
+        load_checkpoint(path)
+    assert str(caught.value).startswith(f"{path}: ") and says in str(caught.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KB
+
+
+def test_a_weight_that_claims_more_than_it_stores_is_refused(tmp_path, tiny_checkpoint):
+    import io
+
+    import torch
+
+    from raypoison.errors import DataError
+    from raypoison.models.checkpoint import load_checkpoint
+
+    payload = torch.load(io.BytesIO(tiny_checkpoint), weights_only=True)
+    name, weight = next((k, v) for k, v in payload["state_dict"].items() if v.ndim == 4)
+    payload["state_dict"][name] = torch.zeros(1).expand(weight.shape)
+    torch.save(payload, tmp_path / "claims.pt")
+    with pytest.raises(DataError, match=rf"claims.pt: tensor {re.escape(name)} claims"):
+        load_checkpoint(tmp_path / "claims.pt")

@@ -1,12 +1,12 @@
 """Poisons crafted elsewhere: trial ``i`` reads ``<root>/<i>/`` in the reference trial-folder
 format. They go through the same checks as the project's own poisons (count, labels, indices,
-target image, ε), so a folder made for another setup or outside the budget is rejected with the
-reason, never trained on. ε allows one uint8 step of slack, as the reference's own check does
-(9/255 for 8/255: its PIL conversion truncates), and a row whose poisons use it says so in
-``poison_check``. A backdoor folder's patch (``target.pickle``'s 4-tuple) becomes the trial's
-trigger, pasted on the target at its stored position at test time. Poisons given as the setup's
-(poison, index) pairs in another order are put in the setup's order, as the reference evaluator
-accepts any order."""
+target image, ε), and the target's label must be the setup's target class, so a folder made for
+another setup or outside the budget is rejected with the reason, never trained on. ε allows one
+uint8 step of slack, as the reference's own check does (9/255 for 8/255: its PIL conversion
+truncates), and a row whose poisons use it says so in ``poison_check``. A backdoor folder's
+patch (``target.pickle``'s 4-tuple) becomes the trial's trigger, pasted on the target at its
+stored position at test time. Poisons given as the setup's (poison, index) pairs in another
+order are put in the setup's order, as the reference evaluator accepts any order."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from raypoison.attacks.context import CraftingContext
 from raypoison.attacks.registry import ATTACKS
 from raypoison.core.schema import parse_path
 from raypoison.data.setups import Setup
+from raypoison.errors import DataError
 from raypoison.formats.trial_folder import read_trial_folder
 
 
@@ -30,7 +31,12 @@ class External(Attack):
         root: str = field(metadata={"parse": parse_path})
 
     def craft(self, ctx: CraftingContext, setup: Setup, seed: int, index: int) -> CraftResult:
-        folder = read_trial_folder(f"{self.params.root}/{index}")
+        where = f"{self.params.root}/{index}"
+        folder = read_trial_folder(where)
+        if folder.target_label != setup.target_class:
+            raise DataError(f"{where}/target.pickle: its target is labelled {folder.target_label}"
+                            f", but trial {index}'s target (test image {setup.target_index}) is "
+                            f"of class {setup.target_class}: a folder made for another setup")
         images, indices, labels = folder.images, folder.base_indices, folder.labels
         wanted = tuple(setup.base_indices)
         if indices != wanted and len(set(indices)) == len(indices) and set(indices) == set(wanted):

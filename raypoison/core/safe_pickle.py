@@ -67,30 +67,66 @@ def _pil_image() -> Any:
 MAX_ARRAY_BYTES = 256 * 2**20  # the largest array a third-party pickle may build (a CIFAR batch: 30 MB)
 
 
+def _checked_size(shape: Any, dtype: Any, limit: int) -> None:
+    """Refuse an array of ``shape`` and ``dtype`` over ``limit`` bytes, or one that holds Python
+    objects (no third-party file this project reads has them, and numpy fills an object array
+    before anything could check its size, or crashes on an object state set on another)."""
+    kind = np.dtype(dtype)
+    if kind.hasobject:
+        raise pickle.UnpicklingError("refused an array of Python objects (dtype object): only "
+                                     "arrays of numbers are allowed in this file")
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    count = int(np.prod([max(int(d), 0) for d in dims], dtype=np.float64))
+    if count * kind.itemsize > limit:
+        raise pickle.UnpicklingError(f"refused an array of {count:,} elements ({kind}): over "
+                                     f"the {limit:,}-byte bound")
+
+
 def _bounded_array_type(limit: int) -> type:
-    """An ``ndarray`` subclass that refuses to be created with more than ``limit`` bytes: a pickle
-    that calls ``numpy.ndarray(shape)`` itself (26 bytes can ask for 8 GB) is refused before the
-    allocation, while arrays rebuilt from the bytes the pickle carries load as usual."""
+    """An ``ndarray`` subclass that refuses to be created, or given a state, with more than
+    ``limit`` bytes or with Python objects (:func:`_checked_size`): a pickle that calls
+    ``numpy.ndarray(shape)`` or ``_reconstruct`` itself (26 bytes can ask for 8 GB) is refused
+    before the allocation, while arrays rebuilt from the bytes the pickle carries load as usual."""
 
     class BoundedArray(np.ndarray):
         def __new__(cls, shape=(), dtype=float, *args, **kwargs):
-            dims = (shape,) if isinstance(shape, int) else tuple(shape)
-            count = int(np.prod([max(int(d), 0) for d in dims], dtype=np.float64))
-            if count * np.dtype(dtype).itemsize > limit:
-                raise pickle.UnpicklingError(f"refused an array of {count:,} elements "
-                                             f"({np.dtype(dtype)}): over the {limit:,}-byte bound")
+            _checked_size(shape, dtype, limit)
             return super().__new__(cls, shape, dtype, *args, **kwargs)
+
+        def __setstate__(self, state):
+            if not isinstance(state, tuple) or len(state) not in (4, 5):
+                raise pickle.UnpicklingError("refused an array state that is not numpy's")
+            _checked_size(state[-4], state[-3], limit)
+            super().__setstate__(state)
 
     return BoundedArray
 
 
+def _bounded_reconstruct(array: type, limit: int) -> Any:
+    """numpy's ``_reconstruct`` (how a pickled array begins) building ``array``, the bounded
+    subclass, whatever class the pickle names, after the same check."""
+    def reconstruct(_subtype: Any, shape: Any, dtype: Any) -> Any:
+        _checked_size(shape, dtype, limit)
+        return _multiarray._reconstruct(array, shape, dtype)
+
+    return reconstruct
+
+
 def _plain(value: Any, limit: int) -> Any:
-    """The loaded object with every array a plain ``ndarray``, each checked against the bound."""
+    """The loaded object with every array a plain ``ndarray``, each checked against the bound,
+    and every tensor checked too: a tensor's size and strides come from the pickle, so a few
+    bytes of storage can claim gigabytes (stride 0) that the first copy of it would allocate."""
     if isinstance(value, np.ndarray):
         if value.nbytes > limit:
             raise pickle.UnpicklingError(f"refused an array of {value.nbytes:,} bytes: over the "
                                          f"{limit:,}-byte bound")
         return value.view(np.ndarray) if type(value) is not np.ndarray else value
+    if type(value).__module__.startswith("torch") and hasattr(value, "element_size"):
+        nbytes = value.numel() * value.element_size()
+        if nbytes > limit:
+            raise pickle.UnpicklingError(f"refused a tensor of {nbytes:,} bytes: over the "
+                                         f"{limit:,}-byte bound")
+        return value
     if isinstance(value, list):
         return [_plain(v, limit) for v in value]
     if isinstance(value, tuple):
@@ -122,6 +158,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return tensors[(module, name)]
         if (module, name) == ("numpy", "ndarray"):
             return self._array
+        if name == "_reconstruct" and (module, name) in _NUMPY_GLOBALS:
+            return _bounded_reconstruct(self._array, self.max_array_bytes)
         try:
             return _NUMPY_GLOBALS[(module, name)]
         except KeyError:

@@ -105,7 +105,11 @@ def _target_tuple(trial: TrialFolder) -> tuple:
     return (*pair, patch, [int(trial.patch_at[0]), int(trial.patch_at[1])])
 
 
-def _read_patch(value: object, at: object, where: str) -> tuple[torch.Tensor, tuple[int, int]]:
+def _read_patch(value: object, at: object, size: tuple[int, ...], where: str
+                ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The patch as uint8 and its ``(start_x, start_y)``, after its shape and position are known
+    to fit the ``size`` (height, width) of the target image: a pickled tensor's shape comes
+    from the file (stride 0 lets a few bytes claim any size), so nothing is copied before."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     if not isinstance(value, np.ndarray) or value.ndim != 3 or value.shape[0] != 3 \
@@ -116,11 +120,16 @@ def _read_patch(value: object, at: object, where: str) -> tuple[torch.Tensor, tu
             isinstance(v, int | np.integer) and not isinstance(v, bool) for v in at):
         raise DataError(f"{where}: the patch position must be [start_x, start_y] integers, "
                         f"found {str(at)[:80]}")
+    position = (int(at[0]), int(at[1]))
+    _check_patch_fits(value.shape[-1], position, size, where)
     floats = torch.from_numpy(np.asarray(value, dtype=np.float32))
     if value.dtype.kind == "f" and not bool(((floats >= 0) & (floats <= 1)).all()):
         raise DataError(f"{where}: the patch's values must lie in [0, 1]")
+    if value.dtype.kind != "f" and not bool(((floats >= 0) & (floats <= 255)).all()):
+        raise DataError(f"{where}: an integer patch's values must lie in [0, 255], found "
+                        f"{int(floats.min())} to {int(floats.max())}")
     patch = floats if value.dtype.kind != "f" else (floats * 255).floor()  # ToPILImage truncates
-    return patch.clamp(0, 255).to(torch.uint8).contiguous(), (int(at[0]), int(at[1]))
+    return patch.to(torch.uint8).contiguous(), position
 
 
 def write_trial_folder(folder: str | Path, trial: TrialFolder) -> None:
@@ -139,23 +148,24 @@ def read_trial_folder(folder: str | Path) -> TrialFolder:
     # base indices are a few thousand integers at most: a bound of 1 MB
     indices = restricted_load_file(folder / "base_indices.pickle", allow_images=True,
                                    max_array_bytes=2**20)
-    target = restricted_load_file(folder / "target.pickle", allow_images=True, allow_tensors=True)
+    # one image and its patch: 16 MB holds a float patch the size of a 1,000-pixel image
+    target = restricted_load_file(folder / "target.pickle", allow_images=True, allow_tensors=True,
+                                  max_array_bytes=2**24)
     if not isinstance(poisons, list) or not all(isinstance(p, tuple) and len(p) == 2
                                                 for p in poisons):
         raise DataError(f"{folder}/poisons.pickle: expected a list of (image, label) pairs")
     if not isinstance(target, tuple) or len(target) not in (2, 4):
         raise DataError(f"{folder}/target.pickle: expected (image, label) or (image, label, "
                         "patch, [start_x, start_y])")
-    patch, patch_at = (_read_patch(target[2], target[3], f"{folder}/target.pickle")
+    target_image = _from_pil(target[0], f"{folder}/target.pickle")
+    patch, patch_at = (_read_patch(target[2], target[3], tuple(target_image.shape[1:]),
+                                   f"{folder}/target.pickle")
                        if len(target) == 4 else (None, None))
     images = [_from_pil(im, f"{folder}/poisons.pickle[{i}]") for i, (im, _) in enumerate(poisons)]
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) > 1:
         raise DataError(f"{folder}/poisons.pickle: images differ in size {sorted(shapes)}")
     stacked = torch.stack(images) if images else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
-    target_image = _from_pil(target[0], f"{folder}/target.pickle")
-    if patch is not None and patch_at is not None:
-        _check_patch_fits(patch, patch_at, tuple(target_image.shape[1:]), f"{folder}/target.pickle")
     return TrialFolder(
         images=stacked,
         labels=tuple(_label(lbl, f"{folder}/poisons.pickle[{i}]")
@@ -179,11 +189,10 @@ def _label(value: object, where: str) -> int:
     return int(value)
 
 
-def _check_patch_fits(patch: torch.Tensor, at: tuple[int, int], size: tuple[int, ...],
-                      where: str) -> None:
-    """The patch pasted at ``[start_x, start_y]`` lies inside the target image, or the victim
-    would train before the trigger is found to be impossible."""
-    side, (x, y) = patch.shape[-1], at
+def _check_patch_fits(side: int, at: tuple[int, int], size: tuple[int, ...], where: str) -> None:
+    """A ``side``-pixel patch pasted at ``[start_x, start_y]`` lies inside the target image, or
+    the victim would train before the trigger is found to be impossible."""
+    x, y = at
     height, width = size[0], size[1]
     if x < 0 or y < 0 or x + side > width or y + side > height:
         raise DataError(f"{where}: a {side}x{side} patch at [start_x={x}, start_y={y}] does not "

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import torch
 
-from raypoison.errors import DataError
+from raypoison.errors import ConfigError, DataError
 from raypoison.models.base import ImageClassifier
 from raypoison.models.registry import MODELS
 
@@ -73,21 +73,83 @@ def checkpoint_bytes(model: ImageClassifier, meta: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def _check_fields(payload: dict, where: str) -> None:
+    """The metadata a raypoison checkpoint rebuilds its model from, of the types it must have,
+    before anything is built from it."""
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    def numbers(value: Any) -> bool:
+        return isinstance(value, list | tuple) and len(value) in (1, 3) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+
+    wrong = [name for name, ok in (
+        ("arch", isinstance(payload.get("arch"), str)),
+        ("num_classes", positive_int(payload.get("num_classes"))),
+        ("image_size", positive_int(payload.get("image_size", 32))),
+        ("mean", numbers(payload.get("mean"))), ("std", numbers(payload.get("std"))),
+        ("params", isinstance(payload.get("params"), dict | None)),
+        ("meta", isinstance(payload.get("meta", {}), dict)),
+    ) if not ok]
+    if wrong:
+        shown = ", ".join(f"{k}={repr(payload.get(k))[:40]}" for k in wrong)
+        raise DataError(f"{where}: a raypoison checkpoint with malformed metadata ({shown})")
+
+
+def _tensors(state: Any, where: str) -> dict[str, torch.Tensor]:
+    """A state dict of names and tensors, each holding the elements it claims (a tensor's
+    shape and strides come from the file: stride 0 lets eight bytes claim gigabytes), or the
+    error that names the file."""
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise DataError(f"{where}: its weights are not a mapping of names to tensors")
+    for key, value in state.items():
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise DataError(f"{where}: tensor {key} claims {tuple(value.shape)} but stores "
+                            f"{value.untyped_storage().nbytes():,} bytes")
+    return state
+
+
+def _rebuilt(where: str, state: dict[str, torch.Tensor], arch: str, *args: Any,
+             own: tuple[str, ...] = ()) -> ImageClassifier:
+    """``build_model(arch, *args)`` with ``state`` loaded (and the model's own values of the
+    keys in ``own``), the shapes compared first on a model built on the meta device: the
+    metadata (a class count, a width) would otherwise allocate whatever it claims before the
+    weights could disagree with it. A model that fits the weights is no larger than they are."""
+    try:
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in build_model(arch, *args).state_dict().items()
+                      if k not in own}
+    except (ConfigError, TypeError, ValueError, RuntimeError, NotImplementedError) as err:
+        raise DataError(f"{where}: cannot rebuild {arch}: {err}") from None
+    wrong = sorted(k for k in shapes.keys() | state.keys()
+                   if k not in shapes or k not in state or shapes[k] != state[k].shape)
+    if wrong:
+        shown = ", ".join(f"{k} {tuple(state[k].shape) if k in state else 'missing'} for "
+                          f"{tuple(shapes[k]) if k in shapes else 'none'}" for k in wrong[:3])
+        raise DataError(f"{where}: weights do not fit {arch} as its metadata describes it "
+                        f"({len(wrong)} tensors: {shown})")
+    model = build_model(arch, *args)
+    try:
+        model.load_state_dict({**state, **{k: v for k, v in model.state_dict().items()
+                                           if k in own}})
+    except (RuntimeError, ValueError) as err:
+        raise DataError(f"{where}: weights do not fit {arch}: {err}") from None
+    return model
+
+
 def _from_reference(state: dict, arch: str, mean, std, image_size: int, where: str,
                     params: Any = None):
     mapped = {}
-    for key, value in state.items():
+    for key, value in _tensors(state, where).items():
         key = key.removeprefix("module.")
         first, _, rest = key.partition(".")
         mapped[f"head.{rest}" if first in HEAD_NAMES else f"extractor.{key}"] = value
     if "head.weight" not in mapped:
         raise DataError(f"{where}: no last layer named {' or '.join(HEAD_NAMES)} in the checkpoint")
-    model = build_model(arch, mapped["head.weight"].shape[0], mean, std, image_size, params)
-    mapped["mean"], mapped["std"] = model.mean, model.std
-    try:
-        model.load_state_dict(mapped)
-    except RuntimeError as err:
-        raise DataError(f"{where}: reference weights do not fit {arch}: {err}") from None
+    classes = mapped["head.weight"].shape[0] if mapped["head.weight"].ndim == 2 else 0
+    model = _rebuilt(where, mapped, arch, classes, mean, std, image_size, params,
+                     own=("mean", "std"))
     return model, {"arch": arch, "imported_from": "reference"}
 
 
@@ -117,13 +179,8 @@ def load_checkpoint(source: bytes | str | Path, where: str = "", *, arch: str | 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(f"{where}: not a raypoison checkpoint (expected format {FORMAT!r}) "
                         "nor a reference one ({'net': state_dict})")
-    try:
-        model = build_model(payload["arch"], payload["num_classes"], payload["mean"],
-                            payload["std"], payload.get("image_size", 32), payload.get("params"))
-    except (TypeError, ValueError) as err:
-        raise DataError(f"{where}: cannot rebuild {payload.get('arch')}: {err}") from None
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
-        raise DataError(f"{where}: weights do not fit {payload['arch']}: {err}") from None
+    _check_fields(payload, where)
+    state = _tensors(payload["state_dict"], where)
+    model = _rebuilt(where, state, payload["arch"], payload["num_classes"], payload["mean"],
+                     payload["std"], payload.get("image_size", 32), payload.get("params"))
     return model, dict(payload.get("meta", {}))
