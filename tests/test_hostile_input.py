@@ -722,3 +722,31 @@ def test_a_weight_that_claims_more_than_it_stores_is_refused(tmp_path, tiny_chec
     torch.save(payload, tmp_path / "claims.pt")
     with pytest.raises(DataError, match=rf"claims.pt: tensor {re.escape(name)} claims"):
         load_checkpoint(tmp_path / "claims.pt")
+
+
+@pytest.mark.parametrize("case", ["deep", "long integer", "nan", "pretrain seed"])
+def test_yaml_the_parser_cannot_read_and_values_out_of_range_name_the_file(tmp_path, capsys,
+                                                                           case):
+    """Lists nested 600 deep (a 1.2 KB file) and an integer of 5,000 digits crashed the CLI with
+    a traceback; NaN named its key but not the file; a pre-training seed of 10**26 passed
+    ``validate`` and failed the run after its manifest was written."""
+    raw = copy.deepcopy(TINY)
+    if case == "pretrain seed":
+        model = next(iter(raw["scenarios"][0]["models"].values()))
+        model["pretrain"] = {"seed": 10**26}
+    text = yaml.safe_dump(raw, sort_keys=False)
+    text += {"deep": "description: " + "[" * 600 + "]" * 600 + "\n",
+             "long integer": "seed: " + "7" * 5000 + "\n",
+             "nan": "", "pretrain seed": ""}[case]
+    if case == "nan":
+        text = text.replace("budget: 3", "budget: .nan")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith(f"error: {path}") and "Traceback" not in said, said
+    assert {"deep": "nests lists or mappings deeper than can be read",
+            "long integer": "holds a value that cannot be read",
+            "nan": "scenarios[0].budget: must be a finite number",
+            "pretrain seed": "pretrain.seed: must lie in [0, 2**63), got 10000000000000000000"
+            }[case] in said

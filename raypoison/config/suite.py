@@ -57,6 +57,13 @@ MAX_CONFIG_VALUES = 1_000_000  # values of a config once its YAML aliases are ex
 SAVED_TRIAL_FILE = "trial"
 
 
+def check_seed(path: str, seed: int) -> None:
+    """A seed that seeds a torch generator as it is: what ``manual_seed`` takes, [0, 2**63)."""
+    if not 0 <= seed < 2**63:
+        shown = str(seed) if len(str(seed)) <= 40 else f"{str(seed)[:20]}… ({len(str(seed))} digits)"
+        raise ConfigError(path, f"must lie in [0, 2**63), got {shown}")
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """How to train a model from scratch when no checkpoint is given.
@@ -72,6 +79,9 @@ class PretrainConfig:
     seed: int = 0
     dataset: Component | None = field(
         default=None, metadata={"parse": lambda v, p: _dataset_component(v, p)})
+
+    def validate(self, path: str) -> None:
+        check_seed(f"{path}.seed", self.seed)
 
     def dataset_for(self, scenario_dataset: Component) -> Component:
         """The data set this model pre-trains on, given its scenario's."""
@@ -518,6 +528,10 @@ def _read_yaml(path: Path) -> Any:
                               f"{err.object[err.start:err.start + 4]!r}); save it as UTF-8") from None
     try:
         raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+        values, bad = expanded_size(raw), non_finite(raw)
+    except RecursionError:
+        raise ConfigError("", f"{path} nests lists or mappings deeper than can be read; a "
+                              "benchmark config needs a few levels") from None
     except _DuplicateKey as err:
         raise ConfigError("", f"{path}, line {err.line}: key {quote(err.key)} is given twice in "
                               f"one mapping (first on line {err.first}); YAML would keep the "
@@ -529,13 +543,14 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError("", f"{path} is not valid YAML{where}: {what}") from None
     except yaml.YAMLError as err:
         raise ConfigError("", f"{path} is not valid YAML: {quote(str(err))}") from None
-    values = expanded_size(raw)
+    except ValueError as err:  # an integer of more digits than Python converts
+        raise ConfigError("", f"{path} holds a value that cannot be read: {quote(str(err))}"
+                          ) from None
     if values > MAX_CONFIG_VALUES:
         raise ConfigError("", f"{path} expands to more than {MAX_CONFIG_VALUES:,} values once its "
                               "YAML aliases are expanded; a benchmark config needs far fewer")
-    bad = non_finite(raw)
     if bad is not None:
-        raise ConfigError(bad, "must be a finite number, not NaN or infinity")
+        raise ConfigError(f"{path}: {bad}", "must be a finite number, not NaN or infinity")
     return raw
 
 
@@ -608,8 +623,7 @@ class ZooEntry:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"{path}.seeds", "give one or more distinct seeds")
         for i, seed in enumerate(self.seeds):
-            if not 0 <= seed < 2**63:  # what torch.manual_seed takes
-                raise ConfigError(f"{path}.seeds[{i}]", f"must lie in [0, 2**63), got {seed}")
+            check_seed(f"{path}.seeds[{i}]", seed)
 
     def model_config(self, seed: int) -> ModelConfig:
         return ModelConfig(self.arch, self.params, None, PretrainConfig(self.recipe, seed))
