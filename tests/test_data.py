@@ -274,3 +274,22 @@ def test_a_corrupt_image_is_named_with_its_class_folder(tmp_path):
     (tmp_path / "train" / "c1" / "0001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DataError, match=r"train/c1/0001.png"):
         source("imagefolder", root=str(tmp_path))
+
+
+def test_a_class_without_test_images_and_an_order_header_that_lies_are_refused(tmp_path):
+    """A class with training images and no test folder loaded, and the trials that drew it as
+    their target class failed with numpy's "a cannot be empty", naming nothing; an order file
+    whose 128-byte header claims 10**12 labels raised MemoryError."""
+    import shutil
+
+    _write_shuffled_folder(tmp_path)
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.int64))
+    header["shape"] = (10**12,)
+    with (tmp_path / "lies.npy").open("wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        out.write(b"\0" * 8)
+    with pytest.raises(DataError, match=r"lies.npy: not a .npy array of class labels"):
+        source("imagefolder", root=str(tmp_path), train_order=str(tmp_path / "lies.npy"))
+    shutil.rmtree(tmp_path / "test" / "c1")
+    with pytest.raises(DataError, match=r"training classes \['c1'\] have no test folder"):
+        source("imagefolder", root=str(tmp_path))

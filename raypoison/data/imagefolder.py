@@ -56,9 +56,9 @@ class ImageFolderParams:
 def read_order(path: str) -> np.ndarray:
     """An order file: a ``.npy`` array of class labels (whole numbers ≥ 0, one dimension), read
     without pickles; anything else is refused naming the file."""
-    try:
-        labels = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
+    try:  # mapped first: a header may claim more than the file holds (10**12 labels in 128 bytes)
+        labels = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
+    except (OSError, ValueError, EOFError, MemoryError) as err:
         raise DataError(f"{path}: not a .npy array of class labels ({type(err).__name__}: "
                         f"{str(err)[:120].split('. ')[0]})") from None
     if labels.ndim != 1 or labels.dtype.kind not in "iuf" or len(labels) == 0:
@@ -121,6 +121,11 @@ class ImageFolder(DataSource):
         missing = sorted({k.split("/", 1)[1] for k in files if k.startswith("test/")} - set(classes))
         if missing:
             raise DataError(f"{root}: test classes {missing} have no training folder")
+        untested = sorted(set(classes) - {k.split("/", 1)[1] for k in files
+                                          if k.startswith("test/")})
+        if untested:  # every class may be drawn as a target, which is a test image
+            raise DataError(f"{root}: training classes {untested[:5]} have no test folder "
+                            "(test/<class>/<image>)")
         train_x, train_y = _load_split(files, classes, "train", root)
         test_x, test_y = _load_split(files, classes, "test", root)
         test_exact = None
