@@ -64,9 +64,12 @@ def test_a_present_checkpoint_is_kept_only_if_the_index_says_it_is_this_entry(tm
              "recipe": dict(RECIPE, epochs=epochs), "seeds": [0]}]}))
         return load_zoo(zoo_file)
 
+    from raypoison.models.checkpoint import build_model, checkpoint_bytes
+
     out = tmp_path / "out"
     out.mkdir()
-    (out / "clean-s0.pt").write_bytes(b"weights")
+    weights = checkpoint_bytes(build_model("convnet", 10, (0.5,) * 3, (0.25,) * 3), {})
+    (out / "clean-s0.pt").write_bytes(weights)
     zoo = zoo_with(8)
     entry = {"clean-s0.pt": {**_describe(zoo.models[0], 0), "clean_accuracy": 0.9}}
     (out / "zoo.json").write_text(json.dumps(entry))
@@ -85,7 +88,20 @@ def test_a_present_checkpoint_is_kept_only_if_the_index_says_it_is_this_entry(tm
         (out / "zoo.json").write_text(index)
         with pytest.raises(DataError, match=said):
             pretrain_zoo(zoo, str(out))
-    assert (out / "clean-s0.pt").read_bytes() == b"weights"  # nothing lost
+    assert (out / "clean-s0.pt").read_bytes() == weights  # nothing lost
+    # the index trusted, the file not: a damaged checkpoint, or an accuracy that is not one
+    (out / "zoo.json").write_text(json.dumps(entry))
+    (out / "clean-s0.pt").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(DataError, match=r"clean-s0.pt: not a readable checkpoint .*; delete it "
+                                        r"to train it again"):
+        pretrain_zoo(zoo, str(out))
+    (out / "clean-s0.pt").write_bytes(weights)
+    for accuracy in ("high", None):
+        (out / "zoo.json").write_text(json.dumps(
+            {"clean-s0.pt": dict(entry["clean-s0.pt"], clean_accuracy=accuracy)}))
+        with pytest.raises(DataError, match=rf"the entry of clean-s0.pt has clean_accuracy "
+                                            rf"'?{accuracy}'?, not a number"):
+            pretrain_zoo(zoo, str(out))
     (tmp_path / "afile").write_text("")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         pretrain_zoo(zoo, str(tmp_path / "afile"))

@@ -3,8 +3,8 @@
 Each checkpoint is written atomically as ``<output>/<name>-s<seed>.pt``; ``<output>/zoo.json``
 lists them with their clean (and, for adversarial training, robust) test accuracy. Checkpoints that
 exist are kept, so running the command again trains only what is missing; a checkpoint is kept
-only if ``zoo.json`` says it was trained from the config's very entry (else the command stops and
-says which file and what differs).
+only if ``zoo.json`` says it was trained from the config's very entry and the file reads as a
+checkpoint of that architecture (else the command stops and says which file and what differs).
 """
 
 from __future__ import annotations
@@ -78,6 +78,21 @@ def _check_present(location: Location, index: dict[str, Any], index_path: str,
                           f"{str(wanted[k])[:60]} in the config" for k in differs)
         raise DataError(f"{location.join(name)} was trained from another zoo entry ({shown}): "
                         "delete it to train it again, or write the zoo to another --output")
+    for key in ("clean_accuracy", "robust_accuracy"):
+        value = recorded.get(key)
+        if (key == "clean_accuracy" or value is not None) and (
+                isinstance(value, bool) or not isinstance(value, int | float)):
+            raise DataError(f"{index_path}: the entry of {name} has {key} "
+                            f"{str(value)[:40]!r}, not a number: restore the index, or delete "
+                            "the checkpoint to train it again")
+    try:  # the index describes the file; whether the file is what it describes is read here
+        model, _ = load_checkpoint(location.read_bytes(location.join(name)),
+                                   where=location.join(name))
+    except DataError as err:
+        raise DataError(f"{err}; delete it to train it again") from None
+    if model.name != entry.arch:
+        raise DataError(f"{location.join(name)} holds a {model.name}, its index entry and the "
+                        f"config a {entry.arch}: delete it to train it again")
 
 
 def pretrain_zoo(zoo: ZooConfig, output: str, *, address: str | None = None,
