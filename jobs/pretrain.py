@@ -1,6 +1,6 @@
 """Entry point for ``ray job submit``: ``raypoison pretrain`` joined to the job's cluster.
 
-    ray job submit --working-dir . -- python jobs/pretrain.py configs/zoo.yaml --output OUTPUT
+    ray job submit --working-dir . -- python jobs/pretrain.py configs/zoo-cifar.yaml --output OUTPUT
 """
 
 import sys

@@ -196,7 +196,10 @@ def _run(args: argparse.Namespace) -> int:
           f"{summary.skipped} already done, {summary.computed} computed "
           f"({summary.failed} with failures), {summary.rows_written} rows in "
           f"{summary.files_written} files, {summary.seconds:.1f} s")
-    print(f"results: {args.output.rstrip('/')}/results   manifest: {summary.manifest}")
+    manifest = summary.manifest
+    if "://" not in args.output and not os.path.isabs(args.output) and os.path.isabs(manifest):
+        manifest = os.path.relpath(manifest)  # as the output was given, like the results path
+    print(f"results: {args.output.rstrip('/')}/results   manifest: {manifest}")
     if summary.errors:  # failed trials are data, but a reader must not miss them
         rows = sum(n for n, _ in summary.errors)
         print(f"{rows} rows failed or were rejected; the most common reasons:", file=sys.stderr)
