@@ -86,7 +86,8 @@ def check_checkpoint_files(scenarios: list[ScenarioConfig]) -> None:
             cfg = scenario.models[name]
             if cfg.checkpoint is not None:
                 model, _ = load_checkpoint(  # normalization is irrelevant to this check
-                    Path(cfg.checkpoint), where=f"scenario {scenario.name}, model {name}",
+                    Path(cfg.checkpoint),
+                    where=f"scenario {scenario.name}, model {name}: {cfg.checkpoint}",
                     arch=cfg.arch, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), params=cfg.params,
                 )
                 if model.name != cfg.arch:
