@@ -293,3 +293,45 @@ def test_a_class_without_test_images_and_an_order_header_that_lies_are_refused(t
     shutil.rmtree(tmp_path / "test" / "c1")
     with pytest.raises(DataError, match=r"training classes \['c1'\] have no test folder"):
         source("imagefolder", root=str(tmp_path))
+
+
+def _as_python2_pickles_it(batch: dict) -> bytes:
+    """A CIFAR batch as Python 2's cPickle wrote the real files (protocol 2, byte strings as
+    ``str``, each array through numpy's ``_reconstruct`` and a state of raw bytes): Python 3's
+    own pickles of arrays take another path, so they would not test the one real files take."""
+    import struct
+
+    def text(b: bytes) -> bytes:
+        return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+
+    def num(i: int) -> bytes:
+        return b"J" + struct.pack("<i", i)
+
+    def array(a: np.ndarray) -> bytes:
+        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + num(0) + b"\x85"
+                + text(b"b") + b"\x87R(" + num(1) + b"(" + b"".join(num(d) for d in a.shape)
+                + b"tcnumpy\ndtype\n" + text(b"u1") + num(0) + num(1) + b"\x87R(" + num(3)
+                + text(b"|") + b"NNN" + num(-1) + num(-1) + num(0) + b"tb\x89"
+                + text(a.tobytes()) + b"tb")
+
+    return (b"\x80\x02}(" + text(b"data") + array(batch[b"data"]) + text(b"labels") + b"](" +
+            b"".join(num(v) for v in batch[b"labels"]) + b"eu.")
+
+
+def test_cifar_batches_as_python_2_wrote_them_load_through_the_restricted_unpickler(tmp_path):
+    """The bounds on arrays wrap numpy's ``_reconstruct`` and array states: the real CIFAR files
+    (Python 2 pickles) must still load, byte for byte."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    batches = {}
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        batches[name] = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+                         b"labels": [i % 10, 1, 2, 3]}
+        blob = _as_python2_pickles_it(batches[name])
+        assert pickle.loads(blob, encoding="bytes")[b"labels"] == batches[name][b"labels"]
+        (folder / name).write_bytes(blob)
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"plane"] * 10}))
+    data = source("cifar10", root=str(tmp_path))
+    expected = torch.from_numpy(batches["test_batch"][b"data"].reshape(4, 3, 32, 32))
+    assert torch.equal(data.test_x, expected) and data.train_x.shape == (20, 3, 32, 32)
