@@ -293,6 +293,8 @@ def test_a_class_without_test_images_and_an_order_header_that_lies_are_refused(t
     shutil.rmtree(tmp_path / "test" / "c1")
     with pytest.raises(DataError, match=r"training classes \['c1'\] have no test folder"):
         source("imagefolder", root=str(tmp_path))
+    kept = source("imagefolder", root=str(tmp_path), classes=[0, 2])  # c1 is not used
+    assert kept.classes == ("c0", "c2") and len(kept.test_y) == 2
 
 
 def _as_python2_pickles_it(batch: dict) -> bytes:

@@ -589,9 +589,8 @@ def test_the_restricted_unpickler_bounds_every_way_to_an_array_or_tensor():
 
     from raypoison.core.safe_pickle import restricted_loads
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(pickle.UnpicklingError, match="Python objects"):
-        restricted_loads(_reconstructed(200_000_000, "O8"))
+        restricted_loads(_reconstructed(200_000_000, "O8"))  # checked after 1.6 GB, before
     with pytest.raises(pickle.UnpicklingError, match="200,000,000 elements"):
         restricted_loads(_reconstructed(200_000_000, "f8"))
     class ObjectState:
@@ -605,7 +604,6 @@ def test_the_restricted_unpickler_bounds_every_way_to_an_array_or_tensor():
     assert len(claimed) < 2000
     with pytest.raises(pickle.UnpicklingError, match="tensor of 768,000,000 bytes"):
         restricted_loads(claimed, allow_tensors=True)
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KB
     fine = restricted_loads(pickle.dumps([np.arange(4.0), np.zeros((2, 3), np.uint8)], 4))
     assert fine[0].tolist() == [0, 1, 2, 3] and fine[1].shape == (2, 3)
 
@@ -613,7 +611,7 @@ def test_the_restricted_unpickler_bounds_every_way_to_an_array_or_tensor():
 def test_an_integer_patch_outside_0_255_is_refused_and_a_huge_one_costs_nothing(tmp_path):
     """An integer patch of 1000s and -7s was clamped to [0, 255] without a word (a float one
     outside [0, 1] was refused); a patch larger than the target image was copied four times
-    before the size check."""
+    before the size check (3 × 30,000² claimed from one float: 15 GB)."""
     import pickle
 
     import numpy as np
@@ -637,14 +635,14 @@ def test_an_integer_patch_outside_0_255_is_refused_and_a_huge_one_costs_nothing(
     with pytest.raises(DataError, match=r"target.pickle: an integer patch's values must lie in "
                                         r"\[0, 255\], found -7 to 1000"):
         read_trial_folder(tmp_path)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     target(torch.full((1,), 0.5).expand(3, 2000, 2000))  # 48 MB claimed by 4 bytes
     with pytest.raises(DataError, match="over the 16,777,216-byte bound"):
         read_trial_folder(tmp_path)
-    target(torch.full((1,), 0.5).expand(3, 1000, 1000))
+    # under the bound, a patch larger than the image is refused before its values are read
+    # (which copies it): values outside [0, 1] would be the error if they were read first
+    target(torch.full((1,), 2.0).expand(3, 1000, 1000))
     with pytest.raises(DataError, match="a 1000x1000 patch .* does not fit in the 8x8"):
         read_trial_folder(tmp_path)
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 20_000  # KB
 
 
 def test_external_poisons_for_another_target_class_fail_their_trial_naming_the_file(
@@ -701,11 +699,30 @@ def test_a_checkpoint_with_malformed_metadata_is_refused_naming_it_before_buildi
     payload[field] = value
     path = tmp_path / "bad.pt"
     torch.save(payload, path)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(DataError) as caught:
-        load_checkpoint(path)
+        load_checkpoint(path)  # "as its metadata describes it": compared before it was built
     assert str(caught.value).startswith(f"{path}: ") and says in str(caught.value)
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KB
+
+
+def test_a_reference_checkpoint_without_batchnorm_counters_still_loads():
+    """Checkpoints of PyTorch before 0.4.1 lack BatchNorm's ``num_batches_tracked``, which
+    ``load_state_dict`` fills in; the shapes compared before building must not refuse them."""
+    import io
+
+    import torch
+
+    from raypoison.models.checkpoint import build_model, load_checkpoint
+
+    model = build_model("resnet18", 10, (0.5,) * 3, (0.25,) * 3)
+    state = {("module." + k.replace("extractor.", "").replace("head.", "linear.")): v
+             for k, v in model.state_dict().items()
+             if k not in ("mean", "std") and not k.endswith("num_batches_tracked")}
+    buffer = io.BytesIO()
+    torch.save({"net": state}, buffer)
+    loaded, meta = load_checkpoint(buffer.getvalue(), arch="resnet18", mean=(0.5,) * 3,
+                                   std=(0.25,) * 3)
+    assert meta["imported_from"] == "reference"
+    assert torch.equal(loaded.head.weight, model.head.weight)
 
 
 def test_a_weight_that_claims_more_than_it_stores_is_refused(tmp_path, tiny_checkpoint):

@@ -17,6 +17,7 @@ shape of the benchmark's Tiny-ImageNet transfer scenario.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,12 +54,29 @@ class ImageFolderParams:
                 raise ConfigError(f"{path}.{key}", f"needs 3 values, got {len(value)}")
 
 
+def _check_npy_size(path: str) -> None:
+    """A ``.npy`` file holds the bytes its header claims (a 128-byte header can claim 10**12
+    labels, which ``np.load`` would allocate before finding the data short)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f"a .npy file of version {version}, not 1.0 or 2.0")
+        shape, _, dtype = readers[version](f)
+        held = os.fstat(f.fileno()).st_size - f.tell()
+    claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if claimed > held:
+        raise ValueError(f"its header claims {claimed:,} bytes of data, the file holds {held:,}")
+
+
 def read_order(path: str) -> np.ndarray:
     """An order file: a ``.npy`` array of class labels (whole numbers ≥ 0, one dimension), read
     without pickles; anything else is refused naming the file."""
-    try:  # mapped first: a header may claim more than the file holds (10**12 labels in 128 bytes)
-        labels = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
-    except (OSError, ValueError, EOFError, MemoryError) as err:
+    try:
+        _check_npy_size(path)
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
         raise DataError(f"{path}: not a .npy array of class labels ({type(err).__name__}: "
                         f"{str(err)[:120].split('. ')[0]})") from None
     if labels.ndim != 1 or labels.dtype.kind not in "iuf" or len(labels) == 0:
@@ -121,11 +139,6 @@ class ImageFolder(DataSource):
         missing = sorted({k.split("/", 1)[1] for k in files if k.startswith("test/")} - set(classes))
         if missing:
             raise DataError(f"{root}: test classes {missing} have no training folder")
-        untested = sorted(set(classes) - {k.split("/", 1)[1] for k in files
-                                          if k.startswith("test/")})
-        if untested:  # every class may be drawn as a target, which is a test image
-            raise DataError(f"{root}: training classes {untested[:5]} have no test folder "
-                            "(test/<class>/<image>)")
         train_x, train_y = _load_split(files, classes, "train", root)
         test_x, test_y = _load_split(files, classes, "test", root)
         test_exact = None
@@ -152,6 +165,11 @@ class ImageFolder(DataSource):
                 raise DataError(f"{root}: classes {beyond} do not exist; the folder has "
                                 f"{len(classes)} classes, 0 to {len(classes) - 1}")
             images = images.select_classes(params.classes)
+        tested = set(images.test_y.unique().tolist())
+        untested = [name for i, name in enumerate(images.classes) if i not in tested]
+        if untested:  # every class may be drawn as a target, which is a test image
+            raise DataError(f"{root}: training classes {untested[:5]} have no test folder "
+                            "(test/<class>/<image>)")
         if not (params.mean and params.std):  # measure them on the images kept
             x = images.train_x.float() / 255
             images.mean = params.mean or tuple(x.mean(dim=(0, 2, 3)).tolist())

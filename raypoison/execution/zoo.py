@@ -59,7 +59,9 @@ def _check_present(location: Location, index: dict[str, Any], index_path: str,
                    entry: ZooEntry, seed: int) -> None:
     """A checkpoint already in the output is kept only if the index says it was trained from
     this very entry: reused by file name alone, a changed entry (another architecture, recipe
-    or data) would keep the old weights under the new description."""
+    or data) would keep the old weights under the new description. The file is read too
+    (each invocation; a download per checkpoint on object storage), so a damaged one is trained
+    again rather than reported as trained."""
     name = entry.file_name(seed)
     recorded = index.get(name)
     if not isinstance(recorded, dict):

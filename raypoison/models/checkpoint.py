@@ -113,23 +113,32 @@ def _tensors(state: Any, where: str) -> dict[str, torch.Tensor]:
 def _rebuilt(where: str, state: dict[str, torch.Tensor], arch: str, *args: Any,
              own: tuple[str, ...] = ()) -> ImageClassifier:
     """``build_model(arch, *args)`` with ``state`` loaded (and the model's own values of the
-    keys in ``own``), the shapes compared first on a model built on the meta device: the
-    metadata (a class count, a width) would otherwise allocate whatever it claims before the
-    weights could disagree with it. A model that fits the weights is no larger than they are."""
+    keys in ``own``), the shapes of the tensors both have compared first on a model built on
+    the meta device: the metadata (a class count, a width) would otherwise allocate whatever it
+    claims before the weights could disagree with it; a model whose tensors fit the weights is
+    no larger than they are. Which names may be missing or extra is left to
+    ``load_state_dict`` (BatchNorm fills in a missing ``num_batches_tracked``, as in
+    checkpoints of older PyTorch). A model that cannot be built on the meta device (one that
+    reads a tensor's value while it is built) is built for real and compared there."""
     try:
         with torch.device("meta"):
-            shapes = {k: v.shape for k, v in build_model(arch, *args).state_dict().items()
-                      if k not in own}
-    except (ConfigError, TypeError, ValueError, RuntimeError, NotImplementedError) as err:
+            probe = build_model(arch, *args)
+    except (RuntimeError, NotImplementedError):
+        probe = None
+    except (ConfigError, TypeError, ValueError) as err:
         raise DataError(f"{where}: cannot rebuild {arch}: {err}") from None
-    wrong = sorted(k for k in shapes.keys() | state.keys()
-                   if k not in shapes or k not in state or shapes[k] != state[k].shape)
-    if wrong:
-        shown = ", ".join(f"{k} {tuple(state[k].shape) if k in state else 'missing'} for "
-                          f"{tuple(shapes[k]) if k in shapes else 'none'}" for k in wrong[:3])
-        raise DataError(f"{where}: weights do not fit {arch} as its metadata describes it "
-                        f"({len(wrong)} tensors: {shown})")
-    model = build_model(arch, *args)
+    if probe is not None:
+        shapes = {k: v.shape for k, v in probe.state_dict().items() if k not in own}
+        wrong = sorted(k for k in shapes.keys() & state.keys() if shapes[k] != state[k].shape)
+        if wrong:
+            shown = ", ".join(f"{k} {tuple(state[k].shape)} for {tuple(shapes[k])}"
+                              for k in wrong[:3])
+            raise DataError(f"{where}: weights do not fit {arch} as its metadata describes it "
+                            f"({len(wrong)} tensors: {shown})")
+    try:
+        model = build_model(arch, *args)
+    except (ConfigError, TypeError, ValueError, RuntimeError) as err:
+        raise DataError(f"{where}: cannot rebuild {arch}: {err}") from None
     try:
         model.load_state_dict({**state, **{k: v for k, v in model.state_dict().items()
                                            if k in own}})

@@ -136,8 +136,8 @@ def _lacking_columns(stored: pa.Schema, table: pa.Table) -> list[str]:
     declared = (stored.metadata or {}).get(b"raypoison_schema_version", b"")
     if declared != str(SCHEMA_VERSION).encode():
         return []
-    return [c for c in SCHEMA.names
-            if c not in table.column_names and c not in PARTITION_COLUMNS]
+    present = set(table.column_names)
+    return [c for c in SCHEMA.names if c not in present and c not in PARTITION_COLUMNS]
 
 
 def part_schema(location: Location, path: str) -> pa.Schema:
@@ -163,11 +163,11 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` cast to ``schema``; columns an older part lacks become nulls (``defense``, which
     version 1 lacked, becomes ``none``, as does a missing value: those rows are of undefended
     models)."""
-    arrays = []
+    arrays, present = [], set(table.column_names)
     for field in schema:
-        if field.name == "defense" and field.name in table.column_names:
+        if field.name == "defense" and field.name in present:
             arrays.append(pc.fill_null(table[field.name].cast(field.type), NO_DEFENSE))
-        elif field.name in table.column_names:
+        elif field.name in present:
             arrays.append(_cast_without_loss(table[field.name], field))
         elif field.name == "defense":
             arrays.append(pa.array([NO_DEFENSE] * len(table), field.type))
@@ -288,15 +288,21 @@ def stored_trials(uri: str, *, include_failed: bool = True) -> dict[str, Stored]
     out: dict[str, Stored] = {}
     if df.empty:
         return out
-    df["defense"] = df["defense"].fillna(NO_DEFENSE)
-    ok = df["status"].eq(STATUS_OK)
-    for trial, rows in df.groupby("trial_id", sort=False):
-        rows_ok = ok.loc[rows.index]
-        undefended = rows[rows["defense"] == NO_DEFENSE]
-        stored = Stored(undefended_ok=bool(len(undefended)) and bool(rows_ok.loc[undefended.index].all()),
-                        failed=not bool(rows_ok.all()))
-        defended = rows[(rows["defense"] != NO_DEFENSE) & (rows_ok | include_failed)]
-        stored.defenses = {(d, p or "") for d, p in zip(defended["defense"],
-                                                         defended["defense_params"], strict=True)}
-        out[str(trial)] = stored
+    trials = df["trial_id"].astype(str).to_numpy()
+    defenses = df["defense"].fillna(NO_DEFENSE).astype(str).to_numpy()
+    params = df["defense_params"].fillna("").astype(str).to_numpy()
+    ok = df["status"].eq(STATUS_OK).to_numpy()
+    undefended_seen: set[str] = set()
+    for trial, defense, param, row_ok in zip(trials, defenses, params, ok, strict=True):
+        stored = out.get(trial)
+        if stored is None:
+            stored = out[trial] = Stored(undefended_ok=True)
+        stored.failed = stored.failed or not row_ok
+        if defense == NO_DEFENSE:
+            undefended_seen.add(trial)
+            stored.undefended_ok = stored.undefended_ok and bool(row_ok)
+        elif row_ok or include_failed:
+            stored.defenses.add((defense, param))
+    for trial, stored in out.items():
+        stored.undefended_ok = stored.undefended_ok and trial in undefended_seen
     return out
