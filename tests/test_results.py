@@ -57,6 +57,7 @@ def test_readers_skip_truncated_foreign_and_temporary_files(tmp_path):
     (folder / "notes.txt").write_text("hello")  # foreign
     pq.write_table(pa.table({"x": [1]}), folder / "part-other-000001.parquet")  # foreign schema
     (folder / ".part-r-000009.parquet.1234.tmp").write_bytes(b"half a file")  # in progress
+    (folder / "part-r-000010.parquet").mkdir()  # a folder where a part file belongs
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         df = results.load(str(tmp_path))
@@ -67,6 +68,7 @@ def test_readers_skip_truncated_foreign_and_temporary_files(tmp_path):
     assert any("notes.txt" in m for m in messages)
     assert any("part-r-999999" in m for m in messages)
     assert any("part-other-000001" in m for m in messages)
+    assert any("folder named like a part file" in m and "part-r-000010" in m for m in messages)
     assert not any(".tmp" in m for m in messages)  # temporary files are silently never read
 
 

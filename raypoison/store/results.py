@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raypoison.store.rows import KEY, NO_DEFENSE, SCHEMA, SCHEMA_VERSION, STATUS_OK
@@ -35,15 +36,24 @@ class SkippedFileWarning(UserWarning):
     """A file in a results folder was not read (foreign, truncated or of another schema)."""
 
 
+def _is_part_name(name: str) -> bool:
+    return name.startswith(PART_PREFIX) and name.endswith(".parquet")
+
+
 def part_files(location: Location) -> list[str]:
     """The paths of the visible part files; everything else is warned about or ignored."""
     root = location.join(RESULTS_DIR)
     paths = []
-    for info in location.list_files(root):
+    for info in location.list_tree(root):
         name = posixpath.basename(info.path)
         if name.startswith((".", "_")):
             continue  # temporary or hidden: never read
-        if not (name.startswith(PART_PREFIX) and name.endswith(".parquet")):
+        if info.type != pafs.FileType.File:
+            if _is_part_name(name):  # e.g. a copy tool that made a folder of a part's name
+                warnings.warn(f"skipping a folder named like a part file in results: {info.path}",
+                              SkippedFileWarning, stacklevel=2)
+            continue
+        if not _is_part_name(name):
             warnings.warn(f"skipping foreign file in results: {info.path}",
                           SkippedFileWarning, stacklevel=2)
             continue

@@ -84,12 +84,15 @@ class Location:
         return sorted((i for i in infos if i.type == pafs.FileType.Directory),
                       key=lambda i: i.base_name)
 
-    def list_files(self, path: str) -> list[pafs.FileInfo]:
-        """The files under folder ``path``, at any depth; none if it does not exist."""
+    def list_tree(self, path: str) -> list[pafs.FileInfo]:
+        """The files and folders under folder ``path``, at any depth; none if it does not exist."""
         info = self.fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             return []
         if info.type == pafs.FileType.File:
             raise ResultsError(f"{path} is a file where a folder was expected")
-        selector = pafs.FileSelector(path, recursive=True)
-        return [i for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File]
+        return list(self.fs.get_file_info(pafs.FileSelector(path, recursive=True)))
+
+    def list_files(self, path: str) -> list[pafs.FileInfo]:
+        """The files under folder ``path``, at any depth; none if it does not exist."""
+        return [i for i in self.list_tree(path) if i.type == pafs.FileType.File]
