@@ -23,7 +23,7 @@ import pandas as pd
 
 from raypoison.config.suite import load_suite
 from raypoison.core.identity import NO_DEFENSE
-from raypoison.execution import cost
+from raypoison.execution import cost, device_rates
 from raypoison.store.results import load
 
 
@@ -33,7 +33,7 @@ def _measured(rows: pd.DataFrame, column: str) -> tuple[float, int]:
     return (float(values.median()), len(values)) if len(values) else (float("nan"), 0)
 
 
-def compare(plan: cost.ScenarioCost, rows: pd.DataFrame, device: cost.Device
+def compare(plan: cost.ScenarioCost, rows: pd.DataFrame, device: device_rates.Device
             ) -> list[dict[str, Any]]:
     """One record per phase and defense: planned and measured seconds per trial (per victim
     where a scenario has several: the plan sums its victims, a row is one)."""
@@ -64,7 +64,7 @@ def main() -> None:
     for option in ("--scenarios", "--attacks", "--defenses"):
         parser.add_argument(option, type=lambda s: s.split(","), help="only these, comma separated")
     args = parser.parse_args()
-    devices = cost.load_devices(args.calibration)
+    devices = device_rates.load_devices(args.calibration)
     if args.device not in devices:  # before minutes of counting
         sys.exit(f"--device: unknown device {args.device!r} (known: {', '.join(devices)})")
     device = devices[args.device]

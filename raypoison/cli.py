@@ -411,14 +411,14 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from raypoison.config.suite import load_suite
-    from raypoison.execution import cost
+    from raypoison.execution import cost, device_rates, plan_text
 
     if args.gpus < 1:
         raise ConfigError("--gpus", f"must be at least 1, got {args.gpus}")
     if args.calibrate and not args.calibration:
         raise ConfigError("--calibrate", "needs --calibration FILE to write to")
     if args.calibration:  # a bad file is refused before anything is measured
-        cost.calibration_file(Path(args.calibration))
+        device_rates.calibration_file(Path(args.calibration))
     suite = load_suite(args.config)
     plans = cost.plan_suite(suite, attacks=args.attacks, scenarios=args.scenarios,
                             defenses=args.defenses, compute=args.compute)
@@ -426,17 +426,17 @@ def _plan(args: argparse.Namespace) -> int:
         # on the first planned scenario's attacker and data shape (its data already read)
         scenario = next(s for s in suite.scenarios if s.name == plans[0].name)
         threads = max(1, int(suite.execution.cpus_per_worker))
-        device = cost.calibrate(scenario.models[scenario.attackers[0]], plans[0].shape, threads)
-        cost.write_calibration(args.calibration, args.calibrate, device)
+        device = device_rates.calibrate(scenario.models[scenario.attackers[0]], plans[0].shape, threads)
+        device_rates.write_calibration(args.calibration, args.calibrate, device)
         print(f"{args.calibrate}: {device.float32 / 1e9:.3g} GFLOP/s, "
               f"{device.seconds_per_step * 1e3:.3g} ms per step -> {args.calibration}")
-    devices = cost.load_devices(args.calibration)
+    known = device_rates.load_devices(args.calibration)
     name = args.calibrate or args.device
-    if name not in devices:
-        raise ConfigError("--device", f"unknown device {name!r} (known: {', '.join(devices)})")
-    _emit(cost.render(plans, name, devices[name], gpus=args.gpus,
-                      gpus_per_worker=suite.execution.gpus_per_worker,
-                      cpu_workers=suite.execution.workers))
+    if name not in known:
+        raise ConfigError("--device", f"unknown device {name!r} (known: {', '.join(known)})")
+    _emit(plan_text.render(plans, name, known[name], gpus=args.gpus,
+                           gpus_per_worker=suite.execution.gpus_per_worker,
+                           cpu_workers=suite.execution.workers))
     return EXIT_OK
 
 

@@ -14,7 +14,7 @@ from raypoison.attacks.context import StandaloneContext
 from raypoison.cli import main
 from raypoison.config.suite import parse_suite
 from raypoison.data.setups import Setup
-from raypoison.execution import cost
+from raypoison.execution import cost, device_rates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,12 +219,12 @@ def test_a_backdoors_evaluation_is_counted_as_a_trial_scores_its_victims(tiny_ra
 def test_calibration_measures_this_machine_and_is_read_back(tiny_raw, tmp_path):
     scenario = parse_suite(tiny_raw).scenarios[0]
     shape = cost.Shape(4, 3, 12, 160, 40, (0.5,) * 3, (0.5,) * 3)
-    device = cost.calibrate(scenario.models["net-a"], shape, threads=1, repeats=2)
+    device = device_rates.calibrate(scenario.models["net-a"], shape, threads=1, repeats=2)
     assert device.kind == "cpu" and device.float32 > 1e6 and device.seconds_per_step > 0
     path = tmp_path / "calibration.json"
-    cost.write_calibration(path, "here", device)
-    assert cost.load_devices(path)["here"] == device
-    assert "h100" in cost.load_devices(path)  # the built-in table stays
+    device_rates.write_calibration(path, "here", device)
+    assert device_rates.load_devices(path)["here"] == device
+    assert "h100" in device_rates.load_devices(path)  # the built-in table stays
 
 
 def test_loss_thresholds_do_not_cut_the_count_short(tiny_raw):

@@ -46,7 +46,7 @@ def test_gpu_check_tiny_measures_every_stage(tmp_path):
     brew = report["witches_brew"]
     assert brew["linf_255"] <= 8 and brew["seconds_craft_at_protocol"] > brew["seconds_craft"]
     # the measured device as `raypoison plan --calibration FILE --device NAME` reads it
-    from raypoison.execution.cost import load_devices
+    from raypoison.execution.device_rates import load_devices
 
     calibration = report["calibration"]
     measured = load_devices(calibration["file"])[calibration["device_name"]]

@@ -32,7 +32,9 @@ def test_bf16_autocast_trains_and_evaluates_on_the_cpu():
 
 
 def test_auto_precision_is_bf16_on_cuda_only_and_crafting_is_planned_in_float32():
-    from raypoison.execution.cost import Cell, Count, Device, _precision
+    from raypoison.execution.cost import Cell, Count
+    from raypoison.execution.device_rates import Device
+    from raypoison.execution.plan_text import _precision
     from raypoison.training.recipe import uses_bf16
 
     assert uses_bf16("auto", "cuda:0") and uses_bf16("auto", torch.device("cuda"))

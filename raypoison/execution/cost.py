@@ -17,11 +17,8 @@ the formulas of :mod:`torch.utils.flop_counter` on the ops of code this project 
   result is an upper bound where a loop may stop early (Feature Collision's step rule, a loss threshold).
 - evaluation: the forward pass over the test set.
 
-Time is ``FLOPs / rate + steps × seconds_per_step`` with the device's rate (float32 or bf16, by
-the recipe) and a fixed cost per step (what dominates tiny steps: a linear head on a CPU). Rates
-of A100 and H100/H200 come from published peak throughput times an assumed utilization; a
-measured figure replaces them (``raypoison plan --calibrate NAME`` times real steps here and
-writes them to a calibration file, which ``--calibration`` reads).
+The time these FLOPs take on a device is :mod:`raypoison.execution.device_rates`; the printed plan
+is :mod:`raypoison.execution.plan_text`.
 """
 
 from __future__ import annotations
@@ -32,10 +29,8 @@ import functools
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,11 +45,10 @@ from raypoison.core.schema import to_plain
 from raypoison.data import DATASETS, ImageData, load_dataset
 from raypoison.data.setups import Setup
 from raypoison.defenses import DEFENSES, Defense, TrainingSet, TrustedSet
-from raypoison.errors import DataError
 from raypoison.execution.checkpoints import models_of, pretrained_name
-from raypoison.models import ImageClassifier, build_model, to_device
+from raypoison.models import ImageClassifier, build_model
 from raypoison.training.flops import counted as flops_of
-from raypoison.training.flops import head_step_cost, rate_and_overhead, release_noise
+from raypoison.training.flops import release_noise
 from raypoison.training.loop import train
 from raypoison.training.recipe import RecipeConfig
 
@@ -71,38 +65,6 @@ VIEWS = 162  # crop offsets (9 x 9) x flips: what a feature bank holds with augm
 # crafting FLOPs grow with the poison count (every poison passes the model each iteration); a
 # larger budget is counted on this many poisons and scaled, so planning 500 poisons stays fast
 MAX_COUNTED_POISONS = 25
-
-
-@dataclass(frozen=True)
-class Device:
-    """A device's effective throughput: FLOP/s in float32 and bf16, and a fixed cost per step."""
-
-    description: str
-    float32: float
-    bf16: float
-    seconds_per_step: float = 0.0
-    source: str = "published"
-    kind: str = "gpu"  # "gpu": one device per GPU, shared by 1 / gpus_per_worker workers;
-    # "cpu": the rate of one worker with cpus_per_worker threads
-
-    def seconds(self, count: Count, precision: str = "float32") -> float:
-        half = precision == "bf16" or (precision == "auto" and self.kind == "gpu")
-        rate = self.bf16 if half else self.float32
-        return count.flops / rate + count.steps * self.seconds_per_step
-
-
-UTILIZATION = 0.3  # an assumption for small-image ResNets, until gpu_check measures it
-STEP_SECONDS = 1e-3  # an assumption: Python and kernel launches per step, until measured
-DEVICES = {
-    # published dense peaks (NVIDIA data sheets): A100 SXM 19.5 TFLOP/s float32 (156 with TF32),
-    # 312 bf16; H100 SXM 67 float32, 989 bf16; the H200 has the H100's compute
-    "a100": Device("NVIDIA A100 SXM, 30% of published peak, 1 ms per step assumed",
-                   19.5e12 * UTILIZATION, 312e12 * UTILIZATION, STEP_SECONDS),
-    "h100": Device("NVIDIA H100 SXM, 30% of published peak, 1 ms per step assumed",
-                   67e12 * UTILIZATION, 989e12 * UTILIZATION, STEP_SECONDS),
-    "h200": Device("NVIDIA H200, 30% of the H100's published peak, 1 ms per step assumed",
-                   67e12 * UTILIZATION, 989e12 * UTILIZATION, STEP_SECONDS),
-}
 
 
 @dataclass
@@ -581,181 +543,3 @@ def _plan_suite(suite: SuiteConfig, attacks: list[str] | None, scenarios: list[s
         out.append(ScenarioCost(scenario.name, shape, shared, cells,
                                 scenario.training_recipe.precision, by_defense))
     return out
-
-
-# -- devices and calibration -------------------------------------------------------------------
-
-def calibration_file(path: Path) -> dict[str, Any]:
-    """A calibration file's JSON document, refused with what is wrong unless it is an object
-    with a ``devices`` mapping (an absent file is an empty one: ``--calibrate`` creates it)."""
-    if not path.exists():
-        return {"devices": {}}
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable calibration file ({type(err).__name__}: "
-                        f"{str(err)[:120]})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("devices", {}), dict):
-        raise DataError(f"{path}: a calibration file is an object with a 'devices' mapping")
-    doc.setdefault("devices", {})
-    return doc
-
-
-def _device(name: str, d: Any, where: Path) -> Device:
-    """One measured device of a calibration file, its rates positive finite numbers."""
-    if not isinstance(d, dict):
-        raise DataError(f"{where}: device {name!r} must be a mapping")
-    rates: dict[str, float] = {}
-    for key, default in (("float32", None), ("bf16", d.get("float32")),
-                         ("seconds_per_step", 0.0)):
-        value = d.get(key, default)
-        least = 0.0 if key == "seconds_per_step" else None  # rates > 0, the step's cost ≥ 0
-        if (not isinstance(value, int | float) or isinstance(value, bool)
-                or not math.isfinite(value)
-                or (value < least if least is not None else value <= 0)):
-            bound = "≥ 0" if least is not None else "> 0"
-            raise DataError(f"{where}: device {name!r}: {key} must be a number {bound}, got "
-                            f"{str(value)[:40]!r}")
-        rates[key] = float(value)
-    kind = d.get("kind", "gpu")
-    if kind not in ("gpu", "cpu"):
-        raise DataError(f"{where}: device {name!r}: kind must be 'gpu' or 'cpu', got "
-                        f"{str(kind)[:40]!r}")
-    return Device(str(d.get("description", name)), rates["float32"], rates["bf16"],
-                  rates["seconds_per_step"], str(d.get("source", "measured")), kind)
-
-
-def load_devices(calibration: str | Path | None) -> dict[str, Device]:
-    """The built-in table, with the measured devices of a calibration file added or replaced."""
-    devices = dict(DEVICES)
-    if calibration is not None:
-        path = Path(calibration)
-        if not path.is_file():
-            raise DataError(f"{path}: calibration file not found")
-        for name, d in calibration_file(path)["devices"].items():
-            devices[str(name)] = _device(str(name), d, path)
-    return devices
-
-
-def calibrate(cfg: ModelConfig, shape: Shape, threads: int, repeats: int = 7) -> Device:
-    """This machine's float32 rate and cost per step, from timed real steps of ``cfg``: full
-    training steps at batch 128 (FLOPs dominate) and head steps (the fixed cost dominates)."""
-    torch.set_num_threads(threads)
-    recipe = RecipeConfig(batch_size=128, epochs=1, milestones=())
-    big_flops = train_step(cfg, shape, recipe, "all")
-    model = to_device(fresh(cfg, shape), "cpu")  # as workers hold it (channels-last on a CPU)
-    data = random_data(shape, -(-128 // shape.classes))
-    x, y = data.train_x[:128], data.train_y[:128]
-    for _ in range(3):  # warm up (the first steps of a process run far slower)
-        train(model, x, y, recipe=recipe, seed=0, max_steps=1)
-    times = []
-    for _ in range(repeats):
-        tick = time.perf_counter()
-        train(model, x, y, recipe=recipe, seed=0, max_steps=1)
-        times.append(time.perf_counter() - tick)
-    big = sorted(times)[len(times) // 2]  # the median step
-    small_flops, small = head_step_cost(model.feature_dim, shape.classes, 128)
-    rate, overhead = rate_and_overhead(big_flops, big, small_flops, small)
-    return Device(f"one worker of this machine, {threads} thread(s), measured on {cfg.arch}",
-                  rate, rate, overhead, source=f"measured {time.strftime('%Y-%m-%d')}", kind="cpu")
-
-
-def write_calibration(path: str | Path, name: str, device: Device) -> None:
-    target = Path(path)
-    doc = calibration_file(target)
-    doc["devices"][name] = dataclasses.asdict(device)
-    target.write_text(json.dumps(doc, indent=2) + "\n")
-
-
-# -- the printed plan --------------------------------------------------------------------------
-
-def _flops(x: float) -> str:
-    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
-        if x >= scale:
-            return f"{x / scale:.3g} {unit}"
-    return f"{x / 1e6:.3g} MFLOP"
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.3g} h" if seconds >= 360 else f"{seconds:.3g} s"
-
-
-@dataclass
-class Totals:
-    flops: float
-    device_seconds: float
-    workers: int
-
-
-def _precision(phase: str, cell: Cell) -> str:
-    """Crafting computes in float32 whatever the victims' recipe says (its steps are at the ε
-    scale); the other phases in the recipe's precision."""
-    return "float32" if phase == "craft" else cell.precision
-
-
-def totals(plans: list[ScenarioCost], device: Device, workers: int) -> Totals:
-    """All FLOPs and device-seconds: the cells, pre-training once, and per-worker costs (banks,
-    cached test features) once per worker that runs the scenario."""
-    flops, seconds = 0.0, 0.0
-    for plan in plans:
-        for phase, count in plan.shared.items():
-            k = workers if phase in ("bank", "eval") else 1
-            flops += count.flops * k
-            seconds += device.seconds(count, plan.precision) * k
-        for cell in plan.cells:
-            for phase, count in cell.per_trial.items():
-                flops += count.flops * cell.trials
-                seconds += device.seconds(count, _precision(phase, cell)) * cell.trials
-    return Totals(flops, seconds, workers)
-
-
-def render(plans: list[ScenarioCost], device_name: str, device: Device, *, gpus: int,
-           gpus_per_worker: float, cpu_workers: int) -> str:
-    """The plan as markdown: per scenario and attack, trials, FLOPs per trial by phase, seconds
-    per trial and the cell's device-hours; then the whole config on ``gpus`` devices."""
-    on_gpu = device.kind == "gpu"
-    workers = (max(1, int(gpus / gpus_per_worker)) if on_gpu and gpus_per_worker > 0
-               else cpu_workers)
-    lines = [f"Device: {device_name} ({device.description}; {device.float32 / 1e12:.3g} "
-             f"TFLOP/s float32, {device.bf16 / 1e12:.3g} bf16, "
-             f"{device.seconds_per_step * 1e3:.3g} ms per step; {device.source})", ""]
-    for plan in plans:
-        lines.append(f"## {plan.name}")
-        shared = [f"{p} {_flops(c.flops)} ({_hours(device.seconds(c, plan.precision))})"
-                  for p, c in plan.shared.items() if c.flops]
-        if shared:
-            lines.append("Shared: " + ", ".join(shared) + " (pre-training once; bank and test "
-                         "features once per worker)")
-        lines.append("")
-        lines.append("| attack | trials | craft | train | defend | eval | s / trial | device-hours |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for cell in plan.cells:
-            per = sum((device.seconds(c, _precision(p, cell)) for p, c in cell.per_trial.items()),
-                      0.0)
-            row = [cell.attack, str(cell.trials)] + [_flops(cell.per_trial[p].flops)
-                                                   for p in ("craft", "train", "defend", "eval")]
-            row += [f"{per:.3g}", f"{per * cell.trials / 3600:.3g}"]
-            lines.append("| " + " | ".join(row) + " |")
-            for note in cell.notes:
-                lines.append(f"  ({cell.attack}: {note})")
-        lines.append("")
-        if plan.defenses:  # what makes up "defend", costliest first
-            lines.append("| defense (every victim) | FLOPs / trial | s / trial |")
-            lines.append("|---|---:|---:|")
-            for label, count in sorted(plan.defenses.items(), key=lambda kv: -kv[1].flops):
-                lines.append(f"| {label} | {_flops(count.flops)} | "
-                             f"{device.seconds(count, plan.precision):.3g} |")
-            listed = sum(c.flops for c in plan.defenses.values())
-            extra = max((c.per_trial["defend"].flops - listed for c in plan.cells), default=0.0)
-            if extra > 1e-6 * listed:
-                lines.append(f"  (under an attack with a trigger, each repaired victim is also "
-                             f"scored on the triggered test images: up to {_flops(extra)} more "
-                             "a trial, in that attack's `defend`)")
-            lines.append("")
-    t = totals(plans, device, workers)
-    unit = "GPU" if on_gpu else "worker"
-    lines.append(f"Whole config: {_flops(t.flops)}, {t.device_seconds / 3600:.3g} {unit}-hours "
-                 f"at this device's rate; on {gpus if on_gpu else workers} {unit}(s) "
-                 f"({workers} workers) about {t.device_seconds / 3600 / (gpus if on_gpu else workers):.3g} "
-                 "h of wall time, if the workers keep every device busy.")
-    return "\n".join(lines)
