@@ -321,11 +321,13 @@ def _report(args: argparse.Namespace) -> int:
     if args.csv:
         sections[0].table.to_csv(args.csv, index=False)
         written = [args.csv]
-        defended = next((s.table for s in sections if s.title == "Defenses"), None)
+        defended = next((s for s in sections if s.title == "Defenses"), None)
         if defended is not None:
             path = Path(args.csv)
-            written.append(str(path.with_name(f"{path.stem}-defenses{path.suffix}")))
-            defended.to_csv(written[-1], index=False)
+            for key, table in {"defenses": defended.table, **defended.extra}.items():
+                if not table.empty:
+                    written.append(str(path.with_name(f"{path.stem}-{key}{path.suffix}")))
+                    table.to_csv(written[-1], index=False)
         print(f"wrote {', '.join(written)}", file=sys.stderr)
     if not (args.figures or args.html):
         return EXIT_OK

@@ -294,6 +294,14 @@ def test_report_compares_two_scenarios_defenses_on_the_same_victims(tmp_path, ca
     # the same difference on both seeds: no interval, not a point
     assert "| all attacks | pt | v | clean accuracy lost, points | 4 pairs, 2 seeds | 2.00 | " \
            "3.00 | -1.00 | 0 |" in printed
+    # --csv writes the pooled repair cost (the "all models" rows) beside the defense table
+    csv = tmp_path / "t.csv"
+    assert main(["report", str(out), "--csv", str(csv)]) == 0
+    assert f"{tmp_path / 't-repair-cost.csv'}" in capsys.readouterr().err
+    cost = pd.read_csv(tmp_path / "t-repair-cost.csv").set_index("scenario")
+    assert list(cost["defense"]) == ["pt", "pt"] and (cost["models"] == 4).all()
+    assert (cost["seeds"] == 2).all()
+    assert cost.loc["held", "clean_accuracy_loss"] == pytest.approx(0.03)
     assert main(["report", str(out), "--compare-scenarios", "drawn", "nope"]) == 2
     assert "--compare-scenarios: no defended rows of scenario 'nope'" in capsys.readouterr().err
     # one scenario's report: the other's rows are left out of every table

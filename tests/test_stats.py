@@ -152,6 +152,31 @@ def test_the_undefended_column_rests_on_the_models_its_row_counts():
     loss = next(f for title, f in pooled if title.startswith("Clean")).set_index("attack")
     assert loss.loc[POOLED, "n"] == "3 models, 3 seeds"
     assert loss.loc[POOLED, "clean accuracy before, %"].startswith("81.0 [")  # not 82.0
+    # a repair run on fewer models and seeds than the pooled row's n says its own
+    assert loss.loc[POOLED, "a_first"] == "12.0 (1 model, 1 seed)"
+    assert "(" not in loss.loc[POOLED, "pt"]
+
+
+def test_an_auc_cell_on_fewer_attacked_or_control_models_says_both():
+    """The row's n is "3 vs 3"; a detector run on every attacked model but one control model
+    rests on 3 vs 1, which "(n 3)" would not say (it counted the attacked side only)."""
+    import pandas as pd
+
+    from raypoison.analysis.defense_report import defense_table
+    from raypoison.analysis.tables import defense_pivots
+
+    rows = [_defended(attack, t, "cti", detection_score=t + (5.0 if attack == "badnets" else 0))
+            for attack in ("control", "badnets") for t in range(3)]
+    rows += [_defended("badnets", t, "nc", detection_score=float(t)) for t in range(3)]
+    rows.append(_defended("control", 0, "nc", detection_score=1.0))
+    rows += [_defended("badnets", t, "strip", detection_score=float(t)) for t in range(2)]
+    rows += [_defended("control", t, "strip", detection_score=1.0) for t in range(3)]
+    pivots = dict(defense_pivots(defense_table(pd.DataFrame(rows))))
+    auc = next(f for title, f in pivots.items() if title.startswith("Detection")).set_index("attack")
+    assert auc.loc["badnets", "n"] == "3 vs 3"
+    assert "(" not in auc.loc["badnets", "cti"]
+    assert auc.loc["badnets", "nc"].endswith(" (3 vs 1)")
+    assert auc.loc["badnets", "strip"].endswith(" (2 vs 3)")
 
 
 def test_a_repairs_pooled_cost_averages_each_seed_first_and_takes_its_interval_over_seeds():

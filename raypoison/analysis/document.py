@@ -28,6 +28,8 @@ class Section:
     table: pd.DataFrame = field(default_factory=pd.DataFrame)  # numbers (what --csv writes)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, strings)
     text: str = ""  # paragraphs (markdown-lite: plain text)
+    # more numbers for --csv, each written beside the main file as <stem>-<key>.csv
+    extra: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 def _methods(interval: str) -> str:
@@ -106,11 +108,18 @@ def assemble(df: pd.DataFrame, uri: str, *, interval: str = "wilson", per_victim
                                 "(at most 5 models a side: with Birnbaum and Klose's variance "
                                 "bound). A cell marked (n k) rests on k models, fewer than its "
                                 "row's n (the defense ran on fewer, or its value is undefined "
-                                "on some: precision where nothing was flagged). "
+                                "on some: precision where nothing was flagged); an AUC cell "
+                                "marked (k vs j) on fewer attacked or control models. The "
+                                "undefended columns are those of the defense that ran on the "
+                                "most of a row's models (each defense's own, paired with it, "
+                                "are in the CSV); models with no defense row count in the "
+                                "success table only. "
                                 "The clean-accuracy loss closes with each repair over "
                                 f"{defense_report.POOLED} of the scenario, every attack and the "
                                 "control: models of one trial index share a training seed, so "
-                                "they are averaged per seed and the interval is over seeds."))
+                                "they are averaged per seed and the interval is over seeds "
+                                "(a repair run on fewer says its own models and seeds).",
+                                extra={"repair-cost": pooled}))
     if compare_scenarios is not None:
         sections.append(_paired(
             df, compare_scenarios, compare.compare_scenarios, report_tables.scenarios_display,

@@ -265,6 +265,16 @@ def _models(having: pd.DataFrame, key: tuple, column: str) -> str:
     return str(n)
 
 
+def _fewer(key: tuple, counts: pd.Series, most: pd.Series, controls: pd.Series | None = None,
+           most_controls: pd.Series | None = None) -> str:
+    """A cell's own count where it rests on fewer models than its row's ``n`` says: ``(n k)``,
+    or for a detection AUC ``(k vs j)`` where either side is smaller."""
+    if controls is None or most_controls is None:
+        return f" (n {counts.loc[key]})" if counts.loc[key] < most.loc[key] else ""
+    k, j = int(counts.loc[key]), int(controls.loc[key])
+    return f" ({k} vs {j})" if k < most.loc[key] or j < most_controls.loc[key] else ""
+
+
 def _pooled_rows(pooled: pd.DataFrame, heading: str) -> pd.DataFrame:
     """The clean-accuracy-loss table's closing rows: each repair over every model of the scenario
     and victim (:func:`raypoison.analysis.defense_report.pooled_repair_cost`)."""
@@ -272,14 +282,17 @@ def _pooled_rows(pooled: pd.DataFrame, heading: str) -> pd.DataFrame:
     for (scenario, victim), group in pooled.groupby(["scenario", "victim"], sort=True):
         # the accuracy before, from the repair that ran on the most models, as n says
         first = group.sort_values("models", ascending=False, kind="stable").iloc[0]
+        models, seeds = int(group["models"].max()), int(group["seeds"].max())
         row = {"scenario": scenario, "victim": victim, "attack": POOLED, "poisons": None,
-               "n": f"{_count(int(group['models'].max()), 'model')}, "
-                    f"{_count(int(group['seeds'].max()), 'seed')}",
+               "n": f"{_count(models, 'model')}, {_count(seeds, 'seed')}",
                heading: interval_cell(first["clean_accuracy"], first["clean_accuracy_low"],
                                       first["clean_accuracy_high"])}
         for r in group.itertuples(index=False):
+            # a repair run on fewer models or seeds than the row's n says: the cell says its own
+            own = (f" ({_count(int(r.models), 'model')}, {_count(int(r.seeds), 'seed')})"
+                   if r.models < models or r.seeds < seeds else "")
             row[r.defense] = interval_cell(r.clean_accuracy_loss, r.clean_accuracy_loss_low,
-                                           r.clean_accuracy_loss_high)
+                                           r.clean_accuracy_loss_high) + own
         out.append(row)
     return pd.DataFrame(out)
 
@@ -312,14 +325,15 @@ def defense_pivots(table: pd.DataFrame, pooled: pd.DataFrame | None = None
                 scale=scale, digits=digits)
                 for k in frame[keys].itertuples(index=False, name=None)]
         most = having.assign(_v=_counts(having, column)).groupby(keys)["_v"].max()
+        versus = column == "detection_auc" and "controls" in having.columns
+        most_controls = having.groupby(keys)["controls"].max() if versus else None
         for defense in sorted(set(having["defense"])):
             rows = having[having["defense"] == defense].set_index(keys)
             counts = _counts(rows, column)
             frame[defense] = [
                 interval_cell(rows.loc[k, column], rows.loc[k, f"{column}_low"],
                               rows.loc[k, f"{column}_high"], scale=scale, digits=digits)
-                # fewer values than the row's n says: the cell says its own
-                + (f" (n {counts.loc[k]})" if counts.loc[k] < most.loc[k] else "")
+                + _fewer(k, counts, most, rows["controls"] if versus else None, most_controls)
                 if k in rows.index else ""
                 for k in frame[keys].itertuples(index=False, name=None)]
         if column == "clean_accuracy_loss" and pooled is not None and not pooled.empty:
