@@ -1,15 +1,18 @@
 """The device check: one command that measures what only a GPU can tell, without Ray.
 
-    python3 benchmarks/gpu_check.py --data data/cifar10-jpeg --out $OUT/gpu_check.json
+    python3 benchmarks/gpu_check.py --data data/cifar10-jpeg --out $OUT/gpu_check.json \
+        --scratch /tmp/gc_scratch --deadline-seconds 300
     python3 benchmarks/gpu_check.py --tiny            # the CPU, CI-sized: proves it works
 
 The lent GPU machine has PyTorch (and pandas, pyarrow, pyyaml, pillow) but not Ray; the trial code
 is Ray-free, so this runs the project's own training loop and trial path there. Copy the shared
 CIFAR-10 JPEG folder into an ignored folder of the checkout (``data/`` is ignored) and name it in
 the device call's ``carry``. Each stage is timed and guarded: a stage that fails records its error
-and the next one runs, and the JSON is rewritten after every stage (the pilot's also after its
-pre-training and after every pair, marked ``partial``), so a run stopped at its limit still
-returns what it measured. Stages:
+and the next one runs, and the JSON is rewritten whole after every stage and within the long
+ones (after each trial, attack or process count; the pilot's after its pre-training and every
+chunk of pairs, marked ``partial``), so a run stopped at its limit still returns what it
+measured; no stage starts after ``--deadline-seconds`` from the call's start (it is recorded as
+skipped). Stages:
 
 1. ``environment``: torch, device, memory.
 2. ``epoch``: one epoch of a full-width ResNet-18 on the training set (50,000 images), float32
@@ -38,10 +41,12 @@ returns what it measured. Stages:
 
 ``--pilot`` (a second call on the same lent machine) runs ``pilot`` instead: a full-width ResNet-18
 pre-trained on CIFAR-10's classes 0-4, then the control and Bullseye Polytope paired in transfer
-mode on classes 5-9 at the protocol's settings, time-boxed to ``--pilot-seconds`` (330), with
-success rates, Wilson intervals and the paired counts:
+mode on classes 5-9 at the protocol's settings, time-boxed to ``--pilot-seconds`` from the call's
+start (330; set it to the device time left less a minute), with success rates, Wilson intervals
+and the paired counts:
 
-    python3 benchmarks/gpu_check.py --pilot --data data/cifar10-jpeg --out $OUT/gpu_pilot.json
+    python3 benchmarks/gpu_check.py --pilot --data data/cifar10-jpeg --out $OUT/gpu_pilot.json \
+        --scratch /tmp/gc_scratch --pilot-seconds 360
 """
 
 from __future__ import annotations
@@ -76,12 +81,21 @@ def _dataset(args: argparse.Namespace) -> dict:
         return {"name": "synthetic", "params": {"classes": 10, "image_size": 16,
                                                 "train_per_class": 30, "test_per_class": 10,
                                                 "noise": 0.2, "seed": 3}}
-    folder = Path(args.data)
+    folder = Path(args.data).resolve()  # stages may run in another folder (their scratch)
     return {"name": "imagefolder", "params": {
         "root": str(folder / "cifar10-jpg-q75.tar.gz"),
         "train_order": str(folder / "train_labels_original_order.npy"),
         "test_order": str(folder / "test_labels_first512.npy"),
         "mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010]}}
+
+
+def _write_json(path: str | Path, doc: dict) -> None:
+    """Write ``doc`` whole or not at all: a call killed at its limit mid-write leaves the last
+    complete report, not half of one."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    os.replace(tmp, target)
 
 
 def _peak_mb(device: str) -> float | None:
@@ -257,21 +271,19 @@ def stage_host_copies(args, device, state) -> dict:
     return out
 
 
-def stage_trials(args, device, state) -> dict:
-    from raypoison.config.specs import expand
-    from raypoison.config.suite import parse_suite
-    from raypoison.models import checkpoint_bytes
-    from raypoison.trial.context import TrialContext
-    from raypoison.trial.run import run_trial
+def crafting_iterations(args: argparse.Namespace) -> dict[str, int]:
+    return {k: max(1, round(v * args.craft_scale)) for k, v in PROTOCOL_ITERATIONS.items()}
 
-    model = state["model"]
-    scale = args.craft_scale
-    iterations = {k: max(1, round(v * scale)) for k, v in PROTOCOL_ITERATIONS.items()}
-    raw = {
+
+def trials_config(args: argparse.Namespace, arch: str, checkpoint: Path) -> dict:
+    """The trials stage's benchmark config: one transfer trial per attack at the protocol's
+    sizes (the tiny form's smaller), crafting at ``--craft-scale`` of the protocol's iterations."""
+    iterations = crafting_iterations(args)
+    return {
         "name": "gpu-check",
         "scenarios": [{
             "name": "transfer", "dataset": _dataset(args),
-            "models": {"net": {"arch": model.name, "checkpoint": "net.pt",
+            "models": {"net": {"arch": arch, "checkpoint": str(checkpoint),
                                **({"params": {"width": 8}} if args.tiny else {})}},
             "attacker": "net", "victims": ["net"],
             "budget": 5 if args.tiny else 25, "epsilon": "8/255",
@@ -283,32 +295,46 @@ def stage_trials(args, device, state) -> dict:
         + [{"name": name, "params": {"iterations": iterations[name]}}
            for name in PROTOCOL_ITERATIONS],
     }
+
+
+def stage_trials(args, device, state) -> dict:
+    from raypoison.config.specs import expand
+    from raypoison.config.suite import parse_suite
+    from raypoison.models import checkpoint_bytes
+    from raypoison.trial.context import TrialContext
+    from raypoison.trial.run import run_trial
+
+    model = state["model"]
     folder = Path(args.scratch)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "net.pt").write_bytes(checkpoint_bytes(model, {"image_size": model_size(state)}))
-    cwd = os.getcwd()
-    os.chdir(folder)  # the checkpoint path is relative to the config's folder (or cwd)
-    try:
-        suite = parse_suite(copy.deepcopy(raw))
-        ctx = TrialContext.create(suite.scenarios[0], {"net": folder / "net.pt"}, device)
-        out: dict[str, Any] = {"craft_scale": scale}
-        for spec in expand(suite):
-            _reset_peak(device)
-            rows = run_trial(spec, ctx)
-            row = rows[0]
-            name = spec.attack.name
-            entry = {k: (round(row[k], 3) if isinstance(row.get(k), float) else row.get(k))
-                     for k in ("status", "seconds_craft", "seconds_train", "seconds_eval",
-                               "seconds_total", "clean_accuracy", "error")}
-            entry["peak_memory_mb"] = _peak_mb(device)
-            if name in iterations and row.get("seconds_craft"):
-                entry["iterations"] = iterations[name]
-                entry["seconds_craft_at_protocol_iterations"] = round(
-                    row["seconds_craft"] * PROTOCOL_ITERATIONS[name] / iterations[name], 1)
-            out[spec.attack.label] = entry
-        return out
-    finally:
-        os.chdir(cwd)
+    iterations = crafting_iterations(args)
+    suite = parse_suite(trials_config(args, model.name, folder / "net.pt"))
+    # the epoch stage's decoded images: the same data set, not decoded a second time
+    ctx = TrialContext(suite.scenarios[0], state["data"], {"net": folder / "net.pt"}, device)
+    out: dict[str, Any] = {"craft_scale": args.craft_scale}
+    for spec in expand(suite):
+        _reset_peak(device)
+        rows = run_trial(spec, ctx)
+        row = rows[0]
+        name = spec.attack.name
+        entry = {k: (round(row[k], 3) if isinstance(row.get(k), float) else row.get(k))
+                 for k in ("status", "seconds_craft", "seconds_train", "seconds_eval",
+                           "seconds_total", "clean_accuracy", "error")}
+        entry["peak_memory_mb"] = _peak_mb(device)
+        ran = row.get("attack_iterations")
+        if name in iterations and row.get("seconds_craft") and ran:
+            # per iteration that ran: Feature Collision's step rule and the Hidden Trigger
+            # Backdoor's loss threshold can stop before the configured count, so the protocol's
+            # count times it is what a trial that runs to the end would cost (an upper bound)
+            per = row["seconds_craft"] / ran
+            entry.update(iterations_configured=iterations[name], iterations_ran=ran,
+                         seconds_per_iteration=round(per, 5),
+                         seconds_craft_at_protocol_iterations=round(
+                             per * PROTOCOL_ITERATIONS[name], 1))
+        out[spec.attack.label] = entry
+        state["save"](out)  # a call stopped at its limit keeps the trials that finished
+    return out
 
 
 def stage_witches_brew(args, device, state) -> dict:
@@ -329,6 +355,10 @@ def stage_witches_brew(args, device, state) -> dict:
     target = int(torch.nonzero(data.test_y == 0).flatten()[0])
     setup = Setup(target_class=0, target_index=target, base_class=1, base_indices=bases)
     attack = create_attack("witches_brew", {"iterations": iterations, "restarts": 1})
+    # untimed: the target's gradient and the double-backward kernels' first load, which the
+    # scaling to 8 x 250 iterations must not multiply
+    create_attack("witches_brew", {"iterations": 2, "restarts": 1}).craft(ctx, setup, seed=0,
+                                                                         index=0)
     _reset_peak(device)
     tick = time.perf_counter()
     result = attack.craft(ctx, setup, seed=0, index=0)
@@ -424,6 +454,7 @@ def stage_backdoors(args, device, state) -> dict:
                 "seconds": round(row.get("seconds_defense") or row.get("seconds_total") or 0, 2)}
             for row in rows}
         out[spec.attack.label]["peak_memory_mb"] = _peak_mb(device)
+        state["save"](out)
     out["failed"] = sum(r["status"] != "ok" for a in out.values() for r in a.values()
                         if isinstance(r, dict))
     return out
@@ -438,49 +469,17 @@ def _pilot_dataset(args: argparse.Namespace, classes: list[int]) -> dict:
     return {**spec, "params": {**spec["params"], "classes": classes}}
 
 
-def stage_pilot(args, device, state) -> dict:
-    """The first paper-scale fidelity pilot (``--pilot``): a full-width ResNet-18 pre-trained on
-    CIFAR-10's classes 0-4 (there is no CIFAR-100 offline), then trials of the control and
-    Bullseye Polytope at the protocol's settings in transfer mode on classes 5-9 (250 images a
-    class, 25 poisons, ε 8/255, the protocol's 40-epoch head on the frozen extractor), in pairs on
-    the same targets until ``--pilot-trials`` pairs or ``--pilot-seconds`` have passed."""
-    from raypoison.config.specs import expand
-    from raypoison.config.suite import parse_suite
-    from raypoison.core.registry import build_component
-    from raypoison.data import DATASETS, load_dataset
-    from raypoison.models import build_model, checkpoint_bytes, to_device
-    from raypoison.training.loop import accuracy, train
-    from raypoison.training.recipe import RecipeConfig
-    from raypoison.trial.context import TrialContext
-    from raypoison.trial.run import run_trial
-
-    deadline = time.monotonic() + args.pilot_seconds
-    source = load_dataset(build_component(_pilot_dataset(args, [0, 1, 2, 3, 4]), "dataset",
-                                          DATASETS)).to(device)
-    arch, params = ("convnet", {"width": 8}) if args.tiny else ("resnet18", None)
-    torch.manual_seed(0)
-    model = to_device(build_model(arch, source.num_classes, source.mean, source.std,
-                                  source.image_shape[1], params), device)
-    recipe = RecipeConfig(lr=0.2, epochs=args.pilot_epochs, schedule="onecycle",
-                          batch_size=256, weight_decay=5e-4, nesterov=True,
-                          precision="auto")  # pre-training is not the protocol's: fast
-    result = train(model, source.train_x, source.train_y, recipe=recipe, seed=0, trainable="all")
-    out: dict[str, Any] = {"pretrain": {
-        "arch": arch, "classes": "0-4", "epochs": args.pilot_epochs, "precision": "auto",
-        "seconds": round(result.seconds, 1),
-        "clean_accuracy": round(accuracy(model, source.test_x, source.test_y), 4)}}
-    del source
-    folder = Path(args.scratch)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pilot.pt").write_bytes(checkpoint_bytes(model.cpu(), {
-        "image_size": 16 if args.tiny else 32}))
-    raw = {
+def pilot_config(args: argparse.Namespace, checkpoint: Path) -> dict:
+    """The pilot's benchmark config: the control and Bullseye Polytope in transfer mode on
+    CIFAR-10's classes 5-9 at the protocol's settings (the tiny form's smaller)."""
+    return {
         "name": "gpu-pilot",
         "scenarios": [{
             "name": "pilot-transfer", "dataset": _pilot_dataset(args, [5, 6, 7, 8, 9]),
             "mode": "transfer",
-            "models": {"net": {"arch": arch, "checkpoint": str(folder / "pilot.pt"),
-                               **({"params": params} if params else {})}},
+            "models": {"net": {"arch": "convnet" if args.tiny else "resnet18",
+                               "checkpoint": str(checkpoint),
+                               **({"params": {"width": 8}} if args.tiny else {})}},
             "attacker": "net", "victims": ["net"],
             "budget": 5 if args.tiny else 25, "epsilon": "8/255",
             "train_per_class": 15 if args.tiny else 250, "trials": args.pilot_trials,
@@ -489,18 +488,84 @@ def stage_pilot(args, device, state) -> dict:
         "attacks": [{"name": "none"}, {"name": "bullseye_polytope",
                                        **({"params": {"iterations": 5}} if args.tiny else {})}],
     }
-    suite = parse_suite(raw)
-    ctx = TrialContext.create(suite.scenarios[0], {"net": folder / "pilot.pt"}, device)
+
+
+def stage_pilot(args, device, state) -> dict:
+    """The first paper-scale fidelity pilot (``--pilot``): a full-width ResNet-18 pre-trained on
+    CIFAR-10's classes 0-4 (there is no CIFAR-100 offline), then trials of the control and
+    Bullseye Polytope at the protocol's settings in transfer mode on classes 5-9 (250 images a
+    class, 25 poisons, ε 8/255, the protocol's 40-epoch head on the frozen extractor), paired on
+    the same targets, until ``--pilot-trials`` pairs or ``--pilot-seconds`` from the call's start.
+
+    The images are decoded once for both halves. Pairs run in chunks as a worker runs a batch:
+    each attack's trials of a chunk crafted together and their heads trained together
+    (``run_trials(..., batch_heads=True)``; the same trials as one by one). The first chunk is
+    one pair, to time one; a chunk starts only if, at the last chunk's pace a pair (with a
+    margin), it ends before the deadline, so the call is not killed in the middle of one."""
+    from raypoison.config.specs import expand
+    from raypoison.config.suite import parse_suite
+    from raypoison.core.registry import build_component
+    from raypoison.data import DATASETS, load_dataset
+    from raypoison.models import build_model, checkpoint_bytes, to_device
+    from raypoison.training.loop import accuracy, train
+    from raypoison.training.recipe import RecipeConfig
+    from raypoison.trial.context import TrialContext
+    from raypoison.trial.run import run_trials
+
+    deadline = args.start + args.pilot_seconds
+
+    def decoded(classes: list[int]) -> Any:
+        return load_dataset(build_component(_pilot_dataset(args, classes), "dataset", DATASETS))
+
+    tick = time.perf_counter()
+    if args.tiny:  # two synthetic data sets stand in for the two halves
+        source, target = decoded([0, 1, 2, 3, 4]), decoded([5, 6, 7, 8, 9])
+    else:
+        full = load_dataset(build_component(_dataset(args), "dataset", DATASETS))
+        source, target = full.select_classes([0, 1, 2, 3, 4]), full.select_classes([5, 6, 7, 8, 9])
+        del full
+    decode_seconds = round(time.perf_counter() - tick, 1)
+    source = source.to(device)
+    arch, params = ("convnet", {"width": 8}) if args.tiny else ("resnet18", None)
+    torch.manual_seed(0)
+    model = to_device(build_model(arch, source.num_classes, source.mean, source.std,
+                                  source.image_shape[1], params), device)
+    recipe = RecipeConfig(lr=0.2, epochs=args.pilot_epochs, schedule="onecycle",
+                          batch_size=256, weight_decay=5e-4, nesterov=True,
+                          precision="auto")  # pre-training is not the protocol's: fast
+    result = train(model, source.train_x, source.train_y, recipe=recipe, seed=0, trainable="all")
+    out: dict[str, Any] = {"decode_seconds": decode_seconds, "pretrain": {
+        "arch": arch, "classes": "0-4", "epochs": args.pilot_epochs, "precision": "auto",
+        "seconds": round(result.seconds, 1),
+        "clean_accuracy": round(accuracy(model, source.test_x, source.test_y), 4)}}
+    del source
+    folder = Path(args.scratch)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pilot.pt").write_bytes(checkpoint_bytes(model.cpu(), {
+        "image_size": 16 if args.tiny else 32}))
+    suite = parse_suite(pilot_config(args, folder / "pilot.pt"))
+    ctx = TrialContext(suite.scenarios[0], target, {"net": folder / "pilot.pt"}, device)
+    specs = {(s.index, s.attack.name): s for s in expand(suite)}
+    indices = sorted({i for i, _ in specs})
     by_trial: dict[int, dict[str, dict]] = {}
     save = state.get("save", lambda partial: None)
     save(out)  # a call stopped at its limit still returns the pre-training figures ...
-    for spec in sorted(expand(suite), key=lambda s: (s.index, s.attack.name != "none")):
-        if time.monotonic() > deadline:
+    pace, done = None, 0  # seconds a pair in the last chunk (the first also built the bank)
+    while done < len(indices):
+        left = deadline - time.monotonic()
+        # a quarter's margin: a smaller chunk costs more a pair than the last, larger one
+        n = 1 if pace is None else min(args.pilot_chunk, int(left / (1.25 * pace)))
+        if left <= 0 or n < 1:
             break
-        row = run_trial(spec, ctx)[0]
-        by_trial.setdefault(spec.index, {})[spec.attack.name] = row
-        if len(by_trial[spec.index]) == 2:  # ... and every finished pair
-            save(_pilot_summary(out, by_trial, args.pilot_trials))
+        chunk = indices[done:done + n]
+        tick = time.monotonic()
+        for attack in ("none", "bullseye_polytope"):
+            rows = run_trials([specs[i, attack] for i in chunk], ctx, batch_heads=True)
+            for i, trial_rows in zip(chunk, rows, strict=True):
+                by_trial.setdefault(i, {})[attack] = trial_rows[0]
+        pace = (time.monotonic() - tick) / len(chunk)
+        done += len(chunk)
+        save(_pilot_summary(out, by_trial, args.pilot_trials))  # ... and every chunk's pairs
     return _pilot_summary(out, by_trial, args.pilot_trials)
 
 
@@ -574,7 +639,9 @@ while True:
         if time.perf_counter() - start > seconds:
             break
 if device == "cuda": torch.cuda.synchronize()
-print(counted * batch / (time.perf_counter() - start))
+rate = counted * batch / (time.perf_counter() - start)
+peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
+print(rate, peak)
 """
 
 
@@ -606,19 +673,21 @@ def stage_sharing(args, device, state) -> dict:
                     if p.poll() is None:
                         p.kill()
                         p.wait()
-        out[f"processes_{k}"] = {"images_per_second_total": round(sum(rates), 1),
-                                 "per_process": [round(r, 1) for r in rates]}
+        out[f"processes_{k}"] = {"images_per_second_total": round(sum(r for r, _ in rates), 1),
+                                 "per_process": [round(r, 1) for r, _ in rates]}
         if device == "cuda":
-            out[f"processes_{k}"]["memory_cap_gb"] = round(cap * total / 2**30, 1)
+            out[f"processes_{k}"].update(memory_cap_gb=round(cap * total / 2**30, 1),
+                                         peak_memory_mb=[round(m, 1) for _, m in rates])
+        state["save"](out)
     return out
 
 
 def _shared_rates(procs: list[subprocess.Popen], errs: list[Any], timeout: float
-                  ) -> list[float]:
+                  ) -> list[tuple[float, float]]:
     """Wait until every process is warmed up, let them all go, and read their images per
-    second; a process that fails, or is not ready or done within ``timeout`` seconds, fails the
-    stage with its standard error (written to a file, so a chatty process never blocks on a full
-    pipe)."""
+    second and peak memory (MB; NaN on a CPU); a process that fails, or is not ready or done
+    within ``timeout`` seconds, fails the stage with its standard error (written to a file, so a
+    chatty process never blocks on a full pipe)."""
     deadline = time.monotonic() + timeout
 
     def failed(i: int, what: str) -> RuntimeError:
@@ -649,7 +718,8 @@ def _shared_rates(procs: list[subprocess.Popen], errs: list[Any], timeout: float
             raise failed(i, f"did not finish within {timeout:.0f} s") from None
         if p.returncode != 0:
             raise failed(i, "failed")
-        rates.append(float(stdout.strip().splitlines()[-1]))
+        rate, peak = stdout.strip().splitlines()[-1].split()
+        rates.append((float(rate), float(peak)))
     return rates
 
 
@@ -678,7 +748,8 @@ def chosen_stages(text: str) -> list[str]:
     return names
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with its defaults filled in and checked before any device time."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="CI-sized, on whatever device")
     parser.add_argument("--data", default=os.path.join(os.environ.get(
@@ -698,36 +769,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pilot", action="store_true",
                         help="run the fidelity pilot only (a second call on the lent machine)")
     parser.add_argument("--pilot-trials", type=int, default=50)
-    parser.add_argument("--pilot-seconds", type=float, default=330)
+    parser.add_argument("--pilot-seconds", type=float, default=330,
+                        help="the pilot's time box, counted from the call's start")
+    parser.add_argument("--pilot-chunk", type=int, default=None,
+                        help="the most pairs run as one batch (default 8; tiny 2)")
+    parser.add_argument("--deadline-seconds", type=float, default=None,
+                        help="no stage starts after this many seconds from the call's start "
+                             "(it is recorded as skipped): set it below the device call's limit")
     parser.add_argument("--pilot-epochs", type=int, default=None,
                         help="pre-training epochs of the pilot's ResNet-18 (default 20; tiny 2)")
     args = parser.parse_args(argv)
+    args.start = time.monotonic()  # the call's clock: --deadline-seconds and --pilot-seconds
     if args.stages is None:
         args.stages = "environment,pilot" if args.pilot else ",".join(
             name for name in STAGES if name != "pilot")
-    stages = chosen_stages(args.stages)
+    args.stage_names = chosen_stages(args.stages)
     if Path(args.out).is_dir():
         raise SystemExit(f"--out: {args.out} is a folder; give the JSON file's name")
     args.pilot_epochs = args.pilot_epochs or (2 if args.tiny else 20)
+    args.pilot_chunk = max(1, args.pilot_chunk or (2 if args.tiny else 8))
+    args.data = str(Path(args.data).resolve())
     if args.tiny:
         args.pilot_trials = min(args.pilot_trials, 3)
     args.craft_scale = args.craft_scale or (0.01 if args.tiny else 0.1)
     Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
     args.scratch = args.scratch or str(Path(args.out).resolve().parent / "gpu_check_scratch")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    stages = args.stage_names
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     state: dict[str, Any] = {}
     failed = 0
     for name in stages:
         tick = time.perf_counter()
+        if (args.deadline_seconds is not None
+                and time.monotonic() - args.start > args.deadline_seconds):
+            report[name] = {"skipped": f"--deadline-seconds {args.deadline_seconds:g} passed"}
+            print(f"{name}: skipped (out of time)", flush=True)
+            _write_json(args.out, report)
+            continue
 
         def save(partial: dict, name: str = name, tick: float = tick) -> None:
             """Write the report with ``partial`` as the running stage's figures so far."""
             partial = {**partial, "stage_seconds": round(time.perf_counter() - tick, 1),
                        "partial": True}
             state["partial"] = partial
-            Path(args.out).write_text(json.dumps({**report, name: partial}, indent=2,
-                                                 default=str))
+            _write_json(args.out, {**report, name: partial})
 
         state["save"] = save
         state.pop("partial", None)
@@ -739,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
                             "traceback": traceback.format_exc()[-2000:]}
         report[name]["stage_seconds"] = round(time.perf_counter() - tick, 1)
         print(f"{name}: {json.dumps(report[name], default=str)[:1500]}", flush=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+        _write_json(args.out, report)
     print(f"wrote {args.out}; {failed} stages failed")
     return 1 if failed else 0
 

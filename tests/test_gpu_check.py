@@ -42,6 +42,12 @@ def test_gpu_check_tiny_measures_every_stage(tmp_path):
         assert trials[attack]["status"] == "ok", trials[attack]
     assert trials["convex_polytope"]["seconds_craft_at_protocol_iterations"] > \
         trials["convex_polytope"]["seconds_craft"]
+    for attack in ("feature_collision", "convex_polytope", "bullseye_polytope",
+                   "hidden_trigger_backdoor"):  # scaled by the iterations that ran
+        entry = trials[attack]
+        assert 0 < entry["iterations_ran"] <= entry["iterations_configured"]
+        assert entry["seconds_per_iteration"] * entry["iterations_ran"] == pytest.approx(
+            entry["seconds_craft"], rel=1e-2, abs=1e-3)  # the row's seconds, rounded to ms
     assert report["sharing"]["processes_2"]["images_per_second_total"] > 0
     brew = report["witches_brew"]
     assert brew["linf_255"] <= 8 and brew["seconds_craft_at_protocol"] > brew["seconds_craft"]
@@ -96,28 +102,73 @@ def test_bad_stages_are_refused_before_any_device_time(tmp_path, stages, said):
 
 
 @pytest.mark.slow
-def test_the_pilot_saves_its_figures_after_pre_training_and_every_pair(tmp_path):
+def test_the_pilot_saves_its_figures_after_pre_training_and_every_chunk(tmp_path):
     """A device call stopped at its limit keeps what the pilot measured: the report is written
     after pre-training and after each finished pair, not only when the stage returns."""
-    from benchmarks.gpu_check import main
+    from benchmarks import gpu_check
 
     out = tmp_path / "pilot.json"
     seen: list[dict] = []
-    write_text = Path.write_text
+    write_json = gpu_check._write_json
 
-    def recording(self, text, *args, **kwargs):
-        if self == out:
-            seen.append(json.loads(text))
-        return write_text(self, text, *args, **kwargs)
+    def recording(path, doc):
+        if Path(path) == out:
+            seen.append(json.loads(json.dumps(doc, default=str)))
+        return write_json(path, doc)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Path, "write_text", recording)
-        assert main(["--tiny", "--pilot", "--out", str(out)]) == 0
+        patch.setattr(gpu_check, "_write_json", recording)
+        assert gpu_check.main(["--tiny", "--pilot", "--out", str(out)]) == 0
     pilots = [r["pilot"] for r in seen if "pilot" in r]
     partial = [p for p in pilots if p.get("partial")]
     assert partial[0]["pretrain"]["clean_accuracy"] > 0 and "paired" not in partial[0]
-    assert [p["paired"]["pairs"] for p in partial[1:]] == [1, 2, 3]
+    # one pair first (to time one), then chunks of at most --pilot-chunk (tiny: 2)
+    assert [p["paired"]["pairs"] for p in partial[1:]] == [1, 3]
     assert "partial" not in pilots[-1] and pilots[-1]["paired"]["pairs"] == 3
+    assert json.loads(out.read_text())["pilot"]["paired"]["pairs"] == 3
+    assert not list(tmp_path.glob(".*.tmp"))  # every write replaced the report whole
+
+
+def test_no_stage_starts_after_the_deadline_and_each_says_so(tmp_path):
+    """A call that would run past the device call's limit skips its last stages, recorded, so
+    the pilot's call still has its minutes."""
+    from benchmarks.gpu_check import main
+
+    out = tmp_path / "g.json"
+    assert main(["--tiny", "--stages", "environment,sharing", "--deadline-seconds", "0",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {"started", "environment", "sharing"}
+    assert all("--deadline-seconds 0 passed" in report[s]["skipped"]
+               for s in ("environment", "sharing"))
+
+
+def test_the_paper_scale_configs_parse_with_a_relative_data_folder(tmp_path, monkeypatch):
+    """The planned device call passes `--data data/cifar10-jpeg`; the trials stage used to parse
+    its config after changing into the scratch folder, where that path named nothing, so the
+    stage failed at once on the GPU (the CPU's --tiny form uses synthetic data and never saw
+    it). Both paper-scale configs now parse from any folder."""
+    import numpy as np
+
+    from benchmarks.gpu_check import arguments, pilot_config, trials_config
+    from raypoison.config.suite import parse_suite
+
+    data = tmp_path / "checkout" / "data" / "cifar10-jpeg"
+    data.mkdir(parents=True)
+    (data / "cifar10-jpg-q75.tar.gz").write_bytes(b"")  # parsing checks that it exists
+    np.save(data / "train_labels_original_order.npy", np.zeros(10, dtype=np.int64))
+    np.save(data / "test_labels_first512.npy", np.zeros(10, dtype=np.int64))
+    checkpoint = tmp_path / "net.pt"
+    checkpoint.write_bytes(b"")
+    monkeypatch.chdir(tmp_path / "checkout")
+    args = arguments(["--data", "data/cifar10-jpeg", "--out", str(tmp_path / "out" / "g.json")])
+    monkeypatch.chdir(tmp_path / "out")  # where the stages once ran: not the checkout
+    trials = parse_suite(trials_config(args, "resnet18", checkpoint)).scenarios[0]
+    assert trials.budget == 25 and trials.recipe.epochs == 40
+    assert trials.dataset.params.root == str(data / "cifar10-jpg-q75.tar.gz")
+    pilot = parse_suite(pilot_config(args, checkpoint)).scenarios[0]
+    assert pilot.trials == 50 and pilot.mode == "transfer"
+    assert list(pilot.dataset.params.classes) == [5, 6, 7, 8, 9]
 
 
 @pytest.mark.parametrize("code, said, within", [
