@@ -66,6 +66,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+T0 = time.monotonic()  # before importing torch, which on a fresh GPU machine takes seconds
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -74,6 +75,12 @@ import torch  # noqa: E402
 
 PROTOCOL_ITERATIONS = {"feature_collision": 120, "convex_polytope": 1200,
                        "bullseye_polytope": 1200, "hidden_trigger_backdoor": 5000}
+
+
+def _arch(args: argparse.Namespace) -> tuple[str, dict | None]:
+    """The network the check trains and crafts on: a full-width ResNet-18 (tiny: a small
+    ConvNet)."""
+    return ("convnet", {"width": 8}) if args.tiny else ("resnet18", None)
 
 
 def _dataset(args: argparse.Namespace) -> dict:
@@ -140,7 +147,7 @@ def stage_epoch(args, device, state) -> dict:
     out: dict[str, Any] = {"decode_seconds": round(time.perf_counter() - tick, 2),
                            "train_images": len(data.train_y)}
     data = data.to(device)
-    arch, params = ("convnet", {"width": 8}) if args.tiny else ("resnet18", None)
+    arch, params = _arch(args)
     for precision in ("float32", "bf16"):
         torch.manual_seed(0)
         model = to_device(build_model(arch, data.num_classes, data.mean, data.std,
@@ -279,12 +286,13 @@ def trials_config(args: argparse.Namespace, arch: str, checkpoint: Path) -> dict
     """The trials stage's benchmark config: one transfer trial per attack at the protocol's
     sizes (the tiny form's smaller), crafting at ``--craft-scale`` of the protocol's iterations."""
     iterations = crafting_iterations(args)
+    params = _arch(args)[1]
     return {
         "name": "gpu-check",
         "scenarios": [{
             "name": "transfer", "dataset": _dataset(args),
             "models": {"net": {"arch": arch, "checkpoint": str(checkpoint),
-                               **({"params": {"width": 8}} if args.tiny else {})}},
+                               **({"params": params} if params else {})}},
             "attacker": "net", "victims": ["net"],
             "budget": 5 if args.tiny else 25, "epsilon": "8/255",
             "train_per_class": 15 if args.tiny else 250, "trials": 1,
@@ -355,8 +363,8 @@ def stage_witches_brew(args, device, state) -> dict:
     target = int(torch.nonzero(data.test_y == 0).flatten()[0])
     setup = Setup(target_class=0, target_index=target, base_class=1, base_indices=bases)
     attack = create_attack("witches_brew", {"iterations": iterations, "restarts": 1})
-    # untimed: the target's gradient and the double-backward kernels' first load, which the
-    # scaling to 8 x 250 iterations must not multiply
+    # untimed: the double-backward kernels' first load, which the scaling to 8 x 250
+    # iterations must not multiply
     create_attack("witches_brew", {"iterations": 2, "restarts": 1}).craft(ctx, setup, seed=0,
                                                                          index=0)
     _reset_peak(device)
@@ -472,14 +480,14 @@ def _pilot_dataset(args: argparse.Namespace, classes: list[int]) -> dict:
 def pilot_config(args: argparse.Namespace, checkpoint: Path) -> dict:
     """The pilot's benchmark config: the control and Bullseye Polytope in transfer mode on
     CIFAR-10's classes 5-9 at the protocol's settings (the tiny form's smaller)."""
+    arch, params = _arch(args)
     return {
         "name": "gpu-pilot",
         "scenarios": [{
             "name": "pilot-transfer", "dataset": _pilot_dataset(args, [5, 6, 7, 8, 9]),
             "mode": "transfer",
-            "models": {"net": {"arch": "convnet" if args.tiny else "resnet18",
-                               "checkpoint": str(checkpoint),
-                               **({"params": {"width": 8}} if args.tiny else {})}},
+            "models": {"net": {"arch": arch, "checkpoint": str(checkpoint),
+                               **({"params": params} if params else {})}},
             "attacker": "net", "victims": ["net"],
             "budget": 5 if args.tiny else 25, "epsilon": "8/255",
             "train_per_class": 15 if args.tiny else 250, "trials": args.pilot_trials,
@@ -500,8 +508,13 @@ def stage_pilot(args, device, state) -> dict:
     The images are decoded once for both halves. Pairs run in chunks as a worker runs a batch:
     each attack's trials of a chunk crafted together and their heads trained together
     (``run_trials(..., batch_heads=True)``; the same trials as one by one). The first chunk is
-    one pair, to time one; a chunk starts only if, at the last chunk's pace a pair (with a
-    margin), it ends before the deadline, so the call is not killed in the middle of one."""
+    one pair, started only with ``--pilot-first-pair-seconds`` left; then a chunk of k pairs starts
+    only if its estimate, with a quarter's margin, ends before the deadline, so the call is not
+    killed in the middle of one. A chunk costs a fixed part (one batched crafting, one batch of
+    heads) and a part a pair, so its estimate never takes a larger chunk's cost a pair for a
+    smaller one: k times the first pair's seconds (which also built the bank: an overestimate),
+    and no more than the last chunk's seconds where k is no larger, or that many of it where
+    larger (:func:`chunk_estimate`)."""
     from raypoison.config.specs import expand
     from raypoison.config.suite import parse_suite
     from raypoison.core.registry import build_component
@@ -526,7 +539,7 @@ def stage_pilot(args, device, state) -> dict:
         del full
     decode_seconds = round(time.perf_counter() - tick, 1)
     source = source.to(device)
-    arch, params = ("convnet", {"width": 8}) if args.tiny else ("resnet18", None)
+    arch, params = _arch(args)
     torch.manual_seed(0)
     model = to_device(build_model(arch, source.num_classes, source.mean, source.std,
                                   source.image_shape[1], params), device)
@@ -550,12 +563,17 @@ def stage_pilot(args, device, state) -> dict:
     by_trial: dict[int, dict[str, dict]] = {}
     save = state.get("save", lambda partial: None)
     save(out)  # a call stopped at its limit still returns the pre-training figures ...
-    pace, done = None, 0  # seconds a pair in the last chunk (the first also built the bank)
+    first: float | None = None  # the one-pair first chunk's seconds
+    last = (1, 0.0)  # the last chunk's pairs and seconds
+    done = 0
     while done < len(indices):
         left = deadline - time.monotonic()
-        # a quarter's margin: a smaller chunk costs more a pair than the last, larger one
-        n = 1 if pace is None else min(args.pilot_chunk, int(left / (1.25 * pace)))
-        if left <= 0 or n < 1:
+        if first is None:
+            n = 1 if left >= args.pilot_first_pair_seconds and left > 0 else 0
+        else:
+            n = max((k for k in range(1, args.pilot_chunk + 1)
+                     if 1.25 * chunk_estimate(k, first, *last) <= left), default=0)
+        if n < 1:
             break
         chunk = indices[done:done + n]
         tick = time.monotonic()
@@ -563,10 +581,23 @@ def stage_pilot(args, device, state) -> dict:
             rows = run_trials([specs[i, attack] for i in chunk], ctx, batch_heads=True)
             for i, trial_rows in zip(chunk, rows, strict=True):
                 by_trial.setdefault(i, {})[attack] = trial_rows[0]
-        pace = (time.monotonic() - tick) / len(chunk)
+        took = max(1e-3, time.monotonic() - tick)
+        first = took if first is None else first
+        last = (len(chunk), took)
         done += len(chunk)
         save(_pilot_summary(out, by_trial, args.pilot_trials))  # ... and every chunk's pairs
     return _pilot_summary(out, by_trial, args.pilot_trials)
+
+
+def chunk_estimate(k: int, first: float, last_pairs: int, last_seconds: float) -> float:
+    """Seconds a chunk of ``k`` pairs should take, from the first (one-pair) chunk's seconds and
+    the last chunk's: a chunk's cost grows with its pairs, but less than in proportion (its
+    crafting and heads run batched), so ``k`` single pairs bound it, and so does the last chunk
+    where it had as many pairs, or ``ceil(k / last_pairs)`` such chunks where it had fewer."""
+    single = k * first
+    if k <= last_pairs:
+        return min(single, last_seconds)
+    return min(single, last_seconds * -(-k // last_pairs))
 
 
 def _pilot_summary(out: dict, by_trial: dict[int, dict[str, dict]], planned: int) -> dict:
@@ -773,13 +804,18 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the pilot's time box, counted from the call's start")
     parser.add_argument("--pilot-chunk", type=int, default=None,
                         help="the most pairs run as one batch (default 8; tiny 2)")
+    parser.add_argument("--pilot-first-pair-seconds", type=float, default=None,
+                        help="the first pair starts only with this much of --pilot-seconds left "
+                             "(default 60; tiny 0)")
     parser.add_argument("--deadline-seconds", type=float, default=None,
                         help="no stage starts after this many seconds from the call's start "
                              "(it is recorded as skipped): set it below the device call's limit")
     parser.add_argument("--pilot-epochs", type=int, default=None,
                         help="pre-training epochs of the pilot's ResNet-18 (default 20; tiny 2)")
     args = parser.parse_args(argv)
-    args.start = time.monotonic()  # the call's clock: --deadline-seconds and --pilot-seconds
+    # the call's clock, for --deadline-seconds and --pilot-seconds: the process's start when run
+    # as a script, this call's when a test calls main() (the module may be imported long before)
+    args.start = T0 if __name__ == "__main__" else time.monotonic()
     if args.stages is None:
         args.stages = "environment,pilot" if args.pilot else ",".join(
             name for name in STAGES if name != "pilot")
@@ -787,7 +823,11 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     if Path(args.out).is_dir():
         raise SystemExit(f"--out: {args.out} is a folder; give the JSON file's name")
     args.pilot_epochs = args.pilot_epochs or (2 if args.tiny else 20)
-    args.pilot_chunk = max(1, args.pilot_chunk or (2 if args.tiny else 8))
+    if args.pilot_chunk is not None and args.pilot_chunk < 1:
+        raise SystemExit(f"--pilot-chunk: at least 1 pair, got {args.pilot_chunk}")
+    args.pilot_chunk = args.pilot_chunk or (2 if args.tiny else 8)
+    if args.pilot_first_pair_seconds is None:
+        args.pilot_first_pair_seconds = 0.0 if args.tiny else 60.0
     args.data = str(Path(args.data).resolve())
     if args.tiny:
         args.pilot_trials = min(args.pilot_trials, 3)

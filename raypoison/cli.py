@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
                              "wider Clopper-Pearson")
     report.add_argument("--per-victim", action="store_true", help="one row per victim")
     report.add_argument("--csv", help="also write the success table as CSV to this file (and "
-                                      "the defenses' as <name>-defenses.csv)")
+                                      "the defenses' as <name>-defenses.csv, each repair's "
+                                      "cost over all models as <name>-repair-cost.csv)")
     report.add_argument("--markdown", metavar="FILE", help="also write the report as markdown")
     report.add_argument("--html", metavar="FILE",
                         help="also write the report as one self-contained HTML page (its "

@@ -99,6 +99,8 @@ def test_bad_stages_are_refused_before_any_device_time(tmp_path, stages, said):
     assert not (tmp_path / "g.json").exists()
     with pytest.raises(SystemExit, match="is a folder"):
         main(["--tiny", "--stages", "environment", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--pilot-chunk: at least 1 pair, got 0"):
+        main(["--tiny", "--pilot", "--pilot-chunk", "0", "--out", str(tmp_path / "g.json")])
 
 
 @pytest.mark.slow
@@ -127,6 +129,23 @@ def test_the_pilot_saves_its_figures_after_pre_training_and_every_chunk(tmp_path
     assert "partial" not in pilots[-1] and pilots[-1]["paired"]["pairs"] == 3
     assert json.loads(out.read_text())["pilot"]["paired"]["pairs"] == 3
     assert not list(tmp_path.glob(".*.tmp"))  # every write replaced the report whole
+
+
+def test_a_chunks_estimate_never_falls_short_of_a_batched_chunks_cost():
+    """A batched chunk costs a fixed part and a part a pair. Taking the last, larger chunk's
+    cost a pair for a smaller chunk fell short (8 pairs then 2 ran 9 s past a 360 s box in a
+    review's simulation); the estimate now bounds any cost that grows with the pairs, less than
+    in proportion, from the first pair's cost and the last chunk's."""
+    from benchmarks.gpu_check import chunk_estimate
+
+    for fixed in (0.0, 2.0, 16.0, 60.0):
+        for per_pair in (0.1, 1.0, 5.0):
+            def cost(k, fixed=fixed, per_pair=per_pair):
+                return fixed + per_pair * k
+            first = cost(1) + 10.0  # the first pair also built the bank
+            for last in range(1, 9):
+                for k in range(1, 9):
+                    assert chunk_estimate(k, first, last, cost(last)) >= cost(k) - 1e-9
 
 
 def test_no_stage_starts_after_the_deadline_and_each_says_so(tmp_path):

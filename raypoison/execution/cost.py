@@ -1,5 +1,4 @@
-"""What a config will cost before it runs: FLOPs per phase, counted on real steps of its models,
-and the time they take on a named device.
+"""What a config will cost before it runs: FLOPs per phase, counted on real steps of its models.
 
 Nothing here is a hand formula for a network's FLOPs. Every figure is a count by
 the formulas of :mod:`torch.utils.flop_counter` on the ops of code this project runs:

@@ -50,7 +50,8 @@ def part_files(location: Location) -> list[str]:
             continue  # temporary or hidden: never read
         if info.type != pafs.FileType.File:
             if _is_part_name(name):  # e.g. a copy tool that made a folder of a part's name
-                warnings.warn(f"skipping a folder named like a part file in results: {info.path}",
+                warnings.warn(f"a folder named like a part file in results: {info.path} (not "
+                              "read as a part; part files inside it are read like any others)",
                               SkippedFileWarning, stacklevel=2)
             continue
         if not _is_part_name(name):
