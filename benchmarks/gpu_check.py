@@ -282,20 +282,27 @@ def crafting_iterations(args: argparse.Namespace) -> dict[str, int]:
     return {k: max(1, round(v * args.craft_scale)) for k, v in PROTOCOL_ITERATIONS.items()}
 
 
-def trials_config(args: argparse.Namespace, arch: str, checkpoint: Path) -> dict:
-    """The trials stage's benchmark config: one transfer trial per attack at the protocol's
-    sizes (the tiny form's smaller), crafting at ``--craft-scale`` of the protocol's iterations."""
-    iterations = crafting_iterations(args)
+def _transfer_scenario(args: argparse.Namespace, name: str, dataset: dict, arch: str,
+                       checkpoint: Path, trials: int) -> dict:
+    """A transfer scenario on one pre-trained network at the protocol's sizes (250 images a
+    class, 25 poisons, ε 8/255; the tiny form's smaller)."""
     params = _arch(args)[1]
-    return {
-        "name": "gpu-check",
-        "scenarios": [{
-            "name": "transfer", "dataset": _dataset(args),
+    return {"name": name, "dataset": dataset,
             "models": {"net": {"arch": arch, "checkpoint": str(checkpoint),
                                **({"params": params} if params else {})}},
             "attacker": "net", "victims": ["net"],
             "budget": 5 if args.tiny else 25, "epsilon": "8/255",
-            "train_per_class": 15 if args.tiny else 250, "trials": 1,
+            "train_per_class": 15 if args.tiny else 250, "trials": trials}
+
+
+def trials_config(args: argparse.Namespace, arch: str, checkpoint: Path) -> dict:
+    """The trials stage's benchmark config: one transfer trial per attack at the protocol's
+    sizes (the tiny form's smaller), crafting at ``--craft-scale`` of the protocol's iterations."""
+    iterations = crafting_iterations(args)
+    return {
+        "name": "gpu-check",
+        "scenarios": [{
+            **_transfer_scenario(args, "transfer", _dataset(args), arch, checkpoint, 1),
             "patch_size": 3 if args.tiny else 5,
             "recipe": {"epochs": 2 if args.tiny else 40, "milestones": [1 if args.tiny else 30]},
         }],
@@ -480,17 +487,12 @@ def _pilot_dataset(args: argparse.Namespace, classes: list[int]) -> dict:
 def pilot_config(args: argparse.Namespace, checkpoint: Path) -> dict:
     """The pilot's benchmark config: the control and Bullseye Polytope in transfer mode on
     CIFAR-10's classes 5-9 at the protocol's settings (the tiny form's smaller)."""
-    arch, params = _arch(args)
     return {
         "name": "gpu-pilot",
         "scenarios": [{
-            "name": "pilot-transfer", "dataset": _pilot_dataset(args, [5, 6, 7, 8, 9]),
+            **_transfer_scenario(args, "pilot-transfer", _pilot_dataset(args, [5, 6, 7, 8, 9]),
+                                 _arch(args)[0], checkpoint, args.pilot_trials),
             "mode": "transfer",
-            "models": {"net": {"arch": arch, "checkpoint": str(checkpoint),
-                               **({"params": params} if params else {})}},
-            "attacker": "net", "victims": ["net"],
-            "budget": 5 if args.tiny else 25, "epsilon": "8/255",
-            "train_per_class": 15 if args.tiny else 250, "trials": args.pilot_trials,
             **({"recipe": {"epochs": 2, "milestones": [1]}} if args.tiny else {}),
         }],
         "attacks": [{"name": "none"}, {"name": "bullseye_polytope",
