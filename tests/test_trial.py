@@ -148,6 +148,45 @@ def test_banked_features_train_the_same_head_as_running_the_extractor(ctx):
     assert not torch.allclose(kept.head.weight, plain.head.weight, atol=1e-4)
 
 
+def test_a_banked_head_reads_no_device_value_until_its_loss_is_read(ctx):
+    """Victims, banks and labels on PyTorch's ``meta`` device, which holds shapes but no values:
+    whatever reads a device value (``any()``, a boolean mask, ``.item()``), which on a GPU stops
+    the host until the queued kernels have run, raises there. One head and two stacked heads
+    train through every step, batches of pool rows and poisons mixed, and the first value read
+    is the loss the loops read on purpose after their last step."""
+    from raypoison.training.feature_bank import TrainingFeatures
+    from raypoison.training.loop import train, train_heads
+
+    suite, context = ctx
+    recipe = suite.scenarios[0].training_recipe
+    pool, row_of = context.feature_pool("net-a")
+    lookups: list[str] = []
+
+    class Counted(TrainingFeatures):
+        def lookup(self, index, views):
+            out = super().lookup(index, views)
+            assert out.device.type == "meta" and out.shape == (len(index), pool.shape[2])
+            lookups.append(index.device.type)
+            return out
+
+    def bank(model):  # 20 pool rows, then 3 poisons
+        return Counted(pool.to("meta"), row_of[:20], model, context.data.train_x[:3].to("meta"))
+
+    labels = torch.zeros(23, dtype=torch.long, device="meta")
+    as_stored = torch.arange(23) >= 20
+    steps = recipe.epochs * -(-23 // recipe.batch_size)
+    model = context.fresh_victim("net-a", 5).to("meta")
+    with pytest.raises(RuntimeError, match="item.. cannot be called on meta"):
+        train(model, context.data.train_x[:23].to("meta"), labels, recipe=recipe, seed=1,
+              trainable="head", features=bank(model), unaugmented=as_stored)
+    assert lookups == ["cpu"] * steps  # every step ran, on the host's draws
+    heads = [context.fresh_victim("net-a", 5).to("meta") for _ in range(2)]
+    with pytest.raises(RuntimeError, match="item.. cannot be called on meta"):
+        train_heads(heads, [labels, labels], recipe=recipe, seeds=[1, 2],
+                    features=[bank(m) for m in heads], unaugmented=[None, as_stored])
+    assert lookups == ["cpu"] * 3 * steps
+
+
 def test_samples_marked_unaugmented_train_as_stored_and_leave_the_others_views_alone(ctx):
     """What the network sees in each batch, recorded by a forward pre-hook on a real extractor:
     with ``unaugmented``, the marked samples arrive exactly as stored, once per epoch, and every

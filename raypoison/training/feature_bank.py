@@ -17,8 +17,10 @@ from collections.abc import Sequence
 
 import torch
 
+from raypoison.core.host_copy import host_to_device
 from raypoison.data.augment import all_views, apply_crop_flip
 from raypoison.models import ImageClassifier
+from raypoison.training.precision import bf16_autocast
 
 
 @torch.no_grad()
@@ -47,7 +49,7 @@ def view_features(model: ImageClassifier, images: torch.Tensor, padding: int = 4
             m = len(x)
             x = apply_crop_flip(x, torch.full((m,), dy), torch.full((m,), dx),
                                 torch.full((m,), flip), padding)
-            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            with bf16_autocast(images.device, bf16):
                 out[v, start:start + m] = model.features(x).to(dtype)
     return out
 
@@ -69,13 +71,19 @@ class TrainingFeatures:
     ``pool_views`` lists the view numbers the pool holds, in its order, when it holds only some
     (see :func:`view_features`); training checks :attr:`holds_every_view` once, before its first
     batch, so lookups need no check of their own.
+
+    A lookup reads no value from the device: which items of a batch are pool rows and which are
+    poisons is decided on the host, from the host's index and view draws and a host copy of the
+    row maps, and the device gets the resulting indices in one asynchronous copy. On a GPU a
+    boolean mask or an ``any()`` would stop the host once per step until the queued kernels had
+    run, several times a step of a head whose steps take microseconds.
     """
 
     def __init__(self, pool: torch.Tensor, pool_rows: torch.Tensor, extractor: ImageClassifier,
                  extra_images: torch.Tensor, padding: int = 4,
                  pool_views: Sequence[int] | None = None, bf16: bool = False):
         self.pool = pool  # [V, P, D], shared by trials; never copied
-        self.pool_rows = pool_rows  # [n_clean] rows of the pool, in training-set order
+        self.pool_rows = pool_rows.cpu()  # [n_clean] rows of the pool, in training-set order
         self.extractor = extractor  # frozen, eval mode
         self.extra_images = extra_images  # uint8 [n_extra, C, H, W]
         self.padding = padding
@@ -84,10 +92,8 @@ class TrainingFeatures:
         if pool_views is not None:
             if len(pool_views) != pool.shape[0]:
                 raise ValueError(f"the pool holds {pool.shape[0]} views, not {len(pool_views)}")
-            self.view_rows = torch.full(((2 * padding + 1) ** 2 * 2,), -1, dtype=torch.long,
-                                        device=pool.device)
-            self.view_rows[torch.as_tensor(list(pool_views), device=pool.device)] = torch.arange(
-                len(pool_views), device=pool.device)
+            self.view_rows = torch.full(((2 * padding + 1) ** 2 * 2,), -1, dtype=torch.long)
+            self.view_rows[torch.as_tensor(list(pool_views))] = torch.arange(len(pool_views))
 
     @property
     def holds_every_view(self) -> bool:
@@ -97,20 +103,28 @@ class TrainingFeatures:
         return len(self.pool_rows) + len(self.extra_images)
 
     def lookup(self, index: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        """Features ``[B, D]`` of training-set items ``index`` under ``views``."""
+        """Features ``[B, D]`` (float32, on the pool's device) of training-set items ``index``
+        under ``views``. Both are best given on the CPU, as training draws them; device tensors
+        are copied back first, which waits for the device."""
+        index, views = index.cpu(), views.cpu()
         n_clean = len(self.pool_rows)
         is_extra = index >= n_clean
-        out = torch.empty(len(index), self.pool.shape[2], dtype=torch.float32,
-                          device=self.pool.device)
-        clean = ~is_extra
-        if clean.any():
-            rows = views[clean] if self.view_rows is None else self.view_rows[views[clean]]
-            out[clean] = self.pool[rows, self.pool_rows[index[clean]]].float()
-        if is_extra.any():
-            images = self.extra_images[index[is_extra] - n_clean].float().div_(255)
-            dy, dx, flip = decode_view(views[is_extra], self.padding)
-            with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16,
-                                                 enabled=self.bf16):
-                out[is_extra] = self.extractor.features(
-                    apply_crop_flip(images, dy, dx, flip, self.padding)).float()
-        return out
+        clean_at = (~is_extra).nonzero().squeeze(1)
+        extra_at = is_extra.nonzero().squeeze(1)
+        clean_views = views[clean_at]
+        view_rows = clean_views if self.view_rows is None else self.view_rows[clean_views]
+        c, e = len(clean_at), len(extra_at)
+        device = self.pool.device
+        moved = host_to_device(torch.cat([view_rows, self.pool_rows[index[clean_at]], clean_at,
+                                          extra_at, index[extra_at] - n_clean]), device)
+        clean = self.pool[moved[:c], moved[c:2 * c]].float()
+        if e == 0:
+            return clean
+        out = torch.empty(len(index), self.pool.shape[2], dtype=torch.float32, device=device)
+        if c:
+            out.index_copy_(0, moved[2 * c:3 * c], clean)
+        images = self.extra_images[moved[3 * c + e:]].float().div_(255)
+        dy, dx, flip = decode_view(views[extra_at], self.padding)  # host draws, copied once
+        with torch.no_grad(), bf16_autocast(images.device, self.bf16):
+            extra = self.extractor.features(apply_crop_flip(images, dy, dx, flip, self.padding))
+        return out.index_copy_(0, moved[3 * c:3 * c + e], extra.float())

@@ -27,6 +27,7 @@ from raypoison.data.augment import (
 )
 from raypoison.models.base import ImageClassifier
 from raypoison.training.adversarial import pgd
+from raypoison.training.precision import bf16_autocast
 from raypoison.training.recipe import RecipeConfig, uses_bf16
 
 if TYPE_CHECKING:
@@ -124,13 +125,16 @@ def train(
     per_step = recipe.schedule == "onecycle"
     schedule = _schedule(optimizer, recipe, steps_per_epoch=-(-n // recipe.batch_size))
     loss = torch.tensor(float("nan"))
+    kept_on_host = unaugmented.cpu() if unaugmented is not None and features is not None else None
     for _ in range(recipe.epochs):
-        order = host_to_device(torch.randperm(n, generator=generator), images.device)
+        order_on_host = torch.randperm(n, generator=generator)
+        order = host_to_device(order_on_host, images.device)
         for start_i in range(0, n, recipe.batch_size):
             idx = order[start_i:start_i + recipe.batch_size]
-            if features is not None:
-                views = _views(idx, generator, recipe.augment, unaugmented)
-                logits = model.head(features.lookup(idx, views))
+            if features is not None:  # the bank's lookup takes the host's draws (no sync)
+                idx_on_host = order_on_host[start_i:start_i + recipe.batch_size]
+                views = _views(idx_on_host, generator, recipe.augment, kept_on_host)
+                logits = model.head(features.lookup(idx_on_host, views))
             else:
                 x = images[idx].float().div_(255)
                 if recipe.augment:
@@ -140,10 +144,10 @@ def train(
                     x = _adversarial_batch(model, x, labels[idx], recipe, generator, trainable)
                 if half and on_cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=half):
+                with bf16_autocast(images.device, half):
                     feats = model.features(x)
                     logits = model.head(feats)
-            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=half):
+            with bf16_autocast(images.device, half):
                 loss = F.cross_entropy(logits.float(), labels[idx])
                 if extra_loss is not None:
                     loss = loss + extra_loss(x, feats, logits, labels[idx])
@@ -221,11 +225,12 @@ def _augmented(x: torch.Tensor, recipe: RecipeConfig, model: ImageClassifier,
 
 def _views(idx: torch.Tensor, generator: torch.Generator, augment: bool,
            unaugmented: torch.Tensor | None = None) -> torch.Tensor:
-    """The bank views of a batch: drawn crops and flips (the unaugmented view for the samples
-    ``unaugmented`` marks), or the unaugmented view."""
+    """The bank views of a batch of host indices ``idx``, on the host: drawn crops and flips
+    (the unaugmented view for the samples ``unaugmented``, a host mask, marks), or the
+    unaugmented view."""
     if not augment:
         return torch.full_like(idx, identity_view())
-    views = host_to_device(view_index(*draw_crop_flip(len(idx), generator)), idx.device)
+    views = view_index(*draw_crop_flip(len(idx), generator))
     if unaugmented is None:
         return views
     return torch.where(unaugmented[idx], torch.full_like(views, identity_view()), views)
@@ -267,18 +272,21 @@ def train_heads(models: list[ImageClassifier], labels: list[torch.Tensor], *,
     per_step = recipe.schedule == "onecycle"
     schedule = _schedule(optimizer, recipe, steps_per_epoch=-(-n // recipe.batch_size))
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    kept = unaugmented if unaugmented is not None else [None] * len(models)
+    kept = ([u.cpu() if u is not None else None for u in unaugmented]
+            if unaugmented is not None else [None] * len(models))
     device = labels[0].device
     steps, loss = 0, torch.full((len(models),), float("nan"))
     for _ in range(recipe.epochs):
-        orders = [host_to_device(torch.randperm(n, generator=g), device) for g in generators]
+        on_host = [torch.randperm(n, generator=g) for g in generators]
+        orders = [host_to_device(order, device) for order in on_host]
         for start_i in range(0, n, recipe.batch_size):
             feats, targets = [], []
-            for order, g, bank, y, keep in zip(orders, generators, features, labels, kept,
-                                               strict=True):
-                idx = order[start_i:start_i + recipe.batch_size]
-                feats.append(bank.lookup(idx, _views(idx, g, recipe.augment, keep)))
-                targets.append(y[idx])
+            for order, host, g, bank, y, keep in zip(orders, on_host, generators, features,
+                                                     labels, kept, strict=True):
+                batch = slice(start_i, start_i + recipe.batch_size)
+                feats.append(bank.lookup(host[batch], _views(host[batch], g, recipe.augment,
+                                                             keep)))
+                targets.append(y[order[batch]])
             logits = torch.baddbmm(bias[:, None, :], torch.stack(feats), weight.transpose(1, 2))
             k, b, c = logits.shape
             loss = F.cross_entropy(logits.float().reshape(k * b, c), torch.stack(targets).reshape(-1),
