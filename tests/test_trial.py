@@ -187,6 +187,25 @@ def test_a_banked_head_reads_no_device_value_until_its_loss_is_read(ctx):
     assert lookups == ["cpu"] * 3 * steps
 
 
+@pytest.mark.parametrize("augmentation", ["crop_flip", "shift"])
+def test_a_network_reads_no_device_value_until_its_loss_is_read(ctx, augmentation):
+    """The whole-network path of the training loop on the ``meta`` device (see above): every
+    step's augmentation, the samples kept as stored, forward and update run without reading a
+    device value; the first read is the loss read on purpose after the last step."""
+    from raypoison.training.loop import train
+
+    suite, context = ctx
+    recipe = dataclasses.replace(suite.scenarios[0].training_recipe, augmentation=augmentation)
+    model = context.fresh_victim("net-a", 5).to("meta")
+    batches: list[int] = []
+    model.extractor.register_forward_pre_hook(lambda _module, args: batches.append(len(args[0])))
+    with pytest.raises(RuntimeError, match="item.. cannot be called on meta"):
+        train(model, context.data.train_x[:40].to("meta"),
+              torch.zeros(40, dtype=torch.long, device="meta"), recipe=recipe, seed=1,
+              unaugmented=(torch.arange(40) >= 30).to("meta"))
+    assert len(batches) == recipe.epochs * -(-40 // recipe.batch_size)
+
+
 def test_samples_marked_unaugmented_train_as_stored_and_leave_the_others_views_alone(ctx):
     """What the network sees in each batch, recorded by a forward pre-hook on a real extractor:
     with ``unaugmented``, the marked samples arrive exactly as stored, once per epoch, and every
