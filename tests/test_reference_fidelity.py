@@ -338,9 +338,60 @@ def test_scheduled_descend_calls_the_pairing_before_every_step_and_stops_below()
     x0 = torch.full((1, 1, 1, 1), 0.9)
     out = scheduled_descend(lambda x: (x - 0.5).pow(2).flatten(1).sum(1) * 100, x0, x0, 1.0,
                             iterations=7, lr=0.001, decay=0.5, decay_every=2,
-                            before_step=lambda x: calls.append(float(x)))
+                            before_step=lambda x, _stopped: calls.append(float(x)))
     assert len(calls) == 7 and calls[0] == pytest.approx(0.9) and calls[1] < calls[0]
     assert out.iterations == 7
+
+
+def test_a_stop_read_late_gives_the_outcome_of_stopping_at_once():
+    """The stop below a loss is decided on the device and read every STOP_READ_EVERY
+    iterations: the images, the iteration count and the losses are those of stopping at the
+    iteration whose loss fell below, and ``before_step`` sees the flag from there on."""
+    from raypoison.attacks.crafting import STOP_READ_EVERY
+
+    def objective(x):
+        return (x - 0.5).pow(2).flatten(1).sum(1) * 100
+
+    x0 = torch.linspace(0.0, 0.45, 6).view(2, 3, 1, 1)
+    losses = [float(objective(scheduled_descend(objective, x0, x0, 1.0, iterations=k, lr=0.001,
+                                                decay=0.9, decay_every=5).images).sum())
+              for k in range(1, 60)]
+    k = STOP_READ_EVERY + 3  # its loss (before its step) is the one after k - 1 steps
+    threshold = (losses[k - 2] + losses[k - 3]) / 2
+    live: list[bool] = []
+    out = scheduled_descend(objective, x0, x0, 1.0, iterations=59, lr=0.001, decay=0.9,
+                            decay_every=5, stop_below=threshold,
+                            before_step=lambda _x, stopped: live.append(not bool(stopped)))
+    alone = scheduled_descend(objective, x0, x0, 1.0, iterations=k, lr=0.001, decay=0.9,
+                              decay_every=5)
+    assert out.iterations == k and torch.equal(out.images, alone.images)
+    assert torch.equal(out.loss_final, alone.loss_final)
+    assert torch.equal(out.loss_initial, alone.loss_initial)
+    assert live == [True] * k + [False] * (2 * STOP_READ_EVERY - k)  # read at 2 × EVERY
+
+
+def test_hidden_trigger_backdoor_reads_no_device_value_while_it_descends():
+    """On the ``meta`` device (shapes, no values: any read raises), the re-pairing and the
+    descent with its stop run every iteration up to the first read of the stop flag."""
+    from raypoison.attacks.backdoors import repair
+    from raypoison.attacks.crafting import STOP_READ_EVERY
+
+    weight = torch.randn(8, 12, device="meta")
+    goals = [torch.randn(5, 8, device="meta")]
+    calls = []
+
+    def re_pair(x, stopped):
+        calls.append(1)
+        goals[0] = torch.where(stopped, goals[0], repair(goals[0], x.flatten(1) @ weight.T))
+
+    def objective(x):
+        return (x.flatten(1) @ weight.T - goals[0]).pow(2).sum(1)
+
+    x0 = torch.rand(5, 3, 2, 2, device="meta")
+    with pytest.raises(RuntimeError, match="item.. cannot be called on meta"):
+        scheduled_descend(objective, x0, x0, 0.1, iterations=3 * STOP_READ_EVERY, lr=0.01,
+                          decay=0.9, decay_every=10, stop_below=1.0, before_step=re_pair)
+    assert len(calls) == STOP_READ_EVERY
 
 
 def test_hidden_trigger_backdoor_schedule_follows_the_data_set():

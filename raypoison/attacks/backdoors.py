@@ -100,10 +100,8 @@ def repair(goals: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     rows, cols = order // distances.shape[1], order % distances.shape[1]
     last = torch.full((distances.shape[1],), -1, dtype=torch.long, device=goals.device)
     last = last.scatter_reduce(0, cols, torch.arange(n, device=goals.device), reduce="amax")
-    picked = last >= 0
-    new = goals.clone()
-    new[picked] = goals[rows[last[picked]]]
-    return new
+    picked = last >= 0  # as a mask for torch.where, not an index: no read of the device
+    return torch.where(picked[:, None], goals[rows[last.clamp_min(0)]], goals)
 
 
 @ATTACKS.register("hidden_trigger_backdoor")
@@ -144,9 +142,9 @@ class HiddenTriggerBackdoor(Attack):
         with torch.no_grad():
             goals = [model.features(sources)]  # the current goal of each poison
 
-        def re_pair(x: torch.Tensor) -> None:
-            with torch.no_grad():
-                goals[0] = repair(goals[0], model.features(x))
+        def re_pair(x: torch.Tensor, stopped: torch.Tensor) -> None:
+            with torch.no_grad():  # once the descent has stopped, the goals stay
+                goals[0] = torch.where(stopped, goals[0], repair(goals[0], model.features(x)))
 
         def objective(x: torch.Tensor) -> torch.Tensor:
             return (model.features(x) - goals[0]).pow(2).sum(dim=1)

@@ -17,6 +17,12 @@ import torch
 
 Objective = Callable[[torch.Tensor], torch.Tensor]  # images [B, C, H, W] -> losses [B]
 
+# How often a loop with an early stop asks the device whether to stop. A read waits for every
+# kernel queued before it, so a read every iteration keeps a GPU idle while the host queues the
+# next; the stop itself is decided on the device every iteration and freezes what it stops, so
+# reading late costs at most this many idle iterations and changes no result.
+STOP_READ_EVERY = 20
+
 
 def eps_pixels(epsilon: float) -> int:
     """ε in uint8 steps: the largest whole pixel change inside the ball."""
@@ -124,8 +130,9 @@ def descend_lagged(
     ran = torch.zeros(n, dtype=torch.long, device=x.device)
     with torch.no_grad():
         initial = objective(x)
-    for _ in range(iterations):
-        if not bool(active.any()):
+    for i in range(iterations):
+        # an inactive image changes nothing, so the host asks only every few iterations
+        if i % STOP_READ_EVERY == 0 and not bool(active.any()):
             break
         x.requires_grad_(True)
         loss = objective(x)
@@ -221,30 +228,45 @@ def scheduled_descend(
     decay: float,
     decay_every: int,
     stop_below: float | None = None,
-    before_step: Callable[[torch.Tensor], None] | None = None,
+    before_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> CraftOutcome:
     """Projected plain gradient descent on the summed loss, the step size multiplied by ``decay``
     every ``decay_every`` iterations; stops once the summed loss (computed before the step)
-    falls below ``stop_below``, after taking that step. ``before_step(x)`` runs at the start of
-    every iteration, before the loss (Hidden Trigger Backdoor re-pairs its goals there); the
-    initial loss is the first iteration's."""
+    falls below ``stop_below``, after taking that step. ``before_step(x, stopped)`` runs at the
+    start of every iteration, before the loss (Hidden Trigger Backdoor re-pairs its goals
+    there); the initial loss is the first iteration's.
+
+    The stop is decided on the device: from the iteration whose loss fell below ``stop_below``
+    on, a flag (``stopped``, a boolean scalar on the device) freezes the images, and
+    ``before_step`` must leave its state alone where it is set; the host reads the flag every
+    :data:`STOP_READ_EVERY` iterations, not every one, and the outcome is the one stopping at
+    once gives (its iteration count included)."""
     x = project(start.detach().clone(), anchor, epsilon)
-    initial = loss = None
+    initial = None
+    stopped = torch.zeros((), dtype=torch.bool, device=x.device)
+    ran = torch.full((), iterations, dtype=torch.long, device=x.device)
     done = 0
     for done in range(1, iterations + 1):  # noqa: B007  (the count is part of the outcome)
         step = lr * decay ** ((done - 1) // decay_every)
         if before_step is not None:
-            before_step(x.detach())
+            before_step(x.detach(), stopped)
         x.requires_grad_(True)
         loss = objective(x)
         if initial is None:
             initial = loss.detach().clone()
         (grad,) = torch.autograd.grad(loss.sum(), x)
         with torch.no_grad():
-            x = project(x.detach() - step * grad, anchor, epsilon)
-        if stop_below is not None and float(loss.detach().sum()) < stop_below:
+            moved = project(x.detach() - step * grad, anchor, epsilon)
+            if stop_below is None:
+                x = moved
+                continue
+            x = torch.where(stopped, x.detach(), moved)
+            below = ~stopped & (loss.detach().sum().double() < stop_below)  # as float() compares
+            ran = torch.where(below, done, ran)
+            stopped = stopped | below
+        if done % STOP_READ_EVERY == 0 and bool(stopped):
             break
     with torch.no_grad():
         final = objective(x)
-    return CraftOutcome(x.detach(), done, final.detach() if initial is None else initial,
-                        final.detach())
+    return CraftOutcome(x.detach(), int(ran) if stop_below is not None else done,
+                        final.detach() if initial is None else initial, final.detach())

@@ -26,6 +26,7 @@ from raypoison.attacks.base import Attack, CraftResult, TrialBatch, crafting_mod
 from raypoison.attacks.context import CraftingContext
 from raypoison.attacks.crafting import Objective, adam_descend, quantize
 from raypoison.attacks.registry import ATTACKS
+from raypoison.core.host_copy import host_to_device
 from raypoison.data.setups import Setup
 from raypoison.errors import ConfigError
 from raypoison.models.base import ImageClassifier
@@ -146,7 +147,8 @@ class ConvexPolytope(_Polytope):
             for t, features in enumerate(model.features(x).split(counts)):
                 coefficients[t], _ = refit_coefficients(
                     coefficients[t], features.detach().double().cpu().numpy(), targets[t], rngs[t])
-                c = torch.as_tensor(coefficients[t], dtype=features.dtype, device=features.device)
+                c = host_to_device(torch.from_numpy(coefficients[t]).to(features.dtype),
+                                   features.device)
                 residual = target_features[t] - c @ features
                 losses.append(0.5 * residual.pow(2).sum() / norms[t])
             return torch.stack(losses)

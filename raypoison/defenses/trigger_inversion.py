@@ -241,11 +241,11 @@ def batched_hit_rate(model: ImageClassifier, images: torch.Tensor,
                      trigger: InvertedTrigger | AdditiveTrigger, target: int,
                      batch_size: int = 512) -> float:
     """The share of ``images`` (uint8) that ``model`` sends to ``target`` once triggered."""
-    hits = 0
+    hits = torch.zeros((), dtype=torch.long, device=images.device)  # read once, at the end
     for i in range(0, len(images), batch_size):
         x = trigger.apply(images[i:i + batch_size].float().div_(255))
-        hits += int((model(x).argmax(1) == target).sum())
-    return hits / max(1, len(images))
+        hits += (model(x).argmax(1) == target).sum()
+    return int(hits) / max(1, len(images))
 
 
 def scoring_split(trusted: TrustedSet, score_on: str, seed: int
