@@ -313,6 +313,7 @@ def trials_config(args: argparse.Namespace, arch: str, checkpoint: Path) -> dict
 
 
 def stage_trials(args, device, state) -> dict:
+    from raypoison.attacks.crafting import iterations_computed
     from raypoison.config.specs import expand
     from raypoison.config.suite import parse_suite
     from raypoison.models import checkpoint_bytes
@@ -339,12 +340,14 @@ def stage_trials(args, device, state) -> dict:
         entry["peak_memory_mb"] = _peak_mb(device)
         ran = row.get("attack_iterations")
         if name in iterations and row.get("seconds_craft") and ran:
-            # per iteration that ran: Feature Collision's step rule and the Hidden Trigger
-            # Backdoor's loss threshold can stop before the configured count, so the protocol's
-            # count times it is what a trial that runs to the end would cost (an upper bound)
-            per = row["seconds_craft"] / ran
+            # per iteration computed: Feature Collision's step rule and the Hidden Trigger
+            # Backdoor's loss threshold can stop before the configured count (the loop computes
+            # on to its next read of the stop), so the protocol's count times it is what a
+            # trial that runs to the end would cost (an upper bound)
+            computed = iterations_computed(ran, iterations[name])
+            per = row["seconds_craft"] / computed
             entry.update(iterations_configured=iterations[name], iterations_ran=ran,
-                         seconds_per_iteration=round(per, 5),
+                         iterations_computed=computed, seconds_per_iteration=round(per, 5),
                          seconds_craft_at_protocol_iterations=round(
                              per * PROTOCOL_ITERATIONS[name], 1))
         out[spec.attack.label] = entry

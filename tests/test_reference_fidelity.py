@@ -347,9 +347,12 @@ def test_a_stop_read_late_gives_the_outcome_of_stopping_at_once():
     """The stop below a loss is decided on the device and read every STOP_READ_EVERY
     iterations: the images, the iteration count and the losses are those of stopping at the
     iteration whose loss fell below, and ``before_step`` sees the flag from there on."""
-    from raypoison.attacks.crafting import STOP_READ_EVERY
+    from raypoison.attacks.crafting import STOP_READ_EVERY, iterations_computed
+
+    evaluations = []
 
     def objective(x):
+        evaluations.append(1)
         return (x - 0.5).pow(2).flatten(1).sum(1) * 100
 
     x0 = torch.linspace(0.0, 0.45, 6).view(2, 3, 1, 1)
@@ -359,15 +362,43 @@ def test_a_stop_read_late_gives_the_outcome_of_stopping_at_once():
     k = STOP_READ_EVERY + 3  # its loss (before its step) is the one after k - 1 steps
     threshold = (losses[k - 2] + losses[k - 3]) / 2
     live: list[bool] = []
+    evaluations.clear()
     out = scheduled_descend(objective, x0, x0, 1.0, iterations=59, lr=0.001, decay=0.9,
                             decay_every=5, stop_below=threshold,
                             before_step=lambda _x, stopped: live.append(not bool(stopped)))
+    evaluated = len(evaluations)
     alone = scheduled_descend(objective, x0, x0, 1.0, iterations=k, lr=0.001, decay=0.9,
                               decay_every=5)
     assert out.iterations == k and torch.equal(out.images, alone.images)
     assert torch.equal(out.loss_final, alone.loss_final)
     assert torch.equal(out.loss_initial, alone.loss_initial)
     assert live == [True] * k + [False] * (2 * STOP_READ_EVERY - k)  # read at 2 × EVERY
+    # the loop computed up to that read (and the final loss): what the device check divides by
+    assert evaluated == iterations_computed(out.iterations, 59) + 1 == 2 * STOP_READ_EVERY + 1
+
+
+def test_feature_collisions_rule_reads_its_stop_late_and_says_what_it_computed():
+    """The reference rule stops an image at its first rise; the loop learns that every
+    STOP_READ_EVERY iterations. Iterations, images and losses are those of stopping at once
+    (the rule moves no stopped image), and ``iterations_computed`` counts what ran."""
+    from raypoison.attacks.crafting import STOP_READ_EVERY, iterations_computed
+
+    evaluations = []
+
+    def objective(x):
+        evaluations.append(1)
+        return (x - 0.5).pow(2).flatten(1).sum(1)
+
+    x0 = torch.tensor([0.1, 0.3]).view(2, 1, 1, 1)
+    out = descend_lagged(objective, x0, x0, 1.0, iterations=100, step=1.5, decay=0.5)
+    assert 0 < out.iterations < STOP_READ_EVERY and out.rose.all()  # overshoots, then rises
+    computed = iterations_computed(out.iterations, 100)
+    assert computed == STOP_READ_EVERY and len(evaluations) == 1 + computed + 1
+    capped = descend_lagged(objective, x0, x0, 1.0, iterations=out.iterations, step=1.5,
+                            decay=0.5)
+    assert torch.equal(capped.images, out.images) and torch.equal(capped.loss_final,
+                                                                  out.loss_final)
+    assert torch.equal(capped.per_image_iterations, out.per_image_iterations)
 
 
 def test_hidden_trigger_backdoor_reads_no_device_value_while_it_descends():

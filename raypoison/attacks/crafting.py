@@ -24,6 +24,13 @@ Objective = Callable[[torch.Tensor], torch.Tensor]  # images [B, C, H, W] -> los
 STOP_READ_EVERY = 20
 
 
+def iterations_computed(ran: int, configured: int) -> int:
+    """How many iterations a loop computed whose outcome says it ran ``ran`` of ``configured``:
+    one that stopped early went on to the next read of its stop (:data:`STOP_READ_EVERY`).
+    What crafting costs an iteration is its seconds over this count, not over ``ran``."""
+    return min(configured, -(-ran // STOP_READ_EVERY) * STOP_READ_EVERY)
+
+
 def eps_pixels(epsilon: float) -> int:
     """ε in uint8 steps: the largest whole pixel change inside the ball."""
     return math.floor(epsilon * 255 + 1e-6)
