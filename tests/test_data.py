@@ -276,6 +276,35 @@ def test_a_corrupt_image_is_named_with_its_class_folder(tmp_path):
         source("imagefolder", root=str(tmp_path))
 
 
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_a_damaged_archive_is_refused_though_every_image_in_it_decodes(tmp_path, compression):
+    """tarfile stops at the archive's end marker, before the compressed stream's own check:
+    an archive whose stream no longer matches its checksum read without an error (a bit
+    flipped inside a JPEG of the real CIFAR-10 archive decoded as a damaged image). The check
+    at the end of the stream now runs; a truncated archive is refused too."""
+    import tarfile
+
+    _write_shuffled_folder(tmp_path / "folder")
+    archive = tmp_path / f"data.tar.{compression}"
+    with tarfile.open(archive, f"w:{compression}") as tar:
+        for sub in ("train", "test"):
+            tar.add(tmp_path / "folder" / sub, arcname=sub)
+    good = source("imagefolder", root=str(archive))
+    assert len(good.train_y) == 8 and len(good.test_y) == 3
+    data = bytearray(archive.read_bytes())
+    stored_check = {"gz": -8, "bz2": -2, "xz": -16}[compression]  # inside each format's trailer
+    data[stored_check] ^= 0x01
+    (tmp_path / f"damaged.tar.{compression}").write_bytes(bytes(data))
+    said = {"gz": "the archive is damaged",  # gzip's check is in its trailer, after tar's end
+            "bz2": "neither a folder nor a readable tar archive",  # xz's raised LZMAError
+            "xz": "neither a folder nor a readable tar archive"}[compression]
+    with pytest.raises(DataError, match=rf"damaged.tar.{compression}: {said}"):
+        source("imagefolder", root=str(tmp_path / f"damaged.tar.{compression}"))
+    (tmp_path / f"cut.tar.{compression}").write_bytes(archive.read_bytes()[:len(data) // 2])
+    with pytest.raises(DataError, match=rf"cut.tar.{compression}: "):
+        source("imagefolder", root=str(tmp_path / f"cut.tar.{compression}"))
+
+
 def test_a_class_without_test_images_and_an_order_header_that_lies_are_refused(tmp_path):
     """A class with training images and no test folder loaded, and the trials that drew it as
     their target class failed with numpy's "a cannot be empty", naming nothing; an order file

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import lzma
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +27,14 @@ def decode(data: bytes, where: str) -> np.ndarray:
 
 
 def iter_files(root: Path) -> Iterator[tuple[str, bytes]]:
-    """``(relative path, bytes)`` of every image file under a folder or inside a tar archive."""
+    """``(relative path, bytes)`` of every image file under a folder or inside a tar archive.
+
+    A compressed archive is read to its end once its members are out, so that gzip's, bzip2's
+    or xz's check of the whole stream runs: tarfile stops at the archive's end marker, before
+    gzip's trailer, and a bit flipped inside a JPEG of the archive would otherwise decode to a
+    damaged image without any error (JPEG itself has no checksum). A folder of image files has
+    no such check: a file damaged inside its compressed data decodes as it is.
+    """
     if root.is_dir():
         for path in sorted(root.rglob("*")):
             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
@@ -38,7 +47,16 @@ def iter_files(root: Path) -> Iterator[tuple[str, bytes]]:
                     handle = archive.extractfile(member)
                     if handle is not None:
                         yield member.name.lstrip("./"), handle.read()
-    except (tarfile.TarError, OSError) as err:
+            stream = archive.fileobj
+            if stream is not None and not isinstance(stream, io.BufferedReader | io.FileIO):
+                try:  # a compressed stream: its trailer holds the check
+                    while stream.read(1 << 20):
+                        pass
+                except (OSError, EOFError, zlib.error, lzma.LZMAError) as err:
+                    raise DataError(f"{root}: the archive is damaged ({err}): its compressed "
+                                    "data do not match their checksum, so some image in it "
+                                    "is not what was packed; fetch it again") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as err:
         raise DataError(f"{root}: neither a folder nor a readable tar archive ({err})") from None
 
 
