@@ -20,14 +20,17 @@ Objective = Callable[[torch.Tensor], torch.Tensor]  # images [B, C, H, W] -> los
 # How often a loop with an early stop asks the device whether to stop. A read waits for every
 # kernel queued before it, so a read every iteration keeps a GPU idle while the host queues the
 # next; the stop itself is decided on the device every iteration and freezes what it stops, so
-# reading late costs at most this many idle iterations and changes no result.
+# reading late changes no result and costs at most this many iterations less one, computed and
+# thrown away.
 STOP_READ_EVERY = 20
 
 
 def iterations_computed(ran: int, configured: int) -> int:
     """How many iterations a loop computed whose outcome says it ran ``ran`` of ``configured``:
     one that stopped early went on to the next read of its stop (:data:`STOP_READ_EVERY`).
-    What crafting costs an iteration is its seconds over this count, not over ``ran``."""
+    What crafting costs an iteration is its seconds over this count, not over ``ran``. For the
+    loops that read their stop that way (:func:`descend_lagged`, :func:`scheduled_descend`);
+    :func:`descend` (``step_rule: refuse``) still reads every iteration."""
     return min(configured, -(-ran // STOP_READ_EVERY) * STOP_READ_EVERY)
 
 
@@ -126,7 +129,8 @@ def descend_lagged(
     rose, the step size is multiplied by ``decay`` and the image stays where it is, the point
     whose loss rose. Since that point's loss stays above the last accepted one, an image never
     moves again after its first rise: the rule stops there, at the worse point, and the loop
-    skips the remaining iterations that would only shrink its step.
+    skips the remaining iterations that would only shrink its step, from its next read of
+    the stop (every :data:`STOP_READ_EVERY` iterations) on.
     """
     x = start.detach().clone()
     n = len(x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import lzma
 import tarfile
@@ -15,6 +17,8 @@ from PIL import Image
 from raypoison.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+COMPRESSED = (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)  # the streams tarfile opens itself
+STREAM_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)  # what their damage raises
 
 
 def decode(data: bytes, where: str) -> np.ndarray:
@@ -32,8 +36,11 @@ def iter_files(root: Path) -> Iterator[tuple[str, bytes]]:
     A compressed archive is read to its end once its members are out, so that gzip's, bzip2's
     or xz's check of the whole stream runs: tarfile stops at the archive's end marker, before
     gzip's trailer, and a bit flipped inside a JPEG of the archive would otherwise decode to a
-    damaged image without any error (JPEG itself has no checksum). A folder of image files has
-    no such check: a file damaged inside its compressed data decodes as it is.
+    damaged image without any error (JPEG itself has no checksum). Damage or truncation found
+    on the way, in the members or at the end, is one error naming the archive. A ``.tar.gz``
+    with bytes other than zeros after its end is refused too (Python's gzip reads them as a
+    broken next member). A folder of image files has no such check: a file damaged inside its
+    compressed data decodes as it is.
     """
     if root.is_dir():
         for path in sorted(root.rglob("*")):
@@ -41,23 +48,34 @@ def iter_files(root: Path) -> Iterator[tuple[str, bytes]]:
                 yield path.relative_to(root).as_posix(), path.read_bytes()
         return
     try:
-        with tarfile.open(root) as archive:
+        archive = tarfile.open(root)  # noqa: SIM115  (closed by the with below)
+    except (tarfile.TarError, *STREAM_ERRORS) as err:
+        if _compressed_magic(root):  # cut or damaged before its first member
+            raise DataError(f"{root}: the archive is damaged or truncated ({err})") from None
+        raise DataError(f"{root}: neither a folder nor a readable tar archive ({err})") from None
+    with archive:
+        try:
             for member in archive:
                 if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
                     handle = archive.extractfile(member)
                     if handle is not None:
                         yield member.name.lstrip("./"), handle.read()
-            stream = archive.fileobj
-            if stream is not None and not isinstance(stream, io.BufferedReader | io.FileIO):
-                try:  # a compressed stream: its trailer holds the check
-                    while stream.read(1 << 20):
-                        pass
-                except (OSError, EOFError, zlib.error, lzma.LZMAError) as err:
-                    raise DataError(f"{root}: the archive is damaged ({err}): its compressed "
-                                    "data do not match their checksum, so some image in it "
-                                    "is not what was packed; fetch it again") from None
-    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as err:
-        raise DataError(f"{root}: neither a folder nor a readable tar archive ({err})") from None
+            if isinstance(archive.fileobj, COMPRESSED):  # its trailer holds the check
+                while archive.fileobj.read(1 << 20):
+                    pass
+        except (tarfile.TarError, *STREAM_ERRORS) as err:
+            raise DataError(f"{root}: the archive is damaged or truncated ({err}): some image "
+                            "in it may not be what was packed; fetch it again") from None
+
+
+def _compressed_magic(path: Path) -> bool:
+    """Whether ``path`` starts as a gzip, bzip2 or xz stream does."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(6)
+    except OSError:
+        return False
+    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))
 
 
 def stack(images: list[np.ndarray], where: str) -> np.ndarray:

@@ -115,16 +115,19 @@ class TrainingFeatures:
         view_rows = clean_views if self.view_rows is None else self.view_rows[clean_views]
         c, e = len(clean_at), len(extra_at)
         device = self.pool.device
+        dy, dx, flip = decode_view(views[extra_at], self.padding)
         moved = host_to_device(torch.cat([view_rows, self.pool_rows[index[clean_at]], clean_at,
-                                          extra_at, index[extra_at] - n_clean]), device)
+                                          extra_at, index[extra_at] - n_clean, dy, dx,
+                                          flip.long()]), device)
         clean = self.pool[moved[:c], moved[c:2 * c]].float()
         if e == 0:
             return clean
         out = torch.empty(len(index), self.pool.shape[2], dtype=torch.float32, device=device)
         if c:
             out.index_copy_(0, moved[2 * c:3 * c], clean)
-        images = self.extra_images[moved[3 * c + e:]].float().div_(255)
-        dy, dx, flip = decode_view(views[extra_at], self.padding)  # host draws, copied once
+        extra_rows, dy, dx, flip = moved[3 * c:].view(5, e)[1:]
+        images = self.extra_images[extra_rows].float().div_(255)
         with torch.no_grad(), bf16_autocast(images.device, self.bf16):
-            extra = self.extractor.features(apply_crop_flip(images, dy, dx, flip, self.padding))
+            extra = self.extractor.features(apply_crop_flip(images, dy, dx, flip.bool(),
+                                                            self.padding))
         return out.index_copy_(0, moved[3 * c:3 * c + e], extra.float())
